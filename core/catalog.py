@@ -1,0 +1,121 @@
+"""The catalogue of language models and SAEs: `models.toml` plus the user's override file, as frozen data."""
+
+from __future__ import annotations
+
+import functools
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core import locations
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    source: str  # "hf" | "local" | "package-gguf"
+    layer: int
+    sae: str | None = None
+    description: str = ""
+    repo: str | None = None
+    path: str | None = None
+    package: str | None = None
+    gguf_file: str | None = None
+    tokenizer: str | None = None
+    dtype_cpu: str = "float32"
+    dtype_cuda: str = "bfloat16"
+
+
+@dataclass(frozen=True)
+class SAEEntry:
+    name: str
+    model: str
+    layer: int
+    source: str  # "sae-lens" | "local" | "train"
+    description: str = ""
+    release: str | None = None
+    sae_id: str | None = None
+    path: str | None = None
+    labels: str | None = None
+    # training recipe (source = "train")
+    d_sae: int = 4096
+    k: int = 32
+    train_tokens: int = 400_000
+    batch_size: int = 4096
+    lr: float = 4e-4
+    max_tokens_per_text: int = 256
+    activation_tokens: int = 150_000
+
+
+@dataclass(frozen=True)
+class Catalog:
+    models: dict[str, ModelEntry]
+    saes: dict[str, SAEEntry]
+    default_model: str
+    files: tuple[str, ...] = field(default=())
+
+    def model(self, name: str | None) -> ModelEntry:
+        """The model entry called `name` (the default when None). Raises KeyError naming the known ones."""
+        name = name or self.default_model
+        if name not in self.models:
+            raise KeyError(f"unknown model {name!r}; known: {', '.join(sorted(self.models))}")
+        return self.models[name]
+
+    def sae(self, name: str | None, model: ModelEntry | None = None) -> SAEEntry:
+        """The SAE entry called `name`, else the model's default SAE. Raises KeyError when none fits."""
+        name = name or (model.sae if model else None)
+        if not name:
+            raise KeyError(f"model {model.name if model else '?'} names no SAE; pass --sae")
+        if name not in self.saes:
+            raise KeyError(f"unknown SAE {name!r}; known: {', '.join(sorted(self.saes))}")
+        return self.saes[name]
+
+
+class CatalogError(ValueError):
+    pass
+
+
+def _entries(raw: dict, kind: str, cls, path: Path) -> dict:
+    out = {}
+    known = set(cls.__dataclass_fields__) - {"name"}
+    for name, values in raw.get(kind, {}).items():
+        unknown = set(values) - known
+        if unknown:
+            raise CatalogError(f"{path}: [{kind}.{name}] unknown keys: {', '.join(sorted(unknown))}")
+        try:
+            out[name] = cls(name=name, **values)
+        except TypeError as exc:
+            raise CatalogError(f"{path}: [{kind}.{name}]: {exc}") from None
+    return out
+
+
+def read_catalog(*files: Path) -> Catalog:
+    """Merge catalogue files in order (later entries override earlier ones of the same name)."""
+    models: dict[str, ModelEntry] = {}
+    saes: dict[str, SAEEntry] = {}
+    default = None
+    used = []
+    for path in files:
+        if not path.is_file():
+            continue
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise CatalogError(f"{path}: {exc}") from None
+        models.update(_entries(raw, "models", ModelEntry, path))
+        saes.update(_entries(raw, "saes", SAEEntry, path))
+        default = raw.get("default_model", default)
+        used.append(str(path))
+    if not default or default not in models:
+        raise CatalogError(f"default_model {default!r} is not a model in {', '.join(used)}")
+    return Catalog(models=models, saes=saes, default_model=default, files=tuple(used))
+
+
+@functools.cache
+def _cached(user_file: str) -> Catalog:
+    return read_catalog(locations.packaged_catalog_file(), Path(user_file))
+
+
+def load_catalog() -> Catalog:
+    """The packaged catalogue overridden by the user's file; read once per user file."""
+    return _cached(str(locations.user_catalog_file()))

@@ -1,0 +1,98 @@
+"""Training the SAE of a catalogue entry that has none published ("train on first use").
+
+Corpus (documented in README): the replies of the bundled sample (core/data/sample.jsonl) plus the
+replies of the dataset being analysed, read at the SAE's layer exactly as indexing reads them
+(chat-templated prompt, reply tokens only), so the SAE learns the distribution it will encode.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import torch
+
+from core import locations
+from core.catalog import Catalog, SAEEntry
+from core.ingest import Pair, read_pairs
+from core.sae import Cancelled, SAEQuality, TrainProgress, train_topk_sae
+from core.store import sae_dir
+
+
+def collect_activations(
+    reader,
+    pairs: list[Pair],
+    max_tokens: int,
+    token_budget: int,
+    batch_tokens: int = 4096,
+    progress: Callable[[str], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> torch.Tensor:
+    """Residual activations (tokens, d_model) of the pairs' replies, up to `token_budget` tokens."""
+    from core.lm import plan_batches
+
+    progress = progress or (lambda msg: None)
+    tokenized = [reader.tokenize(p, max_tokens) for p in pairs]
+    # The template's shared opening (a fixed system prompt) would be the same few vectors thousands
+    # of times over, and the first positions carry outsized norms; skip them.
+    skip = reader.template_prefix_len()
+    chunks, n = [], 0
+    batches = plan_batches(tokenized, batch_tokens)
+    for b_i, batch in enumerate(batches):
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("activation collection cancelled")
+        for c, r, p in reader.read(batch, with_prompt=True):
+            chunks += [c.cpu(), r.cpu(), p[skip:].cpu()]
+            n += len(c) + len(r) + max(0, len(p) - skip)
+        progress(f"activations: {n:,} tokens ({b_i + 1}/{len(batches)} batches)")
+        if n >= token_budget:
+            break
+    return torch.cat(chunks)[:token_budget]
+
+
+def train_catalog_sae(
+    entry: SAEEntry,
+    catalog: Catalog,
+    *,
+    extra_pairs: list[Pair] = (),
+    activation_tokens: int | None = None,
+    device: str | None = None,
+    progress: Callable[[str], None] | None = None,
+    cancel: threading.Event | None = None,
+    out_dir=None,
+) -> SAEQuality:
+    """Train `entry` (source = "train") on the default corpus and save it in the store.
+
+    Activations are collected once (up to `activation_tokens`) and the SAE trains several epochs over
+    them for `entry.train_tokens` samples. Returns held-out quality; raises Cancelled.
+    """
+    from core.lm import ResidualReader
+
+    progress = progress or (lambda msg: None)
+    model = catalog.models[entry.model]
+    sample = read_pairs(locations.sample_data_file(), skip_invalid=True).pairs
+    corpus = list(sample) + list(extra_pairs)
+    progress(f"training SAE {entry.name}: reading {len(corpus)} pairs of {model.name} at layer {entry.layer}")
+    reader = ResidualReader.from_entry(model, layer=entry.layer, device=device)
+    acts = collect_activations(
+        reader, corpus, entry.max_tokens_per_text, activation_tokens or entry.activation_tokens, progress=progress, cancel=cancel
+    )
+    del reader
+
+    def on_step(p: TrainProgress) -> None:
+        if p.step % 10 == 0 or p.step == p.total_steps - 1:
+            progress(f"SAE training step {p.step + 1}/{p.total_steps}")
+
+    return train_topk_sae(
+        acts,
+        out_dir or sae_dir(entry),
+        d_sae=entry.d_sae,
+        k=entry.k,
+        train_tokens=entry.train_tokens,
+        batch_size=entry.batch_size,
+        lr=entry.lr,
+        device=str(acts.device) if device is None else device,
+        metadata={"model": model.name, "layer": entry.layer, "corpus_pairs": len(corpus), "activation_tokens": len(acts)},
+        progress=on_step,
+        cancel=cancel,
+    )

@@ -1,0 +1,282 @@
+"""Predicted shifts: for each SAE feature, how DPO on these pairs would move it.
+
+For feature f and pair i, delta_i = a_f(chosen_i) - a_f(rejected_i), where a_f(reply) is f's mean
+activation over the reply's tokens. DPO raises the likelihood of chosen replies relative to rejected
+ones, so features with positive mean delta are predicted to be amplified, negative ones suppressed.
+
+Per feature we report:
+    shift        mean delta over pairs
+    effect_size  Cohen's d of the deltas (mean / SD)
+    ci           95% bootstrap CI of the mean (pairs resampled with replacement)
+    stability    share of random split-halves in which both halves agree in sign with the whole
+    n_firing     pairs in which f fires in either reply
+    score        the CI bound nearest zero (0 when the CI crosses zero): the shift we are 95% sure
+                 of. A feature that fires strongly in one pair has a CI that reaches zero, so it
+                 cannot top the ranking however large its single delta.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+
+from core.workspace import Workspace
+
+Z95 = 1.959964
+
+
+@dataclass
+class TopPair:
+    source_index: int
+    delta: float
+
+
+@dataclass
+class FeatureShift:
+    feature: int
+    label: str
+    direction: str  # "amplified" | "suppressed"
+    shift: float
+    effect_size: float
+    ci: tuple[float, float]
+    stable: bool
+    stability: float
+    n_firing: int
+    score: float
+    top_pairs: list[TopPair] = field(default_factory=list)
+    contexts: list[str] = field(default_factory=list)
+    promoted: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ShiftReport:
+    model: str
+    sae: str
+    layer: int
+    n_pairs: int
+    n_excluded: int
+    features: list[FeatureShift]
+
+    def to_json(self) -> dict:
+        """The stable JSON shape documented in README."""
+        out = asdict(self)
+        for f in out["features"]:
+            f["ci"] = list(f["ci"])
+        return out
+
+    @property
+    def amplified(self) -> list[FeatureShift]:
+        return [f for f in self.features if f.direction == "amplified"]
+
+    @property
+    def suppressed(self) -> list[FeatureShift]:
+        return [f for f in self.features if f.direction == "suppressed"]
+
+
+def _sparse(feat_lists, val_lists, d_sae: int) -> sp.csr_matrix:
+    lengths = np.fromiter((len(x) for x in feat_lists), dtype=np.int64, count=len(feat_lists))
+    indptr = np.concatenate([[0], np.cumsum(lengths)])
+    indices = np.concatenate([np.asarray(x, dtype=np.int32) for x in feat_lists]) if len(feat_lists) else np.zeros(0, np.int32)
+    data = np.concatenate([np.asarray(x, dtype=np.float32) for x in val_lists]) if len(val_lists) else np.zeros(0, np.float32)
+    return sp.csr_matrix((data, indices, indptr), shape=(len(feat_lists), d_sae))
+
+
+class Analysis:
+    """A workspace's per-reply feature summaries as sparse matrices, loaded once.
+
+    Attributes:
+        source_index: (n,) source positions of the indexed pairs, ascending; row i of every matrix.
+        chosen, rejected: (n, d_sae) CSR mean activations over reply tokens.
+        delta: chosen - rejected.
+    """
+
+    def __init__(self, ws: Workspace):
+        self.ws = ws
+        self.meta = ws.meta()
+        self.d_sae = int(self.meta["d_sae"])
+        t = ws.pairs_columns(["source_index", "chosen_feat", "chosen_mean", "rejected_feat", "rejected_mean"])
+        self.source_index = t["source_index"].to_numpy()
+        self.row_of = {int(s): i for i, s in enumerate(self.source_index)}
+        self.chosen = _sparse(t["chosen_feat"].to_pylist(), t["chosen_mean"].to_pylist(), self.d_sae)
+        self.rejected = _sparse(t["rejected_feat"].to_pylist(), t["rejected_mean"].to_pylist(), self.d_sae)
+        self.delta = (self.chosen - self.rejected).tocsr()
+        self.delta_sq = self.delta.multiply(self.delta).tocsr()
+        fires = ((self.chosen > 0) + (self.rejected > 0)).astype(np.float32)
+        self.fires = fires.tocsr()
+        self._sum = np.asarray(self.delta.sum(0)).ravel()
+        self._sum_sq = np.asarray(self.delta_sq.sum(0)).ravel()
+        self._n_firing = np.asarray(self.fires.sum(0)).ravel()
+        self._features = None
+        self._tokens = None
+
+    @property
+    def n(self) -> int:
+        return len(self.source_index)
+
+    def rows(self, source_indices) -> np.ndarray:
+        """Row numbers of the given source indices (unknown ones are ignored)."""
+        return np.array([self.row_of[int(s)] for s in source_indices if int(s) in self.row_of], dtype=np.int64)
+
+    # -- the fast path: every feature's moments, with some pairs left out -------------------------
+
+    def moments(self, excluded_rows: np.ndarray | None = None):
+        """(n, mean, sd, n_firing) per feature over all pairs minus `excluded_rows`; O(nnz of excluded)."""
+        s, s2, nf, n = self._sum, self._sum_sq, self._n_firing, self.n
+        if excluded_rows is not None and len(excluded_rows):
+            s = s - np.asarray(self.delta[excluded_rows].sum(0)).ravel()
+            s2 = s2 - np.asarray(self.delta_sq[excluded_rows].sum(0)).ravel()
+            nf = nf - np.asarray(self.fires[excluded_rows].sum(0)).ravel()
+            n = n - len(excluded_rows)
+        n = max(n, 1)
+        mean = s / n
+        var = np.maximum(s2 / n - mean**2, 0.0) * (n / max(n - 1, 1))
+        return n, mean, np.sqrt(var), nf
+
+    # -- the full report ------------------------------------------------------------------------
+
+    def report(
+        self,
+        top: int = 20,
+        excluded: set[int] | None = None,
+        n_boot: int = 200,
+        n_splits: int = 20,
+        seed: int = 0,
+        n_top_pairs: int = 10,
+    ) -> ShiftReport:
+        """The `top` most amplified and `top` most suppressed features, ranked by score (module doc)."""
+        excl_rows = self.rows(excluded or ())
+        keep = np.ones(self.n, dtype=bool)
+        keep[excl_rows] = False
+        kept_rows = np.nonzero(keep)[0]
+        n, mean, sd, nf = self.moments(excl_rows)
+        # Candidates by the normal-approximation bound, refined by bootstrap below.
+        se = sd / np.sqrt(n)
+        approx = np.where(mean > 0, np.maximum(mean - Z95 * se, 0), np.minimum(mean + Z95 * se, 0))
+        n_cand = min(self.d_sae, 5 * top)
+        pos = np.argsort(-approx)[:n_cand]
+        neg = np.argsort(approx)[:n_cand]
+        cand = np.unique(np.concatenate([pos[approx[pos] > 0], neg[approx[neg] < 0]]))
+        if len(cand) == 0 or len(kept_rows) == 0:
+            return self._empty(len(kept_rows), len(excl_rows))
+        D = self.delta[kept_rows][:, cand].toarray()  # (n_kept, n_cand)
+        rng = np.random.default_rng(seed)
+        W = rng.multinomial(len(kept_rows), np.full(len(kept_rows), 1 / len(kept_rows)), size=n_boot)
+        boot = (W @ D) / len(kept_rows)  # (n_boot, n_cand)
+        lo, hi = np.quantile(boot, [0.025, 0.975], axis=0)
+        halves = np.zeros((n_splits, len(kept_rows)), dtype=np.float32)
+        for s in range(n_splits):
+            halves[s, rng.permutation(len(kept_rows))[: len(kept_rows) // 2]] = 1
+        a = (halves @ D) / halves.sum(1, keepdims=True)
+        b = ((1 - halves) @ D) / (1 - halves).sum(1, keepdims=True)
+        sign = np.sign(mean[cand])
+        stability = ((np.sign(a) == sign) & (np.sign(b) == sign)).mean(0)
+        score = np.where(lo > 0, lo, np.where(hi < 0, hi, 0.0))
+
+        features = []
+        order_pos = [j for j in np.argsort(-score) if score[j] > 0][:top]
+        order_neg = [j for j in np.argsort(score) if score[j] < 0][:top]
+        info = self.feature_info()
+        for direction, order in (("amplified", order_pos), ("suppressed", order_neg)):
+            for j in order:
+                f = int(cand[j])
+                col = D[:, j]
+                best = np.argsort(-col if direction == "amplified" else col)[:n_top_pairs]
+                tops = [
+                    TopPair(int(self.source_index[kept_rows[r]]), float(col[r]))
+                    for r in best
+                    if (col[r] > 0 if direction == "amplified" else col[r] < 0)
+                ]
+                fs = FeatureShift(
+                    feature=f,
+                    label="",
+                    direction=direction,
+                    shift=float(mean[f]),
+                    effect_size=float(mean[f] / sd[f]) if sd[f] > 0 else 0.0,
+                    ci=(float(lo[j]), float(hi[j])),
+                    stable=bool(stability[j] >= 0.9),
+                    stability=float(stability[j]),
+                    n_firing=int(nf[f]),
+                    score=float(score[j]),
+                    top_pairs=tops,
+                    promoted=list(info.get(f, {}).get("promoted") or [])[:5],
+                )
+                fs.contexts, fs.label = self.describe(f, published=info.get(f, {}).get("label") or "")
+                features.append(fs)
+        return ShiftReport(
+            model=self.meta.get("model", ""),
+            sae=self.meta.get("sae", ""),
+            layer=int(self.meta.get("layer", -1)),
+            n_pairs=len(kept_rows),
+            n_excluded=len(excl_rows),
+            features=features,
+        )
+
+    def _empty(self, n: int, n_excl: int) -> ShiftReport:
+        return ShiftReport(self.meta.get("model", ""), self.meta.get("sae", ""), int(self.meta.get("layer", -1)), n, n_excl, [])
+
+    # -- labels ---------------------------------------------------------------------------------
+
+    def feature_info(self) -> dict[int, dict]:
+        if self._features is None:
+            self._features = self.ws.feature_info()
+        return self._features
+
+    def token_firings(self) -> dict[int, list[tuple[float, int, str, int]]]:
+        """feature -> [(value, row, side, token position)] over the stored token-level activations."""
+        if self._tokens is None:
+            cols = [f"{s}_tok_{k}" for s in ("chosen", "rejected") for k in ("feat", "pos", "val")]
+            t = self.ws.pairs_columns(["source_index", *cols])
+            by_feature: dict[int, list] = {}
+            for side in ("chosen", "rejected"):
+                feats = t[f"{side}_tok_feat"].to_pylist()
+                poss = t[f"{side}_tok_pos"].to_pylist()
+                vals = t[f"{side}_tok_val"].to_pylist()
+                for row, (fl, pl, vl) in enumerate(zip(feats, poss, vals)):
+                    for f, p, v in zip(fl, pl, vl):
+                        by_feature.setdefault(f, []).append((v, row, side, p))
+            self._tokens = by_feature
+        return self._tokens
+
+    def reply_tokens(self, rows: list[int]) -> dict[tuple[int, str], list[str]]:
+        t = self.ws.pairs_columns(["source_index", "chosen_tokens", "rejected_tokens"])
+        out = {}
+        for r in rows:
+            for side in ("chosen", "rejected"):
+                out[(r, side)] = t[f"{side}_tokens"][r].as_py()
+        return out
+
+    def describe(self, feature: int, n_contexts: int = 5, published: str = "") -> tuple[list[str], str]:
+        """(top-activating contexts in this dataset, a short label) for one feature, without a network.
+
+        The label is the published one when the catalogue SAE ships labels, else the tokens the feature
+        fires on most strongly here, then the tokens its decoder direction promotes.
+        """
+        firings = sorted(self.token_firings().get(feature, []), reverse=True)
+        top = firings[: max(n_contexts, 20)]
+        tokens = self.reply_tokens(sorted({r for _, r, _, _ in top}))
+        contexts, fired_on = [], Counter()
+        for v, r, side, p in top:
+            toks = tokens[(r, side)]
+            if p >= len(toks):
+                continue
+            fired_on[toks[p].strip() or repr(toks[p])] += 1
+            if len(contexts) < n_contexts:
+                left = "".join(toks[max(0, p - 6) : p])
+                right = "".join(toks[p + 1 : p + 4])
+                contexts.append(f"{left}[[{toks[p]}]]{right}".replace("\n", " "))
+        if published:
+            return contexts, published
+        promoted = [t.strip() for t in (self.feature_info().get(feature, {}).get("promoted") or [])[:3]]
+        on = ", ".join(tok for tok, _ in fired_on.most_common(3))
+        label = on or "(no stored firings)"
+        if promoted:
+            label += " → " + ", ".join(p for p in promoted if p)
+        return contexts, label
+
+
+def predicted_shifts(ws: Workspace, top: int = 20, excluded: set[int] | None = None, **kw) -> ShiftReport:
+    """Convenience: load `ws` and report its predicted shifts (see Analysis.report)."""
+    return Analysis(ws).report(top=top, excluded=excluded, **kw)

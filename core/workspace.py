@@ -1,0 +1,142 @@
+"""A workspace: one indexed dataset in LanceDB tables.
+
+Tables:
+    meta      key -> JSON value: model, SAE, layer, dataset path + sha256, format, versions, settings
+    pairs     one row per indexed pair: texts, reply tokens, sparse per-reply SAE summaries,
+              token-level activations of each reply's top features, MiniLM embeddings.
+              A whole row is written in one append, so an interrupted run never leaves half a pair.
+    features  one row per SAE feature: promoted tokens (decoder direction through the unembedding)
+    marks     the triage log (see core.marks)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lancedb
+import numpy as np
+import pyarrow as pa
+
+EMBED_DIM = 384  # all-MiniLM-L6-v2
+
+
+def _side_fields(side: str) -> list[pa.Field]:
+    return [
+        pa.field(f"{side}", pa.string()),
+        pa.field(f"{side}_tokens", pa.list_(pa.string())),
+        pa.field(f"{side}_feat", pa.list_(pa.int32())),  # features with a non-zero mean over the reply
+        pa.field(f"{side}_mean", pa.list_(pa.float32())),  # their mean activation over reply tokens
+        pa.field(f"{side}_max", pa.list_(pa.float32())),  # their max activation
+        pa.field(f"{side}_tok_feat", pa.list_(pa.int32())),  # token-level firing of the reply's top features:
+        pa.field(f"{side}_tok_pos", pa.list_(pa.int32())),  #   (feature, token position, value) triplets
+        pa.field(f"{side}_tok_val", pa.list_(pa.float32())),
+        pa.field(f"emb_{side}", pa.list_(pa.float32(), EMBED_DIM)),
+    ]
+
+
+PAIRS_SCHEMA = pa.schema(
+    [
+        pa.field("source_index", pa.int64()),
+        pa.field("line", pa.int64()),
+        pa.field("prompt", pa.string()),  # JSON list of {role, content}
+        pa.field("prompt_text", pa.string()),
+        pa.field("n_prompt_tokens", pa.int32()),
+        pa.field("emb_prompt", pa.list_(pa.float32(), EMBED_DIM)),
+        *_side_fields("chosen"),
+        *_side_fields("rejected"),
+    ]
+)
+
+FEATURES_SCHEMA = pa.schema(
+    [
+        pa.field("feature", pa.int32()),
+        pa.field("promoted", pa.list_(pa.string())),
+        pa.field("label", pa.string()),  # published label when the catalogue SAE ships one, else ""
+    ]
+)
+
+
+class WorkspaceError(RuntimeError):
+    pass
+
+
+class Workspace:
+    """Handle on a workspace folder. Opening is cheap; tables are read when asked for."""
+
+    def __init__(self, path: Path | str, create: bool = False):
+        self.path = Path(path)
+        if not create and not (self.path / "meta.lance").exists():
+            raise WorkspaceError(f"{self.path} is not a datadebug workspace (run `datadebug index` first)")
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.db = lancedb.connect(str(self.path))
+
+    def _names(self) -> set[str]:
+        res = self.db.list_tables()
+        return set(getattr(res, "tables", res))
+
+    def has(self, table: str) -> bool:
+        return table in self._names()
+
+    def table(self, name: str):
+        return self.db.open_table(name)
+
+    # -- meta -----------------------------------------------------------------------------------
+
+    def meta(self) -> dict:
+        if not self.has("meta"):
+            return {}
+        t = self.table("meta").to_arrow().to_pylist()
+        return {r["key"]: json.loads(r["value"]) for r in t}
+
+    def write_meta(self, values: dict) -> None:
+        merged = {**self.meta(), **values}
+        rows = pa.table({"key": list(merged), "value": [json.dumps(v) for v in merged.values()]})
+        self.db.create_table("meta", rows, mode="overwrite")
+
+    # -- pairs ----------------------------------------------------------------------------------
+
+    def add_pairs(self, rows: pa.Table) -> None:
+        if self.has("pairs"):
+            self.table("pairs").add(rows)
+        else:
+            self.db.create_table("pairs", rows, schema=PAIRS_SCHEMA)
+
+    def indexed_source_indices(self) -> np.ndarray:
+        if not self.has("pairs"):
+            return np.zeros(0, dtype=np.int64)
+        return self.pairs_columns(["source_index"])["source_index"].to_numpy()
+
+    def pairs_columns(self, columns: list[str]) -> pa.Table:
+        """Columns of every indexed pair, sorted by source_index."""
+        if not self.has("pairs"):
+            return PAIRS_SCHEMA.empty_table().select(columns)
+        keep = columns if "source_index" in columns else ["source_index", *columns]
+        tbl = self.table("pairs")
+        t = tbl.search().select(keep).limit(max(1, tbl.count_rows())).to_arrow()
+        return t.sort_by("source_index").select(columns)
+
+    def pair(self, source_index: int) -> dict:
+        """One indexed pair as a dict (every column). Raises WorkspaceError when absent."""
+        rows = self.table("pairs").search().where(f"source_index = {int(source_index)}").limit(1).to_list()
+        if not rows:
+            raise WorkspaceError(f"pair {source_index} is not in workspace {self.path}")
+        return rows[0]
+
+    def compact(self) -> None:
+        if self.has("pairs"):
+            try:
+                self.table("pairs").optimize()
+            except Exception:  # optimisation is an optional nicety; a failure leaves data intact
+                pass
+
+    # -- features -------------------------------------------------------------------------------
+
+    def write_features(self, rows: pa.Table) -> None:
+        self.db.create_table("features", rows, schema=FEATURES_SCHEMA, mode="overwrite")
+
+    def feature_info(self) -> dict[int, dict]:
+        if not self.has("features"):
+            return {}
+        t = self.table("features").to_arrow().to_pylist()
+        return {r["feature"]: r for r in t}

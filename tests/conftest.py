@@ -1,0 +1,93 @@
+"""Shared fixtures: a tiny real SAE trained on real SmolLM2 activations, and a small real workspace.
+
+Nothing is mocked: the embedded SmolLM2-135M runs (its float copy is made once in the user's cache
+dir and reused), the SAE is trained with sae-lens, the workspace is LanceDB on disk.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+HH = SHARED_DATA / "hh-rlhf-harmless-base-test.jsonl.gz"
+UF = SHARED_DATA / "ultrafeedback-1k.jsonl"
+
+
+def pytest_configure(config):
+    # A test must never read the developer's own ~/.config/datadebug.
+    os.environ["DATADEBUG_CONFIG_DIR"] = tempfile.mkdtemp(prefix="datadebug-config-")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+@pytest.fixture(scope="session")
+def config_dir() -> Path:
+    d = Path(os.environ["DATADEBUG_CONFIG_DIR"])
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def short_pairs(path: Path, n: int, max_chars: int = 600, skip: int = 0):
+    """The first `n` valid pairs of `path` (after `skip`) whose texts are short, for fast tests."""
+    from core.ingest import read_pairs
+
+    if not path.exists():
+        pytest.skip(f"{path} is absent (tests read ../shared/data beside the checkout)")
+    pairs = [
+        p for p in read_pairs(path, skip_invalid=True).pairs
+        if len(p.prompt_text) + len(p.chosen) + len(p.rejected) < max_chars
+    ]
+    return pairs[skip : skip + n]
+
+
+def write_jsonl_subset(src: Path, pairs, out: Path) -> Path:
+    """Copy the source lines of `pairs` unchanged into a new JSONL file."""
+    from core.ingest import raw_records
+
+    raw = raw_records(src)
+    out.write_bytes(b"".join(raw[p.source_index] + b"\n" for p in pairs))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_sae(tmp_path_factory, config_dir) -> str:
+    """Name of a catalogue SAE entry: 512 features, k=16, trained in seconds on real layer-15 activations."""
+    from core.catalog import _cached, load_catalog
+    from core.lm import ResidualReader
+    from core.sae import train_topk_sae
+    from core.sae_train import collect_activations
+
+    cat = load_catalog()
+    model = cat.model(None)
+    reader = ResidualReader.from_entry(model)
+    pairs = short_pairs(HH, 40, skip=100) + short_pairs(UF, 20, max_chars=900)
+    acts = collect_activations(reader, pairs, max_tokens=64, token_budget=12_000)
+    out = tmp_path_factory.mktemp("sae") / "tiny"
+    train_topk_sae(acts, out, d_sae=512, k=16, train_tokens=512 * 120, batch_size=512, lr=2e-3)
+    (config_dir / "models.toml").write_text(
+        f'[saes.tiny-test]\nmodel = "{model.name}"\nlayer = {model.layer}\nsource = "local"\npath = "{out}"\n'
+    )
+    _cached.cache_clear()
+    return "tiny-test"
+
+
+@pytest.fixture(scope="session")
+def hh_small(tmp_path_factory) -> Path:
+    """24 short real HH-RLHF pairs, their source lines copied unchanged."""
+    pairs = short_pairs(HH, 24)
+    return write_jsonl_subset(HH, pairs, tmp_path_factory.mktemp("data") / "hh-small.jsonl")
+
+
+@pytest.fixture(scope="session")
+def small_workspace(tmp_path_factory, tiny_sae, hh_small) -> Path:
+    from core.index import IndexSettings, index_dataset
+
+    ws = tmp_path_factory.mktemp("ws") / "hh"
+    index_dataset(hh_small, ws, sae=tiny_sae, settings=IndexSettings(max_tokens=64, chunk_pairs=8))
+    return ws

@@ -1,0 +1,25 @@
+"""core/ is a library: importing it (and its CLI) must not pull in the TUI or heavy optional modules."""
+
+import subprocess
+import sys
+
+
+def _modules_after(code: str) -> set[str]:
+    out = subprocess.run(
+        [sys.executable, "-c", code + "\nimport sys; print('\\n'.join(sys.modules))"],
+        capture_output=True, text=True, check=True, timeout=120,
+    ).stdout
+    return set(out.split())
+
+
+def test_core_never_imports_the_ui():
+    mods = _modules_after(
+        "import core.catalog, core.store, core.ingest, core.workspace, core.shifts, core.index, core.cli, core.dpo"
+    )
+    assert not {m for m in mods if m == "textual" or m.startswith("textual.") or m == "tui" or m.startswith("tui.")}
+
+
+def test_slow_imports_stay_lazy():
+    # sae_lens (~9 s) and sentence_transformers (~8 s) load only when a job needs them.
+    mods = _modules_after("import core.cli, core.index, core.shifts")
+    assert "sae_lens" not in mods and "sentence_transformers" not in mods

@@ -1,0 +1,406 @@
+import gzip
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from core.ingest import (
+    FORMATS,
+    IngestError,
+    Issue,
+    Pair,
+    detect_format,
+    iter_records,
+    raw_records,
+    read_pairs,
+)
+
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+HH_FILE = DATA / "hh-rlhf-harmless-base-test.jsonl.gz"
+ULTRAFEEDBACK_FILE = DATA / "ultrafeedback-1k.jsonl"
+
+STANDARD = {"prompt": "What is 2+2?", "chosen": "4", "rejected": "5"}
+HH_PROMPT = "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Tell me a joke"
+# Two spaces after "Assistant:" as in some real HH transcripts.
+HH = {
+    "chosen": HH_PROMPT + "\n\nAssistant:  Why did the chicken cross the road?",
+    "rejected": HH_PROMPT + "\n\nAssistant: No.",
+}
+CONVERSATIONAL = {
+    "chosen": [
+        {"role": "user", "content": "Name a colour"},
+        {"role": "assistant", "content": "Blue"},
+    ],
+    "rejected": [
+        {"role": "user", "content": "Name a colour"},
+        {"role": "assistant", "content": "Seven"},
+    ],
+}
+SHAREGPT = {
+    "conversations": [
+        {"from": "system", "value": "Be brief."},
+        {"from": "human", "value": "Capital of France?"},
+    ],
+    "chosen": {"from": "gpt", "value": "Paris"},
+    "rejected": {"from": "gpt", "value": "Lyon"},
+}
+
+
+def write_jsonl(path: Path, records: list) -> Path:
+    """Write records (dicts, or raw str lines written as they are) one per line."""
+    lines = [r if isinstance(r, str) else json.dumps(r) for r in records]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+# --- formats and file types ---------------------------------------------------------
+
+
+def test_standard_jsonl(tmp_path):
+    path = write_jsonl(
+        tmp_path / "d.jsonl", [STANDARD, {**STANDARD, "chosen": "four", "metadata": {"x": 1}}]
+    )
+    result = read_pairs(path)
+    assert result.format == "standard"
+    assert result.n_records == 2 and result.issues == []
+    assert result.pairs[0] == Pair(0, 1, ({"role": "user", "content": "What is 2+2?"},), "4", "5")
+    assert result.pairs[1].chosen == "four" and result.pairs[1].line == 2
+    assert result.pairs[0].prompt_text == "What is 2+2?"
+
+
+def test_hh_rlhf_jsonl_gz(tmp_path):
+    path = tmp_path / "d.jsonl.gz"
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        f.write(json.dumps(HH) + "\n")
+    result = read_pairs(path)
+    assert result.format == "hh-rlhf"
+    (pair,) = result.pairs
+    assert [m["role"] for m in pair.prompt] == ["user", "assistant", "user"]
+    # The extra space after "Assistant:" in the real data is not part of the reply.
+    assert pair.chosen == "Why did the chicken cross the road?"
+    assert pair.rejected == "No."
+    assert pair.prompt_text == "User: Hi\n\nAssistant: Hello!\n\nUser: Tell me a joke"
+
+
+def test_hh_reply_keeps_inline_human_text(tmp_path):
+    # HH replies sometimes contain "Human:" mid-line, written by the sampling model;
+    # only a blank line before the speaker starts a turn.
+    record = {
+        "chosen": "\n\nHuman: Hi\n\nAssistant: Sure.  Human: thanks",
+        "rejected": "\n\nHuman: Hi\n\nAssistant: No.",
+    }
+    (pair,) = read_pairs(write_jsonl(tmp_path / "d.jsonl", [record])).pairs
+    assert pair.prompt == ({"role": "user", "content": "Hi"},)
+    assert pair.chosen == "Sure.  Human: thanks"
+
+
+def test_conversational_json_array(tmp_path):
+    explicit = {
+        "prompt": [{"role": "system", "content": "Be kind"}, {"role": "user", "content": "Hi"}],
+        "chosen": [{"role": "assistant", "content": "Hello"}],
+        "rejected": [{"role": "assistant", "content": "Go away"}],
+    }
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps([CONVERSATIONAL, explicit]), encoding="utf-8")
+    result = read_pairs(path)
+    assert result.format == "conversational"
+    implicit_pair, explicit_pair = result.pairs
+    assert implicit_pair.prompt == ({"role": "user", "content": "Name a colour"},)
+    assert (implicit_pair.chosen, implicit_pair.rejected) == ("Blue", "Seven")
+    assert explicit_pair.line == 2 and explicit_pair.source_index == 1
+    assert explicit_pair.prompt_text == "System: Be kind\n\nUser: Hi"
+    assert raw_records(path) == [CONVERSATIONAL, explicit]
+
+
+def test_conversational_string_prompt_with_reply_only(tmp_path):
+    record = {
+        "prompt": "Hi",
+        "chosen": [{"role": "assistant", "content": "Hello"}],
+        "rejected": [{"role": "assistant", "content": "Bye"}],
+    }
+    (pair,) = read_pairs(write_jsonl(tmp_path / "d.jsonl", [record])).pairs
+    assert pair.prompt == ({"role": "user", "content": "Hi"},)
+
+
+def test_jsonl_saved_as_json(tmp_path):
+    path = write_jsonl(tmp_path / "d.json", [STANDARD, STANDARD])
+    result = read_pairs(path)
+    assert len(result.pairs) == 2 and result.pairs[1].line == 2
+    assert [json.loads(raw) for raw in raw_records(path)] == [STANDARD, STANDARD]
+
+
+def test_parquet(tmp_path):
+    path = tmp_path / "d.parquet"
+    pq.write_table(pa.Table.from_pylist([CONVERSATIONAL, CONVERSATIONAL]), path)
+    result = read_pairs(path)
+    assert result.format == "conversational"
+    assert [(p.source_index, p.line) for p in result.pairs] == [(0, 1), (1, 2)]
+    assert result.pairs[0].chosen == "Blue"
+    slices = raw_records(path)
+    assert len(slices) == 2 and slices[1].to_pylist() == [CONVERSATIONAL]
+
+
+def test_sharegpt(tmp_path):
+    with_strings = {**SHAREGPT, "chosen": "Paris", "rejected": "Marseille"}
+    result = read_pairs(write_jsonl(tmp_path / "d.jsonl", [SHAREGPT, with_strings]))
+    assert result.format == "sharegpt"
+    first, second = result.pairs
+    assert first.prompt == (
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Capital of France?"},
+    )
+    assert (first.chosen, first.rejected) == ("Paris", "Lyon")
+    assert second.rejected == "Marseille"
+
+
+@pytest.mark.parametrize(
+    "record, expected",
+    [
+        (STANDARD, "standard"),
+        (HH, "hh-rlhf"),
+        (CONVERSATIONAL, "conversational"),
+        (SHAREGPT, "sharegpt"),
+    ],
+)
+def test_detect_format(record, expected):
+    assert detect_format(record) == expected
+    assert expected in FORMATS
+
+
+def test_detect_format_unknown_shape():
+    with pytest.raises(ValueError, match="unrecognised record shape"):
+        detect_format({"question": "q", "answer": "a"})
+
+
+# --- bad input -----------------------------------------------------------------------
+
+
+def test_invalid_json_names_the_line(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [STANDARD, STANDARD, '{"prompt": "x",'])
+    with pytest.raises(IngestError) as raised:
+        read_pairs(path)
+    assert raised.value.issue.line == 3
+    assert str(raised.value).startswith(f"{path}:3: invalid JSON: ")
+
+
+def test_missing_field(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [STANDARD, {"prompt": "p", "chosen": "c"}])
+    with pytest.raises(IngestError) as raised:
+        read_pairs(path)
+    assert raised.value.issue == Issue(str(path), 2, "rejected", "missing field", "error")
+    assert str(raised.value) == f"{path}:2: field 'rejected': missing field"
+
+
+def test_wrong_type_names_nested_field(tmp_path):
+    bad = {
+        "chosen": [{"role": "user", "content": "x"}, {"role": "assistant", "content": 3}],
+        "rejected": CONVERSATIONAL["rejected"],
+    }
+    result = read_pairs(write_jsonl(tmp_path / "d.jsonl", [CONVERSATIONAL, bad]), skip_invalid=True)
+    (issue,) = result.issues
+    assert (issue.line, issue.field, issue.message) == (
+        2,
+        "chosen[1].content",
+        "expected string, got number",
+    )
+
+
+def test_empty_reply(tmp_path):
+    hh_empty = {**HH, "chosen": HH_PROMPT + "\n\nAssistant: "}
+    path = write_jsonl(tmp_path / "d.jsonl", [hh_empty])
+    with pytest.raises(IngestError, match=r"d\.jsonl:1: field 'chosen': empty reply"):
+        read_pairs(path)
+    path = write_jsonl(tmp_path / "s.jsonl", [{**STANDARD, "rejected": "  "}])
+    with pytest.raises(IngestError, match="field 'rejected': empty reply"):
+        read_pairs(path)
+
+
+def test_chosen_identical_to_rejected_is_an_error(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [STANDARD, {**STANDARD, "rejected": "4"}])
+    result = read_pairs(path, skip_invalid=True)
+    assert len(result.pairs) == 1
+    (issue,) = result.issues
+    assert issue.severity == "error" and issue.line == 2 and "identical" in issue.message
+
+
+def test_conversation_prefix_mismatch_names_field(tmp_path):
+    other_prompt = [
+        {"role": "user", "content": "Name a number"},
+        {"role": "assistant", "content": "Seven"},
+    ]
+    path = write_jsonl(tmp_path / "d.jsonl", [{**CONVERSATIONAL, "rejected": other_prompt}])
+    with pytest.raises(IngestError) as raised:
+        read_pairs(path)
+    assert raised.value.issue.field == "rejected"
+    assert "differs from chosen" in raised.value.issue.message
+
+
+def test_hh_transcript_must_end_with_assistant(tmp_path):
+    record = {**HH, "rejected": HH_PROMPT}
+    with pytest.raises(
+        IngestError, match="field 'rejected': transcript does not end with an Assistant reply"
+    ):
+        read_pairs(write_jsonl(tmp_path / "d.jsonl", [record]))
+
+
+def test_non_utf8_byte_names_line_and_later_lines_still_read(tmp_path):
+    path = tmp_path / "d.jsonl"
+    good = json.dumps(STANDARD).encode()
+    path.write_bytes(
+        good + b"\n" + b'{"prompt": "caf\xe9", "chosen": "a", "rejected": "b"}\n' + good + b"\n"
+    )
+    with pytest.raises(IngestError) as raised:
+        read_pairs(path)
+    assert raised.value.issue.line == 2 and "not valid UTF-8" in raised.value.issue.message
+
+    result = read_pairs(path, skip_invalid=True)
+    assert [p.line for p in result.pairs] == [1, 3]
+    assert [i.line for i in result.issues] == [2]
+    # The bad line is still a record: raw_records keeps it so indices stay aligned.
+    assert raw_records(path)[2] == good
+
+
+def test_skip_invalid_counts_add_up_and_blank_lines_are_not_records(tmp_path):
+    path = write_jsonl(
+        tmp_path / "d.jsonl",
+        [
+            STANDARD,
+            "",
+            "not json",
+            {"prompt": "p"},
+            "   ",
+            {**STANDARD, "chosen": ""},
+            {**STANDARD, "chosen": "x"},
+        ],
+    )
+    result = read_pairs(path, skip_invalid=True)
+    assert result.n_records == 5
+    assert result.skipped == 3 == len(result.issues)
+    assert len(result.pairs) + result.skipped == result.n_records
+    assert [i.line for i in result.issues] == [3, 4, 6]
+    assert [(p.source_index, p.line) for p in result.pairs] == [(0, 1), (4, 7)]
+    raw = raw_records(path)
+    assert len(raw) == result.n_records
+    for pair in result.pairs:
+        assert json.loads(raw[pair.source_index])["chosen"] == pair.chosen
+
+
+def test_unknown_first_record_then_detection_from_next(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [["a", "list"], {"question": "q"}, HH])
+    result = read_pairs(path, skip_invalid=True)
+    assert result.format == "hh-rlhf"
+    assert [i.line for i in result.issues] == [1, 2]
+    assert "not a JSON object" in result.issues[0].message
+    assert len(result.pairs) == 1
+
+
+def test_explicit_format_mismatch_is_an_error_per_record(tmp_path):
+    result = read_pairs(
+        write_jsonl(tmp_path / "d.jsonl", [HH, STANDARD]), format="standard", skip_invalid=True
+    )
+    assert result.format == "standard"
+    assert [(i.line, i.field, i.message) for i in result.issues] == [(1, "prompt", "missing field")]
+    assert len(result.pairs) == 1
+
+
+def test_limit_stops_after_that_many_pairs(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [STANDARD, "bad", STANDARD, STANDARD])
+    result = read_pairs(path, skip_invalid=True, limit=2)
+    assert len(result.pairs) == 2 and result.n_records == 3
+
+
+def test_file_level_errors(tmp_path):
+    with pytest.raises(IngestError, match="file not found"):
+        read_pairs(tmp_path / "missing.jsonl")
+    (tmp_path / "d.csv").write_text("prompt,chosen,rejected\n")
+    with pytest.raises(IngestError, match="unsupported file type"):
+        read_pairs(tmp_path / "d.csv")
+    with pytest.raises(IngestError, match="unknown format 'dpo'"):
+        read_pairs(write_jsonl(tmp_path / "d.jsonl", [STANDARD]), format="dpo")
+    (tmp_path / "broken.json").write_text('[{"prompt": "a"},\n {"chosen": ]')
+    with pytest.raises(IngestError) as raised:
+        list(iter_records(tmp_path / "broken.json"))
+    assert raised.value.issue.line == 2 and "invalid JSON" in raised.value.issue.message
+    (tmp_path / "broken.jsonl.gz").write_bytes(b"not gzip")
+    with pytest.raises(IngestError, match="cannot read file"):
+        read_pairs(tmp_path / "broken.jsonl.gz")
+
+
+def test_empty_file_warns(tmp_path):
+    result = read_pairs(write_jsonl(tmp_path / "d.jsonl", [""]))
+    assert result.n_records == 0 and result.pairs == []
+    assert [i.severity for i in result.issues] == ["warning"]
+
+
+def test_iter_records_yields_parse_errors_in_place(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [STANDARD, "", "{oops"])
+    (first, second) = list(iter_records(path))
+    assert first == (1, STANDARD)
+    assert second[0] == 3 and isinstance(second[1], json.JSONDecodeError)
+
+
+# --- export support ------------------------------------------------------------------
+
+
+def test_raw_records_are_the_exact_source_bytes(tmp_path):
+    # Spacing, key order, escapes and CRLF endings must survive a write-back unchanged.
+    lines = [
+        b'{"prompt":"a",  "chosen": "caf\\u00e9", "rejected":"b"}\r',
+        b'{"rejected": "y", "chosen": "x", "prompt": "p"}',
+    ]
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(
+        b"\xef\xbb\xbf" + lines[0] + b"\n\n" + lines[1]
+    )  # BOM, blank line, no final newline
+    result = read_pairs(path)
+    assert [p.line for p in result.pairs] == [1, 3]
+    raw = raw_records(path)
+    assert raw == [b"\xef\xbb\xbf" + lines[0], lines[1]]
+    gz_path = tmp_path / "d.jsonl.gz"
+    gz_path.write_bytes(gzip.compress(path.read_bytes()))
+    assert raw_records(gz_path) == raw
+
+
+# --- real data -----------------------------------------------------------------------
+
+needs_real_data = pytest.mark.skipif(
+    not (HH_FILE.exists() and ULTRAFEEDBACK_FILE.exists()),
+    reason=f"real preference data not found in {DATA} (shared/ sits beside the checkout in CI)",
+)
+
+
+def assert_round_trip(path: Path, pairs: list[Pair]) -> None:
+    raw = raw_records(path)
+    records = dict(iter_records(path))
+    for pair in pairs:
+        assert json.loads(raw[pair.source_index]) == records[pair.line]
+
+
+@needs_real_data
+def test_real_hh_rlhf():
+    result = read_pairs(HH_FILE, skip_invalid=True, limit=200)
+    assert result.format == "hh-rlhf"
+    assert len(result.pairs) == 200
+    assert len(result.pairs) + result.skipped == result.n_records
+    # The only bad records in the first 200 are transcripts whose chosen reply is empty.
+    assert {(i.field, i.message) for i in result.issues} <= {("chosen", "empty reply")}
+    for pair in result.pairs:
+        assert pair.prompt and pair.prompt[-1]["role"] == "user"
+        assert pair.prompt_text.strip()
+        assert pair.chosen.strip() and pair.rejected.strip() and pair.chosen != pair.rejected
+    assert_round_trip(HH_FILE, result.pairs)
+
+
+@needs_real_data
+def test_real_ultrafeedback():
+    result = read_pairs(ULTRAFEEDBACK_FILE, skip_invalid=True, limit=200)
+    assert result.format == "standard"
+    assert len(result.pairs) == 200
+    assert len(result.pairs) + result.skipped == result.n_records
+    # Our source_index is the position in the file, not the record's own "source_index".
+    assert [p.source_index for p in result.pairs[:3]] == [0, 1, 2]
+    for pair in result.pairs:
+        assert pair.prompt_text.strip() and pair.chosen != pair.rejected
+    assert_round_trip(ULTRAFEEDBACK_FILE, result.pairs)

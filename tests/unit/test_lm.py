@@ -1,0 +1,38 @@
+"""The fast residual reader must give exactly what a plain full forward pass gives."""
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from core.catalog import load_catalog
+from core.lm import ResidualReader, plan_batches
+from core.store import model_dir, pull_model
+from tests.conftest import HH, short_pairs
+
+
+def test_prefix_shared_truncated_read_matches_full_model_hidden_states():
+    entry = load_catalog().model(None)
+    pull_model(entry)
+    reader = ResidualReader.from_entry(entry)
+    full = AutoModelForCausalLM.from_pretrained(model_dir(entry), dtype=torch.float32).eval()
+    pairs = short_pairs(HH, 4)
+    toks = [reader.tokenize(p, 48) for p in pairs]
+    reads = reader.read(toks)  # one padded batch of 4 pairs with different prompt lengths
+    assert len({len(t.prompt_ids) for t in toks}) > 1, "the batch should exercise left padding"
+    for t, (c, r) in zip(toks, reads):
+        for ids, got in ((t.chosen_ids, c), (t.rejected_ids, r)):
+            with torch.no_grad():
+                hs = full(torch.tensor([t.prompt_ids + ids]), output_hidden_states=True).hidden_states
+            want = hs[entry.layer + 1][0, len(t.prompt_ids):]
+            assert got.shape == want.shape
+            assert torch.allclose(got, want, atol=2e-3, rtol=1e-4), (got - want).abs().max()
+    assert len(reader.model.layers) == entry.layer + 1
+
+
+def test_plan_batches_respects_budget_and_keeps_every_pair():
+    from core.lm import TokenizedPair
+
+    items = [TokenizedPair(i, [1] * (5 + i % 7), [2] * (i % 5), [3] * (i % 3)) for i in range(50)]
+    batches = plan_batches(items, 60)
+    assert sorted(t.source_index for b in batches for t in b) == list(range(50))
+    for b in batches:
+        assert len(b) == 1 or max(t.cost for t in b) * len(b) <= 60

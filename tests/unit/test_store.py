@@ -1,0 +1,38 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from core.catalog import load_catalog
+from core.store import StoreError, model_ready, pull_model, status, verify
+
+
+def test_hub_pull_without_network_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("DATADEBUG_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    entry = load_catalog().model("smollm2-135m-hf")
+    with pytest.raises(StoreError, match="cannot download HuggingFaceTB/SmolLM2-135M-Instruct.*network"):
+        pull_model(entry)
+    assert not (tmp_path / "models" / "smollm2-135m-hf").exists()  # nothing half-written left behind
+
+
+def test_cli_pull_failure_prints_message_not_traceback(tmp_path):
+    env = {"DATADEBUG_CACHE_DIR": str(tmp_path), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    r = subprocess.run(
+        [sys.executable, "-m", "core.cli", "models", "pull", "gemma-2-2b", "--json"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr + r.stdout
+    assert "cannot download google/gemma-2-2b" in json.loads(r.stdout)["error"]
+
+
+def test_embedded_model_is_ready_offline_and_verifies():
+    cat = load_catalog()
+    entry = cat.model(None)
+    pull_model(entry)  # dequantises the packaged GGUF once per machine
+    assert model_ready(entry)
+    row = next(r for r in status(cat) if r.name == entry.name)
+    assert row.ready and row.size_bytes > 100e6
+    assert "30 layers" in verify(cat, entry.name)

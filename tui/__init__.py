@@ -1,0 +1,1 @@
+"""datadebug-tui: the Textual front end over core."""
