@@ -14,7 +14,11 @@ import typer
 
 from core import locations
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split(":")[1].strip())
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Predictive data debugging for preference datasets: what DPO will teach your model, before you train.",
+)
 models_app = typer.Typer(no_args_is_help=True, help="The catalogue and the local store of models and SAEs.")
 sae_app = typer.Typer(no_args_is_help=True, help="Train an SAE for a model that has none.")
 app.add_typer(models_app, name="models")
@@ -143,9 +147,9 @@ def shifts(
         ws = Workspace(workspace)
         excluded = None
         if exclude_marked:
-            from core import marks as marks_mod
+            from core.marks import marked_set
 
-            excluded = marks_mod.marked_set(ws) if hasattr(marks_mod, "marked_set") else None
+            excluded = marked_set(ws)
         report = Analysis(ws).report(top=top, excluded=excluded)
     except _known_errors() as exc:
         _fail(exc, as_json)
@@ -264,9 +268,17 @@ def sae_train(
     )
 
 
+# Each area's commands live in their own module and register on `app` when imported.
+from core import cli_analysis, cli_train, cli_triage  # noqa: E402,F401
+
+
 def main() -> None:
     app()
 
 
 if __name__ == "__main__":
-    main()
+    # Run as `python -m core.cli`, this file is `__main__`, a second copy beside `core.cli`; the area
+    # modules register their commands on `core.cli.app`, so run that one.
+    from core.cli import main as _main
+
+    _main()

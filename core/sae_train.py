@@ -71,7 +71,13 @@ def train_catalog_sae(
     progress = progress or (lambda msg: None)
     model = catalog.models[entry.model]
     sample = read_pairs(locations.sample_data_file(), skip_invalid=True).pairs
-    corpus = list(sample) + list(extra_pairs)
+    # The analysed dataset may be the sample itself (the demo): count each distinct pair once.
+    seen, corpus = set(), []
+    for p in [*sample, *extra_pairs]:
+        key = (p.prompt_text, p.chosen, p.rejected)
+        if key not in seen:
+            seen.add(key)
+            corpus.append(p)
     progress(f"training SAE {entry.name}: reading {len(corpus)} pairs of {model.name} at layer {entry.layer}")
     reader = ResidualReader.from_entry(model, layer=entry.layer, device=device)
     acts = collect_activations(

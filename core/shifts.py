@@ -135,6 +135,24 @@ class Analysis:
         var = np.maximum(s2 / n - mean**2, 0.0) * (n / max(n - 1, 1))
         return n, mean, np.sqrt(var), nf
 
+    def top_pairs_of(self, feature: int, n: int, excluded=()) -> list[TopPair]:
+        """The `n` pairs with the largest delta in the direction of `feature`'s overall shift."""
+        col = self.delta[:, feature].toarray().ravel()
+        if excluded:
+            col[self.rows(excluded)] = 0.0
+        sign = 1.0 if col.sum() >= 0 else -1.0
+        order = np.argsort(-sign * col)[:n]
+        return [TopPair(int(self.source_index[r]), float(col[r])) for r in order if sign * col[r] > 0]
+
+    def what_if(self, excluded) -> tuple[int, np.ndarray, np.ndarray]:
+        """(pairs kept, mean shift (d_sae,), effect size (d_sae,)) without the `excluded` source indices.
+
+        Cheap enough for every keypress: it subtracts the excluded rows' sums from cached totals.
+        """
+        n, mean, sd, _ = self.moments(self.rows(excluded))
+        effect = np.divide(mean, sd, out=np.zeros_like(mean), where=sd > 0)
+        return n, mean, effect
+
     # -- the full report ------------------------------------------------------------------------
 
     def report(

@@ -1,0 +1,184 @@
+"""Triage marks: which pairs to remove before training, with who/when/why, undo and redo.
+
+Marks are an append-only event log in the workspace's `marks` LanceDB table; every operation is
+written as it is made, so marks survive a crash or restart. The current state is a replay of the log:
+`mark`/`unmark` apply a change, `undo` reverts the latest applied change, `redo` re-applies the latest
+undone one (a new change clears the redo stack), as in an editor.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import socket
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import pyarrow as pa
+
+from core.workspace import Workspace
+
+MARKS_SCHEMA = pa.schema(
+    [
+        pa.field("op_id", pa.int64()),
+        pa.field("action", pa.string()),  # "mark" | "unmark" | "undo" | "redo"
+        pa.field("source_indices", pa.list_(pa.int64())),
+        pa.field("reason", pa.string()),
+        pa.field("scope", pa.string()),  # "pair", "pairs", "cluster sae:3", "feature 812 top 20", ...
+        pa.field("features", pa.list_(pa.int32())),  # features that flagged these pairs, if any
+        pa.field("who", pa.string()),
+        pa.field("when", pa.string()),  # ISO 8601, UTC
+    ]
+)
+
+
+@dataclass(frozen=True)
+class MarkOp:
+    op_id: int
+    action: str
+    source_indices: tuple[int, ...]
+    reason: str = ""
+    scope: str = "pair"
+    features: tuple[int, ...] = ()
+    who: str = ""
+    when: str = ""
+
+
+@dataclass(frozen=True)
+class MarkInfo:
+    source_index: int
+    reason: str
+    scope: str
+    features: tuple[int, ...]
+    who: str
+    when: str
+
+
+@dataclass
+class MarkState:
+    marked: dict[int, MarkInfo] = field(default_factory=dict)
+    applied: list[MarkOp] = field(default_factory=list)
+    undone: list[MarkOp] = field(default_factory=list)
+
+
+def _who() -> str:
+    try:
+        user = getpass.getuser()
+    except Exception:
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+def replay(ops: list[MarkOp]) -> MarkState:
+    """The marks that a log of operations leaves, in order."""
+    st = MarkState()
+    for op in ops:
+        if op.action in ("mark", "unmark"):
+            st.applied.append(op)
+            st.undone.clear()
+        elif op.action == "undo" and st.applied:
+            st.undone.append(st.applied.pop())
+        elif op.action == "redo" and st.undone:
+            st.applied.append(st.undone.pop())
+    for op in st.applied:
+        for s in op.source_indices:
+            if op.action == "mark":
+                st.marked[s] = MarkInfo(s, op.reason, op.scope, op.features, op.who, op.when)
+            else:
+                st.marked.pop(s, None)
+    return st
+
+
+class Marks:
+    """The triage marks of one workspace. Each change is persisted before the call returns."""
+
+    def __init__(self, ws: Workspace):
+        self.ws = ws
+        self._ops = self._load()
+        self._state = replay(self._ops)
+
+    def _load(self) -> list[MarkOp]:
+        if not self.ws.has("marks"):
+            return []
+        rows = self.ws.table("marks").to_arrow().sort_by("op_id").to_pylist()
+        return [
+            MarkOp(r["op_id"], r["action"], tuple(r["source_indices"]), r["reason"], r["scope"],
+                   tuple(r["features"]), r["who"], r["when"])
+            for r in rows
+        ]
+
+    def _append(self, action: str, source_indices=(), reason: str = "", scope: str = "", features=()) -> MarkOp:
+        op = MarkOp(
+            op_id=(self._ops[-1].op_id + 1) if self._ops else 0,
+            action=action,
+            source_indices=tuple(sorted({int(s) for s in source_indices})),
+            reason=reason,
+            scope=scope,
+            features=tuple(int(f) for f in features),
+            who=_who(),
+            when=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        )
+        row = pa.table({k: [v if not isinstance(v, tuple) else list(v)] for k, v in op.__dict__.items()}, schema=MARKS_SCHEMA)
+        if self.ws.has("marks"):
+            self.ws.table("marks").add(row)
+        else:
+            self.ws.db.create_table("marks", row, schema=MARKS_SCHEMA)
+        self._ops.append(op)
+        self._state = replay(self._ops)
+        return op
+
+    def mark(self, source_indices, reason: str = "", scope: str = "pairs", features=()) -> MarkOp:
+        """Mark pairs for removal. Returns the persisted operation."""
+        return self._append("mark", source_indices, reason, scope, features)
+
+    def unmark(self, source_indices, reason: str = "", scope: str = "pairs") -> MarkOp:
+        """Keep pairs again. Returns the persisted operation."""
+        return self._append("unmark", source_indices, reason, scope)
+
+    def undo(self) -> MarkOp | None:
+        """Revert the latest applied change; None when there is nothing to undo."""
+        if not self._state.applied:
+            return None
+        target = self._state.applied[-1]
+        self._append("undo", target.source_indices, scope=f"undo op {target.op_id}")
+        return target
+
+    def redo(self) -> MarkOp | None:
+        """Re-apply the latest undone change; None when there is nothing to redo."""
+        if not self._state.undone:
+            return None
+        target = self._state.undone[-1]
+        self._append("redo", target.source_indices, scope=f"redo op {target.op_id}")
+        return target
+
+    @property
+    def marked(self) -> dict[int, MarkInfo]:
+        """source_index -> why/when/who it is marked."""
+        return dict(self._state.marked)
+
+    def marked_set(self) -> set[int]:
+        return set(self._state.marked)
+
+    @property
+    def can_undo(self) -> bool:
+        return bool(self._state.applied)
+
+    @property
+    def can_redo(self) -> bool:
+        return bool(self._state.undone)
+
+    def history(self) -> list[MarkOp]:
+        return list(self._ops)
+
+    def to_json(self) -> dict:
+        return {
+            "n_marked": len(self._state.marked),
+            "marked": [info.__dict__ | {"features": list(info.features)} for info in sorted(self._state.marked.values(), key=lambda i: i.source_index)],
+            "can_undo": self.can_undo,
+            "can_redo": self.can_redo,
+        }
+
+
+def marked_set(ws: Workspace) -> set[int]:
+    """The source indices currently marked for removal in `ws`."""
+    return Marks(ws).marked_set()
