@@ -111,6 +111,7 @@ class Analysis:
         self._n_firing = np.asarray(self.fires.sum(0)).ravel()
         self._features = None
         self._tokens = None
+        self._what_if_cache = None
 
     @property
     def n(self) -> int:
@@ -149,7 +150,28 @@ class Analysis:
 
         Cheap enough for every keypress: it subtracts the excluded rows' sums from cached totals.
         """
-        n, mean, sd, _ = self.moments(self.rows(excluded))
+        excluded = frozenset(int(s) for s in excluded if int(s) in self.row_of)
+        cache = self._what_if_cache
+        if cache is not None and len(cache[0] ^ excluded) < len(excluded):
+            # Update from the previous call: only the pairs marked or unmarked since then are touched.
+            prev, s, s2, nf = cache
+            added, dropped = self.rows(excluded - prev), self.rows(prev - excluded)
+            for rows, sign in ((added, -1.0), (dropped, 1.0)):
+                if len(rows):
+                    s = s + sign * np.asarray(self.delta[rows].sum(0)).ravel()
+                    s2 = s2 + sign * np.asarray(self.delta_sq[rows].sum(0)).ravel()
+                    nf = nf + sign * np.asarray(self.fires[rows].sum(0)).ravel()
+        else:
+            rows = self.rows(excluded)
+            s, s2, nf = self._sum, self._sum_sq, self._n_firing
+            if len(rows):
+                s = s - np.asarray(self.delta[rows].sum(0)).ravel()
+                s2 = s2 - np.asarray(self.delta_sq[rows].sum(0)).ravel()
+                nf = nf - np.asarray(self.fires[rows].sum(0)).ravel()
+        self._what_if_cache = (excluded, s, s2, nf)
+        n = max(self.n - len(excluded), 1)
+        mean = s / n
+        sd = np.sqrt(np.maximum(s2 / n - mean**2, 0.0) * (n / max(n - 1, 1)))
         effect = np.divide(mean, sd, out=np.zeros_like(mean), where=sd > 0)
         return n, mean, effect
 

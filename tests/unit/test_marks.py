@@ -88,3 +88,20 @@ def test_cli_mark_feature_top_pairs_then_shifts_exclude_them(tmp_path):
     assert shifts["n_excluded"] == 30 and 5 not in [f["feature"] for f in shifts["features"] if f["direction"] == "suppressed"]
     assert cli("marks")["n_marked"] == 30
     assert cli("undo")["n_marked"] == 0
+
+
+def test_incremental_what_if_matches_cold_recompute_over_a_marking_session(tmp_path):
+    ws, _, _ = planted(tmp_path)
+    a = Analysis(ws)
+    cold = Analysis(ws)
+    rng = np.random.default_rng(3)
+    marked: set[int] = set()
+    for step in range(40):
+        s = int(rng.choice(a.source_index))
+        marked.symmetric_difference_update({s})  # mark, or unmark if already marked
+        n, mean, effect = a.what_if(marked)
+        cold._what_if_cache = None
+        n2, mean2, effect2 = cold.what_if(marked)
+        assert n == n2 == 60 - len(marked)
+        np.testing.assert_allclose(mean, mean2, atol=1e-5)
+        np.testing.assert_allclose(effect, effect2, atol=1e-4)
