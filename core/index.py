@@ -21,7 +21,7 @@ import torch
 from core import __version__
 from core.catalog import Catalog, ModelEntry, SAEEntry, load_catalog
 from core.ingest import IngestResult, Pair, read_pairs
-from core.sae import Cancelled, encode, load_sae
+from core.sae import encode, load_sae
 from core.store import sae_dir, sae_ready
 from core.workspace import PAIRS_SCHEMA, Workspace, WorkspaceError
 

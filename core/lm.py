@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from core.catalog import ModelEntry
-from core.store import model_dir, pull_model
+from core.store import pull_model
 
 
 def pick_device(device: str | None = None) -> str:

@@ -9,7 +9,6 @@ undone one (a new change clears the redo stack), as in an editor.
 from __future__ import annotations
 
 import getpass
-import json
 import socket
 from dataclasses import dataclass, field
 from datetime import datetime, timezone

@@ -6,7 +6,6 @@ sae-lens takes ~9 s to import, so it is imported inside the functions that need 
 from __future__ import annotations
 
 import json
-import math
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -191,6 +190,3 @@ def read_quality(sae_path: Path) -> dict | None:
     q = Path(sae_path) / "quality.json"
     return json.loads(q.read_text()) if q.is_file() else None
 
-
-def expected_steps(train_tokens: int, batch_size: int) -> int:
-    return max(1, math.floor(train_tokens / batch_size))

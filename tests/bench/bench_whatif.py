@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import scipy.sparse as sp
 
 from core.shifts import Analysis
 from core.workspace import EMBED_DIM, PAIRS_SCHEMA, Workspace
