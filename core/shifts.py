@@ -21,6 +21,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+import pyarrow as pa
 import scipy.sparse as sp
 
 from core.workspace import Workspace
@@ -76,12 +77,14 @@ class ShiftReport:
         return [f for f in self.features if f.direction == "suppressed"]
 
 
-def _sparse(feat_lists, val_lists, d_sae: int) -> sp.csr_matrix:
-    lengths = np.fromiter((len(x) for x in feat_lists), dtype=np.int64, count=len(feat_lists))
-    indptr = np.concatenate([[0], np.cumsum(lengths)])
-    indices = np.concatenate([np.asarray(x, dtype=np.int32) for x in feat_lists]) if len(feat_lists) else np.zeros(0, np.int32)
-    data = np.concatenate([np.asarray(x, dtype=np.float32) for x in val_lists]) if len(val_lists) else np.zeros(0, np.float32)
-    return sp.csr_matrix((data, indices, indptr), shape=(len(feat_lists), d_sae))
+def _sparse(feats: pa.ChunkedArray, vals: pa.ChunkedArray, d_sae: int) -> sp.csr_matrix:
+    """CSR (rows, d_sae) straight from Arrow list columns: their flat values and offsets, no Python loop."""
+    f = feats.combine_chunks() if isinstance(feats, pa.ChunkedArray) else feats
+    v = vals.combine_chunks() if isinstance(vals, pa.ChunkedArray) else vals
+    offsets = f.offsets.to_numpy()
+    indices = f.values.to_numpy(zero_copy_only=False)[offsets[0] : offsets[-1]].astype(np.int32)
+    data = v.values.to_numpy(zero_copy_only=False)[offsets[0] : offsets[-1]].astype(np.float32)
+    return sp.csr_matrix((data, indices, (offsets - offsets[0]).astype(np.int64)), shape=(len(f), d_sae))
 
 
 class Analysis:
@@ -100,8 +103,8 @@ class Analysis:
         t = ws.pairs_columns(["source_index", "chosen_feat", "chosen_mean", "rejected_feat", "rejected_mean"])
         self.source_index = t["source_index"].to_numpy()
         self.row_of = {int(s): i for i, s in enumerate(self.source_index)}
-        self.chosen = _sparse(t["chosen_feat"].to_pylist(), t["chosen_mean"].to_pylist(), self.d_sae)
-        self.rejected = _sparse(t["rejected_feat"].to_pylist(), t["rejected_mean"].to_pylist(), self.d_sae)
+        self.chosen = _sparse(t["chosen_feat"], t["chosen_mean"], self.d_sae)
+        self.rejected = _sparse(t["rejected_feat"], t["rejected_mean"], self.d_sae)
         self.delta = (self.chosen - self.rejected).tocsr()
         self.delta_sq = self.delta.multiply(self.delta).tocsr()
         fires = ((self.chosen > 0) + (self.rejected > 0)).astype(np.float32)
@@ -264,20 +267,11 @@ class Analysis:
             self._features = self.ws.feature_info()
         return self._features
 
-    def token_firings(self) -> dict[int, list[tuple[float, int, str, int]]]:
+    def token_firings(self) -> "FiringIndex":
         """feature -> [(value, row, side, token position)] over the stored token-level activations."""
         if self._tokens is None:
             cols = [f"{s}_tok_{k}" for s in ("chosen", "rejected") for k in ("feat", "pos", "val")]
-            t = self.ws.pairs_columns(["source_index", *cols])
-            by_feature: dict[int, list] = {}
-            for side in ("chosen", "rejected"):
-                feats = t[f"{side}_tok_feat"].to_pylist()
-                poss = t[f"{side}_tok_pos"].to_pylist()
-                vals = t[f"{side}_tok_val"].to_pylist()
-                for row, (fl, pl, vl) in enumerate(zip(feats, poss, vals)):
-                    for f, p, v in zip(fl, pl, vl):
-                        by_feature.setdefault(f, []).append((v, row, side, p))
-            self._tokens = by_feature
+            self._tokens = FiringIndex(self.ws.pairs_columns(["source_index", *cols]))
         return self._tokens
 
     def reply_tokens(self, rows: list[int]) -> dict[tuple[int, str], list[str]]:
@@ -315,6 +309,45 @@ class Analysis:
         if promoted:
             label += " → " + ", ".join(p for p in promoted if p)
         return contexts, label
+
+
+class FiringIndex:
+    """Token-level firings grouped by feature, built from Arrow columns without a Python loop."""
+
+    SIDES = ("chosen", "rejected")
+
+    def __init__(self, t: pa.Table):
+        feats, rows, sides, poss, vals = [], [], [], [], []
+        for side_i, side in enumerate(self.SIDES):
+            f = t[f"{side}_tok_feat"].combine_chunks()
+            off = f.offsets.to_numpy()
+            lo, hi = off[0], off[-1]
+            feats.append(f.values.to_numpy(zero_copy_only=False)[lo:hi])
+            rows.append(np.repeat(np.arange(len(f)), np.diff(off)))
+            sides.append(np.full(hi - lo, side_i, dtype=np.int8))
+            for name, out in (("pos", poss), ("val", vals)):
+                c = t[f"{side}_tok_{name}"].combine_chunks()
+                o = c.offsets.to_numpy()
+                out.append(c.values.to_numpy(zero_copy_only=False)[o[0] : o[-1]])
+        feat = np.concatenate(feats) if feats else np.zeros(0, np.int32)
+        order = np.argsort(feat, kind="stable")
+        self.feature = feat[order]
+        self.row = np.concatenate(rows)[order]
+        self.side = np.concatenate(sides)[order]
+        self.pos = np.concatenate(poss)[order]
+        self.val = np.concatenate(vals)[order]
+
+    def get(self, feature: int, default=None) -> list[tuple[float, int, str, int]]:
+        lo, hi = np.searchsorted(self.feature, [feature, feature + 1])
+        if lo == hi:
+            return default if default is not None else []
+        return [
+            (float(v), int(r), self.SIDES[sd], int(p))
+            for v, r, sd, p in zip(self.val[lo:hi], self.row[lo:hi], self.side[lo:hi], self.pos[lo:hi])
+        ]
+
+    def __getitem__(self, feature: int):
+        return self.get(feature)
 
 
 def predicted_shifts(ws: Workspace, top: int = 20, excluded: set[int] | None = None, **kw) -> ShiftReport:
