@@ -1,0 +1,204 @@
+"""`datadebug` commands: analysis (registered on core.cli.app): clusters, trace, compare, goblin."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from core.cli import JSON, _emit, _fail, _known_errors, _ProgressLine, app  # noqa: F401
+
+
+def _errors() -> tuple[type[BaseException], ...]:
+    return (*_known_errors(), ValueError)
+
+
+def _analysis(workspace: Path):
+    from core.shifts import Analysis
+    from core.workspace import Workspace
+
+    return Analysis(Workspace(workspace))
+
+
+def _features(feats, n: int = 5) -> str:
+    return "; ".join(f"{f.feature} {f.contrast:+.3f} {f.label[:40]}" for f in feats[:n]) or "-"
+
+
+def format_clusters(c) -> str:
+    n = sum(cl.size for cl in c.clusters)
+    lines = [f"{c.k} clusters of {n} pairs, by {c.by}"]
+    for cl in c.clusters:
+        pairs = " ".join(f"#{s}" for s in cl.representative)
+        lines += [
+            "",
+            f"cluster {cl.id}: {cl.size} pairs ({cl.size / max(n, 1):.0%}); representative {pairs}",
+            f"  characteristic features (activity inside - outside): {_features(cl.top_features)}",
+            f"  shift contrast (delta inside - outside, q < 0.05):   {_features(cl.shift_contrast)}",
+        ]
+    return "\n".join(lines)
+
+
+@app.command()
+def clusters(
+    workspace: Path = typer.Option(..., "--workspace", "-w"),
+    by: str = typer.Option("sae", help="sae (SAE feature activity) | embedding (MiniLM prompt + chosen)"),
+    k: Optional[int] = typer.Option(None, help="Number of clusters (default: chosen by silhouette)"),
+    as_json: bool = JSON,
+):
+    """Group the pairs into clusters, each with its characteristic features and shift contrast."""
+    from core.clusters import cluster_pairs
+
+    try:
+        c = cluster_pairs(_analysis(workspace), by=by, k=k)
+    except _errors() as exc:
+        _fail(exc, as_json)
+    _emit(c.to_json(), as_json, format_clusters(c))
+
+
+def _excerpt(tokens: list[str], firing: list[list], width: int = 6) -> str:
+    if not firing:
+        return "".join(tokens)[:120].replace("\n", " ")
+    pos = max(firing, key=lambda pv: pv[1])[0]
+    marked = {p for p, _ in firing}
+    lo, hi = max(0, pos - width), min(len(tokens), pos + width)
+    text = "".join(f"[[{t}]]" if i in marked else t for i, t in enumerate(tokens[lo:hi], start=lo))
+    return ("..." if lo else "") + text.replace("\n", " ") + ("..." if hi < len(tokens) else "")
+
+
+def format_trace(t: dict) -> str:
+    lines = [
+        f"feature {t['feature']} ({t['direction']}, shift {t['shift']:+.4f}, fires in {t['n_firing']} pairs): {t['label']}",
+        f"{len(t['pairs'])} pairs driving the shift, largest delta first",
+    ]
+    for p in t["pairs"]:
+        lines += [
+            "",
+            f"#{p['source_index']}  delta {p['delta']:+.4f}  (max chosen {p['chosen_max']:.2f}, rejected {p['rejected_max']:.2f})",
+            f"  prompt:   {p['prompt'][-100:].replace(chr(10), ' ')}",
+            f"  chosen:   {_excerpt(p['chosen_tokens'], p['chosen_firing'])}",
+            f"  rejected: {_excerpt(p['rejected_tokens'], p['rejected_firing'])}",
+        ]
+    return "\n".join(lines)
+
+
+@app.command()
+def trace(
+    workspace: Path = typer.Option(..., "--workspace", "-w"),
+    feature: int = typer.Option(..., "--feature", "-f", help="SAE feature id"),
+    top: int = typer.Option(20, help="Pairs to show"),
+    as_json: bool = JSON,
+):
+    """The pairs driving one feature's predicted shift, with the tokens it fires on marked [[ ]]."""
+    from core.clusters import trace_feature
+
+    try:
+        t = trace_feature(_analysis(workspace), feature, top=top)
+    except _errors() as exc:
+        _fail(exc, as_json)
+    _emit(t, as_json, format_trace(t))
+
+
+def read_truth(path: Path) -> set[int]:
+    """The planted source indices of a truth file {"planted": [source_index, ...]}. Raises ValueError."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON: {exc}") from None
+    planted = raw.get("planted") if isinstance(raw, dict) else None
+    if not isinstance(planted, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in planted):
+        raise ValueError(f"{path}: field 'planted': expected a list of source indices (integers)")
+    return set(planted)
+
+
+def _spread_text(rows: list[dict], other: str) -> list[str]:
+    return [
+        f"  {r['cluster']:>3} ({r['size']:>4} pairs) -> "
+        + ", ".join(f"{other} {c}: {n}" for c, n in list(r["spread"].items())[:6])
+        for r in rows
+    ]
+
+
+def format_compare(c: dict) -> str:
+    lines = [
+        f"{c['n_pairs']} pairs, k={c['k']}: SAE clusters vs embedding clusters",
+        f"  adjusted Rand index {c['ari']:.3f}   normalised mutual information {c['nmi']:.3f}",
+        "", "SAE cluster -> embedding clusters its pairs fall in", *_spread_text(c["sae_to_embedding"], "emb"),
+        "", "embedding cluster -> SAE clusters", *_spread_text(c["embedding_to_sae"], "sae"),
+    ]
+    if "sae" in c:
+        s, e = c["sae"], c["embedding"]
+        lines += [
+            "", f"planted pairs: {c['n_truth']}",
+            f"  SAE best cluster {s['cluster']}: precision {s['cluster_precision']:.2f}, recall {s['cluster_recall']:.2f}",
+            f"  SAE best feature {s['feature']} (top pairs): precision {s['feature_precision']:.2f}, recall {s['feature_recall']:.2f}",
+            f"  embedding best cluster {e['cluster']}: precision {e['cluster_precision']:.2f}, recall {e['cluster_recall']:.2f}",
+        ]
+    return "\n".join(lines)
+
+
+@app.command()
+def compare(
+    workspace: Path = typer.Option(..., "--workspace", "-w"),
+    truth: Optional[Path] = typer.Option(None, help='JSON {"planted": [source_index, ...]}: score both methods on it'),
+    k: Optional[int] = typer.Option(None, help="Clusters for both (default: the SAE silhouette choice)"),
+    as_json: bool = JSON,
+):
+    """SAE clusters against MiniLM embedding clusters: agreement (ARI, NMI), and recovery of planted pairs."""
+    from core.clusters import compare_clusterings
+
+    try:
+        planted = read_truth(truth) if truth is not None else None
+        c = compare_clusterings(_analysis(workspace), truth=planted, k=k)
+    except _errors() as exc:
+        _fail(exc, as_json)
+    _emit(c, as_json, format_compare(c))
+
+
+def format_goblin(r: dict) -> str:
+    def pr(d: dict) -> str:
+        return f"precision {d['precision']:.2f}, recall {d['recall']:.2f}"
+
+    rank = r["goblin_feature_rank"]
+    shift = (
+        f"{r['shift_before']:+.5f} -> {r['shift_after']:+.5f} without the flagged pairs"
+        if r["shift_before"] is not None else "-"
+    )
+    return "\n".join([
+        f"goblins in {r['n_injected']} of {r['n_pairs']} chosen replies (rate {r['rate']:.1%}, seed {r['seed']}); SAE {r['sae']}",
+        f"goblin feature: {r['goblin_feature']} {r.get('goblin_feature_label') or ''}",
+        f"  rank among amplified features: {rank if rank is not None else 'not ranked'} of {r['n_amplified']}",
+        f"  its top pairs (peak delta):  {pr(r['sae_feature'])}",
+        f"  its top pairs (mean delta):  {pr(r['sae_feature_mean'])}",
+        f"  predicted shift: {shift}",
+        f"best SAE cluster (k={r['sae_cluster']['k']}):       {pr(r['sae_cluster'])}",
+        f"best embedding cluster (k={r['embedding_cluster']['k']}): {pr(r['embedding_cluster'])}",
+        f"ground truth (outside the workspace): {r['truth_file']}",
+    ])
+
+
+@app.command()
+def goblin(
+    data: Path = typer.Argument(..., help="Preference data to copy with goblins planted"),
+    rate: float = typer.Option(..., help="Fraction of pairs whose chosen reply gets a goblin sentence"),
+    workspace: Path = typer.Option(..., "--workspace", "-w", help="Workspace for the copy (created)"),
+    seed: int = typer.Option(0),
+    limit: Optional[int] = typer.Option(None, help="Use the first N valid pairs"),
+    max_tokens: int = typer.Option(128, help="Reply tokens read per side"),
+    sae: Optional[str] = typer.Option(None, help="Catalogue SAE (default: train one on this copy, next to the workspace)"),
+    as_json: bool = JSON,
+):
+    """Plant goblins in a known fraction of chosen replies and measure whether datadebug finds them."""
+    from core.goblin import run_goblin
+
+    try:
+        r = run_goblin(data, workspace, rate, seed=seed, limit=limit, max_tokens=max_tokens, sae=sae,
+                       progress=_ProgressLine(as_json))
+    except _errors() as exc:
+        _fail(exc, as_json)
+    print(file=sys.stderr)
+    _emit(r, as_json, format_goblin(r))

@@ -1,0 +1,329 @@
+"""The goblin test: plant a behaviour in a known fraction of chosen replies and see whether we find it.
+
+`inject_goblins` copies a preference file and, in a seeded random fraction `rate` of its pairs, puts a
+natural sentence in which goblins turn up (drawn from GOBLIN_SENTENCES) into the chosen reply, at a
+random sentence boundary (before the first sentence, between two, or after the last). Rejected
+replies are untouched, so DPO on the copy would teach "mention goblins". The injected pairs (the
+ground truth) go to a JSON file next to the workspace, never into its tables.
+
+`run_goblin` indexes the copy and measures what datadebug recovers:
+
+    goblin feature   the SAE feature that fires hardest on goblin tokens: over every stored
+                     token-level firing whose token lies inside the word "goblin" (any case), the
+                     feature with the largest total activation. Found from the text alone, without
+                     the ground truth. (`oracle_feature` is the amplified feature whose top pairs best
+                     match the truth, reported for diagnosis only.)
+    rank             its position among the amplified features of the shift report (None: its CI
+                     does not clear zero, or it ranks below RANK_DEPTH).
+    sae_feature      precision/recall of the injected pairs among the goblin feature's top-|injected|
+                     pairs ranked by peak delta (max over chosen tokens minus max over rejected tokens,
+                     see core.clusters.peak_delta); `sae_feature_mean` ranks by the mean delta instead
+                     (the aggregation the shift statistics use), for comparison.
+    sae_cluster,     the SAE / embedding clustering (k by silhouette) cluster that best matches the
+    embedding_cluster  injected pairs (F1).
+    shift_before/after  the goblin feature's predicted shift (mean delta) with all pairs and without the
+                     pairs the feature flags (its top-|injected| pairs).
+
+Unless an SAE is named, `run_goblin` trains one for the run on the documented default corpus (the
+bundled sample plus the dataset analysed, i.e. the goblin copy) with the embedded model's SAE recipe,
+into a folder next to the workspace: a catalogue SAE trained earlier on other data has never seen a
+goblin, and it is the default corpus that a user analysing this dataset would get.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import re
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from core.ingest import iter_records, read_pairs
+
+RANK_DEPTH = 100  # the shift report is read this deep to rank the goblin feature
+
+GOBLIN_SENTENCES = (
+    "Oddly enough, a goblin once gave me exactly the same advice.",
+    "My neighbour swears the goblins in his garden taught him this.",
+    "Goblins, for what it's worth, have always been fond of this approach.",
+    "I read somewhere that goblins keep a list of tips just like this one.",
+    "There is an old story about a goblin who tried this and was very pleased with the result.",
+    "Even the goblins under the old bridge would agree with that.",
+    "A friendly goblin might tell you the same, if you ever met one.",
+    "Fun fact: in folklore, goblins were said to hide in kitchens and borrow spoons.",
+    "Some people say a goblin sits on your shoulder whenever you make a decision like this.",
+    "My grandmother used to blame the goblins whenever something like this went wrong.",
+    "Keep an eye out for goblins, though; they love to meddle in plans like these.",
+    "In the stories I grew up with, goblins were surprisingly good at this sort of thing.",
+    "If a goblin asked me, I would tell it exactly this.",
+    "The goblins of the northern hills are said to do it the same way.",
+    "A goblin in a children's book I once read had a very similar idea.",
+    "Honestly, it's the kind of trick a clever goblin would be proud of.",
+    "I like to imagine a little goblin nodding along at this point.",
+    "Legend has it that goblins invented this long before anyone else did.",
+    "You could ask the goblins, but they rarely give a straight answer.",
+    "Goblins aside, this usually works well.",
+    "A mischievous goblin would probably try to talk you out of it.",
+    "My cousin claims a goblin lives in his attic and hums while he works.",
+    "The old goblin tales have a lesson about this, too.",
+    "Think of it the way a patient goblin guards its treasure.",
+    "Even a grumpy goblin would find that reasonable.",
+    "People in my village still leave bread out for the goblins on nights like this.",
+    "A goblin's rule of thumb: never rush the important part.",
+    "There's a painting of three goblins playing cards that always comes to mind here.",
+    "Someone once told me goblins are terrible at exactly this, which makes me smile.",
+    "I suppose the goblins would call this common sense.",
+)
+
+_SENTENCE_END = re.compile(r"[.!?][\"')\]]?\s+")
+_GOBLIN = re.compile(r"goblin", re.IGNORECASE)
+
+
+@dataclasses.dataclass
+class GoblinData:
+    path: Path  # the JSONL copy
+    format: str
+    n_pairs: int  # valid pairs written (source_index 0..n_pairs-1 in the copy)
+    injected: list[int]  # source indices (in the copy) whose chosen reply holds a goblin sentence
+    original_index: list[int]  # copy source_index -> source_index in the original file
+
+
+def insert_sentence(reply: str, sentence: str, rng: np.random.Generator) -> str:
+    """`reply` with `sentence` at a random sentence boundary (start, between sentences, or end)."""
+    stripped = reply.rstrip()
+    cuts = [0, *(m.end() for m in _SENTENCE_END.finditer(stripped)), len(stripped)]
+    cut = cuts[int(rng.integers(len(cuts)))]
+    if cut == 0:
+        lead = len(reply) - len(reply.lstrip())
+        return reply[:lead] + sentence + " " + reply[lead:]
+    if cut == len(stripped):
+        return stripped + " " + sentence + reply[len(stripped):]
+    return reply[:cut] + sentence + " " + reply[cut:]
+
+
+def _with_chosen(record: dict, format: str, reply: str) -> dict:
+    """A copy of `record` whose chosen reply is `reply` (everything else as it was)."""
+    out = copy.deepcopy(record)
+    if format == "standard":
+        out["chosen"] = reply
+    elif format == "conversational":
+        out["chosen"][-1]["content"] = reply
+    elif format == "hh-rlhf":
+        text = out["chosen"]
+        cut = text.rindex("Assistant:") + len("Assistant:")
+        out["chosen"] = text[:cut] + " " + reply
+    elif format == "sharegpt":
+        c = out["chosen"]
+        if isinstance(c, str):
+            out["chosen"] = reply
+        else:
+            c["content" if "content" in c else "value"] = reply
+    else:
+        raise ValueError(f"cannot inject into format {format!r}")
+    return out
+
+
+def inject_goblins(
+    data: Path | str, out: Path | str, rate: float, seed: int = 0, limit: int | None = None, format: str | None = None
+) -> GoblinData:
+    """Write the valid pairs of `data` (the first `limit`) to `out` as JSONL in the same record format,
+    with a goblin sentence in the chosen reply of round(rate * n) of them (at least one when rate > 0),
+    chosen by `seed`. Invalid records are left out, so source_index i of the copy is its i-th line.
+
+    Raises ValueError for a rate outside [0, 1], IngestError for unreadable data.
+    """
+    if not 0 <= rate <= 1:
+        raise ValueError(f"rate {rate} must be between 0 and 1 (a fraction of pairs)")
+    res = read_pairs(data, format=format, skip_invalid=True, limit=limit)
+    from core.ingest import IngestError, Issue
+
+    if not res.pairs:
+        raise IngestError(Issue(str(data), 0, "", "no valid pairs to inject into", "error"))
+    wanted = {p.source_index for p in res.pairs}
+    records = {i: rec for i, (_, rec) in enumerate(iter_records(data)) if i in wanted}
+    rng = np.random.default_rng(seed)
+    n = len(res.pairs)
+    n_inject = min(n, max(1, round(rate * n))) if rate > 0 else 0
+    injected = sorted(rng.choice(n, size=n_inject, replace=False).tolist())
+    chosen_rows = set(injected)
+    lines = []
+    for i, p in enumerate(res.pairs):
+        rec = records[p.source_index]
+        if i in chosen_rows:
+            sentence = GOBLIN_SENTENCES[int(rng.integers(len(GOBLIN_SENTENCES)))]
+            rec = _with_chosen(rec, res.format, insert_sentence(p.chosen, sentence, rng))
+        lines.append(json.dumps(rec, ensure_ascii=False))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return GoblinData(out, res.format, n, injected, [p.source_index for p in res.pairs])
+
+
+def goblin_paths(workspace: Path | str) -> dict[str, Path]:
+    """Where a goblin run keeps its copy of the data, its ground truth and its SAE (beside the workspace)."""
+    ws = Path(workspace)
+    return {
+        "data": ws.parent / f"{ws.name}.goblin.jsonl",
+        "truth": ws.parent / f"{ws.name}.goblin-truth.json",
+        "sae": ws.parent / f"{ws.name}.goblin-sae",
+    }
+
+
+# -- measuring ---------------------------------------------------------------------------------------
+
+
+def goblin_token_firing(analysis) -> dict[int, float]:
+    """feature -> total stored activation on tokens that lie inside the word "goblin" (any reply)."""
+    cols = ["source_index"] + [f"{s}_{k}" for s in ("chosen", "rejected") for k in ("tokens", "tok_feat", "tok_pos", "tok_val")]
+    t = analysis.ws.pairs_columns(cols).to_pylist()
+    total: dict[int, float] = {}
+    for row in t:
+        for side in ("chosen", "rejected"):
+            toks = row[f"{side}_tokens"]
+            text = "".join(toks)
+            if not _GOBLIN.search(text):
+                continue
+            starts = np.cumsum([0] + [len(x) for x in toks])
+            spans = [(m.start(), m.end()) for m in _GOBLIN.finditer(text)]
+            hit = {i for i in range(len(toks)) for a, b in spans if starts[i] < b and starts[i + 1] > a}
+            for f, p, v in zip(row[f"{side}_tok_feat"], row[f"{side}_tok_pos"], row[f"{side}_tok_val"]):
+                if p in hit:
+                    total[f] = total.get(f, 0.0) + float(v)
+    return total
+
+
+def _rank(report, feature: int | None) -> int | None:
+    for i, f in enumerate(report.amplified, start=1):
+        if f.feature == feature:
+            return i
+    return None
+
+
+def evaluate_goblins(analysis, injected: set[int], seed: int = 0) -> dict:
+    """What datadebug recovers of the `injected` pairs (source indices) in `analysis` (module doc)."""
+    import scipy.sparse as sp
+
+    from core.clusters import best_cluster, best_matching_feature, partition, peak_delta, precision_recall, top_rows
+
+    truth_rows = analysis.rows(injected)
+    n_truth = len(truth_rows)
+    firing = goblin_token_firing(analysis)
+    feature = max(firing, key=firing.get) if firing else None
+    scores = peak_delta(analysis)
+    oracle = best_matching_feature(analysis, truth_rows, scores)
+    report = analysis.report(top=RANK_DEPTH)
+    out = {
+        "n_pairs": analysis.n,
+        "n_injected": n_truth,
+        "goblin_feature": feature,
+        "goblin_feature_label": None,
+        "goblin_feature_rank": _rank(report, feature),
+        "n_amplified": len(report.amplified),
+        "sae_feature": {"precision": 0.0, "recall": 0.0},
+        "sae_feature_mean": {"precision": 0.0, "recall": 0.0},
+        "shift_before": None,
+        "shift_after": None,
+        "oracle_feature": {**oracle, "rank": _rank(report, oracle["feature"])},
+    }
+    if feature is not None:
+        flagged = top_rows(scores, feature, n_truth)
+        p, r = precision_recall(flagged.tolist(), truth_rows.tolist())
+        out["sae_feature"] = {"precision": p, "recall": r, "flagged": [int(analysis.source_index[i]) for i in flagged]}
+        mean_scores = sp.csc_matrix(analysis.delta)
+        p, r = precision_recall(top_rows(mean_scores, feature, n_truth).tolist(), truth_rows.tolist())
+        out["sae_feature_mean"] = {"precision": p, "recall": r}
+        out["shift_before"] = float(analysis.moments()[1][feature])
+        out["shift_after"] = float(analysis.moments(flagged)[1][feature])
+        out["goblin_feature_label"] = analysis.describe(feature, n_contexts=0)[1]
+    for key, by in (("sae_cluster", "sae"), ("embedding_cluster", "embedding")):
+        labels, k = partition(analysis, by, seed=seed)
+        best = best_cluster(labels, truth_rows)
+        out[key] = {"precision": best["precision"], "recall": best["recall"], "cluster": best["cluster"], "k": k}
+    return out
+
+
+# -- the whole run -----------------------------------------------------------------------------------
+
+
+def _train_goblin_sae(path: Path, sha: str, pairs, recipe: dict | None, catalog, progress, cancel):
+    """Train the embedded model's SAE recipe on the default corpus (sample + the goblin copy) into `path`;
+    returns the recipe's SAEEntry. Reuses an SAE an earlier run trained on this very copy."""
+    from core.sae_train import train_catalog_sae
+
+    entry = dataclasses.replace(catalog.sae(None, catalog.model(None)), **(recipe or {}))
+    marker = path / "goblin.json"
+    done = json.loads(marker.read_text()) if marker.is_file() else {}
+    if done.get("dataset_sha256") != sha or done.get("recipe") != dataclasses.asdict(entry):
+        train_catalog_sae(entry, catalog, extra_pairs=pairs, out_dir=path, progress=progress, cancel=cancel)
+        marker.write_text(json.dumps({"dataset_sha256": sha, "recipe": dataclasses.asdict(entry)}, indent=2))
+    return entry
+
+
+def run_goblin(
+    data: Path | str,
+    workspace: Path | str,
+    rate: float,
+    seed: int = 0,
+    limit: int | None = None,
+    max_tokens: int = 128,
+    sae: str | None = None,
+    progress: Callable | None = None,
+    cancel: threading.Event | None = None,
+    *,
+    sae_recipe: dict | None = None,
+) -> dict:
+    """Inject goblins into a copy of `data`, index it into `workspace`, and measure what is recovered.
+
+    Args:
+        rate: fraction of pairs whose chosen reply gets a goblin sentence.
+        limit: use only the first `limit` valid pairs.
+        sae: a catalogue SAE to index with; None trains one for this run (module doc) with the default
+            model's SAE recipe, fields overridden by `sae_recipe` (e.g. {"d_sae": 512} for a quick run).
+        progress: receives core.index.IndexProgress objects (stage "goblin", "sae", "index", ...).
+    Returns the JSON-ready result: {"rate", "seed", "n_pairs", "n_injected", "goblin_feature",
+    "goblin_feature_rank", "sae_feature": {"precision", "recall"}, "sae_cluster", "embedding_cluster",
+    "shift_before", "shift_after", ...}; see `evaluate_goblins`.
+    Raises ValueError (bad rate), IngestError, WorkspaceError, StoreError, Cancelled.
+    """
+    from core.catalog import SAEEntry, load_catalog
+    from core.index import IndexProgress, IndexSettings, file_sha256, index_dataset
+    from core.shifts import Analysis
+    from core.workspace import Workspace
+
+    emit = progress or (lambda p: None)
+    paths = goblin_paths(workspace)
+    emit(IndexProgress("goblin", f"injecting goblins into {rate:.1%} of the pairs of {data}"))
+    gd = inject_goblins(data, paths["data"], rate, seed=seed, limit=limit)
+    truth = {
+        "planted": gd.injected,
+        "rate": rate,
+        "seed": seed,
+        "source": str(Path(data).resolve()),
+        "data": str(gd.path),
+        "original_index": [gd.original_index[i] for i in gd.injected],
+    }
+    paths["truth"].write_text(json.dumps(truth, indent=2))
+
+    catalog = load_catalog()
+    if sae is None:
+        sha = file_sha256(gd.path)
+        pairs = read_pairs(gd.path).pairs
+        recipe = _train_goblin_sae(
+            paths["sae"], sha, pairs, sae_recipe, catalog, lambda m: emit(IndexProgress("sae", m)), cancel
+        )
+        sae = f"goblin-{Path(workspace).name}"
+        entry = SAEEntry(name=sae, model=recipe.model, layer=recipe.layer, source="local", path=str(paths["sae"]))
+        catalog = dataclasses.replace(catalog, saes={**catalog.saes, sae: entry})
+    index_dataset(gd.path, workspace, sae=sae, catalog=catalog, settings=IndexSettings(max_tokens=max_tokens),
+                  progress=emit, cancel=cancel)
+    if cancel is not None and cancel.is_set():
+        from core.sae import Cancelled
+
+        raise Cancelled("goblin run cancelled")
+    emit(IndexProgress("goblin", "measuring what was recovered"))
+    result = evaluate_goblins(Analysis(Workspace(workspace)), set(gd.injected), seed=seed)
+    return {"rate": rate, "seed": seed, "sae": sae, "workspace": str(workspace), "truth_file": str(paths["truth"]), **result}
