@@ -16,7 +16,7 @@ from pathlib import Path
 
 from core.ingest import raw_records
 from core.marks import Marks
-from core.workspace import Workspace
+from core.workspace import Workspace, file_sha256
 
 
 class ExportError(RuntimeError):
@@ -62,8 +62,6 @@ def export_clean(ws: Workspace, out: Path | str, overwrite: bool = False) -> Exp
     (invalid or beyond --limit): export removes only what a person marked.
     Raises ExportError if `out` is the source, exists (unless overwrite), or the source changed since indexing.
     """
-    from core.index import file_sha256
-
     out = Path(out)
     meta = ws.meta()
     source = Path(meta.get("dataset", ""))

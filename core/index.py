@@ -6,7 +6,6 @@ set; it writes in chunks of whole pairs, so a killed run resumes where it stoppe
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 import time
@@ -23,7 +22,7 @@ from core.catalog import Catalog, ModelEntry, SAEEntry, load_catalog
 from core.ingest import IngestResult, Pair, read_pairs
 from core.sae import encode, load_sae
 from core.store import sae_dir, sae_ready
-from core.workspace import PAIRS_SCHEMA, Workspace, WorkspaceError
+from core.workspace import PAIRS_SCHEMA, Workspace, WorkspaceError, file_sha256
 
 
 @dataclass
@@ -59,14 +58,6 @@ class IndexSettings:
     top_token_features: int = 16  # per reply: features whose token-level firing is stored
     batch_tokens: int = 4096  # padded tokens per forward batch
     chunk_pairs: int = 64  # pairs per LanceDB append (the resume granularity)
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def summarise_reply(feats: torch.Tensor, top_token_features: int) -> dict:

@@ -11,6 +11,7 @@ Tables:
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -55,6 +56,15 @@ FEATURES_SCHEMA = pa.schema(
         pa.field("label", pa.string()),  # published label when the catalogue SAE ships one, else ""
     ]
 )
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes (identifies the dataset a workspace was indexed from)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 class WorkspaceError(RuntimeError):

@@ -1,0 +1,98 @@
+"""Smoke test: the installed `datadebug-tui WS` in a real terminal (tmux, 80x24, 256 colours), driven by keys."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("tmux") is None, reason="tmux is not installed (apt-get install tmux)"
+)
+
+
+def _command(workspace: Path) -> list[str]:
+    script = Path(sys.executable).parent / "datadebug-tui"
+    if script.exists():
+        return [str(script), str(workspace)]
+    return [sys.executable, "-m", "tui.app", str(workspace)]
+
+
+class Tmux:
+    def __init__(self, name: str):
+        self.name = name
+
+    def run(self, *args: str) -> str:
+        return subprocess.run(["tmux", *args], check=True, capture_output=True, text=True).stdout
+
+    def screen(self) -> str:
+        return self.run("capture-pane", "-p", "-t", self.name)
+
+    def keys(self, *keys: str) -> None:
+        for key in keys:  # one at a time: an Escape followed at once by a key would read as alt+key
+            self.run("send-keys", "-t", self.name, key)
+            time.sleep(0.3)
+
+    def wait_for(self, text: str, timeout: float = 90) -> str:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            shown = self.screen()
+            if text in shown:
+                return shown
+            time.sleep(0.3)
+        raise AssertionError(f"{text!r} never appeared; the screen was:\n{self.screen()}")
+
+
+@pytest.fixture
+def tmux(workspace, tmp_path):
+    name = f"datadebug-smoke-{os.getpid()}-{tmp_path.name}"
+    env = {**os.environ, "TERM": "xterm-256color", "COLORTERM": ""}
+    cmd = " ".join(f"'{c}'" for c in _command(workspace))
+    subprocess.run(
+        [
+            "tmux",
+            "new-session",
+            "-d",
+            "-s",
+            name,
+            "-x",
+            "80",
+            "-y",
+            "24",
+            f"cd '{Path.cwd()}' && {cmd}",
+        ],
+        check=True,
+        env=env,
+    )
+    session = Tmux(name)
+    yield session
+    subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True, check=False)
+
+
+def test_browse_mark_and_quit_in_a_real_terminal(tmux, workspace):
+    from core.marks import Marks
+    from core.workspace import Workspace
+
+    tmux.wait_for("kept 24 · marked 0 · total 24")
+    shifts = tmux.wait_for("top pairs:")  # the ranking is in
+    assert "AMPLIFIED" in shifts and "SUPPRESSED" in shifts
+    tmux.keys("Enter")
+    tmux.wait_for("pushing it hardest")  # the feature's pairs are listed
+    tmux.keys("Enter")
+    pair = tmux.wait_for("REJECTED")
+    assert "PROMPT" in pair and "CHOSEN" in pair
+    tmux.keys("m")
+    marked = tmux.wait_for("kept 23 · marked 1 · total 24")
+    assert "MARKED" in marked
+    tmux.keys("Escape")
+    tmux.wait_for("pushing it hardest")
+    tmux.keys("q")
+    end = time.monotonic() + 20
+    while time.monotonic() < end and "kept 23" in tmux.screen():
+        time.sleep(0.3)
+    assert len(Marks(Workspace(workspace)).marked_set()) == 1

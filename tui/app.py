@@ -1,0 +1,352 @@
+"""`datadebug-tui`: triage a preference dataset from the terminal.
+
+    datadebug-tui [WORKSPACE] [--data FILE] [--model M] [--sae S] [--limit N]
+
+An indexed workspace opens on Shifts. A missing or partly indexed one opens on Index (and starts when
+a dataset is known: --data, or the one it was indexed from). With no workspace, the demo workspace is
+used, indexing the bundled sample first if needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from pathlib import Path
+from typing import ClassVar
+
+from textual import on, work
+from textual.app import App, ComposeResult
+from textual.binding import Binding, BindingType
+from textual.reactive import reactive
+from textual.widgets import LoadingIndicator, Static
+from textual.worker import Worker, WorkerState, get_current_worker
+
+from core import locations
+from tui.commands import ActionsProvider, help_rows
+from tui.keymap import keymap_file, load_keymap
+from tui.messages import (
+    Exported,
+    IndexFinished,
+    MarkRequested,
+    TriageChanged,
+    WorkspaceNeedsIndex,
+    WorkspaceOpened,
+)
+from tui.screens.base import DataScreen
+from tui.screens.clusters import ClustersScreen
+from tui.screens.compare import CompareScreen
+from tui.screens.dialogs import ConfirmDialog, ErrorDialog, ExportDialog, HelpScreen, ReasonDialog
+from tui.screens.goblin import GoblinScreen
+from tui.screens.index import IndexScreen
+from tui.screens.models import ModelsScreen
+from tui.screens.pair import PairScreen
+from tui.screens.pairs import PairsScreen
+from tui.screens.shifts import ShiftsScreen
+from tui.services import (
+    MarkRequest,
+    Services,
+    TriageState,
+    WorkspaceInfo,
+    demo_paths,
+    describe_error,
+)
+from tui.widgets.tables import KeyTable
+
+
+class StartScreen(DataScreen):
+    """Shown while the workspace is probed and loaded."""
+
+    SCREEN_TITLE = "datadebug"
+
+    def compose_body(self) -> ComposeResult:
+        yield Static("opening the workspace…", id="start-caption")
+        yield LoadingIndicator()
+
+
+class DataDebugApp(App):
+    """The TUI. Everything it asks of core goes through `services`; `keymap` remaps bindings by id."""
+
+    CSS_PATH = "app.tcss"
+    TITLE = "datadebug"
+    COMMANDS = App.COMMANDS | {ActionsProvider}
+    MODES: ClassVar[dict[str, type]] = {
+        "shifts": ShiftsScreen,
+        "clusters": ClustersScreen,
+        "compare": CompareScreen,
+        "goblin": GoblinScreen,
+        "models": ModelsScreen,
+        "index": IndexScreen,
+    }
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("question_mark", "help", "Keys", id="app.help"),
+        Binding("u", "undo", "Undo", id="triage.undo"),
+        Binding("ctrl+r", "redo", "Redo", id="triage.redo"),
+        Binding("x", "export", "Export", id="triage.export"),
+        Binding("1", "go('shifts')", "Shifts screen", show=False, id="go.shifts"),
+        Binding("2", "go('clusters')", "Clusters screen", show=False, id="go.clusters"),
+        Binding("3", "go('compare')", "Compare screen", show=False, id="go.compare"),
+        Binding("4", "go('goblin')", "Goblin test screen", show=False, id="go.goblin"),
+        Binding("5", "go('models')", "Models screen", show=False, id="go.models"),
+        Binding("6", "go('index')", "Index screen", show=False, id="go.index"),
+        Binding("q", "quit", "Quit", id="app.quit"),
+    ]
+
+    info: reactive[WorkspaceInfo | None] = reactive(None)
+    triage: reactive[TriageState | None] = reactive(None, always_update=True)
+
+    def __init__(
+        self,
+        services: Services,
+        keymap: dict[str, str] | None = None,
+        keymap_problems: list[str] | None = None,
+        autostart_index: bool = False,
+    ) -> None:
+        super().__init__()
+        self.services = services
+        self.keymap = dict(keymap or {})
+        self.keymap_problems = list(keymap_problems or [])
+        self.autostart_index = autostart_index
+
+    def get_default_screen(self) -> StartScreen:
+        return StartScreen()
+
+    def on_mount(self) -> None:
+        if self.keymap:
+            self.set_keymap(self.keymap)
+        known = {row[3] for row in help_rows(HELP_SECTIONS, {})}
+        unknown = sorted(set(self.keymap) - known)
+        if unknown:
+            self.keymap_problems.append(
+                f"no binding has the id {', '.join(unknown)} (? lists the ids)"
+            )
+        for problem in self.keymap_problems:
+            self.notify(problem, title="keymap", severity="warning", timeout=8)
+        self._open(self.services.workspace_path, self.autostart_index)
+
+    # -- opening a workspace --------------------------------------------------------------------
+
+    @work(
+        thread=True,
+        exclusive=True,
+        exit_on_error=False,
+        group="open",
+        description="opening the workspace",
+    )
+    def _open(self, path: Path, autostart: bool) -> None:
+        status = self.services.probe(path)
+        if get_current_worker().is_cancelled:
+            return
+        if status.complete:
+            info, triage = self.services.open(path)
+            self.post_message(WorkspaceOpened(info, triage))
+        else:
+            self.post_message(WorkspaceNeedsIndex(status, autostart))
+
+    @on(WorkspaceOpened)
+    async def _opened(self, event: WorkspaceOpened) -> None:
+        if self.info is not None:
+            await self._reset_modes()
+        self.info = event.info
+        self.triage = event.triage
+        await self.switch_mode("shifts")
+
+    async def _reset_modes(self) -> None:
+        """Drop every screen of the previous workspace (drill-downs included), except the one in view."""
+        for mode, screen in self.MODES.items():
+            if mode != self.current_mode:
+                await self.remove_mode(mode)
+                self.add_mode(mode, screen)
+        while len(self.screen_stack) > 1:
+            await self.pop_screen()
+
+    @on(WorkspaceNeedsIndex)
+    async def _needs_index(self, event: WorkspaceNeedsIndex) -> None:
+        await self.switch_mode("index")
+        screen = self.screen
+        if isinstance(screen, IndexScreen):
+            screen.prepare(event.status, event.autostart)
+
+    @on(IndexFinished)
+    def _indexed(self, event: IndexFinished) -> None:
+        if not event.result.cancelled:
+            self.open_workspace(Path(event.workspace))
+
+    def open_workspace(self, path: Path) -> None:
+        """Open another workspace (its Shifts when indexed, else the Index screen)."""
+        self._open(path, False)
+
+    # -- failures -------------------------------------------------------------------------------
+
+    @on(Worker.StateChanged)
+    def _worker_failed(self, event: Worker.StateChanged) -> None:
+        """Every worker failure ends here: a dialog with the cause (a cancelled job is only noted)."""
+        if event.state != WorkerState.ERROR:
+            return
+        error = event.worker.error
+        what = event.worker.description or event.worker.name
+        if type(error).__name__ == "Cancelled":
+            self.notify(f"{what}: cancelled", timeout=4)
+            return
+        self.push_screen(ErrorDialog(f"{what} failed", describe_error(error)))
+        if event.worker.group == "open" and self.current_mode == "_default":
+            self.call_later(self.switch_mode, "index")  # somewhere to pick another dataset from
+
+    # -- triage ---------------------------------------------------------------------------------
+
+    @on(MarkRequested)
+    def _mark_requested(self, event: MarkRequested) -> None:
+        if self.info is None:
+            self.notify("open a workspace first", severity="warning")
+            return
+        # The ticket is taken here, on the UI thread, so changes apply in the order they were asked for.
+        self._apply_mark(self.services.take_ticket(), event.request)
+
+    # Not exclusive: every change must be applied, in ticket order (the service waits its turn).
+    @work(
+        thread=True, exclusive=False, exit_on_error=False, group="marks", description="saving marks"
+    )
+    def _apply_mark(self, ticket: int, request: MarkRequest) -> None:
+        triage, note = self.services.apply(ticket, request)
+        self.post_message(TriageChanged(triage, note))
+
+    @on(TriageChanged)
+    def _triage_changed(self, event: TriageChanged) -> None:
+        self.triage = event.triage
+        self.notify(event.note, timeout=2)
+
+    def action_undo(self) -> None:
+        self.post_message(MarkRequested(MarkRequest("undo")))
+
+    def action_redo(self) -> None:
+        self.post_message(MarkRequested(MarkRequest("redo")))
+
+    # -- export ---------------------------------------------------------------------------------
+
+    def action_export(self) -> None:
+        t = self.triage
+        if self.info is None or t is None:
+            self.notify("open a workspace first", severity="warning")
+            return
+
+        def confirmed(answer: tuple[Path, bool] | None) -> None:
+            if answer is not None:
+                self.notify(f"exporting to {answer[0].name}…", timeout=3)
+                self._export(*answer)
+
+        self.push_screen(
+            ExportDialog(t.n_kept, t.n_marked, t.n_total, self.services.default_export_path()),
+            confirmed,
+        )
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="export", description="exporting")
+    def _export(self, out: Path, overwrite: bool) -> None:
+        self.post_message(Exported(self.services.export(out, overwrite=overwrite)))
+
+    @on(Exported)
+    def _exported(self, event: Exported) -> None:
+        r = event.result
+        self.notify(
+            f"kept {r.n_kept} of {r.n_records} records, removed {r.n_removed}\n→ {r.out}\nmanifest {r.manifest.name}",
+            title="exported",
+            timeout=10,
+        )
+
+    # -- navigation and help --------------------------------------------------------------------
+
+    async def action_go(self, mode: str) -> None:
+        await self.switch_mode(mode)
+
+    def action_help(self) -> None:
+        rows = help_rows(HELP_SECTIONS, self.keymap)
+        rows.append(("anywhere", "ctrl+p", "Command palette", ""))
+        rows.append(("anywhere", "tab", "Next pane", ""))
+        rows.append(("tables", "↑ ↓", "Move", ""))
+        rows.append(("tables", "pgup pgdn", "Page", ""))
+        self.push_screen(HelpScreen(rows, _home(keymap_file())))
+
+
+HELP_SECTIONS = [
+    ("anywhere", DataDebugApp),
+    ("Shifts", ShiftsScreen),
+    ("Pairs", PairsScreen),
+    ("Pair", PairScreen),
+    ("Clusters", ClustersScreen),
+    ("Compare", CompareScreen),
+    ("Goblin", GoblinScreen),
+    ("Models", ModelsScreen),
+    ("Index", IndexScreen),
+    ("tables", KeyTable),
+    ("dialogs", ConfirmDialog),
+    ("dialogs", ReasonDialog),
+]
+
+
+def _home(path: Path) -> str:
+    try:
+        return "~/" + str(path.relative_to(Path.home()))
+    except ValueError:
+        return str(path)
+
+
+@contextlib.contextmanager
+def native_stderr_to(log: Path):
+    """Send what native code (LanceDB's Rust logger, C extensions) writes to fd 2 into `log`.
+
+    Textual draws on stderr; a stray native warning would land in the middle of the screen. Python's
+    own stderr is captured by Textual already. The terminal is kept on a private duplicate of fd 2.
+    """
+    if not os.isatty(2):
+        yield
+        return
+    log.parent.mkdir(parents=True, exist_ok=True)
+    terminal = os.dup(2)
+    log_fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    saved = sys.__stderr__
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+    sys.__stderr__ = os.fdopen(os.dup(terminal), "w", encoding="utf-8", errors="replace")
+    try:
+        yield
+    finally:
+        sys.__stderr__.close()
+        sys.__stderr__ = saved
+        os.dup2(terminal, 2)
+        os.close(terminal)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="datadebug-tui",
+        description="Triage a preference dataset: predicted DPO shifts, the pairs behind them, a cleaned export.",
+    )
+    parser.add_argument(
+        "workspace", nargs="?", type=Path, help="workspace folder (default: the demo workspace)"
+    )
+    parser.add_argument(
+        "--data", type=Path, help="dataset to index into the workspace when it is not indexed yet"
+    )
+    parser.add_argument("--model", help="catalogue model to index with (default: the catalogue's)")
+    parser.add_argument("--sae", help="catalogue SAE to index with (default: the model's)")
+    parser.add_argument("--limit", type=int, help="index at most this many valid pairs")
+    args = parser.parse_args(argv)
+
+    demo_ws, sample = demo_paths()
+    if args.workspace is not None:
+        workspace, data = args.workspace, args.data
+    elif args.data is not None:
+        workspace, data = demo_ws.parent / args.data.name.split(".")[0], args.data
+    else:
+        workspace, data = demo_ws, sample
+    keymap, problems = load_keymap()
+    services = Services(workspace, data=data, model=args.model, sae=args.sae, limit=args.limit)
+    app = DataDebugApp(
+        services, keymap=keymap, keymap_problems=problems, autostart_index=data is not None
+    )
+    with native_stderr_to(locations.cache_dir() / "datadebug-tui.log"):
+        app.run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,182 @@
+"""Clusters: the pairs grouped by their SAE features (or by MiniLM embedding), each with what sets it apart."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.widgets import DataTable, Label, Static
+from textual.worker import get_current_worker
+
+from tui.messages import ClustersReady
+from tui.screens.base import DataScreen, signed, snippet
+from tui.services import ClusteringView, ClusterView, TriageState, WorkspaceInfo, available
+from tui.widgets.tables import KeyTable
+
+
+class ClustersScreen(DataScreen):
+    """One row per cluster; Enter lists its pairs, c marks it, e switches SAE / embedding clusters."""
+
+    SCREEN_TITLE = "Clusters"
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding(
+            "enter", "open_cluster", "Open the cluster's pairs", show=False, id="clusters.open"
+        ),
+        Binding("c", "mark_cluster", "Mark cluster", id="clusters.mark"),
+        Binding(
+            "C",
+            "mark_cluster_reason",
+            "Mark cluster with reason",
+            show=False,
+            id="clusters.mark_reason",
+        ),
+        Binding("e", "switch_by", "SAE/embedding", id="clusters.by"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.by = "sae"
+        self.clustering: ClusteringView | None = None
+
+    def compose_body(self) -> ComposeResult:
+        yield Label("", id="clusters-caption")
+        yield KeyTable("id", "size", "✗", "contrast", "top features", id="clusters")
+        yield Static("", id="cluster-detail")
+
+    def info_changed(self, info: WorkspaceInfo | None) -> None:
+        self.clustering = None
+        if info is None:
+            self.query_one("#clusters-caption", Label).update("no workspace open")
+            return
+        if not available("clusters"):
+            self.query_one("#clusters-caption", Label).update(
+                "clustering is not available yet in this build (core/clusters.py)"
+            )
+            return
+        self._load()
+
+    def _load(self) -> None:
+        self.set_title(
+            f"Clusters · pairs grouped by {'SAE features' if self.by == 'sae' else 'MiniLM embedding'}"
+        )
+        self.query_one("#clusters", KeyTable).loading = True
+        self.query_one("#clusters-caption", Label).update("clustering…")
+        self._cluster(self.by)
+
+    @work(
+        thread=True,
+        exclusive=True,
+        exit_on_error=False,
+        group="clusters",
+        description="clustering pairs",
+    )
+    def _cluster(self, by: str) -> None:
+        clustering = self.app.services.clusters(by)
+        if not get_current_worker().is_cancelled:
+            self.post_message(ClustersReady(clustering))
+
+    @on(ClustersReady)
+    def _ready(self, event: ClustersReady) -> None:
+        self.clustering = event.clustering
+        table = self.query_one("#clusters", KeyTable)
+        table.loading = False
+        table.focus()
+        self._fill()
+
+    def _fill(self) -> None:
+        c = self.clustering
+        if c is None:
+            return
+        self.query_one("#clusters-caption", Label).update(
+            f"{c.k} {c.by} clusters, largest first · contrast: top feature's activity inside minus outside"
+        )
+        marked = self.triage.marked if self.triage else frozenset()
+
+        def cells(cl: ClusterView):
+            n_marked = len(marked.intersection(cl.source_indices))
+            top = cl.top_features[0] if cl.top_features else None
+            feats = ", ".join(f"#{f.feature} {snippet(f.label, 20)}" for f in cl.top_features[:2])
+            return (
+                str(cl.id),
+                str(cl.size),
+                Text(f"{n_marked}", style="bold red") if n_marked else "",
+                signed(top.contrast) if top else "",
+                feats,
+            )
+
+        self.query_one("#clusters", KeyTable).refill((str(cl.id), cells(cl)) for cl in c.clusters)
+        self._detail()
+
+    def _current(self) -> ClusterView | None:
+        if self.clustering is None:
+            return None
+        key = self.query_one("#clusters", KeyTable).current_key()
+        return next((cl for cl in self.clustering.clusters if str(cl.id) == key), None)
+
+    def _detail(self) -> None:
+        cl = self._current()
+        out = Text()
+        if cl is not None:
+            out.append(f"cluster {cl.id}: {cl.size} pairs · representative: ", style="bold")
+            out.append(" ".join(f"#{s}" for s in cl.representative) + "\n")
+            out.append("sets it apart: ", style="dim")
+            out.append(
+                "; ".join(
+                    f"#{f.feature} {snippet(f.label, 24)} ({signed(f.contrast)})"
+                    for f in cl.top_features[:4]
+                )
+                or "-"
+            )
+            out.append("\nshifts harder here: ", style="dim")
+            out.append(
+                "; ".join(
+                    f"#{f.feature} {snippet(f.label, 24)} ({signed(f.contrast)}, q {f.q_value:.2g})"
+                    for f in cl.shift_contrast[:3]
+                )
+                or "no feature (q < 0.05)"
+            )
+        self.query_one("#cluster-detail", Static).update(out)
+
+    @on(DataTable.RowHighlighted)
+    def _highlighted(self) -> None:
+        self._detail()
+
+    def triage_changed(self, triage: TriageState | None) -> None:
+        self._fill()
+
+    # -- actions --------------------------------------------------------------------------------
+
+    @on(DataTable.RowSelected)
+    def action_open_cluster(self) -> None:
+        from tui.screens.pairs import PairsScreen
+
+        cl = self._current()
+        if cl is not None:
+            self.app.push_screen(PairsScreen.for_cluster(cl, self.by))
+
+    def action_mark_cluster(self) -> None:
+        cl = self._current()
+        if cl is not None:
+            self.toggle_marks(
+                cl.source_indices,
+                f"cluster {self.by}:{cl.id}",
+                tuple(f.feature for f in cl.top_features[:3]),
+            )
+
+    def action_mark_cluster_reason(self) -> None:
+        cl = self._current()
+        if cl is not None:
+            self.mark_with_reason(
+                cl.source_indices,
+                f"cluster {self.by}:{cl.id}",
+                tuple(f.feature for f in cl.top_features[:3]),
+            )
+
+    def action_switch_by(self) -> None:
+        if self.app.info is None or not available("clusters"):
+            return
+        self.by = "embedding" if self.by == "sae" else "sae"
+        self._load()

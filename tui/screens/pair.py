@@ -1,0 +1,192 @@
+"""Pair: the prompt, then chosen and rejected side by side (stacked when narrow), with a feature's firing
+tokens highlighted in both replies, and the pair's largest feature deltas."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Container, VerticalScroll
+from textual.widgets import DataTable, Label, Static
+from textual.worker import get_current_worker
+
+from tui.messages import PairReady
+from tui.screens.base import DataScreen, signed, snippet
+from tui.services import PairView, TriageState
+from tui.widgets.reply import highlight
+from tui.widgets.tables import KeyTable
+
+
+class PairScreen(DataScreen):
+    """One pair. j/k in the deltas table picks the feature whose firing is highlighted."""
+
+    SCREEN_TITLE = "Pair"
+    HORIZONTAL_BREAKPOINTS: ClassVar[list[tuple[int, str]]] = [(0, "-narrow"), (100, "-wide")]
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "app.pop_screen", "Back", id="pair.back"),
+        Binding("m", "mark", "Mark pair", id="pair.mark"),
+        Binding("M", "mark_reason", "Mark pair with reason", show=False, id="pair.mark_reason"),
+        Binding("n,right_square_bracket", "step(1)", "Next pair", id="pair.next"),
+        Binding("p,left_square_bracket", "step(-1)", "Prev pair", id="pair.prev"),
+    ]
+
+    def __init__(
+        self, source_index: int, feature: int | None = None, pair_list: tuple[int, ...] = ()
+    ) -> None:
+        super().__init__()
+        self.source_index = source_index
+        self.feature = feature
+        self.pair_list = pair_list or (source_index,)
+        self.pair_view: PairView | None = None
+
+    def compose_body(self) -> ComposeResult:
+        with VerticalScroll(id="prompt-box", classes="text-box"):
+            yield Static("", id="prompt")
+        with Container(id="replies"):
+            with VerticalScroll(id="chosen-box", classes="text-box"):
+                yield Static("", id="chosen")
+            with VerticalScroll(id="rejected-box", classes="text-box"):
+                yield Static("", id="rejected")
+        yield Label("", id="deltas-caption")
+        yield KeyTable("feature", "delta", "chosen", "rejected", "label", id="deltas")
+
+    def on_mount(self) -> None:
+        super().on_mount()
+        self.query_one("#prompt-box").border_title = "PROMPT"
+        self.query_one("#chosen-box").border_title = "CHOSEN"
+        self.query_one("#rejected-box").border_title = "REJECTED"
+        self._open(self.source_index)
+
+    def _open(self, source_index: int) -> None:
+        self.source_index = source_index
+        self.pair_view = None
+        self._title()
+        self.query_one("#deltas", KeyTable).loading = True
+        self._load(source_index, self.feature)
+
+    @work(
+        thread=True,
+        exclusive=True,
+        exit_on_error=False,
+        group="pair",
+        description="reading the pair",
+    )
+    def _load(self, source_index: int, feature: int | None) -> None:
+        view = self.app.services.pair(source_index, feature)
+        if not get_current_worker().is_cancelled:
+            self.post_message(PairReady(view))
+
+    @on(PairReady)
+    def _ready(self, event: PairReady) -> None:
+        self.pair_view = v = event.pair
+        self.query_one("#prompt", Static).update(Text(v.prompt))
+        table = self.query_one("#deltas", KeyTable)
+        table.loading = False
+        table.refill(
+            (
+                str(d.feature),
+                (
+                    f"#{d.feature}",
+                    signed(d.delta),
+                    f"{d.chosen:.3g}",
+                    f"{d.rejected:.3g}",
+                    snippet(d.label, 40),
+                ),
+            )
+            for d in v.top_deltas
+        )
+        if self.feature is not None:
+            keys = [str(d.feature) for d in v.top_deltas]
+            if str(self.feature) in keys:
+                table.move_cursor(row=keys.index(str(self.feature)), animate=False)
+        table.focus()
+        self._highlight()
+
+    def _title(self) -> None:
+        pos = (
+            self.pair_list.index(self.source_index) + 1
+            if self.source_index in self.pair_list
+            else 0
+        )
+        where = f" · {pos} of {len(self.pair_list)}" if len(self.pair_list) > 1 else ""
+        t = self.triage
+        mark = ""
+        if t is not None and self.source_index in t.marked:
+            reason = t.reasons.get(self.source_index, "")
+            mark = " · MARKED" + (f" ({reason})" if reason else "")
+        self.set_title(f"Pair #{self.source_index}{where}{mark}")
+
+    def _selected_feature(self) -> int | None:
+        key = self.query_one("#deltas", KeyTable).current_key()
+        return int(key) if key is not None else self.feature
+
+    def _highlight(self) -> None:
+        v = self.pair_view
+        if v is None:
+            return
+        f = self._selected_feature()
+        firing = {
+            side: v.firings[side].get(f, ()) if f is not None else ()
+            for side in ("chosen", "rejected")
+        }
+        peak = max((val for side in firing.values() for _, val in side), default=0.0)
+        for side, tokens, text in (
+            ("chosen", v.chosen_tokens, v.chosen),
+            ("rejected", v.rejected_tokens, v.rejected),
+        ):
+            self.query_one(f"#{side}", Static).update(highlight(tokens, text, firing[side], peak))
+            n = len(firing[side])
+            box = self.query_one(f"#{side}-box")
+            box.border_subtitle = (
+                f"#{f} on {n} token{'s' * (n != 1)}"
+                if n
+                else (f"#{f} not stored here" if f is not None else "")
+            )
+        delta = next((d for d in v.top_deltas if d.feature == f), None)
+        caption = "deltas: j/k picks the feature highlighted above"
+        if delta is not None:
+            caption = f"#{f} {snippet(delta.label, 40)}: chosen {delta.chosen:.3g} - rejected {delta.rejected:.3g} = {signed(delta.delta)}"
+        self.query_one("#deltas-caption", Label).update(caption)
+
+    @on(DataTable.RowHighlighted, "#deltas")
+    def _feature_picked(self) -> None:
+        self._highlight()
+
+    @on(DataTable.RowSelected, "#deltas")
+    def _open_feature(self) -> None:
+        """Enter on a feature: the pairs that drive it."""
+        from tui.screens.pairs import PairsScreen
+
+        f = self._selected_feature()
+        delta = (
+            next((d for d in self.pair_view.top_deltas if d.feature == f), None)
+            if self.pair_view
+            else None
+        )
+        if delta is not None:
+            self.app.push_screen(PairsScreen.for_feature(f, delta.label))
+
+    def triage_changed(self, triage: TriageState | None) -> None:
+        self._title()
+
+    # -- actions --------------------------------------------------------------------------------
+
+    def action_mark(self) -> None:
+        self.toggle_marks(
+            [self.source_index],
+            "pair",
+            (self._selected_feature(),) if self._selected_feature() is not None else (),
+        )
+
+    def action_mark_reason(self) -> None:
+        f = self._selected_feature()
+        self.mark_with_reason([self.source_index], "pair", (f,) if f is not None else ())
+
+    def action_step(self, step: int) -> None:
+        if self.source_index not in self.pair_list or len(self.pair_list) < 2:
+            return
+        i = (self.pair_list.index(self.source_index) + step) % len(self.pair_list)
+        self._open(self.pair_list[i])

@@ -1,0 +1,186 @@
+"""A list of pairs: the pairs that drive one feature, or the pairs of one cluster."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.widgets import DataTable, Label
+from textual.worker import get_current_worker
+
+from tui.messages import FeaturePairsReady, PairRowsReady
+from tui.screens.base import DataScreen, signed, snippet
+from tui.services import ClusterView, PairRow, TriageState
+from tui.widgets.tables import KeyTable
+
+N_TOP_PAIRS = 10
+
+
+class PairsScreen(DataScreen):
+    """Pairs in a table; Enter opens one. Built with `for_feature` or `for_cluster`."""
+
+    SCREEN_TITLE = "Pairs"
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "app.pop_screen", "Back", id="pairs.back"),
+        Binding("enter", "open_pair", "Open the pair", show=False, id="pairs.open"),
+        Binding("m", "mark_pair", "Mark pair", id="pairs.mark"),
+        Binding(
+            "M", "mark_pair_reason", "Mark pair with reason", show=False, id="pairs.mark_reason"
+        ),
+        Binding("a", "mark_all", "Mark all listed", id="pairs.mark_all"),
+        Binding(
+            "A",
+            "mark_all_reason",
+            "Mark all listed with reason",
+            show=False,
+            id="pairs.mark_all_reason",
+        ),
+    ]
+
+    def __init__(
+        self,
+        title: str,
+        feature: int | None = None,
+        cluster: ClusterView | None = None,
+        by: str = "sae",
+    ) -> None:
+        super().__init__()
+        self.title_text = title
+        self.feature = feature
+        self.cluster = cluster
+        self.by = by
+        self.rows: tuple[PairRow, ...] = ()
+
+    @classmethod
+    def for_feature(cls, feature: int, label: str) -> PairsScreen:
+        return cls(f"Pairs driving feature #{feature} · {label}", feature=feature)
+
+    @classmethod
+    def for_cluster(cls, cluster: ClusterView, by: str) -> PairsScreen:
+        top = cluster.top_features[0] if cluster.top_features else None
+        label = f" · {top.label}" if top else ""
+        return cls(
+            f"{by.upper()} cluster {cluster.id} · {cluster.size} pairs{label}",
+            cluster=cluster,
+            by=by,
+        )
+
+    def compose_body(self) -> ComposeResult:
+        yield Label("", id="pairs-caption")
+        yield KeyTable("pair", "✗", "delta", "prompt", "chosen", "rejected", id="pairs")
+
+    def on_mount(self) -> None:
+        super().on_mount()
+        self.set_title(self.title_text)
+        table = self.query_one("#pairs", KeyTable)
+        table.loading = True
+        table.focus()
+        self._load()
+
+    @work(
+        thread=True, exclusive=True, exit_on_error=False, group="pairs", description="reading pairs"
+    )
+    def _load(self) -> None:
+        services = self.app.services
+        if self.feature is not None:
+            result = services.feature_pairs(self.feature, top=20)
+            if not get_current_worker().is_cancelled:
+                self.post_message(FeaturePairsReady(result))
+        else:
+            rows = services.pair_rows(self.cluster.source_indices)
+            if not get_current_worker().is_cancelled:
+                self.post_message(PairRowsReady(rows))
+
+    @on(FeaturePairsReady)
+    def _feature_pairs(self, event: FeaturePairsReady) -> None:
+        fp = event.pairs
+        self.query_one("#pairs-caption", Label).update(
+            f"{fp.direction}, shift {signed(fp.shift)} · the {len(fp.rows)} pairs pushing it hardest "
+            f"(delta = chosen - rejected mean activation)"
+        )
+        self._show(fp.rows)
+
+    @on(PairRowsReady)
+    def _cluster_pairs(self, event: PairRowsReady) -> None:
+        c = self.cluster
+        feats = ", ".join(f"#{f.feature} {snippet(f.label, 24)}" for f in c.top_features[:3])
+        self.query_one("#pairs-caption", Label).update(f"top features: {feats or '(none)'}")
+        self._show(event.rows)
+
+    def _show(self, rows: tuple[PairRow, ...]) -> None:
+        self.rows = rows
+        table = self.query_one("#pairs", KeyTable)
+        table.loading = False
+        table.focus()  # a loading table gives its focus away
+        self._fill()
+
+    def _fill(self) -> None:
+        table = self.query_one("#pairs", KeyTable)
+        table.refill(
+            (
+                str(r.source_index),
+                (
+                    f"#{r.source_index}",
+                    Text("✗", style="bold red") if self.is_marked(r.source_index) else "",
+                    signed(r.delta) if r.delta is not None else "",
+                    snippet(r.prompt, 40),
+                    snippet(r.chosen, 40),
+                    snippet(r.rejected, 40),
+                ),
+            )
+            for r in self.rows
+        )
+
+    def triage_changed(self, triage: TriageState | None) -> None:
+        if self.rows:
+            self._fill()
+
+    def _current(self) -> int | None:
+        key = self.query_one("#pairs", KeyTable).current_key()
+        return int(key) if key is not None else None
+
+    @property
+    def _scope(self) -> str:
+        if self.feature is not None:
+            return f"feature {self.feature} top {len(self.rows)}"
+        return f"cluster {self.by}:{self.cluster.id}"
+
+    @property
+    def _features(self) -> tuple[int, ...]:
+        if self.feature is not None:
+            return (self.feature,)
+        return tuple(f.feature for f in self.cluster.top_features[:3])
+
+    # -- actions --------------------------------------------------------------------------------
+
+    @on(DataTable.RowSelected)
+    def action_open_pair(self) -> None:
+        from tui.screens.pair import PairScreen
+
+        current = self._current()
+        if current is None:
+            return
+        feature = self.feature
+        if feature is None and self.cluster.top_features:
+            feature = self.cluster.top_features[0].feature
+        siblings = tuple(r.source_index for r in self.rows)
+        self.app.push_screen(PairScreen(current, feature, siblings))
+
+    def action_mark_pair(self) -> None:
+        current = self._current()
+        if current is not None:
+            self.toggle_marks([current], "pair", self._features[:1])
+
+    def action_mark_pair_reason(self) -> None:
+        current = self._current()
+        if current is not None:
+            self.mark_with_reason([current], "pair", self._features[:1])
+
+    def action_mark_all(self) -> None:
+        self.toggle_marks([r.source_index for r in self.rows], self._scope, self._features)
+
+    def action_mark_all_reason(self) -> None:
+        self.mark_with_reason([r.source_index for r in self.rows], self._scope, self._features)

@@ -1,0 +1,1 @@
+"""Reusable widgets: keyboard tables, the status line, highlighted replies."""
