@@ -160,9 +160,10 @@ def shifts(
 def demo(
     workspace: Optional[Path] = typer.Option(None, "--workspace", "-w", help="Default: the cache dir's demo workspace"),
     top: int = typer.Option(10),
+    tui: bool = typer.Option(True, help="Then open datadebug-tui on the workspace (only on a terminal)"),
     as_json: bool = JSON,
 ):
-    """The main job on the embedded default: index the bundled sample of real pairs, print predicted shifts."""
+    """The main job on the embedded default: index the bundled sample, print predicted shifts, open the TUI."""
     from core.index import index_dataset
     from core.shifts import Analysis
     from core.workspace import Workspace
@@ -175,6 +176,11 @@ def demo(
         _fail(exc, as_json)
     print(file=sys.stderr)
     _emit(report.to_json(), as_json, format_shifts(report) + f"\n\nworkspace: {workspace}")
+    if tui and not as_json and sys.stdin.isatty() and sys.stdout.isatty():
+        # exec, not import: core never imports the UI.
+        exe = Path(sys.executable).parent / "datadebug-tui"
+        if exe.exists():
+            os.execv(str(exe), [str(exe), str(workspace)])
 
 
 # -- models -----------------------------------------------------------------------------------------
