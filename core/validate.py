@@ -645,13 +645,14 @@ def validate(
         prompts: a prompt file (see `load_prompts`); default: `n_prompts` held-out prompts of the
             workspace's dataset, i.e. of pairs the model was not trained on.
         plot: where to write the scatter PNG (default `trained/validation.png`); beside it go the
-            replies (`<stem>_replies.jsonl`: prompt, before, after) and the report (`<stem>.json`).
+            replies (`<stem>_replies.jsonl`: prompt, before, after), the report (`<stem>.json`)
+            and every feature's numbers (`<stem>_shifts.npz`: predicted, predicted_sd, actual,
+            actual_se, significant, per_prompt (prompts, d_sae) after - before).
 
     Returns a ValidationReport. Raises ValidationError when the workspace indexed another dataset
     or model than was trained, none of the trained pairs is in the workspace, or no prompt is left;
     WorkspaceError for no workspace; Cancelled when `cancel` is set.
     """
-    import torch
     from transformers import AutoModelForCausalLM
 
     from core.catalog import load_catalog
@@ -716,8 +717,10 @@ def validate(
         if which == "before":
             lm = base
         else:
-            lm = AutoModelForCausalLM.from_pretrained(trained / "model", dtype=torch.float32)
-            lm.to(next(base.parameters()).device).eval()
+            # the base's dtype and device (bf16 on CUDA, float32 on CPU): identical decoding
+            first = next(base.parameters())
+            lm = AutoModelForCausalLM.from_pretrained(trained / "model", dtype=first.dtype)
+            lm.to(first.device).eval()
         offset = 0 if which == "before" else total // 2
 
         def on_batch(done: int, which=which, offset=offset) -> None:
@@ -795,6 +798,11 @@ def validate(
         seconds=0.0,
     )
     scatter_plot(mean, actual, significant, top, report, plot_path)
+    np.savez_compressed(
+        plot_path.with_name(plot_path.stem + "_shifts.npz"),
+        predicted=mean, predicted_sd=sd, actual=actual, actual_se=actual_se,
+        significant=significant, per_prompt=diffs.astype(np.float32),
+    )
     report.seconds = time.perf_counter() - start
     plot_path.with_suffix(".json").write_text(json.dumps(report.to_json(), indent=1))
     progress(ValidateProgress("done", "", total, total))

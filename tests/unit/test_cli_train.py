@@ -1,0 +1,154 @@
+"""`datadebug train-dpo` and `datadebug validate`: real SmolLM2, real DPO, real workspace.
+
+One training run serves the file: started in a subprocess and stopped with Ctrl-C after its first
+step, then resumed in-process to the end, on the workspace's dataset minus a marked pair."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from core.cli import app
+
+runner = CliRunner()
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """On this project's busy 2-core machines torch's spinning OpenMP workers make small-batch
+    generation ~10x slower than one thread (measured: 147 s vs 15 s for 6 short replies)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+# 2 pairs (3 minus the marked one), both in every step: 3 steps, the loss must fall
+TRAIN_ARGS = ["--limit", "3", "--epochs", "3", "--batch-size", "2", "--max-length", "48", "--lr", "1e-4"]
+
+
+@pytest.fixture(scope="module")
+def marked_workspace(small_workspace, tmp_path_factory) -> Path:
+    from core.marks import Marks
+    from core.workspace import Workspace
+
+    ws = tmp_path_factory.mktemp("marked") / "ws"
+    shutil.copytree(small_workspace, ws)
+    Marks(Workspace(ws)).mark([1], reason="test")
+    return ws
+
+
+@pytest.fixture(scope="module")
+def interrupted(hh_small, marked_workspace, tmp_path_factory):
+    """train-dpo in a subprocess, sent SIGINT once its first step is printed."""
+    out = tmp_path_factory.mktemp("train") / "run"
+    cmd = [
+        sys.executable, "-c", "from core.cli import main; main()", "train-dpo", str(hh_small), "--out", str(out),
+        "--exclude-marked", str(marked_workspace), *TRAIN_ARGS, "--threads", "1",
+    ]
+    env = {**os.environ, "DATADEBUG_PROGRESS": "lines"}
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    seen = []
+    deadline = time.monotonic() + 240
+    for line in proc.stderr:
+        seen.append(line)
+        if line.startswith("step 1/"):
+            proc.send_signal(signal.SIGINT)
+            break
+        assert time.monotonic() < deadline, "".join(seen)
+    stdout, stderr = proc.communicate(timeout=240)
+    return out, proc.returncode, stdout, "".join(seen) + stderr
+
+
+def test_ctrl_c_saves_a_checkpoint(interrupted):
+    out, code, stdout, stderr = interrupted
+    assert code == 130, stderr
+    assert "stopping: saving a checkpoint" in stderr
+    # the signal lands during step 1's report or step 2; the step under way finishes first
+    stopped = re.search(r"cancelled at step (\d)/3", stdout)
+    assert stopped and int(stopped[1]) in (1, 2), stdout
+    state = json.loads((out / "checkpoint" / "trainer_state.json").read_text())
+    assert state["step"] == int(stopped[1]) and state["total_steps"] == 3
+    assert not (out / "model").exists()
+
+
+@pytest.fixture(scope="module")
+def resumed(interrupted, hh_small, marked_workspace):
+    out = interrupted[0]
+    result = runner.invoke(
+        app,
+        ["train-dpo", str(hh_small), "--out", str(out), "--exclude-marked", str(marked_workspace),
+         *TRAIN_ARGS, "--json"],
+    )
+    assert result.exit_code == 0, result.output
+    return out, json.loads(result.stdout)
+
+
+def test_rerun_resumes_and_marked_pairs_are_left_out(resumed):
+    out, r = resumed
+    assert set(r) >= {"out_dir", "model_dir", "n_pairs", "n_excluded", "steps", "total_steps", "loss",
+                      "first_loss", "reward_accuracy", "cancelled"}
+    assert r["steps"] == r["total_steps"] == 3 and not r["cancelled"]
+    assert r["n_pairs"] == 2 and r["n_excluded"] == 1
+    rec = json.loads((out / "datadebug_train.json").read_text())
+    assert rec["source_indices"] == [0, 2] and rec["excluded_marked"] == [1]
+    assert [s["step"] for s in rec["history"]] == [1, 2, 3]  # the first run's steps kept
+    assert r["first_loss"] == pytest.approx(math.log(2), abs=1e-4)
+    losses = [s["loss"] for s in rec["history"]]
+    assert losses[2] < losses[1] < losses[0]
+    assert Path(r["model_dir"]) == out / "model"
+
+
+def test_validate_json_shape(resumed, small_workspace, tmp_path):
+    out, _ = resumed
+    plot = tmp_path / "scatter.png"
+    result = runner.invoke(
+        app,
+        ["validate", "-w", str(small_workspace), "--trained", str(out), "--n-prompts", "4",
+         "--max-new-tokens", "6", "--top-k", "15", "--plot", str(plot), "--json"],
+    )
+    assert result.exit_code == 0, result.output
+    r = json.loads(result.stdout)
+    for key in ("r2", "pearson_r2", "spearman", "n_features", "n_prompts", "plot", "significant",
+                "top_k", "nonzero", "behaviour", "features", "actual_reliability"):
+        assert key in r
+    assert r["n_prompts"] == 4 and r["n_pairs_predicted"] == 2 and r["plot"] == str(plot)
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+    assert r["top_k"]["n_features"] == 15 and isinstance(r["top_k"]["spearman"], float)
+    assert set(r["behaviour"]) == {"refusal", "url", "goblin"}
+    assert not {0, 2} & set(r["prompt_source_indices"])
+
+
+def test_validate_text_summary(resumed, small_workspace, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Tell me a joke.\nWhat is the capital of France?\nHow do plants grow?\n")
+    result = runner.invoke(
+        app,
+        ["validate", "-w", str(small_workspace), "--trained", str(resumed[0]), "--prompts", str(prompts),
+         "--max-new-tokens", "6", "--temperature", "0.8", "--samples", "2"],
+    )
+    assert result.exit_code == 0, result.output
+    assert "R²" in result.stdout and "Spearman" in result.stdout and "goblin" in result.stdout
+    assert "3 prompts x 2 replies" in result.stdout
+
+
+def test_errors_are_one_line_with_status_2(resumed, small_workspace, tmp_path):
+    r = runner.invoke(app, ["validate", "-w", str(small_workspace), "--trained", str(tmp_path), "--json"])
+    assert r.exit_code == 2
+    assert json.loads(r.stdout)["type"] == "ValidationError"
+    r = runner.invoke(app, ["train-dpo", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "missing.jsonl" in r.stderr and "Traceback" not in r.output
