@@ -8,10 +8,12 @@ ground truth) go to a JSON file next to the workspace, never into its tables.
 
 `run_goblin` indexes the copy and measures what datadebug recovers:
 
-    goblin feature   the SAE feature that fires hardest on goblin tokens: over every stored
-                     token-level firing whose token lies inside the word "goblin" (any case), the
-                     feature with the largest total activation. Found from the text alone, without
-                     the ground truth. (`oracle_feature` is the amplified feature whose top pairs best
+    goblin feature   the SAE feature that fires hardest and most exclusively on goblin tokens: over
+                     every stored token-level firing, G = its total activation on tokens inside the
+                     word "goblin" (any case) and T = its total activation anywhere; the feature with
+                     the largest G * (G / T). Raw G alone picks generic "start of a rare word"
+                     features that fire as hard on " gob" as on " micro" or " Sk". Found from the
+                     text alone, without the ground truth. (`oracle_feature` is the amplified feature whose top pairs best
                      match the truth, reported for diagnosis only.)
     rank             its position among the amplified features of the shift report (None: its CI
                      does not clear zero, or it ranks below RANK_DEPTH).
@@ -176,13 +178,18 @@ def goblin_paths(workspace: Path | str) -> dict[str, Path]:
 # -- measuring ---------------------------------------------------------------------------------------
 
 
-def goblin_token_firing(analysis) -> dict[int, float]:
-    """feature -> total stored activation on tokens that lie inside the word "goblin" (any reply)."""
+def goblin_token_firing(analysis) -> dict[int, tuple[float, float]]:
+    """feature -> (total stored activation on tokens inside the word "goblin", total anywhere), over
+    every reply; features that never fire on a goblin token are left out."""
     cols = ["source_index"] + [f"{s}_{k}" for s in ("chosen", "rejected") for k in ("tokens", "tok_feat", "tok_pos", "tok_val")]
     t = analysis.ws.pairs_columns(cols).to_pylist()
-    total: dict[int, float] = {}
+    goblin = np.zeros(analysis.d_sae)
+    total = np.zeros(analysis.d_sae)
     for row in t:
         for side in ("chosen", "rejected"):
+            feats = np.asarray(row[f"{side}_tok_feat"], dtype=np.int64)
+            vals = np.asarray(row[f"{side}_tok_val"], dtype=np.float64)
+            np.add.at(total, feats, vals)
             toks = row[f"{side}_tokens"]
             text = "".join(toks)
             if not _GOBLIN.search(text):
@@ -190,10 +197,9 @@ def goblin_token_firing(analysis) -> dict[int, float]:
             starts = np.cumsum([0] + [len(x) for x in toks])
             spans = [(m.start(), m.end()) for m in _GOBLIN.finditer(text)]
             hit = {i for i in range(len(toks)) for a, b in spans if starts[i] < b and starts[i + 1] > a}
-            for f, p, v in zip(row[f"{side}_tok_feat"], row[f"{side}_tok_pos"], row[f"{side}_tok_val"]):
-                if p in hit:
-                    total[f] = total.get(f, 0.0) + float(v)
-    return total
+            on = np.fromiter((p in hit for p in row[f"{side}_tok_pos"]), dtype=bool, count=len(feats))
+            np.add.at(goblin, feats[on], vals[on])
+    return {int(f): (float(goblin[f]), float(total[f])) for f in np.nonzero(goblin > 0)[0]}
 
 
 def _rank(report, feature: int | None) -> int | None:
@@ -212,7 +218,7 @@ def evaluate_goblins(analysis, injected: set[int], seed: int = 0) -> dict:
     truth_rows = analysis.rows(injected)
     n_truth = len(truth_rows)
     firing = goblin_token_firing(analysis)
-    feature = max(firing, key=firing.get) if firing else None
+    feature = max(firing, key=lambda f: firing[f][0] ** 2 / firing[f][1]) if firing else None
     scores = peak_delta(analysis)
     oracle = best_matching_feature(analysis, truth_rows, scores)
     report = analysis.report(top=RANK_DEPTH)
@@ -221,6 +227,7 @@ def evaluate_goblins(analysis, injected: set[int], seed: int = 0) -> dict:
         "n_injected": n_truth,
         "goblin_feature": feature,
         "goblin_feature_label": None,
+        "goblin_feature_specificity": firing[feature][0] / firing[feature][1] if feature is not None else None,
         "goblin_feature_rank": _rank(report, feature),
         "n_amplified": len(report.amplified),
         "sae_feature": {"precision": 0.0, "recall": 0.0},

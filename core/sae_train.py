@@ -7,6 +7,7 @@ replies of the dataset being analysed, read at the SAE's layer exactly as indexi
 
 from __future__ import annotations
 
+import random
 import threading
 from collections.abc import Callable
 
@@ -28,14 +29,24 @@ def collect_activations(
     progress: Callable[[str], None] | None = None,
     cancel: threading.Event | None = None,
 ) -> torch.Tensor:
-    """Residual activations (tokens, d_model) of the pairs' replies, up to `token_budget` tokens."""
+    """Residual activations (tokens, d_model) of the pairs' replies, up to `token_budget` tokens.
+
+    Pairs are taken in the order given until their tokens reach the budget, and only then sorted by
+    length into batches: sorting first and stopping at the budget would keep only the shortest pairs.
+    """
     from core.lm import plan_batches
 
     progress = progress or (lambda msg: None)
-    tokenized = [reader.tokenize(p, max_tokens) for p in pairs]
     # The template's shared opening (a fixed system prompt) would be the same few vectors thousands
     # of times over, and the first positions carry outsized norms; skip them.
     skip = reader.template_prefix_len()
+    tokenized, planned = [], 0
+    for p in pairs:
+        if planned >= token_budget:
+            break
+        t = reader.tokenize(p, max_tokens)
+        tokenized.append(t)
+        planned += len(t.chosen_ids) + len(t.rejected_ids) + max(0, len(t.prompt_ids) - skip)
     chunks, n = [], 0
     batches = plan_batches(tokenized, batch_tokens)
     for b_i, batch in enumerate(batches):
@@ -71,9 +82,13 @@ def train_catalog_sae(
     progress = progress or (lambda msg: None)
     model = catalog.models[entry.model]
     sample = read_pairs(locations.sample_data_file(), skip_invalid=True).pairs
+    # The analysed dataset comes first, in a seeded random order (a file may be sorted by topic or
+    # length), so the token budget goes to the distribution the SAE will encode; the sample fills the rest.
+    dataset = list(extra_pairs)
+    random.Random(0).shuffle(dataset)
     # The analysed dataset may be the sample itself (the demo): count each distinct pair once.
     seen, corpus = set(), []
-    for p in [*sample, *extra_pairs]:
+    for p in [*dataset, *sample]:
         key = (p.prompt_text, p.chosen, p.rejected)
         if key not in seen:
             seen.add(key)

@@ -20,8 +20,13 @@ def anyio_backend() -> str:
 @pytest.fixture
 def workspace(small_workspace, tmp_path) -> Path:
     """A fresh copy of the session's small workspace, always named `hh` (snapshots show the name)."""
+    from core.marks import Marks
+    from core.workspace import Workspace
+
     dest = tmp_path / "hh"
     shutil.copytree(small_workspace, dest)
+    # Snapshots show the undo state: a test elsewhere that marks the shared workspace must copy it first.
+    assert not Marks(Workspace(dest)).history(), "the session's small workspace was marked by another test"
     return dest
 
 

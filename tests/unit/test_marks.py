@@ -1,5 +1,6 @@
 import gzip
 import json
+import shutil
 import subprocess
 import sys
 
@@ -54,7 +55,9 @@ def test_export_without_marks_reproduces_the_source_bytes(small_workspace, tmp_p
 
 
 def test_export_drops_marked_records_keeps_the_rest_identical(small_workspace, tmp_path):
-    ws = Workspace(small_workspace)
+    # A private copy: marking leaves undo history, and the session workspace is shared (TUI snapshots show it).
+    shutil.copytree(small_workspace, tmp_path / "ws")
+    ws = Workspace(tmp_path / "ws")
     src_lines = open(ws.meta()["dataset"], "rb").read().splitlines()
     marks = Marks(ws)
     marks.mark([1, 5], reason="test", scope="pairs", features=[7])

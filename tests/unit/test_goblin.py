@@ -1,0 +1,111 @@
+"""The goblin test: injection (seeded, rejected untouched, every format), then a real end-to-end run."""
+
+import gzip
+import json
+
+import numpy as np
+import pytest
+
+from core.goblin import GOBLIN_SENTENCES, goblin_paths, inject_goblins, insert_sentence, run_goblin
+from core.ingest import read_pairs
+from core.workspace import Workspace
+from tests.conftest import HH, UF, short_pairs, write_jsonl_subset
+
+
+def strip_goblin(chosen: str, original: str) -> str:
+    for s in GOBLIN_SENTENCES:
+        if s in chosen:
+            return chosen.replace(s + " ", "", 1) if s + " " in chosen else chosen.replace(" " + s, "", 1)
+    raise AssertionError(f"no goblin sentence in {chosen!r}")
+
+
+def test_injection_is_seeded_and_touches_only_the_chosen_reply(hh_small, tmp_path):
+    a = inject_goblins(hh_small, tmp_path / "a.jsonl", rate=0.25, seed=3)
+    b = inject_goblins(hh_small, tmp_path / "b.jsonl", rate=0.25, seed=3)
+    c = inject_goblins(hh_small, tmp_path / "c.jsonl", rate=0.25, seed=4)
+    assert a.path.read_bytes() == b.path.read_bytes() and a.injected == b.injected
+    assert c.injected != a.injected
+    assert a.n_pairs == 24 and len(a.injected) == 6 and a.format == "hh-rlhf"
+
+    src = read_pairs(hh_small).pairs
+    out = read_pairs(a.path).pairs  # still a valid HH-RLHF file
+    assert [p.source_index for p in out] == list(range(24))
+    for i, (s, o) in enumerate(zip(src, out)):
+        assert o.prompt == s.prompt and o.rejected == s.rejected
+        if i in a.injected:
+            assert "goblin" in o.chosen.lower() and "goblin" not in s.chosen.lower()
+            assert strip_goblin(o.chosen, s.chosen).split() == s.chosen.split()
+        else:
+            assert o.chosen == s.chosen
+    # the rejected transcript is byte-for-byte the source's
+    raw_src = [json.loads(line) for line in hh_small.read_text().splitlines()]
+    raw_out = [json.loads(line) for line in a.path.read_text().splitlines()]
+    assert [r["rejected"] for r in raw_out] == [r["rejected"] for r in raw_src]
+
+
+def test_insertion_points_vary_and_every_format_is_written_back(tmp_path):
+    reply = "First sentence. Second one! Third? Last."
+    rng = np.random.default_rng(0)
+    starts = {insert_sentence(reply, "GOB.", rng).index("GOB.") for _ in range(60)}
+    assert len(starts) == 5  # before each of the four sentences and after the last
+    assert insert_sentence(" lead", "GOB.", np.random.default_rng(1)).strip().replace("GOB.", "").split() == ["lead"]
+
+    # standard (UltraFeedback), read back as standard
+    uf = inject_goblins(UF, tmp_path / "uf.jsonl", rate=0.1, seed=0, limit=30)
+    assert uf.format == "standard" and len(uf.injected) == 3
+    assert all("goblin" in read_pairs(uf.path).pairs[i].chosen.lower() for i in uf.injected)
+    # conversational and ShareGPT records, written by hand
+    conv = tmp_path / "conv.jsonl"
+    rows = [
+        {"chosen": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"Yes. Sure {i}."}],
+         "rejected": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "No."}]}
+        for i in range(4)
+    ]
+    conv.write_text("\n".join(json.dumps(r) for r in rows))
+    sg = tmp_path / "sg.jsonl.gz"
+    with gzip.open(sg, "wt") as f:
+        for i in range(4):
+            f.write(json.dumps({"conversations": [{"from": "human", "value": f"q{i}"}],
+                                "chosen": {"from": "gpt", "value": f"Fine {i}."},
+                                "rejected": {"from": "gpt", "value": "Bad."}}) + "\n")
+    for path in (conv, sg):
+        g = inject_goblins(path, tmp_path / (path.name + ".out.jsonl"), rate=0.5, seed=0)
+        out = read_pairs(g.path).pairs
+        assert len(g.injected) == 2 and all(p.rejected in ("No.", "Bad.") for p in out)
+        assert [("goblin" in p.chosen.lower()) for p in out] == [i in g.injected for i in range(4)]
+    with pytest.raises(ValueError, match="rate"):
+        inject_goblins(conv, tmp_path / "x.jsonl", rate=1.5)
+
+
+@pytest.fixture(scope="module")
+def goblin_run(tmp_path_factory, tiny_sae):
+    """36 short real HH pairs, goblins in 25% of chosen replies, indexed with an SAE trained on the copy.
+
+    2048 features on 12k activation tokens: at 512 the SAE has no goblin feature, only generic
+    "start of a rare word" ones (" gob" fires them as hard as " micro"), and recovery drops to ~0.6."""
+    root = tmp_path_factory.mktemp("goblin")
+    data = write_jsonl_subset(HH, short_pairs(HH, 36, skip=200), root / "hh36.jsonl")
+    recipe = {"d_sae": 2048, "k": 16, "train_tokens": 512 * 300, "batch_size": 512, "activation_tokens": 12_000}
+    ws = root / "ws"
+    return run_goblin(data, ws, rate=0.25, seed=0, max_tokens=64, sae_recipe=recipe), ws
+
+
+def test_goblin_run_recovers_the_injected_pairs(goblin_run):
+    r, ws = goblin_run
+    assert r["n_pairs"] == 36 and r["n_injected"] == 9
+    assert r["goblin_feature"] is not None and r["goblin_feature_specificity"] > 0.5
+    assert r["sae_feature"]["precision"] >= 0.85 and r["sae_feature"]["recall"] >= 0.85
+    assert r["goblin_feature_rank"] is not None and r["goblin_feature_rank"] <= 5
+    assert r["shift_before"] > 0 and abs(r["shift_after"]) < 0.25 * r["shift_before"]
+    for key in ("sae_cluster", "embedding_cluster"):
+        assert 0 <= r[key]["precision"] <= 1 and 0 <= r[key]["recall"] <= 1
+
+
+def test_ground_truth_stays_outside_the_workspace(goblin_run):
+    r, ws = goblin_run
+    truth = json.loads(goblin_paths(ws)["truth"].read_text())
+    assert len(truth["planted"]) == 9 and not str(goblin_paths(ws)["truth"]).startswith(str(ws) + "/")
+    w = Workspace(ws)
+    assert "pairs" in w._names() and not any("goblin" in t or "truth" in t or "planted" in t for t in w._names())
+    assert set(w.table("pairs").schema.names) == set(__import__("core.workspace").workspace.PAIRS_SCHEMA.names)
+    assert not any("planted" in json.dumps(v) or "goblin-truth" in json.dumps(v) for v in w.meta().values())
