@@ -23,16 +23,7 @@ from core.cli import app
 
 runner = CliRunner()
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """On this project's busy 2-core machines torch's spinning OpenMP workers make small-batch
-    generation ~10x slower than one thread (measured: 147 s vs 15 s for 6 short replies)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # 2 pairs (3 minus the marked one), both in every step: 3 steps, the loss must fall
 TRAIN_ARGS = ["--limit", "3", "--epochs", "3", "--batch-size", "2", "--max-length", "48", "--lr", "1e-4"]

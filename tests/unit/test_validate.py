@@ -30,17 +30,7 @@ from core.validate import (
     validate,
 )
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """On this project's busy 2-core machines torch's spinning OpenMP workers make small-batch
-    generation ~10x slower than one thread (measured: 147 s vs 15 s for 6 short replies)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # -- the maths, on hand-made activations ----------------------------------------------------------
 
