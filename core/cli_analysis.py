@@ -159,6 +159,16 @@ def compare(
     _emit(c, as_json, format_compare(c))
 
 
+def _specificity_lines(spec: float | None) -> list[str]:
+    if spec is None:
+        return ["  no feature fires on a goblin token: the reply window cut the goblin sentences off?"]
+    lines = [f"  specificity: {spec:.1%} of its activation falls on goblin tokens"]
+    if spec < 0.5:
+        lines.append("  this SAE has no goblin feature (goblins are encoded only by generic features):"
+                     " too few goblin tokens for its width; see README, goblin test")
+    return lines
+
+
 def format_goblin(r: dict) -> str:
     def pr(d: dict) -> str:
         return f"precision {d['precision']:.2f}, recall {d['recall']:.2f}"
@@ -171,6 +181,7 @@ def format_goblin(r: dict) -> str:
     return "\n".join([
         f"goblins in {r['n_injected']} of {r['n_pairs']} chosen replies (rate {r['rate']:.1%}, seed {r['seed']}); SAE {r['sae']}",
         f"goblin feature: {r['goblin_feature']} {r.get('goblin_feature_label') or ''}",
+        *_specificity_lines(r.get("goblin_feature_specificity")),
         f"  rank among amplified features: {rank if rank is not None else 'not ranked'} of {r['n_amplified']}",
         f"  its top pairs (peak delta):  {pr(r['sae_feature'])}",
         f"  its top pairs (mean delta):  {pr(r['sae_feature_mean'])}",

@@ -8,12 +8,15 @@ ground truth) go to a JSON file next to the workspace, never into its tables.
 
 `run_goblin` indexes the copy and measures what datadebug recovers:
 
-    goblin feature   the SAE feature that fires hardest and most exclusively on goblin tokens: over
-                     every stored token-level firing, G = its total activation on tokens inside the
-                     word "goblin" (any case) and T = its total activation anywhere; the feature with
-                     the largest G * (G / T). Raw G alone picks generic "start of a rare word"
-                     features that fire as hard on " gob" as on " micro" or " Sk". Found from the
-                     text alone, without the ground truth. (`oracle_feature` is the amplified feature whose top pairs best
+    goblin feature   the SAE feature that fires hardest and most exclusively in replies that mention
+                     goblins: G = the sum of its per-reply max activation over replies whose read
+                     text contains "goblin" (any case), T = the same over every reply; the feature
+                     with the largest G * (G / T) (G / T is reported as its specificity). Found from
+                     the text alone, without the ground truth. Two earlier choices failed on real
+                     data: raw goblin-token activation picks generic "start of a rare word" features
+                     (" gob" fires them as hard as " micro"), and token-level firings are stored only
+                     for a reply's 16 strongest features, which a quiet goblin feature is not.
+                     (`oracle_feature` is the amplified feature whose top pairs best
                      match the truth, reported for diagnosis only.)
     rank             its position among the amplified features of the shift report (None: its CI
                      does not clear zero, or it ranks below RANK_DEPTH).
@@ -178,27 +181,26 @@ def goblin_paths(workspace: Path | str) -> dict[str, Path]:
 # -- measuring ---------------------------------------------------------------------------------------
 
 
-def goblin_token_firing(analysis) -> dict[int, tuple[float, float]]:
-    """feature -> (total stored activation on tokens inside the word "goblin", total anywhere), over
-    every reply; features that never fire on a goblin token are left out."""
-    cols = ["source_index"] + [f"{s}_{k}" for s in ("chosen", "rejected") for k in ("tokens", "tok_feat", "tok_pos", "tok_val")]
-    t = analysis.ws.pairs_columns(cols).to_pylist()
+def goblin_reply_firing(analysis) -> dict[int, tuple[float, float]]:
+    """feature -> (sum of its per-reply max activation over replies whose read text mentions a goblin,
+    the same sum over every reply), for features that fire in at least one goblin reply.
+
+    Per-reply maxima are stored for every firing feature, so a quiet feature that fires only on goblin
+    sentences counts even when it is not among a reply's strongest (token-level firings are stored
+    for those only). The text is what indexing read (the reply window), not the ground truth.
+    """
+    t = analysis.ws.pairs_columns([f"{s}_{k}" for s in ("chosen", "rejected") for k in ("tokens", "feat", "max")])
     goblin = np.zeros(analysis.d_sae)
     total = np.zeros(analysis.d_sae)
-    for row in t:
-        for side in ("chosen", "rejected"):
-            feats = np.asarray(row[f"{side}_tok_feat"], dtype=np.int64)
-            vals = np.asarray(row[f"{side}_tok_val"], dtype=np.float64)
-            np.add.at(total, feats, vals)
-            toks = row[f"{side}_tokens"]
-            text = "".join(toks)
-            if not _GOBLIN.search(text):
-                continue
-            starts = np.cumsum([0] + [len(x) for x in toks])
-            spans = [(m.start(), m.end()) for m in _GOBLIN.finditer(text)]
-            hit = {i for i in range(len(toks)) for a, b in spans if starts[i] < b and starts[i + 1] > a}
-            on = np.fromiter((p in hit for p in row[f"{side}_tok_pos"]), dtype=bool, count=len(feats))
-            np.add.at(goblin, feats[on], vals[on])
+    for side in ("chosen", "rejected"):
+        texts = ("".join(toks) for toks in t[f"{side}_tokens"].to_pylist())
+        for mentions, feats, maxima in zip(
+            (bool(_GOBLIN.search(x)) for x in texts), t[f"{side}_feat"].to_pylist(), t[f"{side}_max"].to_pylist()
+        ):
+            feats, maxima = np.asarray(feats, dtype=np.int64), np.asarray(maxima, dtype=np.float64)
+            np.add.at(total, feats, maxima)
+            if mentions:
+                np.add.at(goblin, feats, maxima)
     return {int(f): (float(goblin[f]), float(total[f])) for f in np.nonzero(goblin > 0)[0]}
 
 
@@ -217,7 +219,7 @@ def evaluate_goblins(analysis, injected: set[int], seed: int = 0) -> dict:
 
     truth_rows = analysis.rows(injected)
     n_truth = len(truth_rows)
-    firing = goblin_token_firing(analysis)
+    firing = goblin_reply_firing(analysis)
     feature = max(firing, key=lambda f: firing[f][0] ** 2 / firing[f][1]) if firing else None
     scores = peak_delta(analysis)
     oracle = best_matching_feature(analysis, truth_rows, scores)

@@ -109,3 +109,13 @@ def test_ground_truth_stays_outside_the_workspace(goblin_run):
     assert "pairs" in w._names() and not any("goblin" in t or "truth" in t or "planted" in t for t in w._names())
     assert set(w.table("pairs").schema.names) == set(__import__("core.workspace").workspace.PAIRS_SCHEMA.names)
     assert not any("planted" in json.dumps(v) or "goblin-truth" in json.dumps(v) for v in w.meta().values())
+
+
+def test_the_summary_says_when_the_sae_has_no_goblin_feature(goblin_run):
+    from core.cli_analysis import format_goblin
+
+    r, _ = goblin_run
+    text = format_goblin(r)
+    assert f"goblin feature: {r['goblin_feature']}" in text and "no goblin feature" not in text
+    weak = {**r, "goblin_feature_specificity": 0.003}
+    assert "specificity: 0.3%" in format_goblin(weak) and "this SAE has no goblin feature" in format_goblin(weak)

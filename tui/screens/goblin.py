@@ -147,10 +147,16 @@ class GoblinScreen(DataScreen):
         bar = self.query_one("#goblin-progress", ProgressBar)
         bar.update(total=100, progress=100)
         rank = r.get("goblin_feature_rank")
+        spec = r.get("goblin_feature_specificity")
+        specific = (
+            f" ({spec:.0%} goblin-specific{'; this SAE has no goblin feature' if spec < 0.5 else ''})"
+            if spec is not None
+            else ""
+        )
         self.query_one("#goblin-status", Label).update(
             f"goblins in {r['n_injected']} of {r['n_pairs']} chosen replies · goblin feature "
-            f"#{r['goblin_feature']} ranks {rank if rank is not None else 'nowhere'} of {r['n_amplified']} amplified"
-            " · o opens the planted workspace"
+            f"#{r['goblin_feature']}{specific} ranks {rank if rank is not None else 'nowhere'} of "
+            f"{r['n_amplified']} amplified · o opens the planted workspace"
         )
 
         def pr(d: dict) -> tuple[str, str]:
