@@ -3,7 +3,6 @@ SAE, validated end to end (real generation, real residual stream, real LanceDB w
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import shutil
@@ -29,6 +28,7 @@ from core.validate import (
     train_on_dataset,
     validate,
 )
+from core.workspace import file_sha256
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -180,14 +180,6 @@ def test_exclude_marked_drops_exactly_the_marked_pairs(small_workspace, hh_small
 # -- end to end: real DPO on SmolLM2, validated through the tiny SAE ----------------------------------
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, hh_small, small_workspace):
     """Two full fine-tuning DPO steps on the first two pairs of the workspace's own dataset, at a
@@ -196,11 +188,11 @@ def trained(tmp_path_factory, hh_small, small_workspace):
     from core.store import model_dir
 
     weights = model_dir(load_catalog().model(None)) / "model.safetensors"
-    before = sha256(weights)
+    before = file_sha256(weights)
     out = tmp_path_factory.mktemp("dpo") / "run"
     cfg = DPOConfig(lr=1e-4, epochs=2, batch_size=2, max_length=48, max_prompt_length=32)
     result = train_on_dataset(hh_small, out, cfg, limit=2)
-    return out, result, before, sha256(weights)
+    return out, result, before, file_sha256(weights)
 
 
 def test_training_lowers_the_loss_and_leaves_the_base_weights_alone(trained, hh_small):
