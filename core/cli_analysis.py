@@ -159,11 +159,15 @@ def compare(
     _emit(c, as_json, format_compare(c))
 
 
-def _specificity_lines(spec: float | None) -> list[str]:
-    if spec is None:
-        return ["  no feature fires on a goblin token: the reply window cut the goblin sentences off?"]
-    lines = [f"  specificity: {spec:.1%} of its activation falls on goblin tokens"]
-    if spec < 0.5:
+def _detection_lines(r: dict) -> list[str]:
+    if r.get("goblin_feature_ap") is None:
+        return ["  no feature fires in a reply that mentions goblins: the reply window cut the goblin sentences off?"]
+    lines = [
+        f"  detection: average precision {r['goblin_feature_ap']:.2f} at ranking the goblin replies first"
+        f" (margin {r['goblin_feature_margin']:+.2f}); specificity {r['goblin_feature_specificity']:.1%}"
+        " of its activation falls on goblin replies"
+    ]
+    if not r.get("has_goblin_feature"):
         lines.append("  this SAE has no goblin feature (goblins are encoded only by generic features):"
                      " too few goblin tokens for its width; see README, goblin test")
     return lines
@@ -181,7 +185,7 @@ def format_goblin(r: dict) -> str:
     return "\n".join([
         f"goblins in {r['n_injected']} of {r['n_pairs']} chosen replies (rate {r['rate']:.1%}, seed {r['seed']}); SAE {r['sae']}",
         f"goblin feature: {r['goblin_feature']} {r.get('goblin_feature_label') or ''}",
-        *_specificity_lines(r.get("goblin_feature_specificity")),
+        *_detection_lines(r),
         f"  rank among amplified features: {rank if rank is not None else 'not ranked'} of {r['n_amplified']}",
         f"  its top pairs (peak delta):  {pr(r['sae_feature'])}",
         f"  its top pairs (mean delta):  {pr(r['sae_feature_mean'])}",

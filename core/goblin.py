@@ -8,14 +8,18 @@ ground truth) go to a JSON file next to the workspace, never into its tables.
 
 `run_goblin` indexes the copy and measures what datadebug recovers:
 
-    goblin feature   the SAE feature that fires hardest and most exclusively in replies that mention
-                     goblins: G = the sum of its per-reply max activation over replies whose read
-                     text contains "goblin" (any case), T = the same over every reply; the feature
-                     with the largest G * (G / T) (G / T is reported as its specificity). Found from
-                     the text alone, without the ground truth. Two earlier choices failed on real
-                     data: raw goblin-token activation picks generic "start of a rare word" features
-                     (" gob" fires them as hard as " micro"), and token-level firings are stored only
-                     for a reply's 16 strongest features, which a quiet goblin feature is not.
+    goblin feature   the SAE feature whose strongest replies are the ones that mention goblins: rank
+                     every reply by the feature's max activation over its tokens and score the ranking
+                     by average precision (AP) against "the read text contains 'goblin'"; the feature
+                     with the highest AP wins, ties broken by its separation margin (see
+                     `reply_detection_scores`). Found from the text alone, without the ground truth.
+                     AP under GOBLIN_AP_MIN means the SAE has no goblin feature. Earlier choices that
+                     failed on real data: raw goblin-token activation picks generic "start of a rare
+                     word" features (" gob" fires them as hard as " micro"); the share of a feature's
+                     activation that falls on goblin replies (its specificity, still reported) favours
+                     loud features over exact ones, and scored a perfect detector (AP 1.0, precision and
+                     recall 1.0) at 38%; token-level firings are stored only for a reply's 16
+                     strongest features, which a quiet goblin feature is not.
                      (`oracle_feature` is the amplified feature whose top pairs best
                      match the truth, reported for diagnosis only.)
     rank             its position among the amplified features of the shift report (None: its CI
@@ -50,6 +54,7 @@ import numpy as np
 from core.ingest import iter_records, read_pairs
 
 RANK_DEPTH = 100  # the shift report is read this deep to rank the goblin feature
+GOBLIN_AP_MIN = 0.5  # a goblin feature ranks goblin replies first at least this well (average precision)
 
 GOBLIN_SENTENCES = (
     "Oddly enough, a goblin once gave me exactly the same advice.",
@@ -181,27 +186,73 @@ def goblin_paths(workspace: Path | str) -> dict[str, Path]:
 # -- measuring ---------------------------------------------------------------------------------------
 
 
-def goblin_reply_firing(analysis) -> dict[int, tuple[float, float]]:
-    """feature -> (sum of its per-reply max activation over replies whose read text mentions a goblin,
-    the same sum over every reply), for features that fire in at least one goblin reply.
+@dataclasses.dataclass(frozen=True)
+class Detection:
+    """How well one feature's per-reply maximum picks out the replies that mention goblins."""
+
+    ap: float  # average precision of the replies ranked by the feature's max (1.0: they come first)
+    margin: float  # (lowest max over goblin replies - highest over the others) / its highest; > 0: apart
+    specificity: float  # share of its summed per-reply max that falls on goblin replies
+
+
+def reply_detection_scores(maxima, mentions: np.ndarray) -> dict[int, Detection]:
+    """feature -> Detection, for each feature that fires in at least one reply with `mentions`.
+
+    `maxima` is a (replies, d_sae) scipy sparse matrix of per-reply max activations, `mentions` a
+    boolean vector over the same replies. A reply where the feature does not fire ranks last (and a
+    goblin reply there adds nothing to AP).
+    """
+    import scipy.sparse as sp
+
+    cols = sp.csc_matrix(maxima)
+    mentions = np.asarray(mentions, dtype=bool)
+    n_pos = int(mentions.sum())
+    out = {}
+    if n_pos == 0:
+        return out
+    candidates = np.unique(sp.csr_matrix(maxima)[np.nonzero(mentions)[0]].indices)
+    for f in candidates:
+        lo, hi = cols.indptr[f], cols.indptr[f + 1]
+        rows, vals = cols.indices[lo:hi], cols.data[lo:hi]
+        keep = vals > 0
+        rows, vals = rows[keep], vals[keep]
+        if not len(vals):
+            continue
+        order = np.argsort(-vals, kind="stable")
+        hit = mentions[rows[order]]
+        precision = np.cumsum(hit) / np.arange(1, len(hit) + 1)
+        ap = float(precision[hit].sum() / n_pos)
+        pos_vals = vals[mentions[rows]]
+        lowest_pos = float(pos_vals.min()) if len(pos_vals) == n_pos else 0.0
+        neg_vals = vals[~mentions[rows]]
+        highest_neg = float(neg_vals.max()) if len(neg_vals) else 0.0
+        top = float(vals.max())
+        out[int(f)] = Detection(ap, (lowest_pos - highest_neg) / top, float(pos_vals.sum() / vals.sum()))
+    return out
+
+
+def goblin_detection(analysis) -> dict[int, Detection]:
+    """`reply_detection_scores` over every chosen and rejected reply of `analysis`'s workspace.
 
     Per-reply maxima are stored for every firing feature, so a quiet feature that fires only on goblin
     sentences counts even when it is not among a reply's strongest (token-level firings are stored
     for those only). The text is what indexing read (the reply window), not the ground truth.
     """
+    import scipy.sparse as sp
+
     t = analysis.ws.pairs_columns([f"{s}_{k}" for s in ("chosen", "rejected") for k in ("tokens", "feat", "max")])
-    goblin = np.zeros(analysis.d_sae)
-    total = np.zeros(analysis.d_sae)
+    feats, maxima, mentions = [], [], []
     for side in ("chosen", "rejected"):
-        texts = ("".join(toks) for toks in t[f"{side}_tokens"].to_pylist())
-        for mentions, feats, maxima in zip(
-            (bool(_GOBLIN.search(x)) for x in texts), t[f"{side}_feat"].to_pylist(), t[f"{side}_max"].to_pylist()
-        ):
-            feats, maxima = np.asarray(feats, dtype=np.int64), np.asarray(maxima, dtype=np.float64)
-            np.add.at(total, feats, maxima)
-            if mentions:
-                np.add.at(goblin, feats, maxima)
-    return {int(f): (float(goblin[f]), float(total[f])) for f in np.nonzero(goblin > 0)[0]}
+        feats += t[f"{side}_feat"].to_pylist()
+        maxima += t[f"{side}_max"].to_pylist()
+        mentions += [bool(_GOBLIN.search("".join(toks))) for toks in t[f"{side}_tokens"].to_pylist()]
+    indptr = np.concatenate([[0], np.cumsum([len(f) for f in feats])])
+    m = sp.csr_matrix(
+        (np.fromiter((v for vs in maxima for v in vs), dtype=np.float64, count=indptr[-1]),
+         np.fromiter((f for fs in feats for f in fs), dtype=np.int64, count=indptr[-1]), indptr),
+        shape=(len(feats), analysis.d_sae),
+    )
+    return reply_detection_scores(m, np.array(mentions, dtype=bool))
 
 
 def _rank(report, feature: int | None) -> int | None:
@@ -219,8 +270,9 @@ def evaluate_goblins(analysis, injected: set[int], seed: int = 0) -> dict:
 
     truth_rows = analysis.rows(injected)
     n_truth = len(truth_rows)
-    firing = goblin_reply_firing(analysis)
-    feature = max(firing, key=lambda f: firing[f][0] ** 2 / firing[f][1]) if firing else None
+    detection = goblin_detection(analysis)
+    feature = max(detection, key=lambda f: (detection[f].ap, detection[f].margin)) if detection else None
+    found = detection.get(feature)
     scores = peak_delta(analysis)
     oracle = best_matching_feature(analysis, truth_rows, scores)
     report = analysis.report(top=RANK_DEPTH)
@@ -229,7 +281,10 @@ def evaluate_goblins(analysis, injected: set[int], seed: int = 0) -> dict:
         "n_injected": n_truth,
         "goblin_feature": feature,
         "goblin_feature_label": None,
-        "goblin_feature_specificity": firing[feature][0] / firing[feature][1] if feature is not None else None,
+        "goblin_feature_ap": found.ap if found else None,
+        "goblin_feature_margin": found.margin if found else None,
+        "goblin_feature_specificity": found.specificity if found else None,
+        "has_goblin_feature": bool(found and found.ap >= GOBLIN_AP_MIN),
         "goblin_feature_rank": _rank(report, feature),
         "n_amplified": len(report.amplified),
         "sae_feature": {"precision": 0.0, "recall": 0.0},

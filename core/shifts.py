@@ -115,6 +115,7 @@ class Analysis:
         self._features = None
         self._tokens = None
         self._what_if_cache = None
+        self._source_set: frozenset | None = None
 
     @property
     def n(self) -> int:
@@ -153,12 +154,17 @@ class Analysis:
 
         Cheap enough for every keypress: it subtracts the excluded rows' sums from cached totals.
         """
-        excluded = frozenset(int(s) for s in excluded if int(s) in self.row_of)
+        # C-level set algebra: a keypress with 26k pairs marked must not loop over them in Python
+        if self._source_set is None:
+            self._source_set = frozenset(self.row_of)
+        excluded = (excluded if isinstance(excluded, frozenset) else frozenset(excluded)) & self._source_set
         cache = self._what_if_cache
-        if cache is not None and len(cache[0] ^ excluded) < len(excluded):
+        if cache is not None:
+            added_src, dropped_src = excluded - cache[0], cache[0] - excluded
+        if cache is not None and len(added_src) + len(dropped_src) < len(excluded):
             # Update from the previous call: only the pairs marked or unmarked since then are touched.
-            prev, s, s2, nf = cache
-            added, dropped = self.rows(excluded - prev), self.rows(prev - excluded)
+            _, s, s2, nf = cache
+            added, dropped = self.rows(added_src), self.rows(dropped_src)
             for rows, sign in ((added, -1.0), (dropped, 1.0)):
                 if len(rows):
                     s = s + sign * np.asarray(self.delta[rows].sum(0)).ravel()

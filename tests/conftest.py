@@ -79,7 +79,8 @@ def tiny_sae(tmp_path_factory, config_dir) -> str:
     model = cat.model(None)
     reader = ResidualReader.from_entry(model)
     pairs = short_pairs(HH, 40, skip=100) + short_pairs(UF, 20, max_chars=900)
-    acts = collect_activations(reader, pairs, max_tokens=64, token_budget=12_000)
+    # prompts too: 60 short pairs hold too few reply tokens for 12k (the product trains on replies only)
+    acts = collect_activations(reader, pairs, max_tokens=64, token_budget=12_000, include_prompts=True)
     out = tmp_path_factory.mktemp("sae") / "tiny"
     train_topk_sae(acts, out, d_sae=512, k=16, train_tokens=512 * 120, batch_size=512, lr=2e-3)
     (config_dir / "models.toml").write_text(

@@ -72,7 +72,8 @@ def main() -> None:
     for rate, method, feat, p, rc in table:
         print(f"{rate:>5.0%}  {method:<30} {feat:<24} {p:>9.2f} {rc:>7.2f}")
     for r in results:
-        print(f"{r['rate']:.0%}: goblin feature {r['goblin_feature']} ({r['goblin_feature_label']}); predicted shift "
+        print(f"{r['rate']:.0%}: goblin feature {r['goblin_feature']} ({r['goblin_feature_label']}), AP "
+              f"{r['goblin_feature_ap'] or 0:.2f}, specificity {r['goblin_feature_specificity'] or 0:.2f}; predicted shift "
               f"{r['shift_before']:+.5f} -> {r['shift_after']:+.5f} without its flagged pairs; {r['seconds']:.0f}s")
 
     ws = out / f"rate-{args.rates[0]:g}"

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from core.goblin import GOBLIN_SENTENCES, goblin_paths, inject_goblins, insert_sentence, run_goblin
+from core.goblin import GOBLIN_SENTENCES, goblin_paths, inject_goblins, insert_sentence, reply_detection_scores, run_goblin
 from core.ingest import read_pairs
 from core.workspace import Workspace
 from tests.conftest import HH, UF, short_pairs, write_jsonl_subset
@@ -90,10 +90,35 @@ def goblin_run(tmp_path_factory, tiny_sae):
     return run_goblin(data, ws, rate=0.25, seed=0, max_tokens=64, sae_recipe=recipe), ws
 
 
+def test_detection_scores_rank_exact_detectors_above_loud_ones():
+    import scipy.sparse as sp
+
+    mentions = np.array([1, 1, 0, 0, 0, 0], dtype=bool)
+    maxima = sp.csr_matrix(np.array([
+        # f0 exact but quiet, f1 loud everywhere, f2 splits the goblin replies, f3 never on goblins
+        [0.5, 9.0, 3.0, 0.0],
+        [0.4, 8.0, 0.0, 0.0],
+        [0.1, 9.5, 4.0, 1.0],
+        [0.0, 7.0, 0.0, 1.0],
+        [0.0, 6.0, 0.0, 0.0],
+        [0.0, 9.0, 0.0, 0.0],
+    ]))
+    d = reply_detection_scores(maxima, mentions)
+    assert set(d) == {0, 1, 2}  # f3 never fires in a goblin reply
+    assert d[0].ap == pytest.approx(1.0) and d[0].margin == pytest.approx((0.4 - 0.1) / 0.5)
+    assert d[0].specificity == pytest.approx(0.9 / 1.0)
+    # f1: ranked 9.5, 9.0 (goblin), 9.0, 8.0 (goblin), ...: precisions 1/2 and 2/4
+    assert d[1].ap == pytest.approx((1 / 2 + 2 / 4) / 2) and d[1].margin < 0
+    assert d[1].specificity == pytest.approx(17 / 48.5)
+    # f2: one goblin reply, ranked second; the other goblin reply never fires it
+    assert d[2].ap == pytest.approx((1 / 2) / 2) and d[2].margin == pytest.approx((0 - 4.0) / 4.0)
+    assert reply_detection_scores(maxima, np.zeros(6, dtype=bool)) == {}
+
+
 def test_goblin_run_recovers_the_injected_pairs(goblin_run):
     r, ws = goblin_run
     assert r["n_pairs"] == 36 and r["n_injected"] == 9
-    assert r["goblin_feature"] is not None and r["goblin_feature_specificity"] > 0.5
+    assert r["goblin_feature"] is not None and r["has_goblin_feature"] and r["goblin_feature_ap"] > 0.9
     assert r["sae_feature"]["precision"] >= 0.85 and r["sae_feature"]["recall"] >= 0.85
     assert r["goblin_feature_rank"] is not None and r["goblin_feature_rank"] <= 5
     assert r["shift_before"] > 0 and abs(r["shift_after"]) < 0.25 * r["shift_before"]
@@ -117,5 +142,5 @@ def test_the_summary_says_when_the_sae_has_no_goblin_feature(goblin_run):
     r, _ = goblin_run
     text = format_goblin(r)
     assert f"goblin feature: {r['goblin_feature']}" in text and "no goblin feature" not in text
-    weak = {**r, "goblin_feature_specificity": 0.003}
-    assert "specificity: 0.3%" in format_goblin(weak) and "this SAE has no goblin feature" in format_goblin(weak)
+    weak = {**r, "goblin_feature_ap": 0.12, "has_goblin_feature": False}
+    assert "average precision 0.12" in format_goblin(weak) and "this SAE has no goblin feature" in format_goblin(weak)

@@ -36,3 +36,23 @@ def test_plan_batches_respects_budget_and_keeps_every_pair():
     assert sorted(t.source_index for b in batches for t in b) == list(range(50))
     for b in batches:
         assert len(b) == 1 or max(t.cost for t in b) * len(b) <= 60
+
+
+def test_sae_corpus_is_reply_tokens_read_after_their_prompts():
+    """The SAE trains on what indexing encodes: each reply's tokens, read with its prompt in context."""
+    from core.sae_train import collect_activations
+
+    reader = ResidualReader.from_entry(load_catalog().model(None))
+    pairs = short_pairs(HH, 3)
+    toks = [reader.tokenize(p, 32) for p in pairs]
+    n_reply = sum(len(t.chosen_ids) + len(t.rejected_ids) for t in toks)
+    acts = collect_activations(reader, pairs, max_tokens=32, token_budget=10_000)
+    assert acts.shape == (n_reply, reader.d_model)
+    # the very rows of the reader's reply activations, in batch order, not the prompt's
+    want = torch.cat([x for b in plan_batches(toks, 4096) for c, r in reader.read(b) for x in (c, r)])
+    assert torch.allclose(acts, want, atol=1e-4)
+    with_prompts = collect_activations(reader, pairs, max_tokens=32, token_budget=10_000, include_prompts=True)
+    skip = reader.template_prefix_len()
+    assert len(with_prompts) == n_reply + sum(len(t.prompt_ids) - skip for t in toks)
+    # the budget stops at whole batches' worth of reply tokens, then cuts exactly
+    assert len(collect_activations(reader, pairs, max_tokens=32, token_budget=20)) == 20

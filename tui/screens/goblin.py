@@ -147,10 +147,10 @@ class GoblinScreen(DataScreen):
         bar = self.query_one("#goblin-progress", ProgressBar)
         bar.update(total=100, progress=100)
         rank = r.get("goblin_feature_rank")
-        spec = r.get("goblin_feature_specificity")
+        ap = r.get("goblin_feature_ap")
         specific = (
-            f" ({spec:.0%} goblin-specific{'; this SAE has no goblin feature' if spec < 0.5 else ''})"
-            if spec is not None
+            f" (AP {ap:.2f}{'' if r.get('has_goblin_feature') else '; this SAE has no goblin feature'})"
+            if ap is not None
             else ""
         )
         self.query_one("#goblin-status", Label).update(
