@@ -162,11 +162,11 @@ def compare(
 def _detection_lines(r: dict) -> list[str]:
     if r.get("goblin_feature_ap") is None:
         return ["  no feature fires in a reply that mentions goblins: the reply window cut the goblin sentences off?"]
-    lines = [
+    lines = [(
         f"  detection: average precision {r['goblin_feature_ap']:.2f} at ranking the goblin replies first"
         f" (margin {r['goblin_feature_margin']:+.2f}); specificity {r['goblin_feature_specificity']:.1%}"
         " of its activation falls on goblin replies"
-    ]
+    )]
     if not r.get("has_goblin_feature"):
         lines.append("  this SAE has no goblin feature (goblins are encoded only by generic features):"
                      " too few goblin tokens for its width; see README, goblin test")
