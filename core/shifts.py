@@ -159,6 +159,7 @@ class Analysis:
             self._source_set = frozenset(self.row_of)
         excluded = (excluded if isinstance(excluded, frozenset) else frozenset(excluded)) & self._source_set
         cache = self._what_if_cache
+        added_src = dropped_src = frozenset()
         if cache is not None:
             added_src, dropped_src = excluded - cache[0], cache[0] - excluded
         if cache is not None and len(added_src) + len(dropped_src) < len(excluded):
