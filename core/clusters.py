@@ -340,15 +340,8 @@ def peak_delta(analysis: Analysis) -> sp.csc_matrix:
     The per-pair score used to find the pairs behind a feature: a sentence that fires a feature hard
     in a long reply is diluted in the mean but not in the max.
     """
-    t = analysis.ws.pairs_columns(["source_index", "chosen_feat", "chosen_max", "rejected_feat", "rejected_max"])
-    mats = []
-    for side in ("chosen", "rejected"):
-        feats, vals = t[f"{side}_feat"].to_pylist(), t[f"{side}_max"].to_pylist()
-        indptr = np.concatenate([[0], np.cumsum([len(f) for f in feats])])
-        idx = np.fromiter((f for fl in feats for f in fl), dtype=np.int32, count=indptr[-1])
-        val = np.fromiter((v for vl in vals for v in vl), dtype=np.float32, count=indptr[-1])
-        mats.append(sp.csr_matrix((val, idx, indptr), shape=(len(feats), analysis.d_sae)))
-    return (mats[0] - mats[1]).tocsc()
+    chosen, rejected = analysis.maxima()
+    return (chosen - rejected).tocsc()
 
 
 def top_rows(scores: sp.csc_matrix, feature: int, n: int) -> np.ndarray:

@@ -240,19 +240,12 @@ def goblin_detection(analysis) -> dict[int, Detection]:
     """
     import scipy.sparse as sp
 
-    t = analysis.ws.pairs_columns([f"{s}_{k}" for s in ("chosen", "rejected") for k in ("tokens", "feat", "max")])
-    feats, maxima, mentions = [], [], []
-    for side in ("chosen", "rejected"):
-        feats += t[f"{side}_feat"].to_pylist()
-        maxima += t[f"{side}_max"].to_pylist()
-        mentions += [bool(_GOBLIN.search("".join(toks))) for toks in t[f"{side}_tokens"].to_pylist()]
-    indptr = np.concatenate([[0], np.cumsum([len(f) for f in feats])])
-    m = sp.csr_matrix(
-        (np.fromiter((v for vs in maxima for v in vs), dtype=np.float64, count=indptr[-1]),
-         np.fromiter((f for fs in feats for f in fs), dtype=np.int64, count=indptr[-1]), indptr),
-        shape=(len(feats), analysis.d_sae),
+    t = analysis.ws.pairs_columns(["chosen_tokens", "rejected_tokens"])
+    mentions = np.array(
+        [bool(_GOBLIN.search("".join(toks))) for side in ("chosen", "rejected") for toks in t[f"{side}_tokens"].to_pylist()],
+        dtype=bool,
     )
-    return reply_detection_scores(m, np.array(mentions, dtype=bool))
+    return reply_detection_scores(sp.vstack(analysis.maxima()).tocsr(), mentions)  # chosen rows, then rejected
 
 
 def _rank(report, feature: int | None) -> int | None:

@@ -116,10 +116,19 @@ class Analysis:
         self._tokens = None
         self._what_if_cache = None
         self._source_set: frozenset | None = None
+        self._maxima: tuple[sp.csr_matrix, sp.csr_matrix] | None = None
 
     @property
     def n(self) -> int:
         return len(self.source_index)
+
+    def maxima(self) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+        """(chosen, rejected) (n, d_sae) CSR of each feature's max activation over a reply's tokens,
+        read from the workspace on first use (most views need only the means)."""
+        if self._maxima is None:
+            t = self.ws.pairs_columns(["chosen_feat", "chosen_max", "rejected_feat", "rejected_max"])
+            self._maxima = tuple(_sparse(t[f"{s}_feat"], t[f"{s}_max"], self.d_sae) for s in ("chosen", "rejected"))
+        return self._maxima
 
     def rows(self, source_indices) -> np.ndarray:
         """Row numbers of the given source indices (unknown ones are ignored)."""
