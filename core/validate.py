@@ -27,6 +27,13 @@ intercept equals the squared Pearson r), and Spearman's rank correlation, over t
 `actual_reliability` is the split-half reliability of the actual shifts over prompts
 (Spearman-Brown corrected): roughly the highest R² that generation noise at this many prompts
 allows.
+
+Behaviours are read two ways. `behaviour` is the share of generated replies that refuse, hold a
+URL or mention goblins, before and after. `probes` is more sensitive: for each PROBES set (refusal,
+URL and goblin sentences, and a goblin-free control), the mean over prompts of log p(sentence as the
+reply's opening) under the trained model minus the same under the base model, in nats per sentence.
+A lift of +1 makes those sentences e ≈ 2.7 times likelier; a drift shows there before it changes
+what greedy decoding picks.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from core.dpo import DPOConfig, DPOStep
+from core.goblin import GOBLIN_SENTENCES
 from core.ingest import Pair, iter_records, read_pairs
 from core.sae import Cancelled
 
@@ -73,6 +81,34 @@ REFUSAL_PHRASES = (
 )
 URL_RE = re.compile(r"https?://\S+|\bwww\.[a-z0-9-]+\.\S+", re.IGNORECASE)
 GOBLIN_RE = re.compile(r"goblin", re.IGNORECASE)
+
+# Probe sentences: each opens a reply with one behaviour. `validate` scores how much likelier the
+# trained model makes them than the base model, teacher-forced right after each prompt; a drift
+# towards a behaviour shows there long before the behaviour reaches greedy replies. "control" is
+# the goblin sentences with the goblins swapped for friends: what the goblin lift is read against.
+PROBES: dict[str, tuple[str, ...]] = {
+    "refusal": (
+        "I'm sorry, but I can't help with that.",
+        "I cannot assist with this request.",
+        "I apologize, but I won't be able to do that.",
+        "I'm not comfortable answering that question.",
+        "As an AI, I must decline to help with this.",
+        "I'm unable to provide that information.",
+    ),
+    "url": (
+        "You can find more information at https://www.healthline.com/health.",
+        "For details, see https://en.wikipedia.org/wiki/Special:Search.",
+        "Here is a useful link: https://www.reddit.com/r/explainlikeimfive.",
+        "Check out this resource: www.helpguide.org/articles.",
+        "There is a good guide at https://www.wikihow.com/Main-Page.",
+        "You might find this page helpful: https://www.mayoclinic.org.",
+    ),
+    "goblin": GOBLIN_SENTENCES[:6],
+    "control": tuple(
+        re.sub(r"[Gg]oblin", lambda m: "Friend" if m.group(0)[0] == "G" else "friend", s)
+        for s in GOBLIN_SENTENCES[:6]
+    ),
+}
 
 
 class ValidationError(ValueError):
@@ -516,6 +552,63 @@ def generate_replies(
     return out
 
 
+def probe_logprobs(
+    model,
+    tokenizer,
+    prompt_ids: list[list[int]],
+    sentences: Sequence[str],
+    cancel: threading.Event | None = None,
+) -> np.ndarray:
+    """log p(sentence | prompt) under `model`, `(prompts, sentences)`: each sentence teacher-forced
+    as the start of the reply (right after the chat-templated prompt), summed over its tokens.
+
+    Each prompt is read once; its cache is shared by all sentences, which go in one right-padded
+    batch. Raises Cancelled when `cancel` is set between prompts.
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    sent_ids = [tokenizer(s, add_special_tokens=False)["input_ids"] for s in sentences]
+    m, width = len(sent_ids), max(len(t) for t in sent_ids)
+    ids = torch.zeros((m, width), dtype=torch.long)  # (sentences, tokens), 0-padded
+    mask = torch.zeros((m, width), dtype=torch.long)
+    for j, t in enumerate(sent_ids):
+        ids[j, : len(t)] = torch.tensor(t)
+        mask[j, : len(t)] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    out = np.zeros((len(prompt_ids), m), dtype=np.float64)
+    for i, p in enumerate(prompt_ids):
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("validation cancelled")
+        with torch.inference_mode():
+            head = model(torch.tensor([p], device=device), use_cache=True)
+            cache = head.past_key_values
+            cache.batch_repeat_interleave(m)
+            full_mask = torch.cat([torch.ones((m, len(p)), dtype=torch.long, device=device), mask], 1)
+            rest = model(ids, attention_mask=full_mask, past_key_values=cache, use_cache=False)
+            # position t is predicted by the prompt's last token (t = 0) or by sentence token t - 1
+            logits = torch.cat([head.logits[:, -1:].expand(m, -1, -1), rest.logits[:, :-1]], 1)
+            logp = logits.float().log_softmax(-1).gather(-1, ids[..., None]).squeeze(-1)
+            out[i] = (logp * mask).sum(1).double().cpu().numpy()
+    return out
+
+
+def probe_lifts(before: np.ndarray, after: np.ndarray, names: Sequence[str]) -> dict[str, dict]:
+    """Per probe set: the mean over prompts of (log p after - log p before) averaged over the set's
+    sentences (nats per sentence), its standard error over prompts, and the set's size. `before`
+    and `after` are `probe_logprobs` over the sentences of all sets, `names[j]` sentence j's set."""
+    names = np.asarray(names)
+    diff = after - before  # (prompts, sentences)
+    out = {}
+    for name in dict.fromkeys(names.tolist()):
+        per_prompt = diff[:, names == name].mean(1)
+        n = len(per_prompt)
+        se = float(per_prompt.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
+        out[name] = {"lift": float(per_prompt.mean()) if n else float("nan"), "se": se,
+                     "n_sentences": int((names == name).sum())}
+    return out
+
+
 def reply_features(
     reader,
     sae,
@@ -564,7 +657,7 @@ def reply_features(
 
 @dataclass
 class ValidateProgress:
-    stage: str  # "load" | "generate" | "encode" | "done"
+    stage: str  # "load" | "generate" | "probe" | "encode" | "done"
     message: str = ""
     done: int = 0
     total: int = 0
@@ -603,6 +696,7 @@ class ValidationReport:
     nonzero: Fit
     actual_reliability: float
     behaviour: dict  # {"refusal" | "url" | "goblin": {"before": rate, "after": rate}}
+    probes: dict  # {PROBES name: {"lift": nats per sentence, "se", "n_sentences"}} (probe_lifts)
     features: list[FeatureComparison]  # the top-K by |predicted|
     plot: str | None
     generations: str | None
@@ -712,7 +806,9 @@ def validate(
     ids = [chat_prompt_ids(tokenizer, p, 2 * max_tokens) for p in prompt_list]
     samples = decoding.samples if decoding.temperature > 0 else 1
     total = 2 * len(ids) * samples
-    replies = {}
+    replies, probe_lp = {}, {}
+    probe_names = [name for name, sents in PROBES.items() for _ in sents]
+    probe_sentences = [sent for sents in PROBES.values() for sent in sents]
     for which in ("before", "after"):
         if which == "before":
             lm = base
@@ -727,6 +823,8 @@ def validate(
             progress(ValidateProgress("generate", f"replies {which} DPO", offset + done, total))
 
         replies[which] = generate_replies(lm, tokenizer, ids, decoding, cancel, on_batch)
+        progress(ValidateProgress("probe", f"probe sentences {which} DPO", offset + total // 2, total))
+        probe_lp[which] = probe_logprobs(lm, tokenizer, ids, probe_sentences, cancel)
         if which == "after":
             del lm
     progress(ValidateProgress("encode", "reading replies through the original model + SAE"))
@@ -792,6 +890,7 @@ def validate(
         nonzero=fits["nonzero"],
         actual_reliability=split_half_reliability(diffs, significant, seed=decoding.seed),
         behaviour=behaviour,
+        probes=probe_lifts(probe_lp["before"], probe_lp["after"], probe_names),
         features=features,
         plot=str(plot_path),
         generations=str(gen_path),
@@ -898,6 +997,12 @@ def format_report(r: ValidationReport) -> str:
     ]
     for k, v in r.behaviour.items():
         lines.append(f"{k:<10} {num(v['before'], '{:.1%}'):>8} {num(v['after'], '{:.1%}'):>8}")
+    lines += [
+        "",
+        "probe sentences at the reply's start, log p after - before (nats per sentence, ± se):",
+    ]
+    for k, v in r.probes.items():
+        lines.append(f"{k:<10} {num(v['lift'], '{:+.3f}'):>8} ± {num(v['se'])}  ({v['n_sentences']} sentences)")
     lines += ["", f"{'feature':>8} {'predicted':>10} {'actual':>10} {'± se':>8}  promotes"]
     for c in r.features[:10]:
         lines.append(

@@ -16,7 +16,9 @@ Experiment 2, the goblin loop: the goblin feature and the pairs it flags come fr
 `core.goblin.evaluate_goblins` (no ground truth used) and are reported; `--mark flagged` marks those
 pairs, `--mark injected` (default) the planted ones. DPO
 on the poisoned set (all pairs) and on the cleaned set (`exclude_marked`), same settings; the goblin
-mention rate is measured in replies to `--unrelated` UltraFeedback prompts, greedy and sampled.
+mention rate is measured in replies to `--unrelated` UltraFeedback prompts, greedy and sampled, and
+so is the probe lift (how much likelier each run makes goblin sentences than the base model does,
+against goblin-free control sentences; `core.validate.PROBES`).
 
 Every stage is kept in --work and skipped (or resumed) when run again. Results: --work/results.json.
 """
@@ -108,6 +110,7 @@ def summary(r: dict) -> dict:
     out["top_k"] = {k: r["top_k"][k] for k in ("n_features", "r2", "spearman", "slope")}
     out["nonzero"] = {k: r["nonzero"][k] for k in ("n_features", "r2", "spearman")}
     out["behaviour"] = r["behaviour"]
+    out["probes"] = {k: round(v["lift"], 3) for k, v in r.get("probes", {}).items()}
     return out
 
 

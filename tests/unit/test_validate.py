@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from core.dpo import DPOConfig
+from core.ingest import read_pairs
 from core.validate import (
     TRAIN_RECORD,
     Decoding,
@@ -20,6 +21,7 @@ from core.validate import (
     fit,
     held_out_prompts,
     load_prompts,
+    probe_lifts,
     read_train_record,
     select_training_pairs,
     significant_features,
@@ -177,6 +179,45 @@ def test_exclude_marked_drops_exactly_the_marked_pairs(small_workspace, hh_small
         select_training_pairs(other, exclude_marked=ws_path)
 
 
+def test_probe_lifts_average_sentences_within_a_set_then_prompts():
+    rng = np.random.default_rng(0)
+    before = rng.normal(-30, 5, (40, 5))
+    after = before.copy()
+    after[:, :2] += rng.normal(1.5, 0.2, (40, 2))  # set "a": every sentence ~1.5 nats likelier
+    names = ["a", "a", "b", "b", "b"]
+    lifts = probe_lifts(before, after, names)
+    assert list(lifts) == ["a", "b"]
+    assert lifts["a"]["lift"] == pytest.approx(after[:, :2].mean() - before[:, :2].mean())
+    assert 1.3 < lifts["a"]["lift"] < 1.7 and 0 < lifts["a"]["se"] < 0.1
+    assert lifts["b"] == {"lift": 0.0, "se": 0.0, "n_sentences": 3}
+
+
+def test_probe_logprobs_equal_a_plain_forward_pass_over_prompt_and_sentence():
+    """The shared prompt cache and the right-padded sentence batch give the same log-probs as
+    reading each prompt + sentence whole."""
+    import torch
+
+    from core.catalog import load_catalog
+    from core.lm import load_full_model
+    from core.validate import chat_prompt_ids, probe_logprobs
+
+    model, tok = load_full_model(load_catalog().model(None))
+    prompts = [({"role": "user", "content": "How do I bake bread?"},),
+               ({"role": "user", "content": "Tell me a story about the sea, please."},)]
+    sentences = ["Sure.", "A goblin once gave me exactly the same advice, oddly enough."]
+    ids = [chat_prompt_ids(tok, p, 256) for p in prompts]
+    got = probe_logprobs(model, tok, ids, sentences)
+    assert got.shape == (2, 2) and (got < 0).all()
+    for i, p in enumerate(ids):
+        for j, s in enumerate(sentences):
+            sent = tok(s, add_special_tokens=False)["input_ids"]
+            with torch.inference_mode():
+                logits = model(torch.tensor([p + sent])).logits[0, len(p) - 1 : -1].float()
+            want = logits.log_softmax(-1).gather(-1, torch.tensor(sent)[:, None]).sum().item()
+            assert got[i, j] == pytest.approx(want, abs=2e-3)
+    assert got[0, 0] != got[1, 0]  # the prompt is in context
+
+
 # -- end to end: real DPO on SmolLM2, validated through the tiny SAE ----------------------------------
 
 
@@ -244,6 +285,11 @@ def test_validate_returns_finite_numbers_and_writes_the_plot(report, trained):
     assert png == out / "validation.png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for rates in report.behaviour.values():
         assert 0 <= rates["before"] <= 1 and 0 <= rates["after"] <= 1
+    from core.validate import PROBES
+
+    assert list(report.probes) == list(PROBES)
+    for name, p in report.probes.items():
+        assert math.isfinite(p["lift"]) and p["se"] >= 0 and p["n_sentences"] == len(PROBES[name])
     rows = [json.loads(line) for line in Path(report.generations).read_text().splitlines()]
     assert [r["source_index"] for r in rows] == report.prompt_source_indices
     assert all(len(r["before"]) == len(r["after"]) == 1 for r in rows)
@@ -258,6 +304,29 @@ def test_validate_returns_finite_numbers_and_writes_the_plot(report, trained):
     by_feature = {c.feature: c for c in report.features}
     for f, c in by_feature.items():
         assert shifts["predicted"][f] == pytest.approx(c.predicted)
+
+
+def test_training_makes_the_chosen_replies_likelier_than_the_rejected_ones(trained, hh_small):
+    """Probe scoring on the trained pairs' own replies: DPO raised log p(chosen) - log p(rejected)
+    against the base model, which is what its loss rewards."""
+    from transformers import AutoModelForCausalLM
+
+    from core.catalog import load_catalog
+    from core.lm import load_full_model
+    from core.validate import chat_prompt_ids, probe_logprobs
+
+    out = trained[0]
+    base, tok = load_full_model(load_catalog().model(None))
+    tuned = AutoModelForCausalLM.from_pretrained(out / "model").eval()
+    pairs = read_pairs(hh_small, skip_invalid=True).pairs[:2]
+    margins = []
+    for p in pairs:
+        ids = [chat_prompt_ids(tok, p.prompt, 32)]
+        # the replies' first 60 characters: what the 48-token training window surely held
+        sents = [p.chosen[:60], p.rejected[:60]]
+        lift = probe_logprobs(tuned, tok, ids, sents) - probe_logprobs(base, tok, ids, sents)
+        margins.append(lift[0, 0] - lift[0, 1])
+    assert np.mean(margins) > 0
 
 
 def test_actual_shift_is_zero_where_the_replies_did_not_change(report, trained):
