@@ -581,7 +581,7 @@ def probe_logprobs(
         if cancel is not None and cancel.is_set():
             raise Cancelled("validation cancelled")
         with torch.inference_mode():
-            head = model(torch.tensor([p], device=device), use_cache=True)
+            head = model(torch.tensor([p], device=device), use_cache=True, logits_to_keep=1)
             cache = head.past_key_values
             cache.batch_repeat_interleave(m)
             full_mask = torch.cat([torch.ones((m, len(p)), dtype=torch.long, device=device), mask], 1)
