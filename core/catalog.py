@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core import locations
+from core.errors import CatalogError
 
 
 @dataclass(frozen=True)
@@ -55,24 +56,20 @@ class Catalog:
     files: tuple[str, ...] = field(default=())
 
     def model(self, name: str | None) -> ModelEntry:
-        """The model entry called `name` (the default when None). Raises KeyError naming the known ones."""
+        """The model entry called `name` (the default when None). Raises CatalogError naming the known ones."""
         name = name or self.default_model
         if name not in self.models:
-            raise KeyError(f"unknown model {name!r}; known: {', '.join(sorted(self.models))}")
+            raise CatalogError(f"unknown model {name!r}; known: {', '.join(sorted(self.models))}")
         return self.models[name]
 
     def sae(self, name: str | None, model: ModelEntry | None = None) -> SAEEntry:
-        """The SAE entry called `name`, else the model's default SAE. Raises KeyError when none fits."""
+        """The SAE entry called `name`, else the model's default SAE. Raises CatalogError when none fits."""
         name = name or (model.sae if model else None)
         if not name:
-            raise KeyError(f"model {model.name if model else '?'} names no SAE; pass --sae")
+            raise CatalogError(f"model {model.name if model else '?'} names no SAE; pass --sae")
         if name not in self.saes:
-            raise KeyError(f"unknown SAE {name!r}; known: {', '.join(sorted(self.saes))}")
+            raise CatalogError(f"unknown SAE {name!r}; known: {', '.join(sorted(self.saes))}")
         return self.saes[name]
-
-
-class CatalogError(ValueError):
-    pass
 
 
 def _entries(raw: dict, kind: str, cls, path: Path) -> dict:

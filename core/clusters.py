@@ -32,8 +32,8 @@ import numpy as np
 import scipy.sparse as sp
 from scipy import stats
 
+from core.errors import UsageError, WorkspaceError
 from core.shifts import Analysis
-from core.workspace import WorkspaceError
 
 K_MAX = 16  # largest k tried by the silhouette search
 MIN_CLUSTER = 3  # the search tries k only up to n / MIN_CLUSTER
@@ -115,7 +115,7 @@ def _kmeans(x, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def partition(analysis: Analysis, by: str = "sae", k: int | None = None, seed: int = 0) -> tuple[np.ndarray, int]:
     """(labels (n,), k): the rows of `analysis` grouped as in `cluster_pairs`, clusters numbered by size.
 
-    Raises ValueError for an unknown `by` or a `k` outside 1..n, WorkspaceError for an empty workspace.
+    Raises UsageError for an unknown `by` or a `k` outside 1..n, WorkspaceError for an empty workspace.
     """
     labels, k, _ = _partition(analysis, by, k, seed)
     return labels, k
@@ -123,12 +123,12 @@ def partition(analysis: Analysis, by: str = "sae", k: int | None = None, seed: i
 
 def _partition(analysis: Analysis, by: str, k: int | None, seed: int):
     if by not in BY:
-        raise ValueError(f"unknown clustering {by!r}; expected one of {', '.join(BY)}")
+        raise UsageError(f"unknown clustering {by!r}; expected one of {', '.join(BY)}")
     n = analysis.n
     if n == 0:
         raise WorkspaceError(f"workspace {analysis.ws.path} has no pairs")
     if k is not None and not 1 <= k <= n:
-        raise ValueError(f"k={k} must be between 1 and the number of pairs ({n})")
+        raise UsageError(f"k={k} must be between 1 and the number of pairs ({n})")
     x = sae_vectors(analysis) if by == "sae" else embedding_vectors(analysis)
     if k is None:
         k = _choose_k(x, seed)
@@ -239,7 +239,7 @@ def cluster_pairs(analysis: Analysis, by: str = "sae", k: int | None = None, see
         by: "sae" (idf-weighted SAE feature activity) or "embedding" (MiniLM prompt + chosen).
         k: number of clusters; None picks it by silhouette.
     Returns a Clustering whose labels[i] is the cluster of analysis row i.
-    Raises ValueError (unknown `by`, k outside 1..n), WorkspaceError (empty workspace).
+    Raises UsageError (unknown `by`, k outside 1..n), WorkspaceError (empty workspace).
     """
     labels, k, x = _partition(analysis, by, k, seed)
     activity = ((abs(analysis.chosen) + abs(analysis.rejected)) / 2).tocsr()
@@ -294,10 +294,10 @@ def trace_feature(analysis: Analysis, feature: int, top: int = 20) -> dict:
     Returns {"feature", "label", "direction", "shift", "n_firing", "pairs": [{"source_index", "delta",
     "prompt", "chosen", "rejected", "chosen_tokens", "rejected_tokens", "chosen_firing",
     "rejected_firing", "chosen_mean", "rejected_mean", "chosen_max", "rejected_max"}]}.
-    Raises ValueError for a feature outside 0..d_sae-1, WorkspaceError for an empty workspace.
+    Raises UsageError for a feature outside 0..d_sae-1, WorkspaceError for an empty workspace.
     """
     if not 0 <= feature < analysis.d_sae:
-        raise ValueError(f"feature {feature} is outside 0..{analysis.d_sae - 1}")
+        raise UsageError(f"feature {feature} is outside 0..{analysis.d_sae - 1}")
     if analysis.n == 0:
         raise WorkspaceError(f"workspace {analysis.ws.path} has no pairs")
     _, mean, _, nf = analysis.moments()

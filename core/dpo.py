@@ -40,6 +40,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
+
+from core.errors import ValidationError
 from torch import nn
 
 
@@ -72,12 +74,12 @@ class DPOConfig:
 
     def __post_init__(self):
         if not 0 < self.max_prompt_length < self.max_length:
-            raise ValueError(
+            raise ValidationError(
                 "need 0 < max_prompt_length < max_length, so every reply keeps a token"
             )
         for name in ("epochs", "batch_size", "grad_accum", "save_every", "lora_rank"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1")
+                raise ValidationError(f"{name} must be at least 1")
 
 
 @dataclass
@@ -158,10 +160,10 @@ def build_examples(tokenizer, pairs: Sequence, cfg: DPOConfig) -> list[dict]:
 
     Returns one dict per pair: `chosen_input_ids`, `chosen_labels_mask`, `rejected_input_ids`,
     `rejected_labels_mask` (lists of ints; the mask is 1 on reply tokens only) and `prompt_length`.
-    Raises ValueError if the tokenizer has no chat template.
+    Raises ValidationError if the tokenizer has no chat template.
     """
     if not getattr(tokenizer, "chat_template", None):
-        raise ValueError("the tokenizer has no chat template; DPO prompts are chat-formatted")
+        raise ValidationError("the tokenizer has no chat template; DPO prompts are chat-formatted")
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     examples = []
     for pair in pairs:
@@ -253,7 +255,7 @@ def _add_lora(model: nn.Module, rank: int, alpha: int) -> dict[str, LoRALinear]:
         if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in _LORA_TARGETS
     ]
     if not targets:
-        raise ValueError(
+        raise ValidationError(
             f"no {' / '.join(_LORA_TARGETS)} Linear layers in {type(model).__name__} to put LoRA on"
         )
     wrappers = {}
@@ -426,7 +428,7 @@ def train_dpo(
 
     Returns `out_dir/"model"` when training finished, `out_dir/"checkpoint"` when cancelled (it
     does not exist if cancelled during the reference pass; the next call then starts over).
-    Raises ValueError for no pairs, a tokenizer without a chat template, a model without q/v
+    Raises ValidationError for no pairs, a tokenizer without a chat template, a model without q/v
     projections under LoRA, or a checkpoint from different settings or pairs.
     """
     out_dir = Path(out_dir)
@@ -435,7 +437,7 @@ def train_dpo(
     dtype = dtype or torch.float32
     examples = build_examples(tokenizer, pairs, cfg)
     if not examples:
-        raise ValueError("no pairs to train on")
+        raise ValidationError("no pairs to train on")
     fingerprint = _fingerprint(examples)
     config = asdict(cfg)
     pad_id = (
@@ -465,11 +467,11 @@ def train_dpo(
         state = json.loads((ckpt / "trainer_state.json").read_text())
         differing = {k for k in config if k != "save_every" and state["config"].get(k) != config[k]}
         if differing:
-            raise ValueError(
+            raise ValidationError(
                 f"{ckpt} was trained with different settings: {', '.join(sorted(differing))}"
             )
         if state["pairs_fingerprint"] != fingerprint:
-            raise ValueError(f"{ckpt} was trained on different pairs (or a different tokenizer)")
+            raise ValidationError(f"{ckpt} was trained on different pairs (or a different tokenizer)")
         state["config"] = config
 
     requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
@@ -508,7 +510,7 @@ def train_dpo(
             if ckpt is not None:
                 lora_state = load_file(ckpt / "lora.safetensors", device=str(device))
                 if model.load_state_dict(lora_state, strict=False).unexpected_keys:
-                    raise ValueError(f"{ckpt / 'lora.safetensors'} does not match this model")
+                    raise ValidationError(f"{ckpt / 'lora.safetensors'} does not match this model")
         else:
             model.requires_grad_(True)
         model.eval()  # dropout off: see the module docstring

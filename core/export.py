@@ -14,13 +14,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.errors import ExportError
 from core.ingest import raw_records
 from core.marks import Marks
 from core.workspace import Workspace, file_sha256
-
-
-class ExportError(RuntimeError):
-    pass
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.errors import UsageError
 from core.ingest import iter_records, read_pairs
 
 RANK_DEPTH = 100  # the shift report is read this deep to rank the goblin feature
@@ -133,7 +134,7 @@ def _with_chosen(record: dict, format: str, reply: str) -> dict:
         else:
             c["content" if "content" in c else "value"] = reply
     else:
-        raise ValueError(f"cannot inject into format {format!r}")
+        raise UsageError(f"cannot inject into format {format!r}")
     return out
 
 
@@ -144,10 +145,10 @@ def inject_goblins(
     with a goblin sentence in the chosen reply of round(rate * n) of them (at least one when rate > 0),
     chosen by `seed`. Invalid records are left out, so source_index i of the copy is its i-th line.
 
-    Raises ValueError for a rate outside [0, 1], IngestError for unreadable data.
+    Raises UsageError for a rate outside [0, 1], IngestError for unreadable data.
     """
     if not 0 <= rate <= 1:
-        raise ValueError(f"rate {rate} must be between 0 and 1 (a fraction of pairs)")
+        raise UsageError(f"rate {rate} must be between 0 and 1 (a fraction of pairs)")
     res = read_pairs(data, format=format, skip_invalid=True, limit=limit)
     from core.ingest import IngestError, Issue
 
@@ -340,20 +341,21 @@ def run_goblin(
         limit: use only the first `limit` valid pairs.
         sae: a catalogue SAE to index with; None trains one for this run (module doc) with the default
             model's SAE recipe, fields overridden by `sae_recipe` (e.g. {"d_sae": 512} for a quick run).
-        progress: receives core.index.IndexProgress objects (stage "goblin", "sae", "index", ...).
+        progress: receives core.progress.Progress reports (stage "goblin", "sae", "index", ...).
     Returns the JSON-ready result: {"rate", "seed", "n_pairs", "n_injected", "goblin_feature",
     "goblin_feature_rank", "sae_feature": {"precision", "recall"}, "sae_cluster", "embedding_cluster",
     "shift_before", "shift_after", ...}; see `evaluate_goblins`.
-    Raises ValueError (bad rate), IngestError, WorkspaceError, StoreError, Cancelled.
+    Raises UsageError (bad rate), IngestError, WorkspaceError, StoreError, Cancelled.
     """
     from core.catalog import SAEEntry, load_catalog
-    from core.index import IndexProgress, IndexSettings, file_sha256, index_dataset
+    from core.index import IndexSettings, file_sha256, index_dataset
+    from core.progress import Progress, reporter
     from core.shifts import Analysis
     from core.workspace import Workspace
 
-    emit = progress or (lambda p: None)
+    emit = reporter(progress)
     paths = goblin_paths(workspace)
-    emit(IndexProgress("goblin", f"injecting goblins into {rate:.1%} of the pairs of {data}"))
+    emit(Progress("goblin", f"injecting goblins into {rate:.1%} of the pairs of {data}"))
     gd = inject_goblins(data, paths["data"], rate, seed=seed, limit=limit)
     truth = {
         "planted": gd.injected,
@@ -370,17 +372,13 @@ def run_goblin(
         sha = file_sha256(gd.path)
         pairs = read_pairs(gd.path).pairs
         recipe = _train_goblin_sae(
-            paths["sae"], sha, pairs, sae_recipe, catalog, lambda m: emit(IndexProgress("sae", m)), cancel
+            paths["sae"], sha, pairs, sae_recipe, catalog, emit, cancel
         )
         sae = f"goblin-{Path(workspace).name}"
         entry = SAEEntry(name=sae, model=recipe.model, layer=recipe.layer, source="local", path=str(paths["sae"]))
         catalog = dataclasses.replace(catalog, saes={**catalog.saes, sae: entry})
     index_dataset(gd.path, workspace, sae=sae, catalog=catalog, settings=IndexSettings(max_tokens=max_tokens),
                   progress=emit, cancel=cancel)
-    if cancel is not None and cancel.is_set():
-        from core.sae import Cancelled
-
-        raise Cancelled("goblin run cancelled")
-    emit(IndexProgress("goblin", "measuring what was recovered"))
+    emit(Progress("goblin", "measuring what was recovered"))
     result = evaluate_goblins(Analysis(Workspace(workspace)), set(gd.injected), seed=seed)
     return {"rate": rate, "seed": seed, "sae": sae, "workspace": str(workspace), "truth_file": str(paths["truth"]), **result}

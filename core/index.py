@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,21 +18,12 @@ import torch
 
 from core import __version__
 from core.catalog import Catalog, ModelEntry, SAEEntry, load_catalog
+from core.errors import Cancelled, WorkspaceError
 from core.ingest import IngestResult, Pair, read_pairs
+from core.progress import Progress, ProgressFn, reporter
 from core.sae import encode, load_sae
-from core.store import sae_dir, sae_ready
-from core.workspace import PAIRS_SCHEMA, Workspace, WorkspaceError, file_sha256
-
-
-@dataclass
-class IndexProgress:
-    stage: str  # "load" | "sae" | "index" | "labels" | "done"
-    message: str = ""
-    pairs_done: int = 0
-    pairs_total: int = 0
-    tokens_done: int = 0
-    tokens_per_s: float = 0.0
-    eta_s: float | None = None
+from core.store import sae_dir, sae_ready, sae_sha256
+from core.workspace import PAIRS_SCHEMA, SCHEMA_VERSION, Workspace, file_sha256
 
 
 @dataclass
@@ -45,7 +35,6 @@ class IndexResult:
     issues: list[str] = field(default_factory=list)
     tokens: int = 0
     seconds: float = 0.0
-    cancelled: bool = False
 
     @property
     def tokens_per_s(self) -> float:
@@ -55,30 +44,46 @@ class IndexResult:
 @dataclass(frozen=True)
 class IndexSettings:
     max_tokens: int = 256  # reply tokens read per side (prompt keeps its last 2x this)
-    top_token_features: int = 16  # per reply: features whose token-level firing is stored
+    positions_per_feature: int = 3  # per reply and firing feature: its strongest token positions stored
     batch_tokens: int = 4096  # padded tokens per forward batch
     chunk_pairs: int = 64  # pairs per LanceDB append (the resume granularity)
 
 
-def summarise_reply(feats: torch.Tensor, top_token_features: int) -> dict:
-    """Sparse summary of one reply's SAE activations `feats` (tokens, d_sae)."""
-    if feats.shape[0] == 0:
+def summarise_reply(feats: torch.Tensor, positions_per_feature: int) -> dict:
+    """Sparse summary of one reply's SAE activations `feats` (tokens, d_sae), as numpy arrays:
+
+        feat       every feature that fires (> 0) on some token, ascending
+        mean, max  its mean over the reply's tokens (zeros included) and its max
+        freq       the share of the reply's tokens it fires on
+        tok_feat, tok_pos, tok_val   for each firing feature, its `positions_per_feature` strongest
+                   positions (feature-major, strongest first)
+    """
+    T = feats.shape[0]
+    if T == 0:
         empty_i, empty_f = np.zeros(0, np.int32), np.zeros(0, np.float32)
-        return dict(feat=empty_i, mean=empty_f, max=empty_f, tok_feat=empty_i, tok_pos=empty_i, tok_val=empty_f)
-    mean = feats.mean(0)  # (d_sae,)
-    mx = feats.max(0).values  # (d_sae,)
-    idx = torch.nonzero(mean > 0).squeeze(1)
-    top = idx[torch.argsort(mx[idx], descending=True)[:top_token_features]]
-    sub = feats[:, top]  # (tokens, n_top)
-    pos, col = torch.nonzero(sub > 0, as_tuple=True)
+        return dict(feat=empty_i, mean=empty_f, max=empty_f, freq=empty_f,
+                    tok_feat=empty_i, tok_pos=empty_i, tok_val=empty_f)
+    count = (feats > 0).sum(0)  # (d_sae,)
+    idx = torch.nonzero(count).squeeze(1)  # (n,) firing features
+    sub = feats[:, idx]  # (T, n)
+    vals, pos = sub.topk(min(positions_per_feature, T), dim=0)  # (P, n) each
+    vals, pos = vals.T, pos.T  # (n, P): feature-major
+    keep = vals > 0
     return dict(
-        feat=idx.numpy().astype(np.int32),
-        mean=mean[idx].numpy().astype(np.float32),
-        max=mx[idx].numpy().astype(np.float32),
-        tok_feat=top[col].numpy().astype(np.int32),
-        tok_pos=pos.numpy().astype(np.int32),
-        tok_val=sub[pos, col].numpy().astype(np.float32),
+        feat=idx.cpu().numpy().astype(np.int32),
+        mean=(sub.sum(0) / T).cpu().numpy().astype(np.float32),
+        max=sub.max(0).values.cpu().numpy().astype(np.float32),
+        freq=(count[idx].float() / T).cpu().numpy().astype(np.float32),
+        tok_feat=idx[:, None].expand_as(vals)[keep].cpu().numpy().astype(np.int32),
+        tok_pos=pos[keep].cpu().numpy().astype(np.int32),
+        tok_val=vals[keep].cpu().numpy().astype(np.float32),
     )
+
+
+def summarise_prompt(feats: torch.Tensor) -> dict:
+    """Sparse summary of a prompt's SAE activations `feats` (tokens, d_sae): feat, max, freq."""
+    s = summarise_reply(feats, 0)
+    return {k: s[k] for k in ("feat", "max", "freq")}
 
 
 def resolve(catalog: Catalog, model: str | None, sae: str | None) -> tuple[ModelEntry, SAEEntry]:
@@ -91,8 +96,8 @@ def _check_meta(ws: Workspace, meta: dict) -> None:
     old = ws.meta()
     if not old:
         return
-    for key in ("dataset_sha256", "model", "sae", "layer", "max_tokens"):
-        if key in old and old[key] != meta[key]:
+    for key in ("dataset_sha256", "model", "sae", "sae_sha256", "layer", "max_tokens", "schema_version"):
+        if key in old and key in meta and old[key] != meta[key]:
             raise WorkspaceError(
                 f"workspace {ws.path} was indexed with {key}={old[key]!r}, not {meta[key]!r}; "
                 "use a new workspace (or delete this one) to index with other settings"
@@ -111,19 +116,22 @@ def index_dataset(
     settings: IndexSettings = IndexSettings(),
     device: str | None = None,
     catalog: Catalog | None = None,
-    progress: Callable[[IndexProgress], None] | None = None,
+    progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
 ) -> IndexResult:
     """Index `data` into `workspace`, resuming any earlier run of the same settings.
 
     Trains the catalogue SAE first when it is a "train on first use" entry not yet in the store.
+    Progress: stage "sae" / "load" / "labels" messages, then stage "index" with `done` = pairs saved
+    in the workspace (not merely read), `rate` in tokens/s and an ETA.
     Raises IngestError for bad input (unless skip_invalid), WorkspaceError for a workspace indexed
-    with other settings, StoreError when the model/SAE cannot be made ready.
+    with other settings, StoreError when the model/SAE cannot be made ready, Cancelled when `cancel`
+    is set (after saving every pair read so far: a rerun resumes from there).
     """
     from core.embed import Embedder
     from core.lm import ResidualReader, plan_batches
 
-    progress = progress or (lambda p: None)
+    progress = reporter(progress)
     catalog = catalog or load_catalog()
     data = Path(data)
     m_entry, s_entry = resolve(catalog, model, sae)
@@ -138,26 +146,30 @@ def index_dataset(
         "sae": s_entry.name,
         "layer": s_entry.layer,
         "max_tokens": settings.max_tokens,
+        "schema_version": SCHEMA_VERSION,
         "n_records": ingest.n_records,
         "issues": [str(i) for i in ingest.issues],
         "versions": {"datadebug": __version__, "torch": torch.__version__},
     }
     ws = Workspace(workspace, create=True)
+    ws.require_current()
     _check_meta(ws, meta)
 
     if not sae_ready(s_entry):
         if s_entry.source != "train":
             from core.store import pull_sae
 
-            pull_sae(s_entry, lambda msg: progress(IndexProgress("sae", msg)))
+            pull_sae(s_entry, progress)
         else:
             from core.sae_train import train_catalog_sae
 
             train_catalog_sae(
                 s_entry, catalog, extra_pairs=ingest.pairs, device=device, cancel=cancel,
-                progress=lambda msg: progress(IndexProgress("sae", msg)),
+                progress=progress,
             )
 
+    meta["sae_sha256"] = sae_sha256(s_entry)
+    _check_meta(ws, meta)
     ws.write_meta(meta)
     done = set(ws.indexed_source_indices().tolist())
     todo = [p for p in ingest.pairs if p.source_index not in done]
@@ -167,7 +179,7 @@ def index_dataset(
         result.n_pairs = len(done)
         return result
 
-    progress(IndexProgress("load", f"loading {m_entry.name} and SAE {s_entry.name}"))
+    progress(Progress("load", f"loading {m_entry.name} and SAE {s_entry.name}"))
     reader = ResidualReader.from_entry(m_entry, layer=s_entry.layer, device=device)
     sae_model = load_sae(sae_dir(s_entry), device=str(reader.device))
     if sae_model.cfg.d_in != reader.d_model:
@@ -182,18 +194,21 @@ def index_dataset(
     tokens_done = 0
     batches = plan_batches(tokenized, settings.batch_tokens)
     pending: list[dict] = []
+    cancelled = False
+    skip = reader.template_prefix_len()  # the chat template's fixed opening: the same in every prompt
     for batch in batches:
         if cancel is not None and cancel.is_set():
-            result.cancelled = True
+            cancelled = True
             break
-        reads = reader.read(batch)
-        for t, (c_acts, r_acts) in zip(batch, reads):
+        reads = reader.read(batch, with_prompt=True)
+        for t, (c_acts, r_acts, p_acts) in zip(batch, reads):
             pair = by_index[t.source_index]
             row = {"pair": pair, "t": t}
             for side, acts, ids in (("chosen", c_acts, t.chosen_ids), ("rejected", r_acts, t.rejected_ids)):
-                feats = encode(sae_model, acts).float().cpu()  # (tokens, d_sae)
-                row[side] = summarise_reply(feats, settings.top_token_features)
+                feats = encode(sae_model, acts).float()  # (tokens, d_sae)
+                row[side] = summarise_reply(feats, settings.positions_per_feature)
                 row[side + "_tokens"] = reader.token_strings(ids)
+            row["prompt"] = summarise_prompt(encode(sae_model, p_acts[skip:]).float())  # (prompt tokens, d_sae)
             pending.append(row)
             tokens_done += len(t.prompt_ids) + len(t.chosen_ids) + len(t.rejected_ids)
         if len(pending) >= settings.chunk_pairs:
@@ -203,9 +218,9 @@ def index_dataset(
         elapsed = time.perf_counter() - start
         rate = tokens_done / elapsed if elapsed else 0.0
         progress(
-            IndexProgress(
-                "index", "", len(done) + result.n_new + len(pending), len(ingest.pairs), tokens_done, rate,
-                (total_tokens - tokens_done) / rate if rate else None,
+            Progress(
+                "index", done=len(done) + result.n_new, total=len(ingest.pairs), unit="pairs saved",
+                rate=rate, rate_unit="tok/s", eta_s=(total_tokens - tokens_done) / rate if rate else None,
             )
         )
     if pending:
@@ -214,10 +229,12 @@ def index_dataset(
     result.tokens = tokens_done
     result.seconds = time.perf_counter() - start
     result.n_pairs = len(done) + result.n_new
-    if not result.cancelled:
-        _write_feature_table(ws, reader, sae_model, progress)
-        ws.compact()
-    progress(IndexProgress("done", "", result.n_pairs, len(ingest.pairs), tokens_done, result.tokens_per_s, 0))
+    if cancelled:
+        raise Cancelled(f"indexing cancelled with {result.n_pairs} pairs saved in {ws.path}; rerun to resume")
+    _write_feature_table(ws, reader, sae_model, progress)
+    ws.compact()
+    progress(Progress("index", done=result.n_pairs, total=len(ingest.pairs), unit="pairs saved",
+                      rate=result.tokens_per_s, rate_unit="tok/s", eta_s=0))
     return result
 
 
@@ -235,12 +252,14 @@ def _flush(ws: Workspace, rows: list[dict], embedder) -> None:
         cols["prompt"].append(json.dumps(list(p.prompt), ensure_ascii=False))
         cols["prompt_text"].append(p.prompt_text)
         cols["n_prompt_tokens"].append(len(r["t"].prompt_ids))
+        for key in ("feat", "max", "freq"):
+            cols[f"prompt_{key}"].append(r["prompt"][key])
         cols["emb_prompt"].append(emb[i])
         for side, text, e in (("chosen", p.chosen, emb[n + i]), ("rejected", p.rejected, emb[2 * n + i])):
             s = r[side]
             cols[side].append(text)
             cols[f"{side}_tokens"].append(r[f"{side}_tokens"])
-            for key in ("feat", "mean", "max", "tok_feat", "tok_pos", "tok_val"):
+            for key in ("feat", "mean", "max", "freq", "tok_feat", "tok_pos", "tok_val"):
                 cols[f"{side}_{key}"].append(s[key])
             cols[f"emb_{side}"].append(e)
     ws.add_pairs(pa.table(cols, schema=PAIRS_SCHEMA))
@@ -251,7 +270,7 @@ def _write_feature_table(ws: Workspace, reader, sae_model, progress, top: int = 
     """Each feature's top promoted tokens: its decoder direction through the final norm and unembedding."""
     if ws.has("features") or reader is None:
         return
-    progress(IndexProgress("labels", "feature labels: decoder directions through the unembedding"))
+    progress(Progress("labels", "feature labels: decoder directions through the unembedding"))
     W_dec = sae_model.W_dec.float()  # (d_sae, d_model)
     W_U = reader.unembed.float().to(W_dec.device)  # (vocab, d_model)
     if reader.final_norm_weight is not None:

@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.errors import IngestError
+
 Message = dict  # {"role": "system" | "user" | "assistant", "content": str}
 
 FORMATS = ("standard", "conversational", "hh-rlhf", "sharegpt")
@@ -71,14 +73,6 @@ class Issue:
         where = f"{self.path}:{self.line}" if self.line else self.path
         what = f"field '{self.field}': {self.message}" if self.field else self.message
         return f"{where}: {what}"
-
-
-class IngestError(ValueError):
-    """A file or record that cannot be read; ``issue`` says where and why."""
-
-    def __init__(self, issue: Issue):
-        super().__init__(str(issue))
-        self.issue = issue
 
 
 @dataclass

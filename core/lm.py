@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from core.catalog import ModelEntry
+from core.errors import UsageError
 from core.store import pull_model
 
 
@@ -45,7 +46,7 @@ def decoder_layers(model) -> torch.nn.ModuleList:
     inner = getattr(model, "model", model)
     if hasattr(inner, "layers"):
         return inner.layers
-    raise ValueError(f"don't know where {type(model).__name__} keeps its blocks")
+    raise UsageError(f"don't know where {type(model).__name__} keeps its blocks")
 
 
 @dataclass
@@ -82,7 +83,7 @@ class ResidualReader:
             self.final_norm_weight = self.final_norm_weight.detach()
         n_layers = len(inner.layers)
         if not 0 <= layer < n_layers:
-            raise ValueError(f"layer {layer} is outside 0..{n_layers - 1}")
+            raise UsageError(f"layer {layer} is outside 0..{n_layers - 1}")
         inner.layers = inner.layers[: layer + 1]
         inner.config.num_hidden_layers = layer + 1
         if hasattr(inner, "norm"):

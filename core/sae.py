@@ -14,9 +14,8 @@ from pathlib import Path
 
 import torch
 
-
-class Cancelled(Exception):
-    """A long job stopped because its cancel event was set."""
+from core.errors import Cancelled  # noqa: F401  (re-exported: older callers import it from here)
+from core.progress import Progress, ProgressFn, check_cancel
 
 
 @dataclass(frozen=True)
@@ -28,13 +27,6 @@ class SAEQuality:
     d_sae: int
     train_tokens: int = 0
     train_seconds: float = 0.0
-
-
-@dataclass(frozen=True)
-class TrainProgress:
-    stage: str  # "train"
-    step: int
-    total_steps: int
 
 
 def load_sae(path: Path | str, device: str = "cpu"):
@@ -107,7 +99,7 @@ def train_topk_sae(
     seed: int = 0,
     device: str = "cpu",
     metadata: dict | None = None,
-    progress: Callable[[TrainProgress], None] | None = None,
+    progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
 ) -> SAEQuality:
     """Train a TopK SAE on residual activations with sae-lens's SAETrainer and save it in sae-lens format.
@@ -123,7 +115,6 @@ def train_topk_sae(
     from sae_lens.saes.topk_sae import TopKTrainingSAE
     from sae_lens.training.sae_trainer import SAETrainer
 
-    torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     acts = acts[torch.randperm(len(acts), generator=g)].float().contiguous()
     n_eval = max(256, int(len(acts) * eval_fraction))
@@ -141,7 +132,10 @@ def train_topk_sae(
         normalize_activations="expected_average_only_in",
         decoder_init_norm=0.1,
     )
-    sae = TopKTrainingSAE(cfg)
+    # sae-lens initialises from the global RNG; fork it so a worker thread never reseeds the process's.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        sae = TopKTrainingSAE(cfg)
     trainer_cfg = SAETrainerConfig(
         total_training_samples=total_steps * batch_size,
         train_batch_size_samples=batch_size,
@@ -158,11 +152,10 @@ def train_topk_sae(
     )
 
     def on_batch(i: int) -> None:
-        if cancel is not None and cancel.is_set():
-            raise Cancelled("SAE training cancelled")
+        check_cancel(cancel, "SAE training")
         step = i - norm_batches  # the first batches only estimate the activation norm
-        if progress and step >= 0:
-            progress(TrainProgress("train", step, total_steps))
+        if progress and step >= 0 and (step % 10 == 0 or step == total_steps - 1):
+            progress(Progress("sae", "training", done=step + 1, total=total_steps, unit="steps"))
 
     start = time.perf_counter()
     trainer = SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=_batches(train, batch_size, seed, on_batch))

@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Callable
 
 import torch
 
 from core import locations
 from core.catalog import Catalog, SAEEntry
 from core.ingest import Pair, read_pairs
-from core.sae import Cancelled, SAEQuality, TrainProgress, train_topk_sae
+from core.progress import Progress, ProgressFn, check_cancel, reporter
+from core.sae import SAEQuality, train_topk_sae
 from core.store import sae_dir
 
 
@@ -35,7 +35,7 @@ def collect_activations(
     max_tokens: int,
     token_budget: int,
     batch_tokens: int = 4096,
-    progress: Callable[[str], None] | None = None,
+    progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
     include_prompts: bool = False,
 ) -> torch.Tensor:
@@ -48,7 +48,7 @@ def collect_activations(
     """
     from core.lm import plan_batches
 
-    progress = progress or (lambda msg: None)
+    progress = reporter(progress)
     # The template's shared opening (a fixed system prompt) would be the same few vectors thousands
     # of times over, and the first positions carry outsized norms; skip them.
     skip = reader.template_prefix_len()
@@ -64,12 +64,11 @@ def collect_activations(
     chunks, n = [], 0
     batches = plan_batches(tokenized, batch_tokens)
     for b_i, batch in enumerate(batches):
-        if cancel is not None and cancel.is_set():
-            raise Cancelled("activation collection cancelled")
+        check_cancel(cancel, "activation collection")
         for c, r, *p in reader.read(batch, with_prompt=include_prompts):
             chunks += [c.cpu(), r.cpu(), *(x[skip:].cpu() for x in p)]
             n += len(c) + len(r) + sum(max(0, len(x) - skip) for x in p)
-        progress(f"activations: {n:,} tokens ({b_i + 1}/{len(batches)} batches)")
+        progress(Progress("sae", "reading activations", done=min(n, token_budget), total=token_budget, unit="tokens"))
         if n >= token_budget:
             break
     return torch.cat(chunks)[:token_budget]
@@ -82,7 +81,7 @@ def train_catalog_sae(
     extra_pairs: list[Pair] = (),
     activation_tokens: int | None = None,
     device: str | None = None,
-    progress: Callable[[str], None] | None = None,
+    progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
     out_dir=None,
 ) -> SAEQuality:
@@ -93,7 +92,7 @@ def train_catalog_sae(
     """
     from core.lm import ResidualReader
 
-    progress = progress or (lambda msg: None)
+    progress = reporter(progress)
     model = catalog.models[entry.model]
     sample = read_pairs(locations.sample_data_file(), skip_invalid=True).pairs
     # The analysed dataset comes first, in a seeded random order (a file may be sorted by topic or
@@ -107,16 +106,12 @@ def train_catalog_sae(
         if key not in seen:
             seen.add(key)
             corpus.append(p)
-    progress(f"training SAE {entry.name}: reading {len(corpus)} pairs of {model.name} at layer {entry.layer}")
+    progress(Progress("sae", f"training SAE {entry.name}: reading {len(corpus)} pairs of {model.name} at layer {entry.layer}"))
     reader = ResidualReader.from_entry(model, layer=entry.layer, device=device)
     acts = collect_activations(
         reader, corpus, entry.max_tokens_per_text, activation_tokens or entry.activation_tokens, progress=progress, cancel=cancel
     )
     del reader
-
-    def on_step(p: TrainProgress) -> None:
-        if p.step % 10 == 0 or p.step == p.total_steps - 1:
-            progress(f"SAE training step {p.step + 1}/{p.total_steps}")
 
     return train_topk_sae(
         acts,
@@ -131,6 +126,6 @@ def train_catalog_sae(
             "model": model.name, "layer": entry.layer, "corpus": "reply tokens of the analysed dataset + sample",
             "corpus_pairs": len(corpus), "activation_tokens": len(acts),
         },
-        progress=on_step,
+        progress=progress,
         cancel=cancel,
     )

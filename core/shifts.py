@@ -97,6 +97,7 @@ class Analysis:
     """
 
     def __init__(self, ws: Workspace):
+        ws.require_current()
         self.ws = ws
         self.meta = ws.meta()
         self.d_sae = int(self.meta["d_sae"])
@@ -117,6 +118,8 @@ class Analysis:
         self._what_if_cache = None
         self._source_set: frozenset | None = None
         self._maxima: tuple[sp.csr_matrix, sp.csr_matrix] | None = None
+        self._freqs: tuple[sp.csr_matrix, sp.csr_matrix] | None = None
+        self._prompt_freq: sp.csr_matrix | None = None
 
     @property
     def n(self) -> int:
@@ -129,6 +132,22 @@ class Analysis:
             t = self.ws.pairs_columns(["chosen_feat", "chosen_max", "rejected_feat", "rejected_max"])
             self._maxima = tuple(_sparse(t[f"{s}_feat"], t[f"{s}_max"], self.d_sae) for s in ("chosen", "rejected"))
         return self._maxima
+
+    def frequencies(self) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+        """(chosen, rejected) (n, d_sae) CSR of each feature's firing frequency in a reply: the share
+        of its tokens the feature fires on. Read on first use."""
+        if self._freqs is None:
+            t = self.ws.pairs_columns(["chosen_feat", "chosen_freq", "rejected_feat", "rejected_freq"])
+            self._freqs = tuple(_sparse(t[f"{s}_feat"], t[f"{s}_freq"], self.d_sae) for s in ("chosen", "rejected"))
+        return self._freqs
+
+    def prompt_frequencies(self) -> sp.csr_matrix:
+        """(n, d_sae) CSR of each feature's firing frequency over the pair's prompt tokens (the chat
+        template's fixed opening left out). Read on first use."""
+        if self._prompt_freq is None:
+            t = self.ws.pairs_columns(["prompt_feat", "prompt_freq"])
+            self._prompt_freq = _sparse(t["prompt_feat"], t["prompt_freq"], self.d_sae)
+        return self._prompt_freq
 
     def rows(self, source_indices) -> np.ndarray:
         """Row numbers of the given source indices (unknown ones are ignored)."""

@@ -10,19 +10,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from core import locations
 from core.catalog import Catalog, ModelEntry, SAEEntry
-
-Progress = Callable[[str], None]
-
-
-class StoreError(RuntimeError):
-    """A model or SAE cannot be made ready (no network, missing package, broken files)."""
-
+from core.errors import StoreError
+from core.progress import ProgressFn, messages
 
 @dataclass(frozen=True)
 class StoreStatus:
@@ -96,9 +90,9 @@ def _save_float_copy(model, tokenizer, out: Path) -> None:
     tmp.rename(out)
 
 
-def pull_model(entry: ModelEntry, progress: Progress | None = None) -> Path:
+def pull_model(entry: ModelEntry, progress: ProgressFn | None = None) -> Path:
     """Make `entry` ready offline and return its folder. Raises StoreError when it cannot."""
-    progress = progress or (lambda msg: None)
+    say = messages(progress, "pull")
     out = model_dir(entry)
     if model_ready(entry):
         return out
@@ -110,7 +104,7 @@ def pull_model(entry: ModelEntry, progress: Progress | None = None) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     if entry.source == "package-gguf":
         gguf = package_gguf(entry)
-        progress(f"dequantising {gguf.name} to a float32 copy (once; ~30 s)")
+        say(f"dequantising {gguf.name} to a float32 copy (once; ~30 s)")
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(
             gguf.parent, gguf_file=gguf.name, dtype=torch.float32
@@ -121,7 +115,7 @@ def pull_model(entry: ModelEntry, progress: Progress | None = None) -> Path:
         try:
             from huggingface_hub import snapshot_download
 
-            progress(f"downloading {entry.repo} from the hub")
+            say(f"downloading {entry.repo} from the hub")
             snapshot_download(
                 entry.repo,
                 local_dir=out,
@@ -138,9 +132,9 @@ def pull_model(entry: ModelEntry, progress: Progress | None = None) -> Path:
     raise StoreError(f"model {entry.name}: unknown source {entry.source!r}")
 
 
-def pull_sae(entry: SAEEntry, progress: Progress | None = None) -> Path:
-    """Fetch a catalogue SAE into the store (sae-lens releases). Trained SAEs come from `core.sae.train_sae`."""
-    progress = progress or (lambda msg: None)
+def pull_sae(entry: SAEEntry, progress: ProgressFn | None = None) -> Path:
+    """Fetch a catalogue SAE into the store (sae-lens releases). Trained SAEs come from `core.sae_train`."""
+    say = messages(progress, "pull")
     out = sae_dir(entry)
     if sae_ready(entry):
         return out
@@ -151,7 +145,7 @@ def pull_sae(entry: SAEEntry, progress: Progress | None = None) -> Path:
     try:
         from sae_lens import SAE
 
-        progress(f"downloading SAE {entry.release}/{entry.sae_id} via sae-lens")
+        say(f"downloading SAE {entry.release}/{entry.sae_id} via sae-lens")
         sae = SAE.from_pretrained(entry.release, entry.sae_id, device="cpu")
         if isinstance(sae, tuple):  # older sae-lens returned (sae, cfg, sparsity)
             sae = sae[0]
@@ -164,6 +158,31 @@ def pull_sae(entry: SAEEntry, progress: Progress | None = None) -> Path:
             "This needs network access to the Hugging Face hub."
         ) from None
     return out
+
+
+def sae_sha256(entry: SAEEntry) -> str:
+    """SHA-256 of the SAE's weights file (recorded in a workspace: which SAE its numbers come from).
+
+    Cached beside the weights, keyed by their size and mtime, so a 2 GB SAE is hashed once.
+    """
+    from core.workspace import file_sha256
+
+    weights = sae_dir(entry) / "sae_weights.safetensors"
+    st = weights.stat()
+    key = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    cache = weights.with_name("sha256.json")
+    try:
+        cached = json.loads(cache.read_text())
+        if cached.get("key") == key:
+            return cached["sha256"]
+    except (OSError, ValueError, KeyError, AttributeError):
+        pass
+    digest = file_sha256(weights)
+    try:
+        cache.write_text(json.dumps({"key": key, "sha256": digest}))
+    except OSError:  # a read-only SAE folder: hash again next time
+        pass
+    return digest
 
 
 def status(catalog: Catalog) -> list[StoreStatus]:

@@ -52,7 +52,7 @@ import numpy as np
 from core.dpo import DPOConfig, DPOStep
 from core.goblin import GOBLIN_SENTENCES
 from core.ingest import Pair, iter_records, read_pairs
-from core.sae import Cancelled
+from core.errors import Cancelled, ValidationError
 
 TRAIN_RECORD = "datadebug_train.json"
 Z95 = 1.959964
@@ -109,10 +109,6 @@ PROBES: dict[str, tuple[str, ...]] = {
         for s in GOBLIN_SENTENCES[:6]
     ),
 }
-
-
-class ValidationError(ValueError):
-    """Inputs that cannot be validated against each other (other dataset, nothing held out, ...)."""
 
 
 # -- training ---------------------------------------------------------------------------------------

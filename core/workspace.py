@@ -1,10 +1,13 @@
 """A workspace: one indexed dataset in LanceDB tables.
 
 Tables:
-    meta      key -> JSON value: model, SAE, layer, dataset path + sha256, format, versions, settings
-    pairs     one row per indexed pair: texts, reply tokens, sparse per-reply SAE summaries,
-              token-level activations of each reply's top features, MiniLM embeddings.
-              A whole row is written in one append, so an interrupted run never leaves half a pair.
+    meta      key -> JSON value: model, SAE (name and sha256 of its weights), layer, dataset path +
+              sha256, format, versions, settings, schema_version
+    pairs     one row per indexed pair: texts, reply tokens, sparse per-reply SAE summaries (mean, max
+              and firing frequency of every feature that fires), token-level firings of every firing
+              feature (its strongest positions), a sparse summary of the prompt's features, MiniLM
+              embeddings. A whole row is written in one append, so an interrupted run never leaves
+              half a pair.
     features  one row per SAE feature: promoted tokens (decoder direction through the unembedding)
     marks     the triage log (see core.marks)
 """
@@ -19,19 +22,26 @@ import lancedb
 import numpy as np
 import pyarrow as pa
 
+from core.errors import WorkspaceError
+
 EMBED_DIM = 384  # all-MiniLM-L6-v2
+
+# 1: mean and max per reply, token firings of each reply's 16 strongest features (before 0.2).
+# 2: + firing frequency per reply, token firings of every firing feature, prompt feature summary.
+SCHEMA_VERSION = 2
 
 
 def _side_fields(side: str) -> list[pa.Field]:
     return [
         pa.field(f"{side}", pa.string()),
         pa.field(f"{side}_tokens", pa.list_(pa.string())),
-        pa.field(f"{side}_feat", pa.list_(pa.int32())),  # features with a non-zero mean over the reply
-        pa.field(f"{side}_mean", pa.list_(pa.float32())),  # their mean activation over reply tokens
-        pa.field(f"{side}_max", pa.list_(pa.float32())),  # their max activation
-        pa.field(f"{side}_tok_feat", pa.list_(pa.int32())),  # token-level firing of the reply's top features:
-        pa.field(f"{side}_tok_pos", pa.list_(pa.int32())),  #   (feature, token position, value) triplets
-        pa.field(f"{side}_tok_val", pa.list_(pa.float32())),
+        pa.field(f"{side}_feat", pa.list_(pa.int32())),  # every feature that fires (> 0) on a reply token
+        pa.field(f"{side}_mean", pa.list_(pa.float32())),  # its mean activation over the reply's tokens
+        pa.field(f"{side}_max", pa.list_(pa.float32())),  # its max activation
+        pa.field(f"{side}_freq", pa.list_(pa.float32())),  # the share of the reply's tokens it fires on
+        pa.field(f"{side}_tok_feat", pa.list_(pa.int32())),  # token-level firings: for every firing feature,
+        pa.field(f"{side}_tok_pos", pa.list_(pa.int32())),  #   its strongest positions, as (feature,
+        pa.field(f"{side}_tok_val", pa.list_(pa.float32())),  #   token position, value) triplets
         pa.field(f"emb_{side}", pa.list_(pa.float32(), EMBED_DIM)),
     ]
 
@@ -43,6 +53,9 @@ PAIRS_SCHEMA = pa.schema(
         pa.field("prompt", pa.string()),  # JSON list of {role, content}
         pa.field("prompt_text", pa.string()),
         pa.field("n_prompt_tokens", pa.int32()),
+        pa.field("prompt_feat", pa.list_(pa.int32())),  # every feature that fires on a prompt token
+        pa.field("prompt_max", pa.list_(pa.float32())),  #   (the chat template's fixed opening left out)
+        pa.field("prompt_freq", pa.list_(pa.float32())),
         pa.field("emb_prompt", pa.list_(pa.float32(), EMBED_DIM)),
         *_side_fields("chosen"),
         *_side_fields("rejected"),
@@ -65,10 +78,6 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-class WorkspaceError(RuntimeError):
-    pass
 
 
 class Workspace:
@@ -98,6 +107,18 @@ class Workspace:
             return {}
         t = self.table("meta").to_arrow().to_pylist()
         return {r["key"]: json.loads(r["value"]) for r in t}
+
+    def require_current(self) -> None:
+        """Raise WorkspaceError when the workspace was indexed by an older datadebug whose pairs lack
+        what the analysis reads now (schema_version below SCHEMA_VERSION)."""
+        meta = self.meta()
+        version = int(meta.get("schema_version", 1))
+        if self.has("pairs") and version < SCHEMA_VERSION:
+            raise WorkspaceError(
+                f"workspace {self.path} was indexed by an older datadebug (schema {version}, now "
+                f"{SCHEMA_VERSION}: firing frequencies, prompt features); re-index it into a new workspace: "
+                f"datadebug index {meta.get('dataset', 'DATA')} -w NEW_WORKSPACE"
+            )
 
     def write_meta(self, values: dict) -> None:
         merged = {**self.meta(), **values}

@@ -170,8 +170,7 @@ class DataDebugApp(App):
 
     @on(IndexFinished)
     def _indexed(self, event: IndexFinished) -> None:
-        if not event.result.cancelled:
-            self.open_workspace(Path(event.workspace))
+        self.open_workspace(Path(event.workspace))
 
     def open_workspace(self, path: Path) -> None:
         """Open another workspace (its Shifts when indexed, else the Index screen)."""
@@ -186,7 +185,9 @@ class DataDebugApp(App):
             return
         error = event.worker.error
         what = event.worker.description or event.worker.name
-        if type(error).__name__ == "Cancelled":
+        from core.errors import Cancelled
+
+        if isinstance(error, Cancelled):
             self.notify(f"{what}: cancelled", timeout=4)
             return
         self.push_screen(ErrorDialog(f"{what} failed", describe_error(error)))

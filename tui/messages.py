@@ -143,7 +143,7 @@ class CatalogRead(Message):
 
 
 class IndexProgressed(Message):
-    """core.index.IndexProgress; the latest one wins."""
+    """A core.progress.Progress of an index run; the latest one wins."""
 
     def __init__(self, progress) -> None:
         super().__init__()
@@ -156,7 +156,7 @@ class IndexProgressed(Message):
 
 
 class IndexFinished(Message):
-    """An index run ended (core.index.IndexResult; `cancelled` when Escape stopped it)."""
+    """An index run ended (core.index.IndexResult; a cancelled run raises Cancelled instead)."""
 
     def __init__(self, result, workspace) -> None:
         super().__init__()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib.util
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -656,8 +655,8 @@ class Services:
 
         return sae_ready(entry)
 
-    def pull(self, name: str, progress: Callable[[str], None] | None = None) -> str:
-        """Make a model or SAE ready offline. Returns a one-line report; raises StoreError/KeyError."""
+    def pull(self, name: str, progress=None) -> str:
+        """Make a model or SAE ready offline. Returns a one-line report; raises StoreError/CatalogError."""
         from core.catalog import load_catalog
         from core.store import pull_model, pull_sae
 
@@ -666,7 +665,9 @@ class Services:
             return f"{name}: ready at {pull_model(cat.models[name], progress)}"
         if name in cat.saes:
             return f"{name}: ready at {pull_sae(cat.saes[name], progress)}"
-        raise KeyError(f"unknown model or SAE {name!r}")
+        from core.errors import CatalogError
+
+        raise CatalogError(f"unknown model or SAE {name!r}")
 
     def verify(self, name: str) -> str:
         from core.catalog import load_catalog
@@ -737,7 +738,7 @@ def demo_paths() -> tuple[Path, Path]:
 
 def describe_error(exc: BaseException) -> str:
     """The cause of a failure in one or two lines, the way a person should read it."""
-    if isinstance(exc, KeyError) and exc.args:
-        return str(exc.args[0])
+    from core.errors import DatadebugError
+
     text = str(exc).strip() or "no detail"
-    return f"{type(exc).__name__}: {text}" if type(exc).__module__ == "builtins" else text
+    return text if isinstance(exc, DatadebugError) else f"{type(exc).__name__} (a bug in datadebug): {text}"

@@ -39,5 +39,5 @@ def test_unknown_key_names_file_and_entry(tmp_path: Path):
 
 def test_unknown_model_lists_known():
     cat = read_catalog(packaged_catalog_file())
-    with pytest.raises(KeyError, match="smollm2-135m"):
+    with pytest.raises(CatalogError, match="smollm2-135m"):
         cat.model("nope")

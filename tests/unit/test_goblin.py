@@ -137,7 +137,7 @@ def test_ground_truth_stays_outside_the_workspace(goblin_run):
 
 
 def test_the_summary_says_when_the_sae_has_no_goblin_feature(goblin_run):
-    from core.cli_analysis import format_goblin
+    from core.cli.analysis import format_goblin
 
     r, _ = goblin_run
     text = format_goblin(r)

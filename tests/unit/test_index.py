@@ -18,8 +18,10 @@ def test_workspace_holds_every_pair_with_features_tokens_and_embeddings(small_wo
     meta = ws.meta()
     assert meta["sae"] == tiny_sae and meta["layer"] == 15 and meta["d_sae"] == 512
     assert len(meta["dataset_sha256"]) == 64
+    assert meta["schema_version"] == 2 and len(meta["sae_sha256"]) == 64
     t = ws.pairs_columns(["source_index", "chosen", "chosen_tokens", "chosen_feat", "chosen_mean", "chosen_max",
-                          "chosen_tok_feat", "chosen_tok_pos", "emb_chosen", "rejected_feat"])
+                          "chosen_freq", "chosen_tok_feat", "chosen_tok_pos", "emb_chosen", "rejected_feat",
+                          "prompt_feat", "prompt_freq", "prompt_max"])
     src = read_pairs(hh_small).pairs
     assert t["source_index"].to_pylist() == [p.source_index for p in src]
     assert t["chosen"].to_pylist() == [p.chosen for p in src]
@@ -27,7 +29,13 @@ def test_workspace_holds_every_pair_with_features_tokens_and_embeddings(small_wo
         assert row["chosen_feat"] and len(row["chosen_feat"]) == len(row["chosen_mean"]) == len(row["chosen_max"])
         assert all(m <= x + 1e-6 for m, x in zip(row["chosen_mean"], row["chosen_max"]))
         assert max(row["chosen_tok_pos"]) < len(row["chosen_tokens"]) <= 64
-        assert set(row["chosen_tok_feat"]) <= set(row["chosen_feat"])
+        # every firing feature has stored token firings (its strongest positions), none other
+        assert set(row["chosen_tok_feat"]) == set(row["chosen_feat"])
+        n_tok = len(row["chosen_tokens"])
+        assert all(1 / n_tok - 1e-6 <= f <= 1 + 1e-6 for f in row["chosen_freq"])
+        # mean = freq x (mean activation where it fires) <= freq x max
+        assert all(m <= f * x + 1e-5 for m, f, x in zip(row["chosen_mean"], row["chosen_freq"], row["chosen_max"]))
+        assert row["prompt_feat"] and len(row["prompt_feat"]) == len(row["prompt_freq"]) == len(row["prompt_max"])
         assert abs(np.linalg.norm(row["emb_chosen"]) - 1) < 1e-3
     # feature labels: promoted tokens for every feature
     assert len(ws.feature_info()) == 512

@@ -4,14 +4,14 @@ import numpy as np
 import pyarrow as pa
 
 from core.shifts import Analysis
-from core.workspace import EMBED_DIM, PAIRS_SCHEMA, Workspace
+from core.workspace import EMBED_DIM, PAIRS_SCHEMA, SCHEMA_VERSION, Workspace
 
 D_SAE = 16
 
 
 def build_workspace(path, chosen: list[dict], rejected: list[dict]) -> Workspace:
     ws = Workspace(path, create=True)
-    ws.write_meta({"model": "m", "sae": "s", "layer": 1, "d_sae": D_SAE})
+    ws.write_meta({"model": "m", "sae": "s", "layer": 1, "d_sae": D_SAE, "schema_version": SCHEMA_VERSION})
     n = len(chosen)
     cols = {name: [] for name in PAIRS_SCHEMA.names}
     for i in range(n):
@@ -20,6 +20,8 @@ def build_workspace(path, chosen: list[dict], rejected: list[dict]) -> Workspace
         cols["prompt"].append("[]")
         cols["prompt_text"].append(f"p{i}")
         cols["n_prompt_tokens"].append(1)
+        for key in ("feat", "max", "freq"):
+            cols[f"prompt_{key}"].append([])
         cols["emb_prompt"].append(np.zeros(EMBED_DIM, np.float32))
         for side, feats in (("chosen", chosen[i]), ("rejected", rejected[i])):
             cols[side].append(f"{side} {i}")
@@ -27,6 +29,7 @@ def build_workspace(path, chosen: list[dict], rejected: list[dict]) -> Workspace
             cols[f"{side}_feat"].append(list(feats))
             cols[f"{side}_mean"].append(list(feats.values()))
             cols[f"{side}_max"].append(list(feats.values()))
+            cols[f"{side}_freq"].append([0.5] * len(feats))
             cols[f"{side}_tok_feat"].append(list(feats))
             cols[f"{side}_tok_pos"].append([1] * len(feats))
             cols[f"{side}_tok_val"].append(list(feats.values()))

@@ -268,7 +268,7 @@ def test_predicted_shift_is_the_mean_delta_of_the_trained_pairs_only(report, tra
     rows = a.rows([0, 1])  # the two pairs trained on, of 24 indexed
     expected = np.asarray((a.chosen[rows] - a.rejected[rows]).mean(0)).ravel()
     got = np.load(trained[0] / "validation_shifts.npz")["predicted"]
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
     assert not np.allclose(got, np.asarray(a.delta.mean(0)).ravel())  # not all 24 pairs
 
 

@@ -121,11 +121,7 @@ class GoblinScreen(DataScreen):
         def progress(p) -> None:
             if worker.is_cancelled:
                 cancel.set()
-            done, total = getattr(p, "pairs_done", 0), getattr(p, "pairs_total", 0)
-            text = p.message or (f"indexing the copy: {done}/{total} pairs" if total else p.stage)
-            self.post_message(
-                JobProgress("goblin", f"{p.stage}: {text}", done / total if total else None)
-            )
+            self.post_message(JobProgress("goblin", p.line(), p.fraction))
 
         result = self.app.services.goblin(rate, seed, limit, sae, progress=progress, cancel=cancel)
         if not worker.is_cancelled:

@@ -192,10 +192,10 @@ class IndexScreen(DataScreen):
     def _progressed(self, event: IndexProgressed) -> None:
         p = event.progress
         bar = self.query_one("#index-progress", ProgressBar)
-        if p.stage in ("index", "done") and p.pairs_total:
-            bar.update(total=p.pairs_total, progress=p.pairs_done)
+        if p.stage == "index" and p.total:
+            bar.update(total=p.total, progress=p.done)
             self.query_one("#index-status", Static).update(
-                f"pairs {p.pairs_done}/{p.pairs_total} · {p.tokens_per_s:,.0f} tokens/s · ETA {eta_text(p.eta_s)}"
+                f"pairs saved {p.done}/{p.total} · {p.rate:,.0f} tokens/s · ETA {eta_text(p.eta_s)}"
             )
         elif p.message:
             self.query_one("#index-log", Static).update(p.message)
@@ -205,12 +205,9 @@ class IndexScreen(DataScreen):
         r = event.result
         self.query_one("#index-log", Static).update("")
         status = self.query_one("#index-status", Static)
-        if r.cancelled:
-            status.update(f"cancelled with {r.n_pairs} pairs indexed: start again to resume")
-        else:
-            status.update(
-                f"{r.n_pairs} pairs indexed ({r.n_new} this run, {r.n_skipped_invalid} invalid skipped)"
-            )
+        status.update(
+            f"{r.n_pairs} pairs indexed ({r.n_new} this run, {r.n_skipped_invalid} invalid skipped)"
+        )
         # The app opens the workspace when the run is complete (the message bubbles on to it).
 
     def action_cancel(self) -> None:

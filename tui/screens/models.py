@@ -138,10 +138,10 @@ class ModelsScreen(DataScreen):
     def _job(self, job: str, name: str, cancel: threading.Event) -> None:
         worker = get_current_worker()
 
-        def progress(msg) -> None:
+        def progress(p) -> None:
             if worker.is_cancelled:
                 cancel.set()
-            self.post_message(JobProgress("models", str(getattr(msg, "message", msg))))
+            self.post_message(JobProgress("models", p.line(), p.fraction))
 
         services = self.app.services
         if job == "pull":

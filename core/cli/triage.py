@@ -1,13 +1,14 @@
-"""`datadebug` commands: triage (registered on core.cli.app)."""
+"""`datadebug mark`, `unmark`, `undo`, `redo`, `marks` and `export`: triage and the cleaned dataset."""
 
 from __future__ import annotations
-
-from core.cli import JSON, _emit, _fail, _known_errors, app  # noqa: F401
 
 from pathlib import Path
 from typing import Optional
 
 import typer
+
+from core.cli.app import JSON, app, emit
+from core.errors import UsageError
 
 
 def _selection(ws, pairs: list[int], feature: Optional[int], top: int, cluster: Optional[int], by: str, k: Optional[int]):
@@ -30,11 +31,11 @@ def _selection(ws, pairs: list[int], feature: Optional[int], top: int, cluster: 
             clustering = cluster_pairs(analysis, by=by, k=k)
             match = [c for c in clustering.clusters if c.id == cluster]
             if not match:
-                raise KeyError(f"no {by} cluster {cluster} (there are {len(clustering.clusters)})")
+                raise UsageError(f"no {by} cluster {cluster} (there are {len(clustering.clusters)})")
             chosen |= set(match[0].source_indices)
             scopes.append(f"cluster {by}:{cluster}")
     if not chosen:
-        raise KeyError("name pairs (source indices), --feature F [--top N] or --cluster C")
+        raise UsageError("name pairs (source indices), --feature F [--top N] or --cluster C")
     return sorted(chosen), ", ".join(scopes), features
 
 
@@ -54,14 +55,11 @@ def mark(
     from core.marks import Marks
     from core.workspace import Workspace
 
-    try:
-        ws = Workspace(workspace)
-        sel, scope, feats = _selection(ws, pairs or [], feature, top, cluster, by, k)
-        marks = Marks(ws)
-        op = marks.mark(sel, reason=reason, scope=scope, features=feats)
-    except _known_errors() as exc:
-        _fail(exc, as_json)
-    _emit({"op_id": op.op_id, "marked": list(op.source_indices), "n_marked": len(marks.marked)}, as_json,
+    ws = Workspace(workspace)
+    sel, scope, feats = _selection(ws, pairs or [], feature, top, cluster, by, k)
+    marks = Marks(ws)
+    op = marks.mark(sel, reason=reason, scope=scope, features=feats)
+    emit({"op_id": op.op_id, "marked": list(op.source_indices), "n_marked": len(marks.marked)}, as_json,
           f"marked {len(op.source_indices)} pairs ({scope}); {len(marks.marked)} marked in all")
 
 
@@ -82,17 +80,14 @@ def unmark(
     from core.marks import Marks
     from core.workspace import Workspace
 
-    try:
-        ws = Workspace(workspace)
-        marks = Marks(ws)
-        if all_:
-            sel, scope = sorted(marks.marked), "all"
-        else:
-            sel, scope, _ = _selection(ws, pairs or [], feature, top, cluster, by, k)
-        op = marks.unmark(sel, reason=reason, scope=scope)
-    except _known_errors() as exc:
-        _fail(exc, as_json)
-    _emit({"op_id": op.op_id, "unmarked": list(op.source_indices), "n_marked": len(marks.marked)}, as_json,
+    ws = Workspace(workspace)
+    marks = Marks(ws)
+    if all_:
+        sel, scope = sorted(marks.marked), "all"
+    else:
+        sel, scope, _ = _selection(ws, pairs or [], feature, top, cluster, by, k)
+    op = marks.unmark(sel, reason=reason, scope=scope)
+    emit({"op_id": op.op_id, "unmarked": list(op.source_indices), "n_marked": len(marks.marked)}, as_json,
           f"unmarked {len(op.source_indices)} pairs; {len(marks.marked)} marked in all")
 
 
@@ -102,12 +97,9 @@ def undo(workspace: Path = typer.Option(..., "--workspace", "-w"), as_json: bool
     from core.marks import Marks
     from core.workspace import Workspace
 
-    try:
-        marks = Marks(Workspace(workspace))
-        op = marks.undo()
-    except _known_errors() as exc:
-        _fail(exc, as_json)
-    _emit({"undone": op.op_id if op else None, "n_marked": len(marks.marked)}, as_json,
+    marks = Marks(Workspace(workspace))
+    op = marks.undo()
+    emit({"undone": op.op_id if op else None, "n_marked": len(marks.marked)}, as_json,
           f"undid op {op.op_id} ({op.action} {len(op.source_indices)} pairs)" if op else "nothing to undo")
 
 
@@ -117,12 +109,9 @@ def redo(workspace: Path = typer.Option(..., "--workspace", "-w"), as_json: bool
     from core.marks import Marks
     from core.workspace import Workspace
 
-    try:
-        marks = Marks(Workspace(workspace))
-        op = marks.redo()
-    except _known_errors() as exc:
-        _fail(exc, as_json)
-    _emit({"redone": op.op_id if op else None, "n_marked": len(marks.marked)}, as_json,
+    marks = Marks(Workspace(workspace))
+    op = marks.redo()
+    emit({"redone": op.op_id if op else None, "n_marked": len(marks.marked)}, as_json,
           f"redid op {op.op_id}" if op else "nothing to redo")
 
 
@@ -132,15 +121,12 @@ def marks_cmd(workspace: Path = typer.Option(..., "--workspace", "-w"), as_json:
     from core.marks import Marks
     from core.workspace import Workspace
 
-    try:
-        marks = Marks(Workspace(workspace))
-    except _known_errors() as exc:
-        _fail(exc, as_json)
+    marks = Marks(Workspace(workspace))
     data = marks.to_json()
     text = "\n".join(
         f"#{m['source_index']:<6} {m['scope']:<24} {m['who']:<20} {m['when']}  {m['reason']}" for m in data["marked"]
     ) or "no pairs marked"
-    _emit(data, as_json, text)
+    emit(data, as_json, text)
 
 
 @app.command()
@@ -151,13 +137,10 @@ def export(
     as_json: bool = JSON,
 ):
     """Write the source records that are not marked (byte-identical) plus OUT.removed.jsonl."""
-    from core.export import ExportError, export_clean
+    from core.export import export_clean
     from core.workspace import Workspace
 
-    try:
-        r = export_clean(Workspace(workspace), out, overwrite=overwrite)
-    except (ExportError, *_known_errors()) as exc:
-        _fail(exc, as_json)
-    _emit({"out": str(r.out), "manifest": str(r.manifest), "n_kept": r.n_kept, "n_removed": r.n_removed,
+    r = export_clean(Workspace(workspace), out, overwrite=overwrite)
+    emit({"out": str(r.out), "manifest": str(r.manifest), "n_kept": r.n_kept, "n_removed": r.n_removed,
            "n_records": r.n_records}, as_json,
           f"kept {r.n_kept} of {r.n_records} records -> {r.out}\nremoved {r.n_removed} -> {r.manifest}")

@@ -1,19 +1,15 @@
-"""`datadebug` commands: analysis (registered on core.cli.app): clusters, trace, compare, goblin."""
+"""`datadebug clusters`, `trace`, `compare` and `goblin`: looking into an indexed workspace."""
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from core.cli import JSON, _emit, _fail, _known_errors, _ProgressLine, app  # noqa: F401
-
-
-def _errors() -> tuple[type[BaseException], ...]:
-    return (*_known_errors(), ValueError)
+from core.cli.app import JSON, ProgressPrinter, app, emit
+from core.errors import UsageError
 
 
 def _analysis(workspace: Path):
@@ -51,11 +47,8 @@ def clusters(
     """Group the pairs into clusters, each with its characteristic features and shift contrast."""
     from core.clusters import cluster_pairs
 
-    try:
-        c = cluster_pairs(_analysis(workspace), by=by, k=k)
-    except _errors() as exc:
-        _fail(exc, as_json)
-    _emit(c.to_json(), as_json, format_clusters(c))
+    c = cluster_pairs(_analysis(workspace), by=by, k=k)
+    emit(c.to_json(), as_json, format_clusters(c))
 
 
 def _excerpt(tokens: list[str], firing: list[list], width: int = 6) -> str:
@@ -94,24 +87,21 @@ def trace(
     """The pairs driving one feature's predicted shift, with the tokens it fires on marked [[ ]]."""
     from core.clusters import trace_feature
 
-    try:
-        t = trace_feature(_analysis(workspace), feature, top=top)
-    except _errors() as exc:
-        _fail(exc, as_json)
-    _emit(t, as_json, format_trace(t))
+    t = trace_feature(_analysis(workspace), feature, top=top)
+    emit(t, as_json, format_trace(t))
 
 
 def read_truth(path: Path) -> set[int]:
-    """The planted source indices of a truth file {"planted": [source_index, ...]}. Raises ValueError."""
+    """The planted source indices of a truth file {"planted": [source_index, ...]}. Raises UsageError."""
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: not valid JSON: {exc}") from None
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read the truth file ({exc.strerror or exc})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise UsageError(f"{path}: not valid JSON: {exc}") from None
     planted = raw.get("planted") if isinstance(raw, dict) else None
     if not isinstance(planted, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in planted):
-        raise ValueError(f"{path}: field 'planted': expected a list of source indices (integers)")
+        raise UsageError(f"{path}: field 'planted': expected a list of source indices (integers)")
     return set(planted)
 
 
@@ -151,12 +141,9 @@ def compare(
     """SAE clusters against MiniLM embedding clusters: agreement (ARI, NMI), and recovery of planted pairs."""
     from core.clusters import compare_clusterings
 
-    try:
-        planted = read_truth(truth) if truth is not None else None
-        c = compare_clusterings(_analysis(workspace), truth=planted, k=k)
-    except _errors() as exc:
-        _fail(exc, as_json)
-    _emit(c, as_json, format_compare(c))
+    planted = read_truth(truth) if truth is not None else None
+    c = compare_clusterings(_analysis(workspace), truth=planted, k=k)
+    emit(c, as_json, format_compare(c))
 
 
 def _detection_lines(r: dict) -> list[str]:
@@ -210,10 +197,7 @@ def goblin(
     """Plant goblins in a known fraction of chosen replies and measure whether datadebug finds them."""
     from core.goblin import run_goblin
 
-    try:
+    with ProgressPrinter() as progress:
         r = run_goblin(data, workspace, rate, seed=seed, limit=limit, max_tokens=max_tokens, sae=sae,
-                       progress=_ProgressLine(as_json))
-    except _errors() as exc:
-        _fail(exc, as_json)
-    print(file=sys.stderr)
-    _emit(r, as_json, format_goblin(r))
+                       progress=progress)
+    emit(r, as_json, format_goblin(r))

@@ -1,58 +1,16 @@
-"""`datadebug` commands: train-dpo and validate (registered on core.cli.app)."""
+"""`datadebug train-dpo` and `validate`: a real DPO run, and predicted vs actual shifts."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import sys
-import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import typer
 
-from core.cli import JSON, _emit, _fail, _known_errors, app
-
-THREADS = typer.Option(
-    None, help="CPU threads for torch (default: torch's choice; on a busy machine 1 can be much faster)"
-)
-
-
-def _set_threads(threads: int | None) -> None:
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-
-
-def _errors() -> tuple[type[BaseException], ...]:
-    from core.validate import ValidationError
-
-    # ValueError: train_dpo's refusals (a checkpoint from other settings, no chat template, ...)
-    return (*_known_errors(), ValidationError, ValueError)
-
-
-@contextlib.contextmanager
-def _ctrl_c_cancels(cancel: threading.Event, what: str):
-    """Inside the block, the first Ctrl-C sets `cancel` (the job stops cleanly); a second aborts."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def on_sigint(signum, frame):
-        if cancel.is_set():
-            raise KeyboardInterrupt
-        cancel.set()
-        print(f"\nstopping: {what} (Ctrl-C again to abort)", file=sys.stderr, flush=True)
-
-    old = signal.signal(signal.SIGINT, on_sigint)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, old)
-
+from core.cli.app import JSON, THREADS, app, ctrl_c_cancels, emit, set_threads
 
 class _StepLine:
     """DPO progress on stderr: one rewritten line on a terminal, a line per step otherwise."""
@@ -108,22 +66,18 @@ def train_dpo_cmd(
     from core.dpo import DPOConfig
     from core.validate import train_on_dataset
 
-    _set_threads(threads)
-    cancel = threading.Event()
-    try:
-        cfg = DPOConfig(
-            beta=beta, lr=lr if lr is not None else (5e-4 if lora else 5e-6), epochs=epochs,
-            batch_size=batch_size, grad_accum=grad_accum, max_length=max_length,
-            max_prompt_length=min(256, max_length // 2), lora=lora, seed=seed, save_every=save_every,
+    set_threads(threads)
+    cfg = DPOConfig(
+        beta=beta, lr=lr if lr is not None else (5e-4 if lora else 5e-6), epochs=epochs,
+        batch_size=batch_size, grad_accum=grad_accum, max_length=max_length,
+        max_prompt_length=min(256, max_length // 2), lora=lora, seed=seed, save_every=save_every,
+    )
+    with ctrl_c_cancels("saving a checkpoint after this step") as cancel:
+        r = train_on_dataset(
+            data, out, cfg, model=model, limit=limit, exclude_marked=exclude_marked,
+            format=format, skip_invalid=skip_invalid, device=device,
+            progress=_StepLine(), cancel=cancel,
         )
-        with _ctrl_c_cancels(cancel, "saving a checkpoint after this step"):
-            r = train_on_dataset(
-                data, out, cfg, model=model, limit=limit, exclude_marked=exclude_marked,
-                format=format, skip_invalid=skip_invalid, device=device,
-                progress=_StepLine(), cancel=cancel,
-            )
-    except _errors() as exc:
-        _fail(exc, as_json)
     print(file=sys.stderr)
     if r.already_done:
         head = f"already trained: {r.steps} steps on {r.n_pairs} pairs"
@@ -141,7 +95,7 @@ def train_dpo_cmd(
             f"margin {r.reward_margin:+.3f} (last step)"
         )
     lines.append(f"output: {r.model_dir or r.out_dir}")
-    _emit(asdict(r), as_json, "\n".join(lines))
+    emit(asdict(r), as_json, "\n".join(lines))
     if r.cancelled:
         raise typer.Exit(130)
 
@@ -170,25 +124,20 @@ def validate(
     from core.validate import Decoding, format_report
     from core.validate import validate as run_validation
 
-    _set_threads(threads)
-    cancel = threading.Event()
-
+    set_threads(threads)
     def progress(p) -> None:
         if p.stage == "generate" and sys.stderr.isatty():
             print(f"\rgenerating {p.done}/{p.total} replies".ljust(60), end="", file=sys.stderr, flush=True)
         elif p.message and p.stage != "generate":
             print(("\n" if sys.stderr.isatty() else "") + p.message, file=sys.stderr, flush=True)
 
-    try:
-        decoding = Decoding(
-            max_new_tokens=max_new_tokens, temperature=temperature, samples=samples, seed=seed,
-            batch_size=batch_size,
+    decoding = Decoding(
+        max_new_tokens=max_new_tokens, temperature=temperature, samples=samples, seed=seed,
+        batch_size=batch_size,
+    )
+    with ctrl_c_cancels("validation") as cancel:
+        report = run_validation(
+            workspace, trained, prompts=prompts, n_prompts=n_prompts, decoding=decoding,
+            top_k=top_k, plot=plot, device=device, progress=progress, cancel=cancel,
         )
-        with _ctrl_c_cancels(cancel, "validation"):
-            report = run_validation(
-                workspace, trained, prompts=prompts, n_prompts=n_prompts, decoding=decoding,
-                top_k=top_k, plot=plot, device=device, progress=progress, cancel=cancel,
-            )
-    except _errors() as exc:
-        _fail(exc, as_json)
-    _emit(report.to_json(), as_json, format_report(report))
+    emit(report.to_json(), as_json, format_report(report))

@@ -1,0 +1,118 @@
+"""`datadebug index`, `shifts` and `demo`: build a workspace and read its predicted shifts."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from core import locations
+from core.cli.app import JSON, ProgressPrinter, app, emit
+from core.errors import UsageError
+
+
+@app.command()
+def index(
+    data: Path = typer.Argument(..., help="Preference data: .jsonl, .jsonl.gz, .json or .parquet"),
+    workspace: Path = typer.Option(..., "--workspace", "-w", help="Workspace folder (created if new)"),
+    model: Optional[str] = typer.Option(None, help="Model name from the catalogue (default: the embedded one)"),
+    sae: Optional[str] = typer.Option(None, help="SAE name from the catalogue (default: the model's)"),
+    limit: Optional[int] = typer.Option(None, help="Index at most this many valid pairs"),
+    max_tokens: int = typer.Option(256, help="Reply tokens read per side (the prompt keeps its last 2x)"),
+    format: Optional[str] = typer.Option(None, help="standard | conversational | hh-rlhf | sharegpt (default: detect)"),
+    skip_invalid: bool = typer.Option(False, help="Skip invalid records and report them instead of stopping"),
+    device: Optional[str] = typer.Option(None, help="cpu | cuda (default: cuda when available)"),
+    batch_tokens: int = typer.Option(4096, help="Padded tokens per forward batch (memory vs speed)"),
+    chunk_pairs: int = typer.Option(64, help="Pairs per write; a killed run resumes from the last write"),
+    as_json: bool = JSON,
+):
+    """Run every pair through the LM + SAE and store per-reply features in a workspace (resumable)."""
+    from core.index import IndexSettings, index_dataset
+
+    with ProgressPrinter() as progress:
+        r = index_dataset(
+            data, workspace, model=model, sae=sae, limit=limit, format=format, skip_invalid=skip_invalid,
+            settings=IndexSettings(max_tokens=max_tokens, batch_tokens=batch_tokens, chunk_pairs=chunk_pairs),
+            device=device, progress=progress,
+        )
+    text = (
+        f"workspace {r.workspace}: {r.n_pairs} pairs ({r.n_new} new this run, "
+        f"{r.n_skipped_invalid} invalid skipped); {r.tokens:,} tokens in {r.seconds:.1f}s "
+        f"({r.tokens_per_s:.0f} tok/s)"
+    )
+    if r.issues:
+        text += "\n" + "\n".join(f"  {i}" for i in r.issues[:20])
+        if len(r.issues) > 20:
+            text += f"\n  ... and {len(r.issues) - 20} more"
+    emit({**asdict(r), "tokens_per_s": r.tokens_per_s}, as_json, text)
+
+
+def format_shifts(report) -> str:
+    """The shifts report as a person reads it: one block per direction."""
+    lines = [f"{report.n_pairs} pairs, model {report.model}, SAE {report.sae} (layer {report.layer})"]
+    if report.n_excluded:
+        lines[0] += f"; {report.n_excluded} marked pairs left out"
+    for title, feats in (("AMPLIFIED (fires more in chosen)", report.amplified),
+                         ("SUPPRESSED (fires more in rejected)", report.suppressed)):
+        lines += ["", title, f"{'feature':>8} {'shift':>9} {'d':>6} {'95% CI':>19} {'stab':>5} {'fire':>5}  label / top pairs"]
+        for f in feats:
+            pairs = " ".join(f"#{p.source_index}({p.delta:+.3f})" for p in f.top_pairs[:4])
+            lines.append(
+                f"{f.feature:>8} {f.shift:>+9.4f} {f.effect_size:>+6.2f} [{f.ci[0]:>+8.4f},{f.ci[1]:>+8.4f}] "
+                f"{f.stability:>5.2f} {f.n_firing:>5}  {' '.join(f.label.split())[:60]}"
+            )
+            lines.append(f"{'':>58}pairs: {pairs}")
+        if not feats:
+            lines.append("  (none with a CI clear of zero)")
+    return "\n".join(lines)
+
+
+@app.command()
+def shifts(
+    workspace: Path = typer.Option(..., "--workspace", "-w"),
+    top: int = typer.Option(20, help="Features per direction"),
+    exclude_marked: bool = typer.Option(True, help="Leave out pairs marked for removal (what-if)"),
+    as_json: bool = JSON,
+):
+    """Predicted amplified and suppressed features, each with its CI, stability and top pairs."""
+    from core.shifts import Analysis
+    from core.workspace import Workspace
+
+    if top < 1:
+        raise UsageError(f"--top {top}: must be at least 1")
+    ws = Workspace(workspace)
+    excluded = None
+    if exclude_marked:
+        from core.marks import marked_set
+
+        excluded = marked_set(ws)
+    report = Analysis(ws).report(top=top, excluded=excluded)
+    emit(report.to_json(), as_json, format_shifts(report))
+
+
+@app.command()
+def demo(
+    workspace: Optional[Path] = typer.Option(None, "--workspace", "-w", help="Default: the cache dir's demo workspace"),
+    top: int = typer.Option(10),
+    tui: bool = typer.Option(True, help="Then open datadebug-tui on the workspace (only on a terminal)"),
+    as_json: bool = JSON,
+):
+    """The main job on the embedded default: index the bundled sample, print predicted shifts, open the TUI."""
+    from core.index import index_dataset
+    from core.shifts import Analysis
+    from core.workspace import Workspace
+
+    workspace = workspace or locations.cache_dir() / "workspaces" / "demo"
+    with ProgressPrinter() as progress:
+        index_dataset(locations.sample_data_file(), workspace, progress=progress)
+    report = Analysis(Workspace(workspace)).report(top=top)
+    emit(report.to_json(), as_json, format_shifts(report) + f"\n\nworkspace: {workspace}")
+    if tui and not as_json and sys.stdin.isatty() and sys.stdout.isatty():
+        # exec, not import: core never imports the UI.
+        exe = Path(sys.executable).parent / "datadebug-tui"
+        if exe.exists():
+            os.execv(str(exe), [str(exe), str(workspace)])
