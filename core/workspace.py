@@ -87,7 +87,12 @@ class Workspace:
         self.path = Path(path)
         if not create and not (self.path / "meta.lance").exists():
             raise WorkspaceError(f"{self.path} is not a datadebug workspace (run `datadebug index` first)")
-        self.path.mkdir(parents=True, exist_ok=True)
+        if self.path.exists() and not self.path.is_dir():
+            raise WorkspaceError(f"{self.path} is a file, not a workspace folder; choose another path")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a parent that is a file, no permission, a read-only disk
+            raise WorkspaceError(f"cannot create workspace {self.path}: {exc.strerror or exc}") from exc
         self.db = lancedb.connect(str(self.path))
 
     def _names(self) -> set[str]:
