@@ -152,6 +152,22 @@ class Workspace:
         t = tbl.search().select(keep).limit(max(1, tbl.count_rows())).to_arrow()
         return t.sort_by("source_index").select(columns)
 
+    def pairs_in(self, source_indices: list[int], columns: list[str]) -> pa.Table:
+        """Columns of the indexed pairs with these source indices, in the order given (one filtered
+        read, not a scan of every row's columns). Raises WorkspaceError when one is absent."""
+        if not source_indices:
+            return PAIRS_SCHEMA.empty_table().select(columns)
+        wanted = [int(s) for s in source_indices]
+        keep = columns if "source_index" in columns else ["source_index", *columns]
+        tbl = self.table("pairs")
+        where = f"source_index IN ({', '.join(str(s) for s in sorted(set(wanted)))})"
+        t = tbl.search().where(where).select(keep).limit(len(set(wanted))).to_arrow()
+        position = {s: i for i, s in enumerate(t["source_index"].to_pylist())}
+        if len(position) != len(set(wanted)):
+            missing = sorted(set(wanted) - set(position))
+            raise WorkspaceError(f"pairs {missing[:8]} are not in workspace {self.path}")
+        return t.take([position[s] for s in wanted]).select(columns)
+
     def pair(self, source_index: int) -> dict:
         """One indexed pair as a dict (every column). Raises WorkspaceError when absent."""
         rows = self.table("pairs").search().where(f"source_index = {int(source_index)}").limit(1).to_list()

@@ -141,6 +141,8 @@ def export(
     from core.workspace import Workspace
 
     r = export_clean(Workspace(workspace), out, overwrite=overwrite)
+    text = f"kept {r.n_kept} of {r.n_records} records -> {r.out}\nremoved {r.n_removed} -> {r.manifest}"
+    if r.n_stale_removed:
+        text += f"\n(cleaned up {r.n_stale_removed} temporary files of an interrupted export)"
     emit({"out": str(r.out), "manifest": str(r.manifest), "n_kept": r.n_kept, "n_removed": r.n_removed,
-           "n_records": r.n_records}, as_json,
-          f"kept {r.n_kept} of {r.n_records} records -> {r.out}\nremoved {r.n_removed} -> {r.manifest}")
+          "n_records": r.n_records, "n_stale_removed": r.n_stale_removed}, as_json, text)
