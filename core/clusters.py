@@ -153,7 +153,8 @@ def _kmeans(x, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def partition(analysis: Analysis, by: str = "sae", k: int | None = None, seed: int = 0) -> tuple[np.ndarray, int]:
-    """(labels (n,), k): the rows of `analysis` grouped as in `cluster_pairs`, clusters numbered by size.
+    """(labels (n,), k): the rows of `analysis` grouped as in `cluster_pairs`, clusters numbered by size
+    (k can come out smaller than asked when the pairs have fewer distinct vectors than k).
 
     Raises UsageError for an unknown `by` or a `k` outside 1..n, WorkspaceError for an empty workspace.
     """
@@ -185,7 +186,8 @@ def _partition(analysis: Analysis, by: str, k: int | None, seed: int, act: sp.cs
     order = sorted(range(k), key=lambda c: (-sizes[c], first[c]))
     renumber = np.empty(k, dtype=np.int64)
     renumber[order] = np.arange(k)
-    return renumber[labels], k, x
+    # k-means leaves a cluster empty when the rows have fewer distinct points than k: drop it
+    return renumber[labels], int(np.count_nonzero(sizes)), x
 
 
 def _choose_k(x, seed: int) -> int:

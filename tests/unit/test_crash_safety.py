@@ -157,12 +157,12 @@ def test_concurrent_mark_processes_get_unique_sequential_op_ids(tmp_path):
         "for j in range(4):\n    m.mark([2 * (me * 4 + j)], reason=f'p{me}')\n"
     )
     procs = [subprocess.Popen([sys.executable, "-c", script, str(ws.path), str(i), str(start)], cwd=ROOT,
-                              stderr=subprocess.PIPE, text=True) for i in range(6)]
+                              stderr=subprocess.PIPE, text=True) for i in range(4)]
     for p in procs:
         assert p.wait(timeout=180) == 0, p.stderr.read()
     ops = assert_log_is_a_sequence(ws.path)
-    assert len(ops) == 24
-    assert Marks(Workspace(ws.path)).marked_set() == {2 * i for i in range(24)}
+    assert len(ops) == 16
+    assert Marks(Workspace(ws.path)).marked_set() == {2 * i for i in range(16)}
 
 
 @pytest.mark.parametrize("moment", ["mark-before-write", "mark-during-write", "mark-after-write"])
@@ -254,9 +254,8 @@ def test_kill_9_while_exporting_leaves_no_partial_file_and_the_next_export_clean
         assert manifest.read_bytes() == want_manifest and not out.exists()
     else:
         assert not out.exists() and not manifest.exists()
-    code, stdout, err = run_cli("export", "-w", str(ws.path), "--out", str(out), "--overwrite", "--json")
-    assert code == 0, err
-    assert json.loads(stdout)["n_stale_removed"] == len(temps)
+    again = export_clean(Workspace(ws.path), out, overwrite=True)
+    assert again.n_stale_removed == len(temps)
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
     assert out.read_bytes() == want_out and manifest.read_bytes() == want_manifest
 
