@@ -218,20 +218,20 @@ class Marks:
 
     def undo(self) -> MarkOp | None:
         """Revert the latest applied change; None when there is nothing to undo."""
-        with self._writing():
-            if not self._state.applied:
-                return None
-            target = self._state.applied[-1]
-            self._append("undo", target.source_indices, scope=f"undo op {target.op_id}")
-        return target
+        return self._step("undo")
 
     def redo(self) -> MarkOp | None:
         """Re-apply the latest undone change; None when there is nothing to redo."""
+        return self._step("redo")
+
+    def _step(self, action: str) -> MarkOp | None:
+        """Log an undo or redo of the change on top of its stack; returns that change (None: empty)."""
         with self._writing():
-            if not self._state.undone:
+            stack = self._state.applied if action == "undo" else self._state.undone
+            if not stack:
                 return None
-            target = self._state.undone[-1]
-            self._append("redo", target.source_indices, scope=f"redo op {target.op_id}")
+            target = stack[-1]
+            self._append(action, target.source_indices, scope=f"{action} op {target.op_id}")
         return target
 
     @property

@@ -7,6 +7,7 @@ Layout under the cache dir (see `core.locations`):
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import shutil
@@ -56,6 +57,21 @@ def _hint(exc: BaseException, known: dict[type[BaseException], str]) -> str | No
 def _cause(exc: BaseException) -> str:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else "no detail"
     return f"{type(exc).__name__}: {first}"
+
+
+@contextlib.contextmanager
+def _from_hub(what: str, out: Path):
+    """Run a download into `out`: on any failure `out` is removed; a refusal of the hub becomes
+    StoreError("<what> (<the cause>). <what to do>") with the cause chained, anything else (a bug)
+    propagates unchanged."""
+    try:
+        yield
+    except BaseException as exc:
+        shutil.rmtree(out, ignore_errors=True)
+        hint = _hint(exc, hub_errors())
+        if hint is None:
+            raise
+        raise StoreError(f"{what} ({_cause(exc)}). {hint}") from exc
 
 
 @dataclass(frozen=True)
@@ -152,7 +168,7 @@ def pull_model(entry: ModelEntry, progress: ProgressFn | None = None) -> Path:
         _save_float_copy(model, tok, out)
         return out
     if entry.source == "hf":
-        try:
+        with _from_hub(f"model {entry.name}: cannot download {entry.repo}", out):
             from huggingface_hub import snapshot_download
 
             say(f"downloading {entry.repo} from the hub")
@@ -161,12 +177,6 @@ def pull_model(entry: ModelEntry, progress: ProgressFn | None = None) -> Path:
                 local_dir=out,
                 allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"],
             )
-        except BaseException as exc:
-            shutil.rmtree(out, ignore_errors=True)
-            hint = _hint(exc, hub_errors())
-            if hint is None:
-                raise  # a bug, not the network: keep its traceback
-            raise StoreError(f"model {entry.name}: cannot download {entry.repo} ({_cause(exc)}). {hint}") from exc
         return out
     raise StoreError(f"model {entry.name}: unknown source {entry.source!r}")
 
@@ -191,20 +201,12 @@ def pull_sae(entry: SAEEntry, progress: ProgressFn | None = None) -> Path:
         ids = list(directory[entry.release].saes_map)
         raise StoreError(f"SAE {entry.name}: release {entry.release} has no SAE {entry.sae_id!r} "
                          f"(it has {', '.join(ids[:5])}{', ...' if len(ids) > 5 else ''})")
-    try:
+    with _from_hub(f"SAE {entry.name}: cannot download {entry.release}/{entry.sae_id}", out):
         say(f"downloading SAE {entry.release}/{entry.sae_id} via sae-lens")
         sae = SAE.from_pretrained(entry.release, entry.sae_id, device="cpu")
         if isinstance(sae, tuple):  # older sae-lens returned (sae, cfg, sparsity)
             sae = sae[0]
         sae.save_model(out)
-    except BaseException as exc:
-        shutil.rmtree(out, ignore_errors=True)
-        hint = _hint(exc, hub_errors())
-        if hint is None:
-            raise  # a bug, not the network: keep its traceback
-        raise StoreError(
-            f"SAE {entry.name}: cannot download {entry.release}/{entry.sae_id} ({_cause(exc)}). {hint}"
-        ) from exc
     return out
 
 

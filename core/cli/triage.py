@@ -91,28 +91,27 @@ def unmark(
           f"unmarked {len(op.source_indices)} pairs; {len(marks.marked)} marked in all")
 
 
-@app.command()
-def undo(workspace: Path = typer.Option(..., "--workspace", "-w"), as_json: bool = JSON):
-    """Revert the latest mark/unmark."""
+def _step(workspace: Path, action: str, as_json: bool) -> None:
     from core.marks import Marks
     from core.workspace import Workspace
 
     marks = Marks(Workspace(workspace))
-    op = marks.undo()
-    emit({"undone": op.op_id if op else None, "n_marked": len(marks.marked)}, as_json,
-          f"undid op {op.op_id} ({op.action} {len(op.source_indices)} pairs)" if op else "nothing to undo")
+    op = marks.undo() if action == "undo" else marks.redo()
+    done, key = {"undo": ("undid", "undone"), "redo": ("redid", "redone")}[action]
+    emit({key: op.op_id if op else None, "n_marked": len(marks.marked)}, as_json,
+          f"{done} op {op.op_id} ({op.action} {len(op.source_indices)} pairs)" if op else f"nothing to {action}")
+
+
+@app.command()
+def undo(workspace: Path = typer.Option(..., "--workspace", "-w"), as_json: bool = JSON):
+    """Revert the latest mark/unmark."""
+    _step(workspace, "undo", as_json)
 
 
 @app.command()
 def redo(workspace: Path = typer.Option(..., "--workspace", "-w"), as_json: bool = JSON):
     """Re-apply the latest undone mark/unmark."""
-    from core.marks import Marks
-    from core.workspace import Workspace
-
-    marks = Marks(Workspace(workspace))
-    op = marks.redo()
-    emit({"redone": op.op_id if op else None, "n_marked": len(marks.marked)}, as_json,
-          f"redid op {op.op_id}" if op else "nothing to redo")
+    _step(workspace, "redo", as_json)
 
 
 @app.command("marks")
