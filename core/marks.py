@@ -190,6 +190,8 @@ class Marks:
         if not wanted:
             raise UsageError(f"no pairs to {verb}")
         unknown = [s for s in wanted if s not in self.indexed()]
+        if unknown and not self.indexed():
+            self.ws.require_pairs()  # says why and what to run
         if unknown:
             n_records = int(self.ws.meta().get("n_records") or 0)
             absent = [s for s in unknown if not 0 <= s < n_records]

@@ -89,7 +89,8 @@ def _sparse(feats: pa.ChunkedArray, vals: pa.ChunkedArray, d_sae: int) -> sp.csr
 
 
 class Analysis:
-    """A workspace's per-reply feature summaries as sparse matrices, loaded once.
+    """A workspace's per-reply feature summaries as sparse matrices, loaded once. Raises
+    WorkspaceError for a workspace of an older schema or without indexed pairs.
 
     Attributes:
         source_index: (n,) source positions of the indexed pairs, ascending; row i of every matrix.
@@ -99,6 +100,7 @@ class Analysis:
 
     def __init__(self, ws: Workspace):
         ws.require_current()
+        ws.require_pairs()
         self.ws = ws
         self.meta = ws.meta()
         self.d_sae = int(self.meta["d_sae"])

@@ -125,6 +125,16 @@ class Workspace:
                 f"datadebug index {meta.get('dataset', 'DATA')} -w NEW_WORKSPACE"
             )
 
+    def require_pairs(self) -> None:
+        """Raise WorkspaceError when no pair has been saved yet (an index killed or stopped before its
+        first chunk), naming how to go on."""
+        meta = self.meta()
+        if not self.has("pairs") or "d_sae" not in meta:
+            raise WorkspaceError(
+                f"workspace {self.path} holds no indexed pairs yet (indexing stopped before saving any); "
+                f"run `datadebug index {meta.get('dataset', 'DATA')} -w {self.path}` to index it"
+            )
+
     def write_meta(self, values: dict) -> None:
         merged = {**self.meta(), **values}
         rows = pa.table({"key": list(merged), "value": [json.dumps(v) for v in merged.values()]})

@@ -31,6 +31,13 @@ def test_kill_9_while_loading_the_model_then_a_logged_resume(tmp_path, hh_small,
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not Workspace(ws).has("pairs")  # killed before the first chunk
+    from typer.testing import CliRunner
+
+    from core.cli import app
+
+    for args in (["shifts"], ["clusters"], ["mark", "0"], ["trace", "--feature", "1"]):  # used to be KeyError: 'd_sae'
+        r = CliRunner().invoke(app, [*args, "-w", str(ws)])
+        assert r.exit_code == 2 and "holds no indexed pairs yet" in r.stderr, (args, r.output)
 
     log = tmp_path / "index.log"
     with open(log, "wb") as err:  # not a terminal: the line renderer, as under nohup
