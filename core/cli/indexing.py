@@ -12,7 +12,6 @@ import typer
 
 from core import locations
 from core.cli.app import JSON, ProgressPrinter, app, emit
-from core.errors import UsageError
 
 
 @app.command()
@@ -86,8 +85,6 @@ def shifts(
     from core.shifts import Analysis
     from core.workspace import Workspace
 
-    if top < 1:
-        raise UsageError(f"--top {top}: must be at least 1")
     ws = Workspace(workspace)
     excluded = None
     if exclude_marked:
