@@ -26,7 +26,7 @@ ground truth) go to a JSON file next to the workspace, never into its tables.
                      does not clear zero, or it ranks below RANK_DEPTH).
     sae_feature      precision/recall of the injected pairs among the goblin feature's top-|injected|
                      pairs ranked by peak delta (max over chosen tokens minus max over rejected tokens,
-                     see core.clusters.peak_delta); `sae_feature_mean` ranks by the mean delta instead
+                     see core.trace.peak_delta); `sae_feature_mean` ranks by the mean delta instead
                      (the aggregation the shift statistics use), for comparison.
     sae_cluster,     the SAE / embedding clustering (k by silhouette) cluster that best matches the
     embedding_cluster  injected pairs (F1).
@@ -41,7 +41,6 @@ goblin, and it is the default corpus that a user analysing this dataset would ge
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import re
@@ -117,22 +116,23 @@ def insert_sentence(reply: str, sentence: str, rng: np.random.Generator) -> str:
 
 
 def _with_chosen(record: dict, format: str, reply: str) -> dict:
-    """A copy of `record` whose chosen reply is `reply` (everything else as it was)."""
-    out = copy.deepcopy(record)
+    """A copy of `record` whose chosen reply is `reply` (everything else as it was, and shared: only
+    the containers on the way to the reply are copied, so a deeply nested extra field costs nothing)."""
+    out = dict(record)
     if format == "standard":
         out["chosen"] = reply
     elif format == "conversational":
-        out["chosen"][-1]["content"] = reply
+        out["chosen"] = [*record["chosen"][:-1], {**record["chosen"][-1], "content": reply}]
     elif format == "hh-rlhf":
         text = out["chosen"]
         cut = text.rindex("Assistant:") + len("Assistant:")
         out["chosen"] = text[:cut] + " " + reply
     elif format == "sharegpt":
-        c = out["chosen"]
+        c = record["chosen"]
         if isinstance(c, str):
             out["chosen"] = reply
         else:
-            c["content" if "content" in c else "value"] = reply
+            out["chosen"] = {**c, "content" if "content" in c else "value": reply}
     else:
         raise UsageError(f"cannot inject into format {format!r}")
     return out
@@ -149,11 +149,7 @@ def inject_goblins(
     """
     if not 0 <= rate <= 1:
         raise UsageError(f"rate {rate} must be between 0 and 1 (a fraction of pairs)")
-    res = read_pairs(data, format=format, skip_invalid=True, limit=limit)
-    from core.ingest import IngestError, Issue
-
-    if not res.pairs:
-        raise IngestError(Issue(str(data), 0, "", "no valid pairs to inject into", "error"))
+    res = read_pairs(data, format=format, skip_invalid=True, limit=limit)  # raises when it has no pair
     wanted = {p.source_index for p in res.pairs}
     records = {i: rec for i, (_, rec) in enumerate(iter_records(data)) if i in wanted}
     rng = np.random.default_rng(seed)
@@ -260,7 +256,9 @@ def evaluate_goblins(analysis, injected: set[int], seed: int = 0) -> dict:
     """What datadebug recovers of the `injected` pairs (source indices) in `analysis` (module doc)."""
     import scipy.sparse as sp
 
-    from core.clusters import best_cluster, best_matching_feature, partition, peak_delta, precision_recall, top_rows
+    from core.clusters import partition
+    from core.recovery import best_cluster, best_matching_feature, precision_recall
+    from core.trace import peak_delta, top_rows
 
     truth_rows = analysis.rows(injected)
     n_truth = len(truth_rows)
@@ -296,7 +294,7 @@ def evaluate_goblins(analysis, injected: set[int], seed: int = 0) -> dict:
         out["sae_feature_mean"] = {"precision": p, "recall": r}
         out["shift_before"] = float(analysis.moments()[1][feature])
         out["shift_after"] = float(analysis.moments(flagged)[1][feature])
-        out["goblin_feature_label"] = analysis.describe(feature, n_contexts=0)[1]
+        out["goblin_feature_label"] = analysis.label(feature)
     for key, by in (("sae_cluster", "sae"), ("embedding_cluster", "embedding")):
         labels, k = partition(analysis, by, seed=seed)
         best = best_cluster(labels, truth_rows)

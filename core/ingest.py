@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import re
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.errors import IngestError
+from core.errors import IngestError, UsageError
 
 Message = dict  # {"role": "system" | "user" | "assistant", "content": str}
 
@@ -84,6 +86,7 @@ class IngestResult:
     format: str  # one of FORMATS, or "unknown" when no record had a recognisable shape
     path: str
     n_records: int  # every record seen, valid or not
+    identical: int = 0  # well-formed pairs left out because chosen == rejected (each has a warning)
 
     @property
     def skipped(self) -> int:
@@ -102,6 +105,10 @@ class _Invalid(Exception):
 
 # --- reading records ---------------------------------------------------------------
 
+_BOM = b"\xef\xbb\xbf"
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+_WHITESPACE = b" \t\r\n"
+
 
 def _suffix(path: Path) -> str:
     name = path.name.lower()
@@ -115,31 +122,69 @@ def _file_error(path: str | Path, message: str, line: int = 0) -> IngestError:
     return IngestError(Issue(str(path), line, "", message, "error"))
 
 
+def _os_reason(exc: OSError) -> str:
+    """An OSError as a person reads it: "Permission denied", "Is a directory", ..."""
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
 def _check_file(path: Path) -> str:
     """Return the file's supported suffix, or raise IngestError saying why it cannot be read."""
-    if not path.exists():
-        raise _file_error(path, "file not found")
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise _file_error(path, f"broken symbolic link (to {os.readlink(path)})") from None
+        raise _file_error(path, "file not found") from None
+    except OSError as exc:  # a symlink loop, a path through a file, a name too long
+        raise _file_error(path, f"cannot open: {_os_reason(exc)}") from None
+    if path.is_dir():
+        raise _file_error(path, "is a directory, not a file")
     if not path.is_file():
-        raise _file_error(path, "not a file")
+        raise _file_error(path, "not a regular file (a device, pipe or socket)")
     suffix = _suffix(path)
     if not suffix:
         expected = ", ".join(_ALL_SUFFIXES)
         raise _file_error(path, f"unsupported file type; expected one of {expected}")
+    if st.st_size == 0:
+        raise _file_error(path, "empty file: it holds no records")
+    if suffix in (".jsonl", ".json"):
+        head = _read_head(path, 2)
+        if head in _UTF16_BOMS:
+            raise _file_error(path, "UTF-16 text; datadebug reads UTF-8 (iconv -f UTF-16 -t UTF-8)")
     return suffix
 
 
+def _read_head(path: Path, n: int) -> bytes:
+    try:
+        with path.open("rb") as f:
+            return f.read(n)
+    except OSError as exc:
+        raise _file_error(path, f"cannot read file: {_os_reason(exc)}") from None
+
+
 def _is_json_array(path: Path) -> bool:
-    """True when a .json file holds one array rather than JSON lines."""
-    with path.open("rb") as f:
-        head = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
-    return head.startswith(b"[")
+    """True when a .json file holds one array rather than JSON lines (after any BOM and however
+    much leading whitespace)."""
+    try:
+        with path.open("rb") as f:
+            chunk = f.read(1 << 16).removeprefix(_BOM)
+            while chunk:
+                rest = chunk.lstrip(_WHITESPACE)
+                if rest:
+                    return rest.startswith(b"[")
+                chunk = f.read(1 << 16)
+    except OSError as exc:
+        raise _file_error(path, f"cannot read file: {_os_reason(exc)}") from None
+    return False
 
 
 def _jsonl_lines(path: Path, suffix: str) -> Iterator[tuple[int, bytes]]:
     """Yield (1-based line number, line bytes without the newline) for non-blank lines.
 
     Lines are split on b"\\n" only, so a CRLF file keeps its "\\r" and written-back lines
-    stay byte-identical.
+    stay byte-identical. A file that cannot be read to its end (a truncated or corrupt gzip
+    stream, an I/O error) raises IngestError naming the first line it could not read (0 when
+    not even the first).
     """
     opener = gzip.open if suffix == ".jsonl.gz" else open
     line_number = 0
@@ -150,8 +195,26 @@ def _jsonl_lines(path: Path, suffix: str) -> Iterator[tuple[int, bytes]]:
                     raw = raw[:-1]
                 if raw.strip():
                     yield line_number, raw
-    except (OSError, EOFError) as e:  # truncated or corrupt gzip, unreadable file
-        raise _file_error(path, f"cannot read file: {e}", line_number + 1) from e
+    except EOFError as e:  # a gzip stream cut short
+        where = f" after line {line_number}" if line_number else ""
+        raise _file_error(path, f"truncated gzip file: it ends{where} before its end marker",
+                          line_number + 1 if line_number else 0) from e
+    except (OSError, zlib.error) as e:  # corrupt gzip data, not gzip at all, unreadable
+        reason = _os_reason(e) if isinstance(e, OSError) else f"corrupt gzip data ({e})"
+        raise _file_error(path, f"cannot read file: {reason}", line_number + 1 if line_number else 0) from e
+
+
+def _parse_json(text: str) -> object:
+    """json.loads, with the ways it fails beyond JSONDecodeError turned into one ValueError that
+    says why: nesting deeper than Python's recursion limit, integers of more than 4,300 digits."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise
+    except RecursionError:
+        raise ValueError("invalid JSON: nested too deeply") from None
+    except ValueError as e:  # int() refusing a huge integer literal
+        raise ValueError(f"invalid JSON: {str(e).split(':')[0]}") from None
 
 
 def _decode_line(line_number: int, raw: bytes) -> object:
@@ -163,22 +226,27 @@ def _decode_line(line_number: int, raw: bytes) -> object:
     if line_number == 1:
         text = text.removeprefix("\ufeff")  # a BOM is legal in UTF-8 files; json rejects it
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
+        return _parse_json(text)
+    except ValueError as e:
         return e
 
 
 def _load_json_array(path: Path) -> list:
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise _file_error(path, f"cannot read file: {_os_reason(exc)}") from None
     try:
         text = data.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
         raise _file_error(path, f"not valid UTF-8: byte 0x{data[e.start]:02x}", line) from e
     try:
-        return json.loads(text)
+        return _parse_json(text)
     except json.JSONDecodeError as e:
         raise _file_error(path, f"invalid JSON: {e.msg} (column {e.colno})", e.lineno) from e
+    except ValueError as e:
+        raise _file_error(path, str(e)) from e
 
 
 def _read_parquet(path: Path):
@@ -188,7 +256,25 @@ def _read_parquet(path: Path):
     try:
         return pyarrow.parquet.read_table(path)
     except (pyarrow.ArrowException, OSError) as e:
-        raise _file_error(path, f"cannot read Parquet: {e}") from e
+        raise _file_error(path, f"cannot read Parquet: {_first_line(e)}") from e
+
+
+def _parquet_rows(path: Path, table) -> Iterator[tuple[int, object]]:
+    import pyarrow
+
+    number = 0
+    try:
+        for batch in table.to_batches(max_chunksize=1024):
+            for row in batch.to_pylist():
+                number += 1
+                yield number, row
+    except (pyarrow.ArrowException, ValueError, OverflowError) as e:  # a value Python cannot hold
+        raise _file_error(path, f"cannot read Parquet record: {_first_line(e)}", number + 1) from e
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def iter_records(path: str | Path) -> Iterator[tuple[int, object]]:
@@ -197,24 +283,22 @@ def iter_records(path: str | Path) -> Iterator[tuple[int, object]]:
     Takes a path to a .jsonl, .jsonl.gz, .json (an array, or JSON lines saved as .json)
     or .parquet file. Yields (number, record) where number is the 1-based line for JSON
     lines and the 1-based record number for arrays and Parquet. A JSON line that cannot
-    be decoded or parsed yields the UnicodeDecodeError or json.JSONDecodeError in place
-    of the record, so one bad line never stops the file. Blank lines are not records
-    but still count in line numbers.
+    be decoded or parsed yields the UnicodeDecodeError or ValueError (json.JSONDecodeError,
+    or nesting/number limits) in place of the record, so one bad line never stops the file.
+    Blank lines are not records but still count in line numbers.
 
-    Raises IngestError when the file is missing, of an unsupported type, or unreadable
-    as a whole (a broken JSON array, a corrupt gzip or Parquet file).
+    Raises IngestError when the file is missing, empty, of an unsupported type, or unreadable
+    as a whole (a broken JSON array, a corrupt or truncated gzip or Parquet file).
     """
     path = Path(path)
     suffix = _check_file(path)
     if suffix == ".parquet":
-        table = _read_parquet(path)
-        number = 0
-        for batch in table.to_batches(max_chunksize=1024):
-            for row in batch.to_pylist():
-                number += 1
-                yield number, row
+        yield from _parquet_rows(path, _read_parquet(path))
     elif suffix == ".json" and _is_json_array(path):
-        yield from enumerate(_load_json_array(path), start=1)
+        records = _load_json_array(path)
+        if not isinstance(records, list):  # "[1] 2" is caught by json; this is belt and braces
+            raise _file_error(path, "a JSON file must hold an array of records or JSON lines")
+        yield from enumerate(records, start=1)
     else:
         for line_number, raw in _jsonl_lines(path, suffix):
             yield line_number, _decode_line(line_number, raw)
@@ -262,18 +346,38 @@ def detect_format(record: dict) -> str:
         return "conversational" if isinstance(record["prompt"], list) else "standard"
     if isinstance(chosen, str) and _HH_TURN.search("\n\n" + chosen.lstrip()):
         return "hh-rlhf"
-    keys = ", ".join(sorted(record)) or "none"
+    keys = ", ".join(_clip(k, 30) for k in sorted(record, key=str)[:12]) or "none"
+    if len(record) > 12:
+        keys += f", ... ({len(record)} keys)"
     raise ValueError(
         f"unrecognised record shape (keys: {keys}); expected prompt/chosen/rejected, "
         "HH-RLHF chosen/rejected transcripts, or ShareGPT conversations"
     )
 
 
-_TYPE_NAMES = {str: "string", list: "list", dict: "object", bool: "boolean", type(None): "null"}
+_TYPE_NAMES = {
+    str: "string", list: "list", dict: "object", bool: "boolean", type(None): "null", bytes: "bytes",
+}
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _type_name(value: object) -> str:
     return _TYPE_NAMES.get(type(value), "number" if isinstance(value, int | float) else "value")
+
+
+def _clip(value: object, width: int = 40) -> str:
+    """A value from a record, cut short for a message (front ends escape its control characters)."""
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _check_text(value: str, where: str) -> str:
+    """`value`, or _Invalid when it holds a lone surrogate: JSON can escape one ("\\ud800"), but it
+    is no character, so no tokenizer or UTF-8 file can take it."""
+    bad = _SURROGATE.search(value)
+    if bad:
+        raise _Invalid(where, f"lone surrogate U+{ord(bad.group(0)):04X} at character {bad.start()}: not text")
+    return value
 
 
 def _get(obj: dict, key: str, expected: type | tuple[type, ...], where: str) -> object:
@@ -285,6 +389,8 @@ def _get(obj: dict, key: str, expected: type | tuple[type, ...], where: str) -> 
         types = expected if isinstance(expected, tuple) else (expected,)
         wanted = " or ".join(_TYPE_NAMES[t] for t in types)
         raise _Invalid(where, f"expected {wanted}, got {_type_name(value)}")
+    if isinstance(value, str):
+        _check_text(value, where)
     return value
 
 
@@ -298,7 +404,7 @@ def _message(value: object, where: str) -> Message:
         raise _Invalid(where, f"expected object, got {_type_name(value)}")
     role = _get(value, "role", str, f"{where}.role")
     if role not in _ROLE_LABELS:
-        raise _Invalid(f"{where}.role", f"unknown role '{role}'")
+        raise _Invalid(f"{where}.role", f"unknown role '{_clip(role)}'")
     return {"role": role, "content": _get(value, "content", str, f"{where}.content")}
 
 
@@ -316,7 +422,7 @@ def _sharegpt_message(value: object, where: str) -> Message:
         return _message(value, where)
     speaker = _get(value, "from", str, f"{where}.from")
     if speaker not in _SHAREGPT_ROLES:
-        raise _Invalid(f"{where}.from", f"unknown role '{speaker}'")
+        raise _Invalid(f"{where}.from", f"unknown role '{_clip(speaker)}'")
     return {
         "role": _SHAREGPT_ROLES[speaker],
         "content": _get(value, "value", str, f"{where}.value"),
@@ -358,7 +464,7 @@ def _parse_conversational(record: dict) -> tuple[list[Message], str, str]:
             raise _Invalid("chosen", "conversation before the reply differs from 'prompt'")
     elif isinstance(prompt, str) and not context:
         # HuggingFaceH4-style rows give the prompt as a string and the reply alone.
-        prompt = [{"role": "user", "content": prompt}]
+        prompt = [{"role": "user", "content": _check_text(prompt, "prompt")}]
     elif isinstance(prompt, str):
         # Rows that give both repeat a user turn of the conversation in "prompt".
         if not any(m["role"] == "user" and m["content"] == prompt for m in context):
@@ -417,29 +523,33 @@ _PARSERS = {
 }
 
 
+# Where a prompt without a user turn is reported: the field that holds the prompt in each shape.
+_PROMPT_FIELD = {"standard": "prompt", "hh-rlhf": "chosen", "sharegpt": "conversations"}
+
+
 def _to_pair(record: object, format: str, source_index: int, line: int) -> Pair:
     """Turn one record of a known format into a Pair, or raise _Invalid saying why not."""
     if not isinstance(record, dict):
         raise _Invalid("", f"record is not a JSON object (got {_type_name(record)})")
     prompt, chosen, rejected = _PARSERS[format](record)
     if not any(m["role"] == "user" for m in prompt):
-        raise _Invalid("prompt", "no user message in the prompt")
+        where = _PROMPT_FIELD.get(format) or ("prompt" if "prompt" in record else "chosen")
+        raise _Invalid(where, "no user message in the prompt")
     if not chosen.strip():
         raise _Invalid("chosen", "empty reply")
     if not rejected.strip():
         raise _Invalid("rejected", "empty reply")
-    if chosen == rejected:
-        # Identical replies give DPO no preference to learn, only noise.
-        raise _Invalid("rejected", "chosen and rejected replies are identical")
     return Pair(source_index, line, tuple(prompt), chosen, rejected)
 
 
-def _parse_error_message(error: UnicodeDecodeError | json.JSONDecodeError) -> str:
+def _parse_error_message(error: ValueError) -> str:
     if isinstance(error, UnicodeDecodeError):
         return (
             f"not valid UTF-8: byte 0x{error.object[error.start]:02x} at column {error.start + 1}"
         )
-    return f"invalid JSON: {error.msg} (column {error.colno})"
+    if isinstance(error, json.JSONDecodeError):
+        return f"invalid JSON: {error.msg} (column {error.colno})"
+    return str(error)
 
 
 def read_pairs(
@@ -451,49 +561,107 @@ def read_pairs(
     """Read the preference pairs of a file and report every record that is not one.
 
     Takes a .jsonl, .jsonl.gz, .json or .parquet path; ``format``, one of FORMATS, or
-    None to take the shape of the first record that has a recognisable one; with
+    None to take the shape of the first valid record (until then each record is read in
+    its own shape, so an invalid first record is reported by its own fields); with
     ``skip_invalid`` invalid records are left out and each reported in ``issues``
-    instead of raising; ``limit`` stops reading after that many valid pairs.
+    instead of raising; ``limit`` (at least 1) stops reading after that many valid pairs.
 
-    Returns an IngestResult whose pairs keep their source_index (position among all
-    records) so they can be matched to ``raw_records``; len(pairs) + skipped ==
-    n_records.
+    A pair whose chosen and rejected replies are identical carries no preference: it is
+    left out with a warning issue and counted in ``identical``, never an error.
+
+    Returns an IngestResult with at least one pair, whose pairs keep their source_index
+    (position among all records) so they can be matched to ``raw_records``;
+    len(pairs) + skipped + identical == n_records when no limit cut the file short.
 
     Raises IngestError for an unknown ``format``, a file that cannot be read as a whole
-    (see ``iter_records``), and, unless ``skip_invalid``, the first invalid record.
+    (see ``iter_records``), a file with no valid pair, and, unless ``skip_invalid``, the
+    first invalid record. Raises UsageError for a ``limit`` under 1.
     """
     if format is not None and format not in FORMATS:
         expected = ", ".join(FORMATS)
         raise _file_error(path, f"unknown format '{format}'; expected one of {expected}")
+    if limit is not None and limit < 1:
+        raise UsageError(f"limit {limit}: must be at least 1 pair")
     result = IngestResult(
         pairs=[], issues=[], format=format or "unknown", path=str(path), n_records=0
     )
 
+    records = iter_records(path)
+    gzipped = _suffix(Path(path)) == ".jsonl.gz"
+
     def reject(line: int, field: str, message: str) -> None:
         issue = Issue(str(path), line, field, message, "error")
         if not skip_invalid:
+            if gzipped:
+                _drain(records)
             raise IngestError(issue)
         result.issues.append(issue)
 
-    for source_index, (line, record) in enumerate(iter_records(path)):
+    format_line = 0  # the line of the first valid record, which fixed the format (auto-detection)
+    for source_index, (line, record) in enumerate(records):
         result.n_records += 1
         if isinstance(record, Exception):
             reject(line, "", _parse_error_message(record))
             continue
-        if result.format == "unknown":
+        shape = result.format
+        if shape == "unknown":
             try:
-                result.format = detect_format(record)
+                shape = detect_format(record)
             except ValueError as e:
                 reject(line, "", str(e))
                 continue
         try:
-            result.pairs.append(_to_pair(record, result.format, source_index, line))
+            pair = _to_pair(record, shape, source_index, line)
         except _Invalid as e:
-            reject(line, e.field, e.message)
+            other = _valid_shape(record) if format is None and format_line else None
+            if other and other != shape:
+                reject(line, "", f"a valid {other} pair, but this file is {shape} (from its first "
+                                 f"valid record, line {format_line}); one file holds one format")
+            else:
+                reject(line, e.field, e.message)
             continue
+        if not format_line:
+            result.format, format_line = shape, line  # the first valid record fixes the format
+        if pair.chosen == pair.rejected:
+            result.identical += 1
+            result.issues.append(Issue(
+                str(path), line, "", "chosen and rejected replies are identical: no preference, skipped",
+                "warning",
+            ))
+            continue
+        result.pairs.append(pair)
         if limit is not None and len(result.pairs) >= limit:
             break
 
-    if result.n_records == 0:
-        result.issues.append(Issue(str(path), 0, "", "file holds no records", "warning"))
+    if not result.pairs:
+        raise _file_error(path, _no_pairs(result))
     return result
+
+
+def _drain(records: Iterator) -> None:
+    """Read the remaining records to the end: a corrupt gzip stream garbles lines before its checksum
+    fails, and then the file error (IngestError) it raises is the problem to report, not the line."""
+    for _ in records:
+        pass
+
+
+def _valid_shape(record: object) -> str | None:
+    """The format in which `record` is a valid pair, or None."""
+    try:
+        shape = detect_format(record)
+        _to_pair(record, shape, 0, 0)
+    except (ValueError, _Invalid):
+        return None
+    return shape
+
+
+def _no_pairs(result: IngestResult) -> str:
+    if result.n_records == 0:
+        return "no records (only blank lines, an empty array or no rows)"
+    why = []
+    if result.skipped:
+        first = next(i for i in result.issues if i.severity == "error")
+        why.append(f"{result.skipped} invalid (first: line {first.line}: {first.message})")
+    if result.identical:
+        why.append(f"{result.identical} with identical replies")
+    return f"no valid pairs in {result.n_records} records: " + ", ".join(why)

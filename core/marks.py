@@ -8,6 +8,8 @@ undone one (a new change clears the redo stack), as in an editor.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import getpass
 import socket
 from dataclasses import dataclass, field
@@ -15,6 +17,7 @@ from datetime import datetime, timezone
 
 import pyarrow as pa
 
+from core.errors import UsageError
 from core.workspace import Workspace
 
 MARKS_SCHEMA = pa.schema(
@@ -68,33 +71,59 @@ def _who() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
+def _mark(st: MarkState, op: MarkOp) -> None:
+    for s in op.source_indices:
+        if op.action == "mark":
+            st.marked[s] = MarkInfo(s, op.reason, op.scope, op.features, op.who, op.when)
+        else:
+            st.marked.pop(s, None)
+
+
+def apply(st: MarkState, op: MarkOp) -> None:
+    """Apply one logged operation to `st` in place (what `replay` does for each op, in order)."""
+    if op.action in ("mark", "unmark"):
+        st.applied.append(op)
+        st.undone.clear()
+        _mark(st, op)
+    elif op.action == "undo" and st.applied:
+        st.undone.append(st.applied.pop())
+        st.marked.clear()  # the undone change may have overwritten or removed earlier marks
+        for earlier in st.applied:
+            _mark(st, earlier)
+    elif op.action == "redo" and st.undone:
+        st.applied.append(st.undone.pop())
+        _mark(st, st.applied[-1])
+
+
 def replay(ops: list[MarkOp]) -> MarkState:
     """The marks that a log of operations leaves, in order."""
     st = MarkState()
     for op in ops:
-        if op.action in ("mark", "unmark"):
-            st.applied.append(op)
-            st.undone.clear()
-        elif op.action == "undo" and st.applied:
-            st.undone.append(st.applied.pop())
-        elif op.action == "redo" and st.undone:
-            st.applied.append(st.undone.pop())
-    for op in st.applied:
-        for s in op.source_indices:
-            if op.action == "mark":
-                st.marked[s] = MarkInfo(s, op.reason, op.scope, op.features, op.who, op.when)
-            else:
-                st.marked.pop(s, None)
+        apply(st, op)
     return st
 
 
+def _describe(indices: list[int], limit: int = 8) -> str:
+    shown = ", ".join(str(s) for s in indices[:limit])
+    return shown + (f" and {len(indices) - limit} more" if len(indices) > limit else "")
+
+
 class Marks:
-    """The triage marks of one workspace. Each change is persisted before the call returns."""
+    """The triage marks of one workspace. Each change is persisted before the call returns.
+
+    Several processes (two terminals, the TUI and the CLI) may change the marks of one workspace at
+    once: each change takes an exclusive lock on `marks.lock` in the workspace folder, catches up
+    with the operations the others logged, and appends its own with the next op id, so the log stays
+    one sequence 0, 1, 2, ... The lock dies with its process, so a killed writer blocks no one.
+    """
+
+    LOCK = "marks.lock"
 
     def __init__(self, ws: Workspace):
         self.ws = ws
         self._ops = self._load()
         self._state = replay(self._ops)
+        self._indexed: frozenset[int] | None = None
 
     def _load(self) -> list[MarkOp]:
         if not self.ws.has("marks"):
@@ -106,7 +135,28 @@ class Marks:
             for r in rows
         ]
 
+    @contextlib.contextmanager
+    def _writing(self):
+        """Hold the workspace's marks lock, with the log caught up with other writers."""
+        with open(self.ws.path / self.LOCK, "a+b") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                if self.ws.has("marks") and self.ws.table("marks").count_rows() != len(self._ops):
+                    self._ops = self._load()
+                    self._state = replay(self._ops)
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _write_row(self, row: pa.Table) -> None:
+        """Append one operation to the log table (creating it on first use): one atomic commit."""
+        if self.ws.has("marks"):
+            self.ws.table("marks").add(row)
+        else:
+            self.ws.db.create_table("marks", row, schema=MARKS_SCHEMA)
+
     def _append(self, action: str, source_indices=(), reason: str = "", scope: str = "", features=()) -> MarkOp:
+        """Log one operation with the next op id; call with the lock held (`_writing`)."""
         op = MarkOp(
             op_id=(self._ops[-1].op_id + 1) if self._ops else 0,
             action=action,
@@ -118,36 +168,72 @@ class Marks:
             when=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         )
         row = pa.table({k: [v if not isinstance(v, tuple) else list(v)] for k, v in op.__dict__.items()}, schema=MARKS_SCHEMA)
-        if self.ws.has("marks"):
-            self.ws.table("marks").add(row)
-        else:
-            self.ws.db.create_table("marks", row, schema=MARKS_SCHEMA)
+        self._write_row(row)
         self._ops.append(op)
-        self._state = replay(self._ops)
+        apply(self._state, op)
         return op
 
+    def indexed(self) -> frozenset[int]:
+        """The source indices of the workspace's indexed pairs: the only pairs that can be marked."""
+        if self._indexed is None:
+            self._indexed = frozenset(self.ws.indexed_source_indices().tolist())
+        return self._indexed
+
+    def check_pairs(self, source_indices, verb: str = "mark") -> list[int]:
+        """`source_indices` as sorted ints when every one is an indexed pair; else UsageError naming
+        the others (pairs the file does not have, or has but were not indexed: invalid records and
+        records beyond --limit, which nobody has seen)."""
+        try:
+            wanted = sorted({int(s) for s in source_indices})
+        except (TypeError, ValueError):
+            raise UsageError(f"cannot {verb} {source_indices!r}: pairs are named by their source index") from None
+        if not wanted:
+            raise UsageError(f"no pairs to {verb}")
+        unknown = [s for s in wanted if s not in self.indexed()]
+        if unknown and not self.indexed():
+            self.ws.require_pairs()  # says why and what to run
+        if unknown:
+            n_records = int(self.ws.meta().get("n_records") or 0)
+            absent = [s for s in unknown if not 0 <= s < n_records]
+            skipped = [s for s in unknown if 0 <= s < n_records]
+            why = []
+            if absent:
+                why.append(f"{_describe(absent)}: no such pair (the source has {n_records} records, 0..{n_records - 1})")
+            if skipped:
+                why.append(f"{_describe(skipped)}: in the source but not indexed (invalid, or beyond --limit)")
+            raise UsageError(f"cannot {verb} pairs {'; '.join(why)}")
+        return wanted
+
     def mark(self, source_indices, reason: str = "", scope: str = "pairs", features=()) -> MarkOp:
-        """Mark pairs for removal. Returns the persisted operation."""
-        return self._append("mark", source_indices, reason, scope, features)
+        """Mark indexed pairs for removal. Returns the persisted operation.
+
+        Raises UsageError when no pair is named or one is not an indexed pair of the workspace."""
+        wanted = self.check_pairs(source_indices, "mark")
+        with self._writing():
+            return self._append("mark", wanted, reason, scope, features)
 
     def unmark(self, source_indices, reason: str = "", scope: str = "pairs") -> MarkOp:
-        """Keep pairs again. Returns the persisted operation."""
-        return self._append("unmark", source_indices, reason, scope)
+        """Keep pairs again. Returns the persisted operation. Raises UsageError as `mark` does."""
+        wanted = self.check_pairs(source_indices, "unmark")
+        with self._writing():
+            return self._append("unmark", wanted, reason, scope)
 
     def undo(self) -> MarkOp | None:
         """Revert the latest applied change; None when there is nothing to undo."""
-        if not self._state.applied:
-            return None
-        target = self._state.applied[-1]
-        self._append("undo", target.source_indices, scope=f"undo op {target.op_id}")
-        return target
+        return self._step("undo")
 
     def redo(self) -> MarkOp | None:
         """Re-apply the latest undone change; None when there is nothing to redo."""
-        if not self._state.undone:
-            return None
-        target = self._state.undone[-1]
-        self._append("redo", target.source_indices, scope=f"redo op {target.op_id}")
+        return self._step("redo")
+
+    def _step(self, action: str) -> MarkOp | None:
+        """Log an undo or redo of the change on top of its stack; returns that change (None: empty)."""
+        with self._writing():
+            stack = self._state.applied if action == "undo" else self._state.undone
+            if not stack:
+                return None
+            target = stack[-1]
+            self._append(action, target.source_indices, scope=f"{action} op {target.op_id}")
         return target
 
     @property

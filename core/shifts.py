@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
 
+from core.errors import UsageError
 from core.workspace import Workspace
 
 Z95 = 1.959964
@@ -88,7 +89,8 @@ def _sparse(feats: pa.ChunkedArray, vals: pa.ChunkedArray, d_sae: int) -> sp.csr
 
 
 class Analysis:
-    """A workspace's per-reply feature summaries as sparse matrices, loaded once.
+    """A workspace's per-reply feature summaries as sparse matrices, loaded once. Raises
+    WorkspaceError for a workspace of an older schema or without indexed pairs.
 
     Attributes:
         source_index: (n,) source positions of the indexed pairs, ascending; row i of every matrix.
@@ -98,6 +100,7 @@ class Analysis:
 
     def __init__(self, ws: Workspace):
         ws.require_current()
+        ws.require_pairs()
         self.ws = ws
         self.meta = ws.meta()
         self.d_sae = int(self.meta["d_sae"])
@@ -115,6 +118,8 @@ class Analysis:
         self._n_firing = np.asarray(self.fires.sum(0)).ravel()
         self._features = None
         self._tokens = None
+        self._reply_tokens: dict[tuple[int, str], list[str]] = {}
+        self._labels: dict[int, str] = {}
         self._what_if_cache = None
         self._source_set: frozenset | None = None
         self._maxima: tuple[sp.csr_matrix, sp.csr_matrix] | None = None
@@ -149,6 +154,13 @@ class Analysis:
             self._prompt_freq = _sparse(t["prompt_feat"], t["prompt_freq"], self.d_sae)
         return self._prompt_freq
 
+    def check_feature(self, feature) -> int:
+        """`feature` as an int when it is one of the SAE's features; UsageError naming the range
+        otherwise (a negative id would silently index from the end)."""
+        if isinstance(feature, bool) or not isinstance(feature, int | np.integer) or not 0 <= feature < self.d_sae:
+            raise UsageError(f"feature {feature} is outside 0..{self.d_sae - 1} (this SAE has {self.d_sae} features)")
+        return int(feature)
+
     def rows(self, source_indices) -> np.ndarray:
         """Row numbers of the given source indices (unknown ones are ignored)."""
         return np.array([self.row_of[int(s)] for s in source_indices if int(s) in self.row_of], dtype=np.int64)
@@ -169,7 +181,12 @@ class Analysis:
         return n, mean, np.sqrt(var), nf
 
     def top_pairs_of(self, feature: int, n: int, excluded=()) -> list[TopPair]:
-        """The `n` pairs with the largest delta in the direction of `feature`'s overall shift."""
+        """The `n` pairs with the largest delta in the direction of `feature`'s overall shift.
+
+        Raises UsageError for a feature outside 0..d_sae-1 or `n` under 1."""
+        feature = self.check_feature(feature)
+        if n < 1:
+            raise UsageError(f"top {n}: must be at least 1 pair")
         col = self.delta[:, feature].toarray().ravel()
         if excluded:
             col[self.rows(excluded)] = 0.0
@@ -224,7 +241,11 @@ class Analysis:
         seed: int = 0,
         n_top_pairs: int = 10,
     ) -> ShiftReport:
-        """The `top` most amplified and `top` most suppressed features, ranked by score (module doc)."""
+        """The `top` most amplified and `top` most suppressed features, ranked by score (module doc).
+
+        Raises UsageError for `top` under 1."""
+        if top < 1:
+            raise UsageError(f"top {top}: must be at least 1 feature per direction")
         excl_rows = self.rows(excluded or ())
         keep = np.ones(self.n, dtype=bool)
         keep[excl_rows] = False
@@ -257,6 +278,7 @@ class Analysis:
         order_pos = [j for j in np.argsort(-score) if score[j] > 0][:top]
         order_neg = [j for j in np.argsort(score) if score[j] < 0][:top]
         info = self.feature_info()
+        self.prefetch_contexts([int(cand[j]) for j in order_pos + order_neg])
         for direction, order in (("amplified", order_pos), ("suppressed", order_neg)):
             for j in order:
                 f = int(cand[j])
@@ -281,7 +303,7 @@ class Analysis:
                     top_pairs=tops,
                     promoted=list(info.get(f, {}).get("promoted") or [])[:5],
                 )
-                fs.contexts, fs.label = self.describe(f, published=info.get(f, {}).get("label") or "")
+                fs.contexts, fs.label = self.describe(f)
                 features.append(fs)
         return ShiftReport(
             model=self.meta.get("model", ""),
@@ -309,22 +331,48 @@ class Analysis:
             self._tokens = FiringIndex(self.ws.pairs_columns(["source_index", *cols]))
         return self._tokens
 
-    def reply_tokens(self, rows: list[int]) -> dict[tuple[int, str], list[str]]:
-        t = self.ws.pairs_columns(["source_index", "chosen_tokens", "rejected_tokens"])
-        out = {}
-        for r in rows:
-            for side in ("chosen", "rejected"):
-                out[(r, side)] = t[f"{side}_tokens"][r].as_py()
-        return out
+    def _top_firings(self, feature: int, n: int) -> list[tuple[float, int, str, int]]:
+        return self.token_firings().top(feature, n)
 
-    def describe(self, feature: int, n_contexts: int = 5, published: str = "") -> tuple[list[str], str]:
+    def reply_tokens(self, rows: list[int]) -> dict[tuple[int, str], list[str]]:
+        """(row, side) -> the reply's token strings, for the given analysis rows. Rows not read
+        before are read in one query (not a scan of every pair's tokens) and kept."""
+        missing = sorted({int(r) for r in rows} - {r for r, _ in self._reply_tokens})
+        if missing:
+            t = self.ws.pairs_in([int(self.source_index[r]) for r in missing], ["chosen_tokens", "rejected_tokens"])
+            for r, chosen, rejected in zip(missing, t["chosen_tokens"].to_pylist(), t["rejected_tokens"].to_pylist()):
+                self._reply_tokens[(r, "chosen")] = chosen
+                self._reply_tokens[(r, "rejected")] = rejected
+        return {(r, side): self._reply_tokens[(r, side)] for r in rows for side in ("chosen", "rejected")}
+
+    def prefetch_contexts(self, features) -> None:
+        """Read, in one query, the reply tokens that `describe` will need for these features."""
+        rows = {r for f in features for _, r, _, _ in self._top_firings(int(f), 20)}
+        self.reply_tokens(sorted(rows))
+
+    def label(self, feature: int) -> str:
+        """`describe(feature)`'s label, computed once per Analysis."""
+        if feature not in self._labels:
+            self._labels[feature] = self.describe(feature, n_contexts=0)[1]
+        return self._labels[feature]
+
+    def labels(self, features) -> dict[int, str]:
+        """feature -> label for many features, their reply tokens read in one query."""
+        todo = [int(f) for f in features if int(f) not in self._labels]
+        if todo:
+            self.prefetch_contexts(todo)
+        return {int(f): self.label(int(f)) for f in features}
+
+    def describe(self, feature: int, n_contexts: int = 5, published: str | None = None) -> tuple[list[str], str]:
         """(top-activating contexts in this dataset, a short label) for one feature, without a network.
 
-        The label is the published one when the catalogue SAE ships labels, else the tokens the feature
-        fires on most strongly here, then the tokens its decoder direction promotes.
+        The label is the published one (`published`, by default the workspace's features table's)
+        when the SAE ships labels, else the tokens the feature fires on most strongly here, then the
+        tokens its decoder direction promotes.
         """
-        firings = sorted(self.token_firings().get(feature, []), reverse=True)
-        top = firings[: max(n_contexts, 20)]
+        if published is None:
+            published = self.feature_info().get(feature, {}).get("label") or ""
+        top = self._top_firings(feature, max(n_contexts, 20))
         tokens = self.reply_tokens(sorted({r for _, r, _, _ in top}))
         contexts, fired_on = [], Counter()
         for v, r, side, p in top:
@@ -358,7 +406,7 @@ class FiringIndex:
             off = f.offsets.to_numpy()
             lo, hi = off[0], off[-1]
             feats.append(f.values.to_numpy(zero_copy_only=False)[lo:hi])
-            rows.append(np.repeat(np.arange(len(f)), np.diff(off)))
+            rows.append(np.repeat(np.arange(len(f), dtype=np.int32), np.diff(off)))
             sides.append(np.full(hi - lo, side_i, dtype=np.int8))
             for name, out in (("pos", poss), ("val", vals)):
                 c = t[f"{side}_tok_{name}"].combine_chunks()
@@ -371,14 +419,33 @@ class FiringIndex:
         self.side = np.concatenate(sides)[order]
         self.pos = np.concatenate(poss)[order]
         self.val = np.concatenate(vals)[order]
+        # start[f]:start[f + 1] is feature f's slice (features past the largest stored have none)
+        n_feat = int(self.feature[-1]) + 2 if len(self.feature) else 1
+        self.start = np.searchsorted(self.feature, np.arange(n_feat, dtype=self.feature.dtype))
+
+    def _slice(self, feature: int) -> tuple[int, int]:
+        if not 0 <= feature < len(self.start) - 1:
+            return 0, 0
+        return int(self.start[feature]), int(self.start[feature + 1])
 
     def get(self, feature: int, default=None) -> list[tuple[float, int, str, int]]:
-        lo, hi = np.searchsorted(self.feature, [feature, feature + 1])
+        """Every stored firing of `feature` as (value, row, side, token position), in storage order."""
+        lo, hi = self._slice(feature)
         if lo == hi:
             return default if default is not None else []
+        return self._tuples(np.arange(lo, hi))
+
+    def top(self, feature: int, n: int) -> list[tuple[float, int, str, int]]:
+        """The `n` largest of `get(feature)` in descending tuple order (as sorted(..., reverse=True)),
+        without building the rest: a popular feature fires hundreds of thousands of times."""
+        lo, hi = self._slice(feature)
+        order = np.lexsort((-self.pos[lo:hi], -self.side[lo:hi], -self.row[lo:hi], -self.val[lo:hi]))
+        return self._tuples(lo + order[:n])
+
+    def _tuples(self, idx: np.ndarray) -> list[tuple[float, int, str, int]]:
         return [
             (float(v), int(r), self.SIDES[sd], int(p))
-            for v, r, sd, p in zip(self.val[lo:hi], self.row[lo:hi], self.side[lo:hi], self.pos[lo:hi])
+            for v, r, sd, p in zip(self.val[idx], self.row[idx], self.side[idx], self.pos[idx])
         ]
 
     def __getitem__(self, feature: int):

@@ -7,6 +7,7 @@ Layout under the cache dir (see `core.locations`):
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import shutil
@@ -17,6 +18,61 @@ from core import locations
 from core.catalog import Catalog, ModelEntry, SAEEntry
 from core.errors import StoreError
 from core.progress import ProgressFn, messages
+
+
+def hub_errors() -> dict[type[BaseException], str]:
+    """The exceptions that mean the Hugging Face hub cannot give us a file, each with what a person
+    can do about it; anything else raised while pulling is a bug and keeps its traceback."""
+    from huggingface_hub import errors as hf
+
+    offline = "This needs network access to the Hugging Face hub (and a token for gated models)."
+    known: dict[type[BaseException], str] = {
+        hf.GatedRepoError: "The repo is gated: accept its licence on the hub and log in (hf auth login).",
+        hf.RepositoryNotFoundError: "No such repo on the hub (or it is private: log in with a token that can read it).",
+        hf.RevisionNotFoundError: "No such revision of the repo.",
+        hf.HFValidationError: "The catalogue's repo id is not a valid hub id.",
+        hf.LocalEntryNotFoundError: offline,
+        hf.OfflineModeIsEnabled: offline + " HF_HUB_OFFLINE is set.",
+        hf.HfHubHTTPError: "The hub refused the request.",
+        ConnectionError: offline,
+        TimeoutError: offline,
+    }
+    for module, names in (("httpx", ("TransportError",)), ("requests.exceptions", ("ConnectionError", "Timeout"))):
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:
+            continue
+        for name in names:
+            known.setdefault(getattr(mod, name), offline)
+    return known
+
+
+def _hint(exc: BaseException, known: dict[type[BaseException], str]) -> str | None:
+    for kind, hint in known.items():  # most specific first (dict order above)
+        if isinstance(exc, kind):
+            return hint
+    return None
+
+
+def _cause(exc: BaseException) -> str:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else "no detail"
+    return f"{type(exc).__name__}: {first}"
+
+
+@contextlib.contextmanager
+def _from_hub(what: str, out: Path):
+    """Run a download into `out`: on any failure `out` is removed; a refusal of the hub becomes
+    StoreError("<what> (<the cause>). <what to do>") with the cause chained, anything else (a bug)
+    propagates unchanged."""
+    try:
+        yield
+    except BaseException as exc:
+        shutil.rmtree(out, ignore_errors=True)
+        hint = _hint(exc, hub_errors())
+        if hint is None:
+            raise
+        raise StoreError(f"{what} ({_cause(exc)}). {hint}") from exc
+
 
 @dataclass(frozen=True)
 class StoreStatus:
@@ -112,7 +168,7 @@ def pull_model(entry: ModelEntry, progress: ProgressFn | None = None) -> Path:
         _save_float_copy(model, tok, out)
         return out
     if entry.source == "hf":
-        try:
+        with _from_hub(f"model {entry.name}: cannot download {entry.repo}", out):
             from huggingface_hub import snapshot_download
 
             say(f"downloading {entry.repo} from the hub")
@@ -121,13 +177,6 @@ def pull_model(entry: ModelEntry, progress: ProgressFn | None = None) -> Path:
                 local_dir=out,
                 allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"],
             )
-        except Exception as exc:  # network, auth and missing-repo errors all end here
-            shutil.rmtree(out, ignore_errors=True)
-            raise StoreError(
-                f"model {entry.name}: cannot download {entry.repo} "
-                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no detail'}). "
-                "This needs network access to the Hugging Face hub (and a token for gated models)."
-            ) from None
         return out
     raise StoreError(f"model {entry.name}: unknown source {entry.source!r}")
 
@@ -142,21 +191,22 @@ def pull_sae(entry: SAEEntry, progress: ProgressFn | None = None) -> Path:
         raise StoreError(f"SAE {entry.name} is trained here: run `datadebug sae train {entry.name}`")
     if entry.source == "local":
         raise StoreError(f"SAE {entry.name}: {out} is not an sae-lens folder (cfg.json + sae_weights.safetensors)")
-    try:
-        from sae_lens import SAE
+    from sae_lens import SAE
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
 
+    directory = get_pretrained_saes_directory()
+    if entry.release not in directory:
+        raise StoreError(f"SAE {entry.name}: sae-lens knows no release {entry.release!r} (check models.toml)")
+    if entry.sae_id not in directory[entry.release].saes_map:
+        ids = list(directory[entry.release].saes_map)
+        raise StoreError(f"SAE {entry.name}: release {entry.release} has no SAE {entry.sae_id!r} "
+                         f"(it has {', '.join(ids[:5])}{', ...' if len(ids) > 5 else ''})")
+    with _from_hub(f"SAE {entry.name}: cannot download {entry.release}/{entry.sae_id}", out):
         say(f"downloading SAE {entry.release}/{entry.sae_id} via sae-lens")
         sae = SAE.from_pretrained(entry.release, entry.sae_id, device="cpu")
         if isinstance(sae, tuple):  # older sae-lens returned (sae, cfg, sparsity)
             sae = sae[0]
         sae.save_model(out)
-    except Exception as exc:
-        shutil.rmtree(out, ignore_errors=True)
-        raise StoreError(
-            f"SAE {entry.name}: cannot download {entry.release}/{entry.sae_id} "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no detail'}). "
-            "This needs network access to the Hugging Face hub."
-        ) from None
     return out
 
 

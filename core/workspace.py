@@ -87,7 +87,12 @@ class Workspace:
         self.path = Path(path)
         if not create and not (self.path / "meta.lance").exists():
             raise WorkspaceError(f"{self.path} is not a datadebug workspace (run `datadebug index` first)")
-        self.path.mkdir(parents=True, exist_ok=True)
+        if self.path.exists() and not self.path.is_dir():
+            raise WorkspaceError(f"{self.path} is a file, not a workspace folder; choose another path")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a parent that is a file, no permission, a read-only disk
+            raise WorkspaceError(f"cannot create workspace {self.path}: {exc.strerror or exc}") from exc
         self.db = lancedb.connect(str(self.path))
 
     def _names(self) -> set[str]:
@@ -120,6 +125,16 @@ class Workspace:
                 f"datadebug index {meta.get('dataset', 'DATA')} -w NEW_WORKSPACE"
             )
 
+    def require_pairs(self) -> None:
+        """Raise WorkspaceError when no pair has been saved yet (an index killed or stopped before its
+        first chunk), naming how to go on."""
+        meta = self.meta()
+        if not self.has("pairs") or "d_sae" not in meta:
+            raise WorkspaceError(
+                f"workspace {self.path} holds no indexed pairs yet (indexing stopped before saving any); "
+                f"run `datadebug index {meta.get('dataset', 'DATA')} -w {self.path}` to index it"
+            )
+
     def write_meta(self, values: dict) -> None:
         merged = {**self.meta(), **values}
         rows = pa.table({"key": list(merged), "value": [json.dumps(v) for v in merged.values()]})
@@ -146,6 +161,22 @@ class Workspace:
         tbl = self.table("pairs")
         t = tbl.search().select(keep).limit(max(1, tbl.count_rows())).to_arrow()
         return t.sort_by("source_index").select(columns)
+
+    def pairs_in(self, source_indices: list[int], columns: list[str]) -> pa.Table:
+        """Columns of the indexed pairs with these source indices, in the order given (one filtered
+        read, not a scan of every row's columns). Raises WorkspaceError when one is absent."""
+        if not source_indices:
+            return PAIRS_SCHEMA.empty_table().select(columns)
+        wanted = [int(s) for s in source_indices]
+        keep = columns if "source_index" in columns else ["source_index", *columns]
+        tbl = self.table("pairs")
+        where = f"source_index IN ({', '.join(str(s) for s in sorted(set(wanted)))})"
+        t = tbl.search().where(where).select(keep).limit(len(set(wanted))).to_arrow()
+        position = {s: i for i, s in enumerate(t["source_index"].to_pylist())}
+        if len(position) != len(set(wanted)):
+            missing = sorted(set(wanted) - set(position))
+            raise WorkspaceError(f"pairs {missing[:8]} are not in workspace {self.path}")
+        return t.take([position[s] for s in wanted]).select(columns)
 
     def pair(self, source_index: int) -> dict:
         """One indexed pair as a dict (every column). Raises WorkspaceError when absent."""

@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 
 import typer
 
@@ -51,6 +52,34 @@ app = App(
     no_args_is_help=True,
     help="Predictive data debugging for preference datasets: what DPO will teach your model, before you train.",
 )
+
+
+# Library chatter a person did not ask for: lance's Rust WARN lines, transformers' advisories and
+# "Loading weights" bars, sae-lens' tqdm bars, tokenizers' fork notice. Environment variables, read
+# when each library is first imported (every command imports them lazily, after this), and set only
+# where the user has not set them: LANCEDB_LOG=info brings lance's log back.
+QUIET_ENV = {
+    "LANCEDB_LOG": "error",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TQDM_DISABLE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def quiet_libraries() -> None:
+    """Silence library noise on the terminal (see QUIET_ENV); our own progress stays."""
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    # transformers deprecates the argument name we read the KV cache with; nothing a user can act on.
+    warnings.filterwarnings("ignore", message=r".*`past_key_values` is deprecated", category=FutureWarning)
+
+
+@app.callback()
+def _start() -> None:
+    quiet_libraries()
+
 models_app = App(no_args_is_help=True, help="The catalogue and the local store of models and SAEs.")
 sae_app = App(no_args_is_help=True, help="Train an SAE for a model that has none.")
 app.add_typer(models_app, name="models")

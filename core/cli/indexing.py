@@ -12,7 +12,6 @@ import typer
 
 from core import locations
 from core.cli.app import JSON, ProgressPrinter, app, emit
-from core.errors import UsageError
 
 
 @app.command()
@@ -31,6 +30,10 @@ def index(
     as_json: bool = JSON,
 ):
     """Run every pair through the LM + SAE and store per-reply features in a workspace (resumable)."""
+    from core.ingest import read_pairs
+
+    # Bad input fails here, in well under a second, before torch and the model load.
+    ingest = read_pairs(data, format=format, skip_invalid=skip_invalid, limit=limit)
     from core.index import IndexSettings, index_dataset
 
     with ProgressPrinter() as progress:
@@ -41,14 +44,14 @@ def index(
         )
     text = (
         f"workspace {r.workspace}: {r.n_pairs} pairs ({r.n_new} new this run, "
-        f"{r.n_skipped_invalid} invalid skipped); {r.tokens:,} tokens in {r.seconds:.1f}s "
-        f"({r.tokens_per_s:.0f} tok/s)"
+        f"{r.n_skipped_invalid} invalid skipped, {ingest.identical} with identical replies skipped); "
+        f"{r.tokens:,} tokens in {r.seconds:.1f}s ({r.tokens_per_s:.0f} tok/s)"
     )
     if r.issues:
         text += "\n" + "\n".join(f"  {i}" for i in r.issues[:20])
         if len(r.issues) > 20:
             text += f"\n  ... and {len(r.issues) - 20} more"
-    emit({**asdict(r), "tokens_per_s": r.tokens_per_s}, as_json, text)
+    emit({**asdict(r), "tokens_per_s": r.tokens_per_s, "n_identical": ingest.identical}, as_json, text)
 
 
 def format_shifts(report) -> str:
@@ -82,8 +85,6 @@ def shifts(
     from core.shifts import Analysis
     from core.workspace import Workspace
 
-    if top < 1:
-        raise UsageError(f"--top {top}: must be at least 1")
     ws = Workspace(workspace)
     excluded = None
     if exclude_marked:

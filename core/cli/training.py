@@ -11,6 +11,7 @@ from pathlib import Path
 import typer
 
 from core.cli.app import JSON, THREADS, app, ctrl_c_cancels, emit, set_threads
+from core.textsafe import visible
 
 class _StepLine:
     """DPO progress on stderr: one rewritten line on a terminal, a line per step otherwise."""
@@ -129,7 +130,7 @@ def validate(
         if p.stage == "generate" and sys.stderr.isatty():
             print(f"\rgenerating {p.done}/{p.total} replies".ljust(60), end="", file=sys.stderr, flush=True)
         elif p.message and p.stage != "generate":
-            print(("\n" if sys.stderr.isatty() else "") + p.message, file=sys.stderr, flush=True)
+            print(("\n" if sys.stderr.isatty() else "") + visible(p.message), file=sys.stderr, flush=True)
 
     decoding = Decoding(
         max_new_tokens=max_new_tokens, temperature=temperature, samples=samples, seed=seed,

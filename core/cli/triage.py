@@ -91,28 +91,27 @@ def unmark(
           f"unmarked {len(op.source_indices)} pairs; {len(marks.marked)} marked in all")
 
 
-@app.command()
-def undo(workspace: Path = typer.Option(..., "--workspace", "-w"), as_json: bool = JSON):
-    """Revert the latest mark/unmark."""
+def _step(workspace: Path, action: str, as_json: bool) -> None:
     from core.marks import Marks
     from core.workspace import Workspace
 
     marks = Marks(Workspace(workspace))
-    op = marks.undo()
-    emit({"undone": op.op_id if op else None, "n_marked": len(marks.marked)}, as_json,
-          f"undid op {op.op_id} ({op.action} {len(op.source_indices)} pairs)" if op else "nothing to undo")
+    op = marks.undo() if action == "undo" else marks.redo()
+    done, key = {"undo": ("undid", "undone"), "redo": ("redid", "redone")}[action]
+    emit({key: op.op_id if op else None, "n_marked": len(marks.marked)}, as_json,
+          f"{done} op {op.op_id} ({op.action} {len(op.source_indices)} pairs)" if op else f"nothing to {action}")
+
+
+@app.command()
+def undo(workspace: Path = typer.Option(..., "--workspace", "-w"), as_json: bool = JSON):
+    """Revert the latest mark/unmark."""
+    _step(workspace, "undo", as_json)
 
 
 @app.command()
 def redo(workspace: Path = typer.Option(..., "--workspace", "-w"), as_json: bool = JSON):
     """Re-apply the latest undone mark/unmark."""
-    from core.marks import Marks
-    from core.workspace import Workspace
-
-    marks = Marks(Workspace(workspace))
-    op = marks.redo()
-    emit({"redone": op.op_id if op else None, "n_marked": len(marks.marked)}, as_json,
-          f"redid op {op.op_id}" if op else "nothing to redo")
+    _step(workspace, "redo", as_json)
 
 
 @app.command("marks")
@@ -141,6 +140,8 @@ def export(
     from core.workspace import Workspace
 
     r = export_clean(Workspace(workspace), out, overwrite=overwrite)
+    text = f"kept {r.n_kept} of {r.n_records} records -> {r.out}\nremoved {r.n_removed} -> {r.manifest}"
+    if r.n_stale_removed:
+        text += f"\n(cleaned up {r.n_stale_removed} temporary files of an interrupted export)"
     emit({"out": str(r.out), "manifest": str(r.manifest), "n_kept": r.n_kept, "n_removed": r.n_removed,
-           "n_records": r.n_records}, as_json,
-          f"kept {r.n_kept} of {r.n_records} records -> {r.out}\nremoved {r.n_removed} -> {r.manifest}")
+          "n_records": r.n_records, "n_stale_removed": r.n_stale_removed}, as_json, text)

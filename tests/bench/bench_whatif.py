@@ -1,10 +1,11 @@
 """What-if speed: predicted shifts recomputed without the marked pairs, at 260k pairs.
 
 Synthetic sparse data of realistic shape (d_sae 65,536 like Goodfire's Llama SAE, ~150 firing features
-per reply), stored in a real LanceDB workspace and loaded through core.shifts.Analysis. Compares our
+per reply; tests/bench/synthetic.py), stored in a real LanceDB workspace and loaded through
+core.shifts.Analysis. Compares our
 incremental update (subtract the marked rows' sums) with a plain recompute over the kept rows.
 
-    .venv/bin/python tests/bench/bench_whatif.py [--pairs 260000] [--d-sae 65536] [--nnz 150]
+    .venv/bin/python -m tests.bench.bench_whatif [--pairs 260000] [--d-sae 65536] [--nnz 150]
 """
 
 from __future__ import annotations
@@ -15,41 +16,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 
 from core.shifts import Analysis
-from core.workspace import EMBED_DIM, PAIRS_SCHEMA, Workspace
-
-
-def synthetic_workspace(path: Path, n: int, d_sae: int, nnz: int, seed: int = 0) -> Workspace:
-    rng = np.random.default_rng(seed)
-    ws = Workspace(path, create=True)
-    ws.write_meta({"model": "synthetic", "sae": "synthetic", "layer": 0, "d_sae": d_sae})
-    zero = np.zeros(EMBED_DIM, np.float32)
-    # Power-law feature frequencies (a few features fire often, most rarely), ~nnz distinct per reply.
-    popularity = 1.0 / np.arange(1, d_sae + 1) ** 0.8
-    rng.shuffle(popularity)
-    popularity /= popularity.sum()
-    for start in range(0, n, 20_000):
-        m = min(20_000, n - start)
-        cols = {}
-        for side in ("chosen", "rejected"):
-            drawn = np.sort(rng.choice(d_sae, size=(m, nnz), p=popularity), axis=1).astype(np.int32)
-            feats = [row[np.concatenate([[True], row[1:] != row[:-1]])] for row in drawn]
-            cols[f"{side}_feat"] = feats
-            cols[f"{side}_mean"] = [rng.exponential(0.5, len(f)).astype(np.float32) for f in feats]
-            cols[f"{side}_max"] = cols[f"{side}_mean"]
-            cols[side] = [""] * m
-            for k in ("tokens",):
-                cols[f"{side}_{k}"] = [[] for _ in range(m)]
-            for k in ("tok_feat", "tok_pos"):
-                cols[f"{side}_{k}"] = [np.zeros(0, np.int32)] * m
-            cols[f"{side}_tok_val"] = [np.zeros(0, np.float32)] * m
-            cols[f"emb_{side}"] = [zero] * m
-        cols.update(source_index=np.arange(start, start + m), line=np.arange(start, start + m) + 1,
-                    prompt=["[]"] * m, prompt_text=[""] * m, n_prompt_tokens=np.ones(m, np.int32), emb_prompt=[zero] * m)
-        ws.add_pairs(pa.table({k: cols[k] for k in PAIRS_SCHEMA.names}, schema=PAIRS_SCHEMA))
-    return ws
+from tests.bench.synthetic import synthetic_workspace
 
 
 def plain_recompute(a: Analysis, excluded: set[int]):

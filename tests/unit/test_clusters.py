@@ -13,10 +13,10 @@ from core.clusters import (
     cluster_pairs,
     compare_clusterings,
     partition,
-    trace_feature,
     welch,
 )
 from core.shifts import Analysis
+from core.trace import trace_feature
 from core.workspace import Workspace
 
 

@@ -217,12 +217,18 @@ def test_empty_reply(tmp_path):
         read_pairs(path)
 
 
-def test_chosen_identical_to_rejected_is_an_error(tmp_path):
-    path = write_jsonl(tmp_path / "d.jsonl", [STANDARD, {**STANDARD, "rejected": "4"}])
-    result = read_pairs(path, skip_invalid=True)
-    assert len(result.pairs) == 1
+def test_identical_replies_are_skipped_with_a_counted_warning_even_in_strict_mode(tmp_path):
+    # UltraFeedback has ties: a pair with chosen == rejected carries no preference, never an error.
+    path = write_jsonl(tmp_path / "d.jsonl", [STANDARD, {**STANDARD, "rejected": "4"}, STANDARD])
+    result = read_pairs(path)
+    assert [p.line for p in result.pairs] == [1, 3] and result.identical == 1 and result.skipped == 0
     (issue,) = result.issues
-    assert issue.severity == "error" and issue.line == 2 and "identical" in issue.message
+    assert issue.severity == "warning" and issue.line == 2 and "identical" in issue.message
+    assert len(result.pairs) + result.skipped + result.identical == result.n_records
+    # every other invalid record still stops a strict run
+    bad = write_jsonl(tmp_path / "e.jsonl", [{**STANDARD, "rejected": "4"}, {**STANDARD, "chosen": ""}])
+    with pytest.raises(IngestError, match="e.jsonl:2: field 'chosen': empty reply"):
+        read_pairs(bad)
 
 
 def test_conversation_prefix_mismatch_names_field(tmp_path):
@@ -328,10 +334,19 @@ def test_file_level_errors(tmp_path):
         read_pairs(tmp_path / "broken.jsonl.gz")
 
 
-def test_empty_file_warns(tmp_path):
-    result = read_pairs(write_jsonl(tmp_path / "d.jsonl", [""]))
-    assert result.n_records == 0 and result.pairs == []
-    assert [i.severity for i in result.issues] == ["warning"]
+def test_a_file_without_valid_pairs_is_an_error_naming_it(tmp_path):
+    # an empty file, blank lines only, an empty array: "0 pairs" used to index with exit 0
+    (tmp_path / "empty.jsonl").write_bytes(b"")
+    (tmp_path / "blank.jsonl").write_text("\n  \n")
+    (tmp_path / "none.json").write_text("[]")
+    for name in ("empty.jsonl", "blank.jsonl", "none.json"):
+        with pytest.raises(IngestError) as raised:
+            read_pairs(tmp_path / name, skip_invalid=True)
+        assert raised.value.issue.path.endswith(name) and raised.value.issue.line == 0
+    # every record invalid or a tie: skipping them leaves nothing to index, which is no success
+    path = write_jsonl(tmp_path / "d.jsonl", [{**STANDARD, "chosen": ""}, {**STANDARD, "rejected": "4"}])
+    with pytest.raises(IngestError, match="no valid pairs in 2 records: 1 invalid .*1 with identical"):
+        read_pairs(path, skip_invalid=True)
 
 
 def test_iter_records_yields_parse_errors_in_place(tmp_path):
@@ -404,3 +419,95 @@ def test_real_ultrafeedback():
     for pair in result.pairs:
         assert pair.prompt_text.strip() and pair.chosen != pair.rejected
     assert_round_trip(ULTRAFEEDBACK_FILE, result.pairs)
+
+
+# --- hostile input: each of these raised a traceback or read wrongly before -------------
+
+
+def test_deeply_nested_json_is_an_invalid_line_not_a_recursion_error(tmp_path):
+    deep = "[" * 5000 + "]" * 5000
+    path = write_jsonl(tmp_path / "d.jsonl", [STANDARD, deep, f'{{"prompt": {deep}}}', STANDARD])
+    with pytest.raises(IngestError, match=r"d.jsonl:2: invalid JSON: nested too deeply"):
+        read_pairs(path)
+    result = read_pairs(path, skip_invalid=True)
+    assert [i.line for i in result.issues] == [2, 3] and len(result.pairs) == 2
+    (tmp_path / "d.json").write_text("[" + deep + "]")
+    with pytest.raises(IngestError, match="nested too deeply"):
+        read_pairs(tmp_path / "d.json")
+
+
+def test_huge_integer_literal_is_an_invalid_line(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [STANDARD, '{"prompt": ' + "9" * 5000 + "}"])
+    with pytest.raises(IngestError, match=r"d.jsonl:2: invalid JSON"):
+        read_pairs(path)
+
+
+def test_corrupt_gzip_body_is_one_file_error(tmp_path):
+    body = bytearray(gzip.compress(b"".join(json.dumps({**STANDARD, "chosen": "x" * i}).encode() + b"\n"
+                                            for i in range(1, 200))))
+    body[10] ^= 0xFF  # breaks the deflate stream: zlib.error, not OSError
+    (tmp_path / "d.jsonl.gz").write_bytes(bytes(body))
+    with pytest.raises(IngestError, match="cannot read file: corrupt gzip data") as raised:
+        read_pairs(tmp_path / "d.jsonl.gz", skip_invalid=True)
+    assert raised.value.issue.line == 0
+    whole = gzip.compress(b"".join(json.dumps(STANDARD).encode() + b"\n" for _ in range(2000)))
+    (tmp_path / "cut.jsonl.gz").write_bytes(whole[: len(whole) - 20])
+    with pytest.raises(IngestError, match="truncated gzip file"):
+        read_pairs(tmp_path / "cut.jsonl.gz", skip_invalid=True)
+
+
+def test_lone_surrogate_is_rejected_at_ingestion_naming_the_field(tmp_path):
+    # it used to pass ingestion and crash the tokenizer; --skip-invalid could not skip it
+    conv = json.loads(json.dumps(CONVERSATIONAL))
+    conv["rejected"][1]["content"] = "Sev\ud800en"
+    path = write_jsonl(tmp_path / "d.jsonl", [CONVERSATIONAL, conv, CONVERSATIONAL])
+    assert "\\ud800" in path.read_text()
+    with pytest.raises(IngestError, match=r"d.jsonl:2: field 'rejected\[1\].content': lone surrogate U\+D800"):
+        read_pairs(path)
+    result = read_pairs(path, skip_invalid=True)
+    assert [p.line for p in result.pairs] == [1, 3] and [i.line for i in result.issues] == [2]
+    hh = write_jsonl(tmp_path / "h.jsonl", [{**HH, "chosen": HH["chosen"] + "\udfff"}])
+    with pytest.raises(IngestError, match=r"h.jsonl:1: field 'chosen': lone surrogate U\+DFFF"):
+        read_pairs(hh)
+
+
+def test_format_comes_from_the_first_valid_record(tmp_path):
+    # an invalid first record used to fix the format, and every valid record after it was skipped
+    path = write_jsonl(tmp_path / "d.jsonl", [{**STANDARD, "chosen": ""}, SHAREGPT, SHAREGPT])
+    result = read_pairs(path, skip_invalid=True)
+    assert result.format == "sharegpt" and [p.line for p in result.pairs] == [2, 3]
+    assert [(i.line, i.field, i.message) for i in result.issues] == [(1, "chosen", "empty reply")]
+    # a valid record of another format after the first valid one is named as such
+    mixed = write_jsonl(tmp_path / "m.jsonl", [STANDARD, SHAREGPT])
+    with pytest.raises(IngestError, match=r"m.jsonl:2: a valid sharegpt pair, but this file is standard \(from its first valid record, line 1\)"):
+        read_pairs(mixed)
+
+
+def test_json_array_after_much_leading_whitespace_is_still_an_array(tmp_path):
+    path = tmp_path / "d.json"
+    path.write_text(" \n" * 3000 + json.dumps([STANDARD, {**STANDARD, "chosen": "x"}]))
+    result = read_pairs(path)
+    assert result.format == "standard" and [p.line for p in result.pairs] == [1, 2]
+    assert len(raw_records(path)) == 2
+
+
+def test_inputs_that_are_not_readable_files(tmp_path):
+    (tmp_path / "dir.jsonl").mkdir()
+    (tmp_path / "loop.jsonl").symlink_to(tmp_path / "loop.jsonl")
+    (tmp_path / "dangling.jsonl").symlink_to(tmp_path / "gone.jsonl")
+    (tmp_path / "utf16.jsonl").write_bytes(json.dumps(STANDARD).encode("utf-16"))
+    cases = {
+        "dir.jsonl": "is a directory", "loop.jsonl": "cannot open: Too many levels of symbolic links",
+        "dangling.jsonl": "broken symbolic link", "utf16.jsonl": "UTF-16 text",
+    }
+    for name, message in cases.items():
+        with pytest.raises(IngestError, match=message) as raised:
+            read_pairs(tmp_path / name, skip_invalid=True)
+        assert raised.value.issue.line == 0
+
+
+def test_limit_below_one_is_a_usage_error(tmp_path):
+    from core.errors import UsageError
+
+    with pytest.raises(UsageError, match="limit 0"):
+        read_pairs(write_jsonl(tmp_path / "d.jsonl", [STANDARD]), limit=0)

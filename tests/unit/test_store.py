@@ -36,3 +36,40 @@ def test_embedded_model_is_ready_offline_and_verifies():
     row = next(r for r in status(cat) if r.name == entry.name)
     assert row.ready and row.size_bytes > 100e6
     assert "30 layers" in verify(cat, entry.name)
+
+
+def test_an_offline_pull_keeps_the_real_cause_and_a_bug_stays_a_bug(monkeypatch, tmp_path):
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    monkeypatch.setenv("DATADEBUG_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    entry = load_catalog().model("smollm2-135m-hf")
+    with pytest.raises(StoreError) as raised:
+        pull_model(entry)
+    assert isinstance(raised.value.__cause__, LocalEntryNotFoundError)  # the chain is kept
+    assert "LocalEntryNotFoundError" in str(raised.value)
+
+    # anything that is not the hub saying no (here a fault injected into the download) is a bug:
+    # it must not be dressed up as "needs network"
+    import huggingface_hub
+
+    def broken(*a, **k):
+        raise KeyError("a bug in our code")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", broken)
+    with pytest.raises(KeyError, match="a bug in our code"):
+        pull_model(entry)
+    assert not (tmp_path / "models" / "smollm2-135m-hf").exists()
+
+
+def test_an_sae_the_catalogue_misnames_is_a_store_error_before_any_download(tmp_path, monkeypatch):
+    import dataclasses
+
+    monkeypatch.setenv("DATADEBUG_CACHE_DIR", str(tmp_path))
+    from core.store import pull_sae
+
+    entry = load_catalog().sae("gemma-scope-2b-res-l12-16k")
+    with pytest.raises(StoreError, match="has no SAE 'layer_99/none'"):
+        pull_sae(dataclasses.replace(entry, sae_id="layer_99/none"))
+    with pytest.raises(StoreError, match="knows no release 'no-such-release'"):
+        pull_sae(dataclasses.replace(entry, release="no-such-release"))
