@@ -22,7 +22,9 @@ from core.errors import Cancelled, WorkspaceError
 from core.ingest import IngestResult, Pair, read_pairs
 from core.progress import Progress, ProgressFn, reporter
 from core.sae import encode, load_sae
-from core.store import sae_dir, sae_ready, sae_sha256
+from core.dataset_sae import choose_sae
+from core.dataset_sae import prepare as prepare_sae
+from core.store import sae_dir, sae_sha256
 from core.workspace import PAIRS_SCHEMA, SCHEMA_VERSION, Workspace, file_sha256
 
 
@@ -118,10 +120,12 @@ def index_dataset(
     catalog: Catalog | None = None,
     progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
+    train_sae: bool = True,
 ) -> IndexResult:
     """Index `data` into `workspace`, resuming any earlier run of the same settings.
 
-    Trains the catalogue SAE first when it is a "train on first use" entry not yet in the store.
+    A trained ("train" recipe) SAE is the dataset's own, trained first when the recipe has not seen
+    the dataset (`train_sae` False: the newest SAE of the recipe in the store); see core.dataset_sae.
     Progress: stage "sae" / "load" / "labels" messages, then stage "index" with `done` = pairs saved
     in the workspace (not merely read), `rate` in tokens/s and an ETA.
     Raises IngestError for bad input (unless skip_invalid), WorkspaceError for a workspace indexed
@@ -134,12 +138,15 @@ def index_dataset(
     progress = reporter(progress)
     catalog = catalog or load_catalog()
     data = Path(data)
-    m_entry, s_entry = resolve(catalog, model, sae)
+    m_entry = catalog.model(model)
     ingest: IngestResult = read_pairs(data, format=format, skip_invalid=skip_invalid, limit=limit)
+    dataset_sha256 = file_sha256(data)
+    sae_choice = choose_sae(catalog, dataset_sha256, m_entry.name, sae, train=train_sae)
+    s_entry = sae_choice.entry
 
     meta = {
         "dataset": str(data.resolve()),
-        "dataset_sha256": file_sha256(data),
+        "dataset_sha256": dataset_sha256,
         "format": ingest.format,
         "limit": limit,
         "model": m_entry.name,
@@ -155,18 +162,8 @@ def index_dataset(
     ws.require_current()
     _check_meta(ws, meta)
 
-    if not sae_ready(s_entry):
-        if s_entry.source != "train":
-            from core.store import pull_sae
-
-            pull_sae(s_entry, progress)
-        else:
-            from core.sae_train import train_catalog_sae
-
-            train_catalog_sae(
-                s_entry, catalog, extra_pairs=ingest.pairs, device=device, cancel=cancel,
-                progress=progress,
-            )
+    progress(Progress("sae", sae_choice.reason))
+    prepare_sae(sae_choice, catalog, data, device=device, progress=progress, cancel=cancel)
 
     meta["sae_sha256"] = sae_sha256(s_entry)
     _check_meta(ws, meta)

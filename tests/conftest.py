@@ -6,6 +6,7 @@ dir and reused), the SAE is trained with sae-lens, the workspace is LanceDB on d
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -88,6 +89,26 @@ def tiny_sae(tmp_path_factory, config_dir) -> str:
     )
     _cached.cache_clear()
     return "tiny-test"
+
+
+@contextlib.contextmanager
+def catalog_entries(config_dir: Path, toml: str):
+    """Add catalogue entries to the user's models.toml for the duration (what was there stays, and
+    is all that is left afterwards)."""
+    from core.catalog import _cached
+
+    f = config_dir / "models.toml"
+    before = f.read_text() if f.is_file() else None
+    f.write_text((before or "") + "\n" + toml)
+    _cached.cache_clear()
+    try:
+        yield
+    finally:
+        if before is None:
+            f.unlink()
+        else:
+            f.write_text(before)
+        _cached.cache_clear()
 
 
 @pytest.fixture(scope="session")

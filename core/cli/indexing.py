@@ -28,6 +28,10 @@ def index(
     device: Optional[str] = typer.Option(None, help="cpu | cuda (default: cuda when available)"),
     batch_tokens: int = typer.Option(4096, help="Padded tokens per forward batch (memory vs speed)"),
     chunk_pairs: int = typer.Option(64, help="Pairs per write; a killed run resumes from the last write"),
+    train_sae: bool = typer.Option(
+        True, help="A trained SAE recipe (the embedded model's) gets an SAE trained on this dataset when it "
+        "has not seen it (the time it takes is printed first); --no-train-sae uses the newest one in the store",
+    ),
     as_json: bool = JSON,
 ):
     """Run every pair through the LM + SAE and store per-reply features in a workspace (resumable)."""
@@ -37,7 +41,7 @@ def index(
         r = index_dataset(
             data, workspace, model=model, sae=sae, limit=limit, format=format, skip_invalid=skip_invalid,
             settings=IndexSettings(max_tokens=max_tokens, batch_tokens=batch_tokens, chunk_pairs=chunk_pairs),
-            device=device, progress=progress,
+            device=device, progress=progress, train_sae=train_sae,
         )
     text = (
         f"workspace {r.workspace}: {r.n_pairs} pairs ({r.n_new} new this run, "
