@@ -49,6 +49,20 @@ def decoder_layers(model) -> torch.nn.ModuleList:
     raise UsageError(f"don't know where {type(model).__name__} keeps its blocks")
 
 
+@torch.inference_mode()
+def final_norm_scale(norm, d_model: int) -> torch.Tensor | None:
+    """The per-dimension scale (d_model,) that the final norm applies to a unit-RMS vector, whatever
+    its convention: `weight` for Llama/Qwen, `1 + weight` for Gemma. Measured on the module itself
+    (for x of zero mean and unit RMS, scale = (norm(x) - norm(-x)) / 2x, a bias cancelling out)."""
+    if norm is None or not any(True for _ in norm.parameters()):
+        return None
+    p = next(norm.parameters())
+    x = torch.ones(d_model, dtype=torch.float32, device=p.device)
+    x[1::2] = -1  # (d_model,) mean 0 (for even d_model), RMS 1
+    x = x.to(p.dtype)[None]
+    return ((norm(x) - norm(-x)) / (2 * x))[0].float().detach()
+
+
 @dataclass
 class TokenizedPair:
     source_index: int
@@ -78,9 +92,7 @@ class ResidualReader:
         out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
         self.unembed = (out_emb.weight if out_emb is not None else inner.embed_tokens.weight).detach()
         norm = getattr(inner, "norm", None)
-        self.final_norm_weight = getattr(norm, "weight", None)
-        if self.final_norm_weight is not None:
-            self.final_norm_weight = self.final_norm_weight.detach()
+        self.final_norm_weight = final_norm_scale(norm, inner.config.hidden_size)
         n_layers = len(inner.layers)
         if not 0 <= layer < n_layers:
             raise UsageError(f"layer {layer} is outside 0..{n_layers - 1}")
