@@ -28,6 +28,7 @@ from typer.testing import CliRunner
 from core.catalog import load_catalog, read_catalog
 from core.cli import app
 from core.ingest import read_pairs
+from core.lm import chat_prompt_ids
 from core.locations import packaged_catalog_file
 from core.store import pull_model
 from core.workspace import Workspace
@@ -46,6 +47,7 @@ class Case:
     sae_kind: str  # "jumprelu" | "topk" | "standard"
     d_sae: int
     pad: bool = True  # the tokenizer keeps a pad token
+    template: str = "smollm2"  # "smollm2" (it has one), "none" (a base model's), "gemma-it" (no system turn)
 
     @property
     def model(self) -> str:
@@ -57,11 +59,22 @@ class Case:
 
 
 CASES = [
-    Case("Gemma2", 1, "jumprelu", 65_536),  # Gemma Scope's kind at Goodfire's width
+    # Gemma Scope's kind at Goodfire's width; no chat template, as the catalogue's base Gemma-2-2B
+    Case("Gemma2", 1, "jumprelu", 65_536, template="none"),
     Case("Llama", 1, "topk", 4096, pad=False),
     Case("Qwen2", 2, "standard", 1024),  # the last block: its output, not the final norm's
-    Case("Qwen3", 1, "jumprelu", 2048),
+    Case("Qwen3", 1, "jumprelu", 2048, template="gemma-it"),
 ]
+SYSTEM = "You are a terse assistant."  # the first pair's prompt opens with this system turn
+# Gemma-2-it's chat template (as published): it refuses a system turn
+GEMMA_IT_TEMPLATE = (
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+    "{% endif %}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if (message['role'] == 'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}"
+    "{% endif %}{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}"
+)
 
 
 def _config(arch: str, vocab: int, tok):
@@ -125,11 +138,13 @@ def tiny_catalog(tmp_path_factory, config_dir):
     root = tmp_path_factory.mktemp("archs")
     tok_src = pull_model(load_catalog().model(None))  # the embedded model's float copy (its tokenizer)
     toml, folders = [], {}
-    texts = [p.prompt_text + " " + p.chosen for p in read_pairs(HH, skip_invalid=True, limit=20).pairs]
+    texts = [p.prompt_text + " " + p.chosen for p in read_pairs(HH, skip_invalid=True, limit=10).pairs]
     for case in CASES:
         tok = AutoTokenizer.from_pretrained(tok_src)
         if not case.pad:
             tok.pad_token = None
+        if case.template != "smollm2":
+            tok.chat_template = GEMMA_IT_TEMPLATE if case.template == "gemma-it" else None
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_config(_config(case.arch, len(tok), tok))
         with torch.no_grad():  # trained final norms are not all ones (Gemma's scale is 1 + weight)
@@ -137,7 +152,7 @@ def tiny_catalog(tmp_path_factory, config_dir):
         folder = root / case.model
         model.save_pretrained(folder)
         tok.save_pretrained(folder)
-        acts = torch.cat([_block_output(model, case.layer, tok(t)["input_ids"][:80]) for t in texts])
+        acts = torch.cat([_block_output(model, case.layer, tok(t)["input_ids"][:64]) for t in texts])
         _make_sae(case.sae_kind, case.d_sae, acts, case.layer, root / case.sae)
         folders[case.arch] = folder
         toml.append(
@@ -154,10 +169,10 @@ def data(tmp_path_factory) -> Path:
     pairs = short_pairs(HH, N_PAIRS // 2, max_chars=400, skip=40) + short_pairs(UF, N_PAIRS // 2, max_chars=700)
     out = tmp_path_factory.mktemp("archdata") / "mixed.jsonl"
     out.write_text("".join(json.dumps({
-        "prompt": list(p.prompt),
+        "prompt": ([{"role": "system", "content": SYSTEM}] if i == 0 else []) + list(p.prompt),
         "chosen": [{"role": "assistant", "content": p.chosen}],
         "rejected": [{"role": "assistant", "content": p.rejected}],
-    }) + "\n" for p in pairs))
+    }) + "\n" for i, p in enumerate(pairs)))
     return out
 
 
@@ -202,8 +217,12 @@ def _check_against_reference(case: Case, folder: Path, ws: Path) -> None:
     n_feat = 0
     for row in t.to_pylist():
         p = pairs[row["source_index"]]
-        prompt = tok.apply_chat_template(list(p.prompt), add_generation_prompt=True, tokenize=True)
-        prompt = list(prompt["input_ids"] if hasattr(prompt, "keys") else prompt)
+        prompt = chat_prompt_ids(tok, p.prompt)
+        if case.template == "none":  # a plain transcript for a base model
+            assert tok.decode(prompt).endswith("\n\nAssistant:")
+        if p.prompt[0]["role"] == "system":  # kept, at the head of the first user turn where refused
+            head = "<start_of_turn>user\n" + SYSTEM if case.template == "gemma-it" else SYSTEM
+            assert head in tok.decode(prompt)
         for side, text in (("chosen", p.chosen), ("rejected", p.rejected)):
             reply = tok(text, add_special_tokens=False)["input_ids"][:MAX_TOKENS]
             acts = _block_output(model, case.layer, prompt + reply)[len(prompt):]  # (reply tokens, d_model)
