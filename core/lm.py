@@ -8,12 +8,19 @@ are formed from length-sorted pairs so padding stays small.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from core.catalog import ModelEntry
 from core.errors import UsageError
-from core.store import pull_model
+
+if TYPE_CHECKING:
+    from core.catalog import ModelEntry
+
+# Whole replies are read up to the model's context (config.max_position_embeddings), but never past
+# this many tokens per row (prompt + reply): Llama-3.1 claims 131,072, and one such row would need
+# tens of GB of activations. 8,192 is the max length the paper's DPO run trained with.
+MAX_CONTEXT = 8192
 
 
 def pick_device(device: str | None = None) -> str:
@@ -32,6 +39,8 @@ def pick_dtype(entry: ModelEntry, device: str) -> torch.dtype:
 def load_full_model(entry: ModelEntry, device: str | None = None, progress=None):
     """The whole causal LM + tokenizer for `entry` (pulled into the store if needed)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from core.store import pull_model
 
     device = pick_device(device)
     path = pull_model(entry, progress)
@@ -96,10 +105,60 @@ class TokenizedPair:
     prompt_ids: list[int]
     chosen_ids: list[int]
     rejected_ids: list[int]
+    prompt_dropped: int = 0  # tokens cut from the head of the prompt (its tail is kept)
+    chosen_cut: int = 0  # tokens cut from the end of each reply
+    rejected_cut: int = 0
 
     @property
     def cost(self) -> int:
         return len(self.prompt_ids) + 2 * max(len(self.chosen_ids), len(self.rejected_ids))
+
+    @property
+    def n_tokens(self) -> int:
+        """Tokens read: the prompt once, both replies."""
+        return len(self.prompt_ids) + len(self.chosen_ids) + len(self.rejected_ids)
+
+
+def fit_pair(
+    source_index: int,
+    prompt: list[int],
+    chosen: list[int],
+    rejected: list[int],
+    max_tokens: int | None,
+    context: int,
+    max_prompt_tokens: int | None = None,
+) -> TokenizedPair:
+    """Cut a tokenized pair to what is read, each row (prompt + reply) within `context` tokens.
+
+    Replies keep their start: at most `max_tokens` (None: whole replies), and never so many that
+    the prompt's last min(len(prompt), context // 4) tokens would not fit before them. The prompt
+    keeps its tail (what the reply answers): `context` minus the longer reply, and at most
+    `max_prompt_tokens` (default 2 x max_tokens when a cap is given, as before whole replies).
+    """
+    cap = context if max_tokens is None else min(max_tokens, context)
+    floor = min(len(prompt), context // 4)
+    reply_cap = max(0, min(cap, context - floor))
+    c, r = chosen[:reply_cap], rejected[:reply_cap]
+    keep = context - max(len(c), len(r))
+    if max_prompt_tokens is None and max_tokens is not None:
+        max_prompt_tokens = 2 * max_tokens
+    if max_prompt_tokens is not None:
+        keep = min(keep, max_prompt_tokens)
+    p = prompt[max(0, len(prompt) - keep) :]
+    return TokenizedPair(
+        source_index, p, c, r, prompt_dropped=len(prompt) - len(p),
+        chosen_cut=len(chosen) - len(c), rejected_cut=len(rejected) - len(r),
+    )
+
+
+@dataclass
+class BatchStates:
+    """One batch's residual activations at the read layer, padded, on the reader's device."""
+
+    replies: torch.Tensor  # (2B, R, d_model) rows: chosen 0, rejected 0, chosen 1, ... right-padded
+    reply_mask: torch.Tensor  # (2B, R) bool, True on real tokens
+    prompts: torch.Tensor  # (B, P, d_model) left-padded
+    prompt_mask: torch.Tensor  # (B, P) bool
 
 
 class ResidualReader:
@@ -114,6 +173,10 @@ class ResidualReader:
     def __init__(self, model, tokenizer, layer: int):
         self.tokenizer = tokenizer
         self.layer = layer
+        pad = getattr(tokenizer, "pad_token_id", None)
+        self.pad_id = pad if pad is not None else 0
+        self._pieces: dict[int, str] = {}  # token id -> its text alone (token_strings)
+        self._prefix_len: int | None = None
         inner = getattr(model, "model", model)
         # Kept for feature labels (decoder directions through the unembedding) before the head is dropped.
         out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
@@ -136,6 +199,8 @@ class ResidualReader:
     def from_entry(cls, entry: ModelEntry, layer: int | None = None, device: str | None = None, progress=None):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from core.store import pull_model
+
         device = pick_device(device)
         path = pull_model(entry, progress)
         tok = AutoTokenizer.from_pretrained(entry.tokenizer or path)
@@ -154,35 +219,63 @@ class ResidualReader:
     def reply_ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def tokenize(self, pair, max_tokens: int, max_prompt_tokens: int | None = None) -> TokenizedPair:
-        """Chat-template the prompt (kept from the left: its end is what the reply answers) and cap replies."""
-        max_prompt_tokens = max_prompt_tokens or 2 * max_tokens
-        p = self.prompt_ids(pair.prompt)
-        if len(p) > max_prompt_tokens:
-            p = p[-max_prompt_tokens:]
-        return TokenizedPair(
-            pair.source_index, p, self.reply_ids(pair.chosen)[:max_tokens], self.reply_ids(pair.rejected)[:max_tokens]
+    def context_tokens(self) -> int:
+        """Tokens per row (prompt + reply) the reader reads at most: the model's context, <= MAX_CONTEXT."""
+        n = getattr(self.model.config, "max_position_embeddings", None) or MAX_CONTEXT
+        return min(int(n), MAX_CONTEXT)
+
+    def tokenize(self, pair, max_tokens: int | None = None, max_prompt_tokens: int | None = None) -> TokenizedPair:
+        """Chat-template the prompt and cut the pair to what is read (see `fit_pair`): replies from
+        their start, whole when `max_tokens` is None; the prompt keeps its tail."""
+        return fit_pair(
+            pair.source_index, self.prompt_ids(pair.prompt), self.reply_ids(pair.chosen),
+            self.reply_ids(pair.rejected), max_tokens, self.context_tokens(), max_prompt_tokens,
         )
 
     def token_strings(self, ids: list[int]) -> list[str]:
-        return [self.tokenizer.decode([i]) for i in ids]
+        """Each token's text decoded alone (cached per id: long replies repeat their tokens)."""
+        pieces = self._pieces
+        out = []
+        for i in ids:
+            s = pieces.get(i)
+            if s is None:
+                s = pieces[i] = self.tokenizer.decode([i])
+            out.append(s)
+        return out
 
     # -- forward --------------------------------------------------------------------------------
 
     def template_prefix_len(self) -> int:
         """Tokens every chat-templated prompt starts with (e.g. a default system prompt)."""
-        a = self.prompt_ids([{"role": "user", "content": "alpha"}])
-        b = self.prompt_ids([{"role": "user", "content": "Zebra crossing"}])
-        n = 0
-        while n < min(len(a), len(b)) and a[n] == b[n]:
-            n += 1
-        return n
+        if self._prefix_len is None:
+            a = self.prompt_ids([{"role": "user", "content": "alpha"}])
+            b = self.prompt_ids([{"role": "user", "content": "Zebra crossing"}])
+            n = 0
+            while n < min(len(a), len(b)) and a[n] == b[n]:
+                n += 1
+            self._prefix_len = n
+        return self._prefix_len
 
     @torch.inference_mode()
     def read(self, batch: list[TokenizedPair], with_prompt: bool = False) -> list[tuple[torch.Tensor, ...]]:
         """For each pair: (chosen acts (Tc, d_model), rejected acts (Tr, d_model)), float32 on the reader's device.
 
         With `with_prompt`, a third tensor holds the prompt's activations (Tp, d_model).
+        """
+        s = self.forward(batch)
+        P = s.prompts.shape[1]
+        result = []
+        for i, b in enumerate(batch):
+            item = (s.replies[2 * i, : len(b.chosen_ids)].float(), s.replies[2 * i + 1, : len(b.rejected_ids)].float())
+            if with_prompt:
+                item += (s.prompts[i, P - len(b.prompt_ids) :].float(),)
+            result.append(item)
+        return result
+
+    @torch.inference_mode()
+    def forward(self, batch: list[TokenizedPair]) -> BatchStates:
+        """The batch's residual activations at the read layer, padded, in the model's dtype.
+
         The prompts run once, left-padded; the cache is then duplicated so that chosen and rejected
         replies (right-padded) continue from it in one batch.
         """
@@ -190,7 +283,7 @@ class ResidualReader:
 
         B = len(batch)
         dev = self.device
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        pad = self.pad_id
         P = max(len(b.prompt_ids) for b in batch)
         prompt = torch.full((B, P), pad, dtype=torch.long)
         pmask = torch.zeros((B, P), dtype=torch.long)
@@ -227,19 +320,17 @@ class ResidualReader:
             past_key_values=cache,
             use_cache=True,
         )
-        h = out.last_hidden_state.float()  # (2B, R, d_model)
-        result = []
-        for i in range(B):
-            c, r = replies[2 * i], replies[2 * i + 1]
-            item = (h[2 * i, : len(c)], h[2 * i + 1, : len(r)])
-            if with_prompt:
-                item += (p_out.last_hidden_state[i, P - len(batch[i].prompt_ids) :].float(),)
-            result.append(item)
-        return result
+        return BatchStates(
+            replies=out.last_hidden_state,  # (2B, R, d_model)
+            reply_mask=rmask.to(dev).bool(),
+            prompts=p_out.last_hidden_state,  # (B, P, d_model)
+            prompt_mask=pmask.to(dev).bool(),
+        )
 
 
 def plan_batches(items: list[TokenizedPair], max_batch_tokens: int) -> list[list[TokenizedPair]]:
-    """Length-sorted batches whose padded size (rows x longest row) stays under `max_batch_tokens`."""
+    """Length-sorted batches whose padded size (rows x longest row) stays under `max_batch_tokens`;
+    a pair longer than the budget on its own runs alone."""
     order = sorted(items, key=lambda t: t.cost)
     batches, cur, longest = [], [], 0
     for t in order:

@@ -22,7 +22,10 @@ def index(
     model: Optional[str] = typer.Option(None, help="Model name from the catalogue (default: the embedded one)"),
     sae: Optional[str] = typer.Option(None, help="SAE name from the catalogue (default: the model's)"),
     limit: Optional[int] = typer.Option(None, help="Index at most this many valid pairs"),
-    max_tokens: int = typer.Option(256, help="Reply tokens read per side (the prompt keeps its last 2x)"),
+    max_tokens: Optional[int] = typer.Option(
+        None, help="Cap on reply tokens read per side (the prompt then keeps its last 2x); "
+        "default: whole replies, up to the model's context (at most 8,192 tokens per prompt + reply)",
+    ),
     format: Optional[str] = typer.Option(None, help="standard | conversational | hh-rlhf | sharegpt (default: detect)"),
     skip_invalid: bool = typer.Option(False, help="Skip invalid records and report them instead of stopping"),
     device: Optional[str] = typer.Option(None, help="cpu | cuda (default: cuda when available)"),
@@ -48,6 +51,11 @@ def index(
         f"{r.n_skipped_invalid} invalid skipped); {r.tokens:,} tokens in {r.seconds:.1f}s "
         f"({r.tokens_per_s:.0f} tok/s)"
     )
+    if r.n_replies_cut or r.n_prompts_cut:
+        text += (
+            f"\nwarning: {r.n_replies_cut} replies cut at {r.max_tokens} tokens (or to fit the context), "
+            f"{r.n_prompts_cut} prompts read without their start (their last tokens kept)"
+        )
     if r.issues:
         text += "\n" + "\n".join(f"  {i}" for i in r.issues[:20])
         if len(r.issues) > 20:
