@@ -102,6 +102,8 @@ def index_dataset(
     progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
     train_sae: bool = True,
+    ray: str | None = None,
+    ray_workers: int | None = None,
 ) -> IndexResult:
     """Index `data` into `workspace`, resuming any earlier run of the same settings.
 
@@ -110,6 +112,7 @@ def index_dataset(
     was dropped. A trained ("train" recipe) SAE is the dataset's own, trained first when the recipe
     has not seen the dataset (`train_sae` False: the newest SAE of the recipe in the store); see
     core.dataset_sae. Writes the feature-label table when it is missing, even when no pair is left.
+    `ray` (an address, "auto" or "local") shards the pairs over Ray workers instead (core.distributed).
     Progress: stage "sae" / "load" / "labels" messages, then stage "index" with `done` = pairs saved
     in the workspace (not merely read), `rate` in tokens/s and an ETA.
     Raises IngestError for bad input (unless skip_invalid), WorkspaceError for a workspace indexed
@@ -162,6 +165,17 @@ def index_dataset(
     result = IndexResult(str(ws.path), len(done), 0, ingest.skipped, [str(i) for i in ingest.issues],
                          max_tokens=max_tokens)
     if not todo and _features_complete(ws, read_sae_config(sae_dir(s_entry)).d_sae):
+        return result
+
+    if ray is not None:  # the same run sharded over Ray workers; this process only writes
+        from core.distributed import index_on_ray, model_width
+
+        d_sae = read_sae_config(sae_dir(s_entry)).d_sae
+        ws.write_meta({"d_sae": d_sae, "d_model": model_width(m_entry)})
+        index_on_ray(ws, m_entry, s_entry, sae_dir(s_entry), todo, settings,
+                     labels=not _features_complete(ws, d_sae), address=ray, workers=ray_workers,
+                     n_total=len(ingest.pairs), n_done=len(done), result=result, progress=progress, cancel=cancel)
+        ws.compact()
         return result
 
     reader, sae_model = _load(m_entry, s_entry, device, progress)

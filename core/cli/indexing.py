@@ -35,6 +35,12 @@ def index(
         True, help="A trained SAE recipe (the embedded model's) gets an SAE trained on this dataset when it "
         "has not seen it (the time it takes is printed first); --no-train-sae uses the newest one in the store",
     ),
+    ray: Optional[str] = typer.Option(
+        None, "--ray", metavar="ADDRESS",
+        help="Shard the pairs over a Ray cluster, one worker per GPU (CPU workers when it has none): "
+        "auto (the cluster `ray start` made here, else a new local one), local, or HOST:PORT",
+    ),
+    ray_workers: Optional[int] = typer.Option(None, help="With --ray: workers (default: one per GPU)"),
     as_json: bool = JSON,
 ):
     """Run every pair through the LM + SAE and store per-reply features in a workspace (resumable)."""
@@ -44,7 +50,7 @@ def index(
         r = index_dataset(
             data, workspace, model=model, sae=sae, limit=limit, format=format, skip_invalid=skip_invalid,
             settings=IndexSettings(max_tokens=max_tokens, batch_tokens=batch_tokens, chunk_pairs=chunk_pairs),
-            device=device, progress=progress, train_sae=train_sae,
+            device=device, progress=progress, train_sae=train_sae, ray=ray, ray_workers=ray_workers,
         )
     text = (
         f"workspace {r.workspace}: {r.n_pairs} pairs ({r.n_new} new this run, "
