@@ -34,6 +34,7 @@ import json
 import threading
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import pyarrow as pa
 
@@ -115,9 +116,17 @@ def model_width(model: ModelEntry) -> int:
     return int(getattr(cfg, "hidden_size", None) or cfg.get_text_config().hidden_size)
 
 
-def plan_work(model: ModelEntry, layer: int, todo: list[Pair], settings) -> tuple[list[dict], dict[int, object]]:
+class PairCount(NamedTuple):
+    """What the result counts of one pair (its token ids stay with the workers)."""
+
+    n_tokens: int
+    replies_cut: int  # 0, 1 or 2
+    prompt_cut: bool
+
+
+def plan_work(model: ModelEntry, layer: int, todo: list[Pair], settings) -> tuple[list[dict], dict[int, PairCount]]:
     """The single-process index's batches of `todo`, as Ray Dataset rows {"pairs": JSON of the batch's
-    pairs, in batch order}, and each pair's TokenizedPair (for counting tokens and cuts)."""
+    pairs, in batch order}, and each pair's PairCount."""
     from core.index import _Prefetch
 
     reader = _tokenizing_reader(model, layer)
@@ -127,7 +136,8 @@ def plan_work(model: ModelEntry, layer: int, todo: list[Pair], settings) -> tupl
     try:
         for batch in prefetch:
             items.append({"pairs": json.dumps([_pair_json(by_index[t.source_index]) for t in batch])})
-            tokenized.update((t.source_index, t) for t in batch)
+            tokenized.update((t.source_index, PairCount(t.n_tokens, (t.chosen_cut > 0) + (t.rejected_cut > 0),
+                                                        t.prompt_dropped > 0)) for t in batch)
     finally:
         prefetch.stop()
     return items, tokenized
@@ -190,7 +200,7 @@ def index_on_ray(
                              if f.name in ("cfg.json", "sae_weights.safetensors")})
         if todo:
             progress(Progress("load", f"planning the batches of {len(todo)} pairs"))
-            items, tokenized = plan_work(model, sae.layer, todo, settings)
+            items, counts = plan_work(model, sae.layer, todo, settings)
             progress(Progress("load", f"{n_workers} Ray workers ({device}), each loading {model.name} and SAE {sae.name}"))
             ctx = ray.data.DataContext.get_current()
             ctx.enable_progress_bars = False
@@ -201,7 +211,7 @@ def index_on_ray(
                                        "settings": settings, "device": device},
                 **resources,
             )
-            _write_stream(ws, ds, tokenized, n_total, n_done, settings.chunk_pairs, result, progress, cancel)
+            _write_stream(ws, ds, counts, n_total, n_done, settings.chunk_pairs, result, progress, cancel)
         if labels:
             progress(Progress("labels", "feature labels: decoder directions through the unembedding (a Ray task)"))
             task = ray.remote(**resources)(_feature_rows)
@@ -211,32 +221,34 @@ def index_on_ray(
             ray.shutdown()
 
 
-def _write_stream(ws, ds, tokenized: dict, n_total, n_done, chunk_pairs, result, progress, cancel) -> None:
+def _write_stream(ws, ds, counts: dict[int, PairCount], n_total, n_done, chunk_pairs, result, progress,
+                  cancel) -> None:
     """Append the dataset's rows to `ws` in chunks of at least `chunk_pairs` whole pairs, each pair once."""
     written: set[int] = set()
     pending: list[pa.Table] = []
     pending_ids: set[int] = set()
+    tokens_left = sum(c.n_tokens for c in counts.values())
     start = time.perf_counter()
 
     def flush() -> None:
-        nonlocal pending
+        nonlocal pending, tokens_left
         if not pending:
             return
         table = pa.concat_tables(pending).cast(PAIRS_SCHEMA)
         ws.add_pairs(table)
         for s in table["source_index"].to_pylist():
             written.add(s)
-            t = tokenized[s]
-            result.tokens += t.n_tokens
-            result.n_replies_cut += (t.chosen_cut > 0) + (t.rejected_cut > 0)
-            result.n_prompts_cut += t.prompt_dropped > 0
+            c = counts[s]
+            result.tokens += c.n_tokens
+            tokens_left -= c.n_tokens
+            result.n_replies_cut += c.replies_cut
+            result.n_prompts_cut += c.prompt_cut
         pending = []
         pending_ids.clear()
         elapsed = time.perf_counter() - start
         rate = result.tokens / elapsed if elapsed else 0.0
-        left = sum(tokenized[s].n_tokens for s in tokenized.keys() - written)
         progress(Progress("index", done=n_done + len(written), total=n_total, unit="pairs saved",
-                          rate=rate, rate_unit="tok/s", eta_s=left / rate if rate else None))
+                          rate=rate, rate_unit="tok/s", eta_s=tokens_left / rate if rate else None))
 
     cancelled = False
     try:
@@ -246,7 +258,7 @@ def _write_stream(ws, ds, tokenized: dict, n_total, n_done, chunk_pairs, result,
                 break
             keep = []
             for i, s in enumerate(block["source_index"].to_pylist()):
-                if s in tokenized and s not in written and s not in pending_ids:  # a retried task's repeat
+                if s in counts and s not in written and s not in pending_ids:  # a retried task's repeat
                     keep.append(i)
                     pending_ids.add(s)
             if keep:
@@ -260,7 +272,7 @@ def _write_stream(ws, ds, tokenized: dict, n_total, n_done, chunk_pairs, result,
         result.seconds = time.perf_counter() - start
     if cancelled:
         raise Cancelled(f"indexing cancelled with {result.n_pairs} pairs saved in {ws.path}; rerun to resume")
-    missing = tokenized.keys() - written
+    missing = counts.keys() - written
     if missing:
         raise WorkspaceError(f"{len(missing)} pairs did not come back from the Ray workers "
                              f"(e.g. #{min(missing)}); rerun to index them")
