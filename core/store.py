@@ -209,8 +209,9 @@ def _find_sae(catalog: Catalog, name: str) -> SAEEntry | None:
         return None
 
 
-def status(catalog: Catalog) -> list[StoreStatus]:
-    """Every catalogue entry with whether it is ready offline, where, and its size on disk."""
+def status(catalog: Catalog, trained: bool = False) -> list[StoreStatus]:
+    """Every catalogue entry with whether it is ready offline, where, and its size on disk; with
+    `trained`, also every SAE trained here with a "train" recipe ("RECIPE@KEY", see trained_variants)."""
     rows = []
     for m in catalog.models.values():
         ready = model_ready(m)
@@ -221,7 +222,8 @@ def status(catalog: Catalog) -> list[StoreStatus]:
             except StoreError as exc:
                 detail = str(exc)
         rows.append(StoreStatus(m.name, "model", m.source, ready, str(model_dir(m)), _size(model_dir(m)), detail))
-    for s in [*catalog.saes.values(), *(v for r in catalog.saes.values() for v in trained_variants(r))]:
+    variants = [v for r in catalog.saes.values() for v in trained_variants(r)] if trained else []
+    for s in [*catalog.saes.values(), *variants]:
         ready = sae_ready(s)
         detail = ""
         q = sae_dir(s) / "quality.json"

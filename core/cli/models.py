@@ -14,11 +14,11 @@ from core.errors import CatalogError
 
 @models_app.command("list")
 def models_list(as_json: bool = JSON):
-    """Every catalogue model and SAE: source, ready offline, size on disk."""
+    """Every catalogue model and SAE, and every SAE trained here: source, ready offline, size on disk."""
     from core.catalog import load_catalog
     from core.store import status
 
-    rows = status(load_catalog())
+    rows = status(load_catalog(), trained=True)
     text = "\n".join(
         f"{r.kind:5} {r.name:32} {r.source:12} {'ready' if r.ready else '-':5} {r.size_bytes / 2**20:8.1f} MiB  {r.detail}"
         for r in rows

@@ -106,7 +106,7 @@ def test_sae_per_dataset_trained_once_and_recorded(store, datasets, tmp_path):
     assert first and "has not seen this dataset" in first[0] and "rates of the training of" in first[0], first
     assert Workspace(tmp_path / "wb").meta()["sae"] == name_for(b)
     assert [v.name for v in trained_variants(load_catalog().saes["tiny-recipe"])] == [name_for(b), name_for(a)]
-    assert {name_for(a), name_for(b)} <= {s.name for s in status(load_catalog()) if s.ready}
+    assert {name_for(a), name_for(b)} <= {s.name for s in status(load_catalog(), trained=True) if s.ready}
 
     # --no-train-sae on a third dataset: the newest SAE of the recipe, said so; nothing trained
     said = []
