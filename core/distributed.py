@@ -130,17 +130,17 @@ def plan_work(model: ModelEntry, layer: int, todo: list[Pair], settings) -> tupl
     from core.index import _Prefetch
 
     reader = _tokenizing_reader(model, layer)
-    items, tokenized = [], {}
-    prefetch = _Prefetch(reader, todo, settings)
+    items, counts = [], {}
+    prefetch = _Prefetch(reader, todo, settings)  # the single-process index's tokeniser and batch plan
     by_index = {p.source_index: p for p in todo}
     try:
         for batch in prefetch:
             items.append({"pairs": json.dumps([_pair_json(by_index[t.source_index]) for t in batch])})
-            tokenized.update((t.source_index, PairCount(t.n_tokens, (t.chosen_cut > 0) + (t.rejected_cut > 0),
+            counts.update((t.source_index, PairCount(t.n_tokens, (t.chosen_cut > 0) + (t.rejected_cut > 0),
                                                         t.prompt_dropped > 0)) for t in batch)
     finally:
         prefetch.stop()
-    return items, tokenized
+    return items, counts
 
 
 def connect(address: str | None, progress: ProgressFn | None = None) -> bool:
