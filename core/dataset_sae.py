@@ -232,13 +232,12 @@ def _corpus_tokens(recipe: SAEEntry, model, pairs) -> int:
     """Reply tokens (capped per reply as training caps them) the corpus yields, up to the budget."""
     from transformers import AutoTokenizer
 
-    from core.ingest import read_pairs
+    from core.sae_train import corpus_pairs
     from core.store import pull_model
 
     tok = AutoTokenizer.from_pretrained(model.tokenizer or pull_model(model))
     n = 0
-    sample = read_pairs(locations.sample_data_file(), skip_invalid=True).pairs
-    for p in [*(pairs or []), *sample]:
+    for p in corpus_pairs(pairs or []):
         for text in (p.chosen, p.rejected):
             n += min(recipe.max_tokens_per_text, len(tok(text, add_special_tokens=False)["input_ids"]))
         if n >= recipe.activation_tokens:

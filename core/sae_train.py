@@ -77,6 +77,22 @@ def collect_activations(
     return torch.cat(chunks)[:token_budget]
 
 
+def corpus_pairs(dataset_pairs) -> list[Pair]:
+    """The pairs an SAE's corpus is read from, in order: `dataset_pairs` in a seeded random order (a file
+    may be sorted by topic or length), so the token budget goes to the distribution the SAE will
+    encode, then the bundled sample's to fill the rest; each distinct pair once (the analysed dataset
+    may be the sample itself: the demo)."""
+    dataset = list(dataset_pairs)
+    random.Random(0).shuffle(dataset)
+    seen, pairs = set(), []
+    for p in [*dataset, *read_pairs(locations.sample_data_file(), skip_invalid=True).pairs]:
+        key = (p.prompt_text, p.chosen, p.rejected)
+        if key not in seen:
+            seen.add(key)
+            pairs.append(p)
+    return pairs
+
+
 def train_catalog_sae(
     entry: SAEEntry,
     catalog: Catalog,
@@ -101,18 +117,7 @@ def train_catalog_sae(
     progress = reporter(progress)
     model = catalog.models[entry.model]
     sample_file = locations.sample_data_file()
-    sample = read_pairs(sample_file, skip_invalid=True).pairs
-    # The analysed dataset comes first, in a seeded random order (a file may be sorted by topic or
-    # length), so the token budget goes to the distribution the SAE will encode; the sample fills the rest.
-    dataset = list(extra_pairs)
-    random.Random(0).shuffle(dataset)
-    # The analysed dataset may be the sample itself (the demo): count each distinct pair once.
-    seen, pairs = set(), []
-    for p in [*dataset, *sample]:
-        key = (p.prompt_text, p.chosen, p.rejected)
-        if key not in seen:
-            seen.add(key)
-            pairs.append(p)
+    pairs = corpus_pairs(extra_pairs)
     progress(Progress("sae", f"training SAE {entry.name}: reading {len(pairs)} pairs of {model.name} at layer {entry.layer}"))
     start = time.perf_counter()
     reader = ResidualReader.from_entry(model, layer=entry.layer, device=device)
