@@ -114,7 +114,11 @@ def _trained_on(entry: SAEEntry) -> str:
     datasets = (q or {}).get("corpus", {}).get("datasets") or []
     if not datasets:
         return "trained earlier"
-    return "trained on " + " + ".join(Path(d["path"]).name for d in datasets) + " (+ the bundled sample)"
+    names = " + ".join(Path(d["path"]).name for d in datasets)
+    from core.workspace import file_sha256
+
+    sample = [file_sha256(locations.sample_data_file())]
+    return f"trained on {names}" + ("" if [d["sha256"] for d in datasets] == sample else " (+ the bundled sample)")
 
 
 def _quality(entry: SAEEntry) -> dict | None:
