@@ -91,6 +91,32 @@ def tiny_sae(tmp_path_factory, config_dir) -> str:
     return "tiny-test"
 
 
+def index_then_kill(args: list[str], workspace: Path, n: int, timeout: float = 300) -> list[int]:
+    """Run `datadebug index ARGS` in a subprocess, SIGKILL it once `workspace` holds `n` pairs, and
+    return the pairs it holds then. Fails when the run ends before it could be killed."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from core.workspace import Workspace
+
+    proc = subprocess.Popen([sys.executable, "-m", "core.cli", "index", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=os.environ.copy())
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.3)
+        try:
+            if len(Workspace(workspace).indexed_source_indices()) >= n:
+                break
+        except Exception:
+            continue
+    assert proc.poll() is None, "indexing finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return Workspace(workspace).indexed_source_indices().tolist()
+
+
 @contextlib.contextmanager
 def catalog_entries(config_dir: Path, toml: str):
     """Add catalogue entries to the user's models.toml for the duration (what was there stays, and

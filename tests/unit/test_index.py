@@ -1,9 +1,6 @@
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -11,6 +8,7 @@ import pytest
 from core.index import IndexSettings, index_dataset
 from core.ingest import read_pairs
 from core.workspace import Workspace, WorkspaceError
+from tests.conftest import index_then_kill
 
 
 def test_workspace_holds_every_pair_with_features_tokens_and_embeddings(small_workspace, hh_small, tiny_sae):
@@ -50,23 +48,8 @@ def test_reindexing_is_idempotent_and_other_settings_are_refused(small_workspace
 
 def test_kill_9_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path, hh_small, tiny_sae):
     ws_path = tmp_path / "ws"
-    cmd = [sys.executable, "-m", "core.cli", "index", str(hh_small), "-w", str(ws_path), "--sae", tiny_sae,
-           "--max-tokens", "32", "--chunk-pairs", "4", "--batch-tokens", "256"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
-    deadline = time.time() + 300
-    n = 0
-    while time.time() < deadline and proc.poll() is None:
-        time.sleep(0.3)
-        try:
-            n = len(Workspace(ws_path).indexed_source_indices())
-        except Exception:
-            continue
-        if n >= 4:
-            break
-    assert proc.poll() is None, "indexing finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    partial = Workspace(ws_path).indexed_source_indices()
+    partial = np.array(index_then_kill([str(hh_small), "-w", str(ws_path), "--sae", tiny_sae, "--max-tokens", "32",
+                                        "--chunk-pairs", "4", "--batch-tokens", "256"], ws_path, 4))
     assert 4 <= len(partial) < 24
     r = index_dataset(hh_small, ws_path, sae=tiny_sae, settings=IndexSettings(max_tokens=32, chunk_pairs=4, batch_tokens=256))
     assert r.n_new == 24 - len(set(partial.tolist()))

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pyarrow as pa
@@ -17,7 +14,7 @@ import pytest
 from core.index import IndexResult, IndexSettings, index_dataset
 from core.ingest import read_pairs
 from core.workspace import PAIRS_SCHEMA, Workspace
-from tests.conftest import HH, short_pairs, write_jsonl_subset
+from tests.conftest import HH, index_then_kill, short_pairs, write_jsonl_subset
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -117,22 +114,7 @@ def test_ray_matches_single_process_with_a_worker_killed_mid_run(cluster, single
 
 def test_killed_driver_resumes_without_loss_or_duplicate(cluster, single, data, tiny_sae, tmp_path):
     ws = tmp_path / "ws"
-    cmd = [sys.executable, "-m", "core.cli", "index", str(data), "-w", str(ws), "--sae", tiny_sae, *ARGS,
-           "--ray", cluster]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
-    deadline, n = time.time() + 300, 0
-    while time.time() < deadline and proc.poll() is None:
-        time.sleep(0.3)
-        try:
-            n = len(Workspace(ws).indexed_source_indices())
-        except Exception:
-            continue
-        if n >= 2:
-            break
-    assert proc.poll() is None, "indexing finished before the driver could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    partial = Workspace(ws).indexed_source_indices().tolist()
+    partial = index_then_kill([str(data), "-w", str(ws), "--sae", tiny_sae, *ARGS, "--ray", cluster], ws, 2)
     assert 2 <= len(partial) < N and len(set(partial)) == len(partial)
     r = index_dataset(data, ws, sae=tiny_sae, settings=SETTINGS, ray=cluster)
     assert r.n_new == N - len(partial)
