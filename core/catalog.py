@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import tomllib
 from dataclasses import dataclass, field
@@ -27,6 +28,11 @@ class ModelEntry:
     dtype_cuda: str = "bfloat16"
 
 
+# A trained ("train" source) SAE entry is a recipe; each SAE trained with it for a corpus is stored as
+# "RECIPE@KEY" (KEY: the corpus's first dataset's sha256, first 8 hex digits; see core.dataset_sae).
+VARIANT_SEP = "@"
+
+
 @dataclass(frozen=True)
 class SAEEntry:
     name: str
@@ -47,6 +53,16 @@ class SAEEntry:
     max_tokens_per_text: int = 256
     activation_tokens: int = 150_000
 
+    @property
+    def recipe(self) -> str:
+        """The catalogue entry this SAE comes from: its own name, or RECIPE for a "RECIPE@KEY" variant."""
+        return self.name.partition(VARIANT_SEP)[0]
+
+    @property
+    def corpus_key(self) -> str | None:
+        """KEY of a "RECIPE@KEY" variant (None for a catalogue entry itself)."""
+        return self.name.partition(VARIANT_SEP)[2] or None
+
 
 @dataclass(frozen=True)
 class Catalog:
@@ -63,13 +79,17 @@ class Catalog:
         return self.models[name]
 
     def sae(self, name: str | None, model: ModelEntry | None = None) -> SAEEntry:
-        """The SAE entry called `name`, else the model's default SAE. Raises CatalogError when none fits."""
+        """The SAE entry called `name`, else the model's default SAE; "RECIPE@KEY" names the SAE trained
+        with the "train" entry RECIPE for corpus KEY. Raises CatalogError when none fits."""
         name = name or (model.sae if model else None)
         if not name:
             raise CatalogError(f"model {model.name if model else '?'} names no SAE; pass --sae")
-        if name not in self.saes:
-            raise CatalogError(f"unknown SAE {name!r}; known: {', '.join(sorted(self.saes))}")
-        return self.saes[name]
+        if name in self.saes:
+            return self.saes[name]
+        recipe, sep, key = name.partition(VARIANT_SEP)
+        if sep and key and recipe in self.saes and self.saes[recipe].source == "train":
+            return dataclasses.replace(self.saes[recipe], name=name)  # a variant trained for a corpus
+        raise CatalogError(f"unknown SAE {name!r}; known: {', '.join(sorted(self.saes))}")
 
 
 def _entries(raw: dict, kind: str, cls, path: Path) -> dict:

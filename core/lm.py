@@ -8,12 +8,19 @@ are formed from length-sorted pairs so padding stays small.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from core.catalog import ModelEntry
 from core.errors import UsageError
-from core.store import pull_model
+
+if TYPE_CHECKING:
+    from core.catalog import ModelEntry
+
+# Whole replies are read up to the model's context (config.max_position_embeddings), but never past
+# this many tokens per row (prompt + reply): Llama-3.1 claims 131,072, and one such row would need
+# tens of GB of activations. 8,192 is the max length the paper's DPO run trained with.
+MAX_CONTEXT = 8192
 
 
 def pick_device(device: str | None = None) -> str:
@@ -33,6 +40,8 @@ def load_full_model(entry: ModelEntry, device: str | None = None, progress=None)
     """The whole causal LM + tokenizer for `entry` (pulled into the store if needed)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from core.store import pull_model
+
     device = pick_device(device)
     path = pull_model(entry, progress)
     tok = AutoTokenizer.from_pretrained(entry.tokenizer or path)
@@ -49,16 +58,107 @@ def decoder_layers(model) -> torch.nn.ModuleList:
     raise UsageError(f"don't know where {type(model).__name__} keeps its blocks")
 
 
+@torch.inference_mode()
+def final_norm_scale(norm, d_model: int) -> torch.Tensor | None:
+    """The per-dimension scale (d_model,) that the final norm applies to a unit-RMS vector, whatever
+    its convention: `weight` for Llama/Qwen, `1 + weight` for Gemma. Measured on the module itself
+    (for x of zero mean and unit RMS, scale = (norm(x) - norm(-x)) / 2x, a bias cancelling out)."""
+    if norm is None or not any(True for _ in norm.parameters()):
+        return None
+    p = next(norm.parameters())
+    x = torch.ones(d_model, dtype=torch.float32, device=p.device)
+    x[1::2] = -1  # (d_model,) mean 0 (for even d_model), RMS 1
+    x = x.to(p.dtype)[None]
+    return ((norm(x) - norm(-x)) / (2 * x))[0].float().detach()
+
+
+_ROLE = {"system": "System", "user": "User", "assistant": "Assistant"}
+
+
+def chat_prompt_ids(tokenizer, prompt: tuple[dict, ...] | list[dict]) -> list[int]:
+    """Token ids of a prompt conversation, ready for the reply: the tokenizer's chat template with
+    the generation prompt. A base model's tokenizer has no template (the catalogue's Gemma-2-2B):
+    then a plain transcript, "User: ...\n\nAssistant:". A template that refuses a system turn
+    (Gemma's) gets the system text at the head of the first user turn, as Gemma's card advises.
+    Raises UsageError when the template refuses the conversation otherwise."""
+    messages = list(prompt)
+    if not getattr(tokenizer, "chat_template", None):
+        text = "\n\n".join(f"{_ROLE.get(m['role'], m['role'])}: {m['content']}" for m in messages)
+        return tokenizer(text + "\n\nAssistant:", add_special_tokens=True)["input_ids"]
+    from jinja2 import TemplateError
+
+    try:
+        out = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    except TemplateError as exc:
+        if messages[0]["role"] != "system" or len(messages) < 2 or messages[1]["role"] != "user":
+            raise UsageError(f"the model's chat template refuses this prompt: {exc}") from None
+        merged = {"role": "user", "content": messages[0]["content"] + "\n\n" + messages[1]["content"]}
+        return chat_prompt_ids(tokenizer, [merged, *messages[2:]])
+    if hasattr(out, "keys"):  # transformers 5 returns a BatchEncoding
+        out = out["input_ids"]
+    return list(out)
+
+
 @dataclass
 class TokenizedPair:
     source_index: int
     prompt_ids: list[int]
     chosen_ids: list[int]
     rejected_ids: list[int]
+    prompt_dropped: int = 0  # tokens cut from the head of the prompt (its tail is kept)
+    chosen_cut: int = 0  # tokens cut from the end of each reply
+    rejected_cut: int = 0
 
     @property
     def cost(self) -> int:
         return len(self.prompt_ids) + 2 * max(len(self.chosen_ids), len(self.rejected_ids))
+
+    @property
+    def n_tokens(self) -> int:
+        """Tokens read: the prompt once, both replies."""
+        return len(self.prompt_ids) + len(self.chosen_ids) + len(self.rejected_ids)
+
+
+def fit_pair(
+    source_index: int,
+    prompt: list[int],
+    chosen: list[int],
+    rejected: list[int],
+    max_tokens: int | None,
+    context: int,
+    max_prompt_tokens: int | None = None,
+) -> TokenizedPair:
+    """Cut a tokenized pair to what is read, each row (prompt + reply) within `context` tokens.
+
+    Replies keep their start: at most `max_tokens` (None: whole replies), and never so many that
+    the prompt's last min(len(prompt), context // 4) tokens would not fit before them. The prompt
+    keeps its tail (what the reply answers): `context` minus the longer reply, and at most
+    `max_prompt_tokens` (default 2 x max_tokens when a cap is given, as before whole replies).
+    """
+    cap = context if max_tokens is None else min(max_tokens, context)
+    floor = min(len(prompt), context // 4)
+    reply_cap = max(0, min(cap, context - floor))
+    c, r = chosen[:reply_cap], rejected[:reply_cap]
+    keep = context - max(len(c), len(r))
+    if max_prompt_tokens is None and max_tokens is not None:
+        max_prompt_tokens = 2 * max_tokens
+    if max_prompt_tokens is not None:
+        keep = min(keep, max_prompt_tokens)
+    p = prompt[max(0, len(prompt) - keep) :]
+    return TokenizedPair(
+        source_index, p, c, r, prompt_dropped=len(prompt) - len(p),
+        chosen_cut=len(chosen) - len(c), rejected_cut=len(rejected) - len(r),
+    )
+
+
+@dataclass
+class BatchStates:
+    """One batch's residual activations at the read layer, padded, on the reader's device."""
+
+    replies: torch.Tensor  # (2B, R, d_model) rows: chosen 0, rejected 0, chosen 1, ... right-padded
+    reply_mask: torch.Tensor  # (2B, R) bool, True on real tokens
+    prompts: torch.Tensor  # (B, P, d_model) left-padded
+    prompt_mask: torch.Tensor  # (B, P) bool
 
 
 class ResidualReader:
@@ -73,14 +173,16 @@ class ResidualReader:
     def __init__(self, model, tokenizer, layer: int):
         self.tokenizer = tokenizer
         self.layer = layer
+        pad = getattr(tokenizer, "pad_token_id", None)
+        self.pad_id = pad if pad is not None else 0
+        self._pieces: dict[int, str] = {}  # token id -> its text alone (token_strings)
+        self._prefix_len: int | None = None
         inner = getattr(model, "model", model)
         # Kept for feature labels (decoder directions through the unembedding) before the head is dropped.
         out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
         self.unembed = (out_emb.weight if out_emb is not None else inner.embed_tokens.weight).detach()
         norm = getattr(inner, "norm", None)
-        self.final_norm_weight = getattr(norm, "weight", None)
-        if self.final_norm_weight is not None:
-            self.final_norm_weight = self.final_norm_weight.detach()
+        self.final_norm_weight = final_norm_scale(norm, inner.config.hidden_size)
         n_layers = len(inner.layers)
         if not 0 <= layer < n_layers:
             raise UsageError(f"layer {layer} is outside 0..{n_layers - 1}")
@@ -97,6 +199,8 @@ class ResidualReader:
     def from_entry(cls, entry: ModelEntry, layer: int | None = None, device: str | None = None, progress=None):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from core.store import pull_model
+
         device = pick_device(device)
         path = pull_model(entry, progress)
         tok = AutoTokenizer.from_pretrained(entry.tokenizer or path)
@@ -110,43 +214,68 @@ class ResidualReader:
     # -- tokenisation ---------------------------------------------------------------------------
 
     def prompt_ids(self, prompt: tuple[dict, ...] | list[dict]) -> list[int]:
-        out = self.tokenizer.apply_chat_template(list(prompt), add_generation_prompt=True, tokenize=True)
-        if hasattr(out, "keys"):  # transformers 5 returns a BatchEncoding
-            out = out["input_ids"]
-        return list(out)
+        return chat_prompt_ids(self.tokenizer, prompt)
 
     def reply_ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def tokenize(self, pair, max_tokens: int, max_prompt_tokens: int | None = None) -> TokenizedPair:
-        """Chat-template the prompt (kept from the left: its end is what the reply answers) and cap replies."""
-        max_prompt_tokens = max_prompt_tokens or 2 * max_tokens
-        p = self.prompt_ids(pair.prompt)
-        if len(p) > max_prompt_tokens:
-            p = p[-max_prompt_tokens:]
-        return TokenizedPair(
-            pair.source_index, p, self.reply_ids(pair.chosen)[:max_tokens], self.reply_ids(pair.rejected)[:max_tokens]
+    def context_tokens(self) -> int:
+        """Tokens per row (prompt + reply) the reader reads at most: the model's context, <= MAX_CONTEXT."""
+        n = getattr(self.model.config, "max_position_embeddings", None) or MAX_CONTEXT
+        return min(int(n), MAX_CONTEXT)
+
+    def tokenize(self, pair, max_tokens: int | None = None, max_prompt_tokens: int | None = None) -> TokenizedPair:
+        """Chat-template the prompt and cut the pair to what is read (see `fit_pair`): replies from
+        their start, whole when `max_tokens` is None; the prompt keeps its tail."""
+        return fit_pair(
+            pair.source_index, self.prompt_ids(pair.prompt), self.reply_ids(pair.chosen),
+            self.reply_ids(pair.rejected), max_tokens, self.context_tokens(), max_prompt_tokens,
         )
 
     def token_strings(self, ids: list[int]) -> list[str]:
-        return [self.tokenizer.decode([i]) for i in ids]
+        """Each token's text decoded alone (cached per id: long replies repeat their tokens)."""
+        pieces = self._pieces
+        out = []
+        for i in ids:
+            s = pieces.get(i)
+            if s is None:
+                s = pieces[i] = self.tokenizer.decode([i])
+            out.append(s)
+        return out
 
     # -- forward --------------------------------------------------------------------------------
 
     def template_prefix_len(self) -> int:
         """Tokens every chat-templated prompt starts with (e.g. a default system prompt)."""
-        a = self.prompt_ids([{"role": "user", "content": "alpha"}])
-        b = self.prompt_ids([{"role": "user", "content": "Zebra crossing"}])
-        n = 0
-        while n < min(len(a), len(b)) and a[n] == b[n]:
-            n += 1
-        return n
+        if self._prefix_len is None:
+            a = self.prompt_ids([{"role": "user", "content": "alpha"}])
+            b = self.prompt_ids([{"role": "user", "content": "Zebra crossing"}])
+            n = 0
+            while n < min(len(a), len(b)) and a[n] == b[n]:
+                n += 1
+            self._prefix_len = n
+        return self._prefix_len
 
     @torch.inference_mode()
     def read(self, batch: list[TokenizedPair], with_prompt: bool = False) -> list[tuple[torch.Tensor, ...]]:
         """For each pair: (chosen acts (Tc, d_model), rejected acts (Tr, d_model)), float32 on the reader's device.
 
         With `with_prompt`, a third tensor holds the prompt's activations (Tp, d_model).
+        """
+        s = self.forward(batch)
+        P = s.prompts.shape[1]
+        result = []
+        for i, b in enumerate(batch):
+            item = (s.replies[2 * i, : len(b.chosen_ids)].float(), s.replies[2 * i + 1, : len(b.rejected_ids)].float())
+            if with_prompt:
+                item += (s.prompts[i, P - len(b.prompt_ids) :].float(),)
+            result.append(item)
+        return result
+
+    @torch.inference_mode()
+    def forward(self, batch: list[TokenizedPair]) -> BatchStates:
+        """The batch's residual activations at the read layer, padded, in the model's dtype.
+
         The prompts run once, left-padded; the cache is then duplicated so that chosen and rejected
         replies (right-padded) continue from it in one batch.
         """
@@ -154,7 +283,7 @@ class ResidualReader:
 
         B = len(batch)
         dev = self.device
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        pad = self.pad_id
         P = max(len(b.prompt_ids) for b in batch)
         prompt = torch.full((B, P), pad, dtype=torch.long)
         pmask = torch.zeros((B, P), dtype=torch.long)
@@ -191,19 +320,17 @@ class ResidualReader:
             past_key_values=cache,
             use_cache=True,
         )
-        h = out.last_hidden_state.float()  # (2B, R, d_model)
-        result = []
-        for i in range(B):
-            c, r = replies[2 * i], replies[2 * i + 1]
-            item = (h[2 * i, : len(c)], h[2 * i + 1, : len(r)])
-            if with_prompt:
-                item += (p_out.last_hidden_state[i, P - len(batch[i].prompt_ids) :].float(),)
-            result.append(item)
-        return result
+        return BatchStates(
+            replies=out.last_hidden_state,  # (2B, R, d_model)
+            reply_mask=rmask.to(dev).bool(),
+            prompts=p_out.last_hidden_state,  # (B, P, d_model)
+            prompt_mask=pmask.to(dev).bool(),
+        )
 
 
 def plan_batches(items: list[TokenizedPair], max_batch_tokens: int) -> list[list[TokenizedPair]]:
-    """Length-sorted batches whose padded size (rows x longest row) stays under `max_batch_tokens`."""
+    """Length-sorted batches whose padded size (rows x longest row) stays under `max_batch_tokens`;
+    a pair longer than the budget on its own runs alone."""
     order = sorted(items, key=lambda t: t.cost)
     batches, cur, longest = [], [], 0
     for t in order:

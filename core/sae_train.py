@@ -1,4 +1,6 @@
-"""Training the SAE of a catalogue entry that has none published ("train on first use").
+"""Training the SAE of a catalogue entry that has none published (a "train" recipe).
+
+Each dataset gets its own SAE trained with the recipe (core.dataset_sae decides which and names it).
 
 Corpus (documented in README): the replies of the dataset being analysed plus the replies of the
 bundled sample (core/data/sample.jsonl), read at the SAE's layer exactly as indexing reads them
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 
 import torch
 
@@ -74,6 +77,22 @@ def collect_activations(
     return torch.cat(chunks)[:token_budget]
 
 
+def corpus_pairs(dataset_pairs) -> list[Pair]:
+    """The pairs an SAE's corpus is read from, in order: `dataset_pairs` in a seeded random order (a file
+    may be sorted by topic or length), so the token budget goes to the distribution the SAE will
+    encode, then the bundled sample's to fill the rest; each distinct pair once (the analysed dataset
+    may be the sample itself: the demo)."""
+    dataset = list(dataset_pairs)
+    random.Random(0).shuffle(dataset)
+    seen, pairs = set(), []
+    for p in [*dataset, *read_pairs(locations.sample_data_file(), skip_invalid=True).pairs]:
+        key = (p.prompt_text, p.chosen, p.rejected)
+        if key not in seen:
+            seen.add(key)
+            pairs.append(p)
+    return pairs
+
+
 def train_catalog_sae(
     entry: SAEEntry,
     catalog: Catalog,
@@ -84,33 +103,30 @@ def train_catalog_sae(
     progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
     out_dir=None,
+    corpus: list[dict] | None = None,
 ) -> SAEQuality:
     """Train `entry` (source = "train") on the default corpus and save it in the store.
 
     Activations are collected once (up to `activation_tokens`) and the SAE trains several epochs over
-    them for `entry.train_tokens` samples. Returns held-out quality; raises Cancelled.
+    them for `entry.train_tokens` samples. `corpus` describes the datasets `extra_pairs` came from
+    ({"path", "sha256", "pairs"} each), recorded in quality.json with the timings that
+    `core.dataset_sae.estimate_training` reuses. Returns held-out quality; raises Cancelled.
     """
     from core.lm import ResidualReader
 
     progress = reporter(progress)
     model = catalog.models[entry.model]
-    sample = read_pairs(locations.sample_data_file(), skip_invalid=True).pairs
-    # The analysed dataset comes first, in a seeded random order (a file may be sorted by topic or
-    # length), so the token budget goes to the distribution the SAE will encode; the sample fills the rest.
-    dataset = list(extra_pairs)
-    random.Random(0).shuffle(dataset)
-    # The analysed dataset may be the sample itself (the demo): count each distinct pair once.
-    seen, corpus = set(), []
-    for p in [*dataset, *sample]:
-        key = (p.prompt_text, p.chosen, p.rejected)
-        if key not in seen:
-            seen.add(key)
-            corpus.append(p)
-    progress(Progress("sae", f"training SAE {entry.name}: reading {len(corpus)} pairs of {model.name} at layer {entry.layer}"))
+    sample_file = locations.sample_data_file()
+    pairs = corpus_pairs(extra_pairs)
+    progress(Progress("sae", f"training SAE {entry.name}: reading {len(pairs)} pairs of {model.name} at layer {entry.layer}"))
+    start = time.perf_counter()
     reader = ResidualReader.from_entry(model, layer=entry.layer, device=device)
+    loaded = time.perf_counter()
     acts = collect_activations(
-        reader, corpus, entry.max_tokens_per_text, activation_tokens or entry.activation_tokens, progress=progress, cancel=cancel
+        reader, pairs, entry.max_tokens_per_text, activation_tokens or entry.activation_tokens, progress=progress, cancel=cancel
     )
+    collected = time.perf_counter()
+    device_type = reader.device.type
     del reader
 
     return train_topk_sae(
@@ -121,10 +137,20 @@ def train_catalog_sae(
         train_tokens=entry.train_tokens,
         batch_size=entry.batch_size,
         lr=entry.lr,
-        device=str(acts.device) if device is None else device,
+        device=device or device_type,  # where the model ran (activations are collected on the host)
         metadata={
-            "model": model.name, "layer": entry.layer, "corpus": "reply tokens of the analysed dataset + sample",
-            "corpus_pairs": len(corpus), "activation_tokens": len(acts),
+            "name": entry.name, "recipe": entry.recipe, "model": model.name, "layer": entry.layer,
+            "corpus": {
+                "tokens": "replies only, each read after its prompt",
+                "order": "the datasets' pairs (seeded shuffle), then the bundled sample's, up to the budget",
+                "datasets": list(corpus or []),
+                "sample": str(sample_file),
+            },
+            "corpus_pairs": len(pairs), "activation_tokens": len(acts),
+            "timing": {
+                "device_type": device_type, "d_sae": entry.d_sae, "k": entry.k, "batch_size": entry.batch_size,
+                "load_seconds": loaded - start, "collect_seconds": collected - loaded, "activation_tokens": len(acts),
+            },
         },
         progress=progress,
         cancel=cancel,

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core import locations
-from core.catalog import Catalog, ModelEntry, SAEEntry
-from core.errors import StoreError
+from core.catalog import VARIANT_SEP, Catalog, ModelEntry, SAEEntry
+from core.errors import CatalogError, StoreError
 from core.progress import ProgressFn, messages
 
 
@@ -235,8 +235,33 @@ def sae_sha256(entry: SAEEntry) -> str:
     return digest
 
 
-def status(catalog: Catalog) -> list[StoreStatus]:
-    """Every catalogue entry with whether it is ready offline, where, and its size on disk."""
+def trained_variants(recipe: SAEEntry) -> list[SAEEntry]:
+    """The SAEs trained with the "train" entry `recipe` for some corpus ("RECIPE@KEY" folders in the
+    store that are whole), newest first. Empty for any other entry."""
+    if recipe.source != "train" or recipe.corpus_key:
+        return []
+    import dataclasses
+
+    found = [
+        dataclasses.replace(recipe, name=d.name)
+        for d in locations.saes_dir().glob(f"{recipe.name}{VARIANT_SEP}*")
+        if d.is_dir() and not d.name.endswith(".partial")
+    ]
+    found = [v for v in found if sae_ready(v)]
+    return sorted(found, key=lambda v: (sae_dir(v) / "sae_weights.safetensors").stat().st_mtime, reverse=True)
+
+
+def _find_sae(catalog: Catalog, name: str) -> SAEEntry | None:
+    """The catalogue SAE (or RECIPE@KEY variant) called `name`, None when there is none."""
+    try:
+        return catalog.sae(name)
+    except CatalogError:
+        return None
+
+
+def status(catalog: Catalog, trained: bool = False) -> list[StoreStatus]:
+    """Every catalogue entry with whether it is ready offline, where, and its size on disk; with
+    `trained`, also every SAE trained here with a "train" recipe ("RECIPE@KEY", see trained_variants)."""
     rows = []
     for m in catalog.models.values():
         ready = model_ready(m)
@@ -247,15 +272,18 @@ def status(catalog: Catalog) -> list[StoreStatus]:
             except StoreError as exc:
                 detail = str(exc)
         rows.append(StoreStatus(m.name, "model", m.source, ready, str(model_dir(m)), _size(model_dir(m)), detail))
-    for s in catalog.saes.values():
+    variants = [v for r in catalog.saes.values() for v in trained_variants(r)] if trained else []
+    for s in [*catalog.saes.values(), *variants]:
         ready = sae_ready(s)
         detail = ""
         q = sae_dir(s) / "quality.json"
         if q.is_file():
             qual = json.loads(q.read_text())
             detail = f"FVU {qual['fvu']:.3f}, L0 {qual['l0']:.1f}, dead {qual['dead_fraction']:.1%}"
+            if qual.get("corpus", {}).get("datasets"):
+                detail += f"; trained on {Path(qual['corpus']['datasets'][0]['path']).name}"
         elif not ready and s.source == "train":
-            detail = "trained on first use (datadebug sae train)"
+            detail = "a recipe: an SAE is trained with it for each dataset indexed (datadebug sae train)"
         rows.append(StoreStatus(s.name, "sae", s.source, ready, str(sae_dir(s)), _size(sae_dir(s)), detail))
     return rows
 
@@ -277,8 +305,7 @@ def verify(catalog: Catalog, name: str) -> str:
         if entry.layer >= cfg.num_hidden_layers:
             raise StoreError(f"model {name}: layer {entry.layer} >= {cfg.num_hidden_layers} layers")
         return f"model {name}: ok ({cfg.model_type}, {cfg.num_hidden_layers} layers, d_model {cfg.hidden_size}, {n / 1e6:.1f}M parameters)"
-    if name in catalog.saes:
-        entry = catalog.saes[name]
+    if (entry := _find_sae(catalog, name)) is not None:
         if not sae_ready(entry):
             raise StoreError(f"SAE {name} is not in the store")
         from core.sae import load_sae
@@ -302,8 +329,7 @@ def remove(catalog: Catalog, name: str) -> int:
         if entry.source == "local":
             raise StoreError(f"model {name} is a local folder the store does not own: {entry.path}")
         path = model_dir(entry)
-    elif name in catalog.saes:
-        entry = catalog.saes[name]
+    elif (entry := _find_sae(catalog, name)) is not None:
         if entry.source == "local":
             raise StoreError(f"SAE {name} is a local folder the store does not own: {entry.path}")
         path = sae_dir(entry)

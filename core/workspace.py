@@ -100,7 +100,15 @@ class Workspace:
         return set(getattr(res, "tables", res))
 
     def has(self, table: str) -> bool:
-        return table in self._names()
+        """Whether `table` exists with a committed version. A process killed while creating a table
+        leaves its folder without one: that table is not there (and is overwritten when written)."""
+        if table not in self._names():
+            return False
+        try:
+            self.db.open_table(table)
+        except (ValueError, OSError):
+            return False
+        return True
 
     def table(self, name: str):
         return self.db.open_table(name)
@@ -146,7 +154,7 @@ class Workspace:
         if self.has("pairs"):
             self.table("pairs").add(rows)
         else:
-            self.db.create_table("pairs", rows, schema=PAIRS_SCHEMA)
+            self.db.create_table("pairs", rows, schema=PAIRS_SCHEMA, mode="overwrite")
 
     def indexed_source_indices(self) -> np.ndarray:
         if not self.has("pairs"):

@@ -6,6 +6,7 @@ dir and reused), the SAE is trained with sae-lens, the workspace is LanceDB on d
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -88,6 +89,52 @@ def tiny_sae(tmp_path_factory, config_dir) -> str:
     )
     _cached.cache_clear()
     return "tiny-test"
+
+
+def index_then_kill(args: list[str], workspace: Path, n: int, timeout: float = 300) -> list[int]:
+    """Run `datadebug index ARGS` in a subprocess, SIGKILL it once `workspace` holds `n` pairs, and
+    return the pairs it holds then. Fails when the run ends before it could be killed."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from core.workspace import Workspace
+
+    proc = subprocess.Popen([sys.executable, "-m", "core.cli", "index", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=os.environ.copy())
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.3)
+        try:
+            if len(Workspace(workspace).indexed_source_indices()) >= n:
+                break
+        except Exception:
+            continue
+    assert proc.poll() is None, "indexing finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return Workspace(workspace).indexed_source_indices().tolist()
+
+
+@contextlib.contextmanager
+def catalog_entries(config_dir: Path, toml: str):
+    """Add catalogue entries to the user's models.toml for the duration (what was there stays, and
+    is all that is left afterwards)."""
+    from core.catalog import _cached
+
+    f = config_dir / "models.toml"
+    before = f.read_text() if f.is_file() else None
+    f.write_text((before or "") + "\n" + toml)
+    _cached.cache_clear()
+    try:
+        yield
+    finally:
+        if before is None:
+            f.unlink()
+        else:
+            f.write_text(before)
+        _cached.cache_clear()
 
 
 @pytest.fixture(scope="session")

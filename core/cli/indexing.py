@@ -21,12 +21,25 @@ def index(
     model: Optional[str] = typer.Option(None, help="Model name from the catalogue (default: the embedded one)"),
     sae: Optional[str] = typer.Option(None, help="SAE name from the catalogue (default: the model's)"),
     limit: Optional[int] = typer.Option(None, help="Index at most this many valid pairs"),
-    max_tokens: int = typer.Option(256, help="Reply tokens read per side (the prompt keeps its last 2x)"),
+    max_tokens: Optional[int] = typer.Option(
+        None, help="Cap on reply tokens read per side (the prompt then keeps its last 2x); "
+        "default: whole replies, up to the model's context (at most 8,192 tokens per prompt + reply)",
+    ),
     format: Optional[str] = typer.Option(None, help="standard | conversational | hh-rlhf | sharegpt (default: detect)"),
     skip_invalid: bool = typer.Option(False, help="Skip invalid records and report them instead of stopping"),
     device: Optional[str] = typer.Option(None, help="cpu | cuda (default: cuda when available)"),
     batch_tokens: int = typer.Option(4096, help="Padded tokens per forward batch (memory vs speed)"),
     chunk_pairs: int = typer.Option(64, help="Pairs per write; a killed run resumes from the last write"),
+    train_sae: bool = typer.Option(
+        True, help="A trained SAE recipe (the embedded model's) gets an SAE trained on this dataset when it "
+        "has not seen it (the time it takes is printed first); --no-train-sae uses the newest one in the store",
+    ),
+    ray: Optional[str] = typer.Option(
+        None, "--ray", metavar="ADDRESS",
+        help="Shard the pairs over a Ray cluster, one worker per GPU (CPU workers when it has none): "
+        "auto (the cluster `ray start` made here, else a new local one), local, or HOST:PORT",
+    ),
+    ray_workers: Optional[int] = typer.Option(None, help="With --ray: workers (default: one per GPU)"),
     as_json: bool = JSON,
 ):
     """Run every pair through the LM + SAE and store per-reply features in a workspace (resumable)."""
@@ -40,13 +53,18 @@ def index(
         r = index_dataset(
             data, workspace, model=model, sae=sae, limit=limit, format=format, skip_invalid=skip_invalid,
             settings=IndexSettings(max_tokens=max_tokens, batch_tokens=batch_tokens, chunk_pairs=chunk_pairs),
-            device=device, progress=progress,
+            device=device, progress=progress, train_sae=train_sae, ray=ray, ray_workers=ray_workers,
         )
     text = (
         f"workspace {r.workspace}: {r.n_pairs} pairs ({r.n_new} new this run, "
         f"{r.n_skipped_invalid} invalid skipped, {ingest.identical} with identical replies skipped); "
         f"{r.tokens:,} tokens in {r.seconds:.1f}s ({r.tokens_per_s:.0f} tok/s)"
     )
+    if r.n_replies_cut or r.n_prompts_cut:
+        text += (
+            f"\nwarning: {r.n_replies_cut} replies cut at {r.max_tokens} tokens (or to fit the context), "
+            f"{r.n_prompts_cut} prompts read without their start (their last tokens kept)"
+        )
     if r.issues:
         text += "\n" + "\n".join(f"  {i}" for i in r.issues[:20])
         if len(r.issues) > 20:

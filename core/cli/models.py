@@ -14,11 +14,11 @@ from core.errors import CatalogError
 
 @models_app.command("list")
 def models_list(as_json: bool = JSON):
-    """Every catalogue model and SAE: source, ready offline, size on disk."""
+    """Every catalogue model and SAE, and every SAE trained here: source, ready offline, size on disk."""
     from core.catalog import load_catalog
     from core.store import status
 
-    rows = status(load_catalog())
+    rows = status(load_catalog(), trained=True)
     text = "\n".join(
         f"{r.kind:5} {r.name:32} {r.source:12} {'ready' if r.ready else '-':5} {r.size_bytes / 2**20:8.1f} MiB  {r.detail}"
         for r in rows
@@ -65,23 +65,24 @@ def models_rm(name: str, as_json: bool = JSON):
 
 @sae_app.command("train")
 def sae_train(
-    name: Optional[str] = typer.Argument(None, help="SAE entry (default: the default model's SAE)"),
-    data: list[Path] = typer.Option([], "--data", help="Extra preference files for the corpus (besides the bundled sample)"),
+    name: Optional[str] = typer.Argument(None, help="SAE recipe (default: the default model's SAE)"),
+    data: list[Path] = typer.Option([], "--data", help="Preference files the corpus starts with (default: the bundled sample)"),
     device: Optional[str] = typer.Option(None),
     as_json: bool = JSON,
 ):
-    """Train a catalogue SAE (source = "train") on the default corpus; prints FVU, L0 and dead fraction."""
+    """Train an SAE with a recipe (source = "train") for a corpus: stored as RECIPE@KEY, KEY from the
+    data's sha256 (the SAE that `index` uses for that data); prints FVU, L0 and dead fraction."""
     from core.catalog import load_catalog
-    from core.ingest import read_pairs
-    from core.sae_train import train_catalog_sae
+    from core.dataset_sae import train_dataset_sae
 
     cat = load_catalog()
     entry = cat.sae(name, cat.model(None))
-    extra = [p for d in data for p in read_pairs(d, skip_invalid=True).pairs]
+    if entry.source != "train":
+        raise CatalogError(f"SAE {entry.name} is not trained here (source {entry.source!r})")
     with ProgressPrinter() as progress:
-        q = train_catalog_sae(entry, cat, extra_pairs=extra, device=device, progress=progress)
+        trained, q = train_dataset_sae(cat.saes[entry.recipe], cat, data, device=device, progress=progress)
     emit(
-        asdict(q), as_json,
-        f"SAE {entry.name}: FVU {q.fvu:.3f}, L0 {q.l0:.1f}, dead {q.dead_fraction:.1%} "
+        {"name": trained.name, **asdict(q)}, as_json,
+        f"SAE {trained.name}: FVU {q.fvu:.3f}, L0 {q.l0:.1f}, dead {q.dead_fraction:.1%} "
         f"({q.train_tokens:,} training samples, {q.train_seconds:.0f}s)",
     )

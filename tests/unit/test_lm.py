@@ -56,3 +56,31 @@ def test_sae_corpus_is_reply_tokens_read_after_their_prompts():
     assert len(with_prompts) == n_reply + sum(len(t.prompt_ids) - skip for t in toks)
     # the budget stops at whole batches' worth of reply tokens, then cuts exactly
     assert len(collect_activations(reader, pairs, max_tokens=32, token_budget=20)) == 20
+
+
+def test_whole_replies_fit_the_context_and_prompts_keep_their_tail():
+    from core.lm import fit_pair
+
+    p, c, r = list(range(400)), list(range(1000, 1300)), list(range(2000, 2040))
+    whole = fit_pair(0, p, c, r, None, context=1000)  # everything fits: nothing cut
+    assert (whole.prompt_ids, whole.chosen_ids, whole.rejected_ids) == (p, c, r)
+    assert whole.prompt_dropped == whole.chosen_cut == whole.rejected_cut == 0
+    tight = fit_pair(0, p, c, r, None, context=500)  # prompt + longer reply must fit in 500
+    assert tight.chosen_ids == c and tight.rejected_ids == r  # replies whole, the prompt gives way
+    assert tight.prompt_ids == p[-200:] and tight.prompt_dropped == 200
+    tiny = fit_pair(0, p, c, r, None, context=200)  # the prompt keeps its last context // 4
+    assert tiny.prompt_ids == p[-50:] and tiny.chosen_ids == c[:150] and tiny.chosen_cut == 150
+    assert tiny.rejected_cut == 0 and all(len(tiny.prompt_ids) + len(x) <= 200 for x in (tiny.chosen_ids, tiny.rejected_ids))
+    capped = fit_pair(0, p, c, r, 32, context=8192)  # an explicit cap: the rule before whole replies
+    assert capped.chosen_ids == c[:32] and capped.rejected_ids == r[:32] and capped.prompt_ids == p[-64:]
+    assert (capped.chosen_cut, capped.rejected_cut, capped.prompt_dropped) == (268, 8, 336)
+
+
+def test_a_pair_longer_than_the_batch_budget_runs_alone():
+    from core.lm import TokenizedPair
+
+    items = [TokenizedPair(i, [1] * 10, [2] * 10, [3] * 5) for i in range(6)]
+    items.append(TokenizedPair(99, [1] * 500, [2] * 900, [3] * 10))  # cost 2,300 > budget 200
+    batches = plan_batches(items, 200)
+    assert [99] in [[t.source_index for t in b] for b in batches]
+    assert sorted(t.source_index for b in batches for t in b) == [*range(6), 99]
