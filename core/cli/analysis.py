@@ -41,13 +41,13 @@ def format_clusters(c) -> str:
 def clusters(
     workspace: Path = typer.Option(..., "--workspace", "-w"),
     by: str = typer.Option("sae", help="sae (SAE feature activity) | embedding (MiniLM prompt + chosen)"),
-    k: Optional[int] = typer.Option(None, help="Number of clusters (default: chosen by silhouette)"),
+    k: Optional[int] = typer.Option(None, help="Number of clusters (default: the SAE grouping's silhouette k, for either grouping)"),
     as_json: bool = JSON,
 ):
     """Group the pairs into clusters, each with its characteristic features and shift contrast."""
-    from core.clusters import cluster_pairs
+    from core.session import Session
 
-    c = cluster_pairs(_analysis(workspace), by=by, k=k)
+    c = Session(workspace).clusters(by, k)
     emit(c.to_json(), as_json, format_clusters(c))
 
 
