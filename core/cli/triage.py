@@ -28,11 +28,15 @@ def mark(
 
     session = Session(workspace)
     sel = session.select(pairs or [], feature, top, cluster, by, k)
-    op = session.mark(sel, reason=reason)
-    done = list(op.source_indices) if op else []
+    _changed(session, session.mark(sel, reason=reason), "marked", f" ({sel.scope})", as_json)
+
+
+def _changed(session, op, done: str, scope: str, as_json: bool) -> None:
+    """Print what a mark or unmark did (`op` None: nothing needed changing)."""
+    pairs = list(op.source_indices) if op else []
     n_marked = len(session.marks.marked)
-    emit({"op_id": op.op_id if op else None, "marked": done, "n_marked": n_marked}, as_json,
-          f"marked {len(done)} pairs ({sel.scope}); {n_marked} marked in all")
+    emit({"op_id": op.op_id if op else None, done: pairs, "n_marked": n_marked}, as_json,
+         f"{done} {len(pairs)} pairs{scope}; {n_marked} marked in all")
 
 
 @app.command()
@@ -57,11 +61,7 @@ def unmark(
         sel = Selection(tuple(sorted(session.marks.marked)), "all")
     else:
         sel = session.select(pairs or [], feature, top, cluster, by, k)
-    op = session.unmark(sel, reason=reason)
-    done = list(op.source_indices) if op else []
-    n_marked = len(session.marks.marked)
-    emit({"op_id": op.op_id if op else None, "unmarked": done, "n_marked": n_marked}, as_json,
-          f"unmarked {len(done)} pairs; {n_marked} marked in all")
+    _changed(session, session.unmark(sel, reason=reason), "unmarked", "", as_json)
 
 
 @app.command()

@@ -25,23 +25,44 @@ class KeyTable(DataTable):
     KeyTable { height: 1fr; }
     """
 
-    def __init__(self, *columns: str, **kwargs) -> None:
+    def __init__(self, *columns: str, opens: bool = True, **kwargs) -> None:
         super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
-        self._column_names = columns
+        self.opens = opens  # Enter opens the row (else the footer does not offer it)
+        self._column_names = tuple(columns)
+        self._kept_key: str | None = None  # the row under the cursor before the columns changed
 
     def on_mount(self) -> None:
         if not self.columns:
             self.add_columns(*self._column_names)
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "select_cursor" and not self.opens:
+            return False
+        return True
+
     def watch_loading(self, loading: bool) -> None:
         # The footer can miss the table's keys while it is covered by the loading indicator.
         self.call_after_refresh(self.refresh_bindings)
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return self._column_names
+
+    def set_columns(self, names: Iterable[str]) -> None:
+        """Show these columns (rows are dropped when they change: refill after)."""
+        names = tuple(names)
+        if names != self._column_names or not self.columns:
+            self._kept_key = self.current_key()
+            self.clear(columns=True)
+            self._column_names = names
+            self.add_columns(*names)
 
     def refill(self, rows: Iterable[tuple[str, Iterable]]) -> None:
         """Replace every row with (key, cells) pairs, keeping the cursor on the same key when it survives."""
         if not self.columns:
             self.add_columns(*self._column_names)
-        current = self.current_key()
+        current = self.current_key() or self._kept_key
+        self._kept_key = None
         old_row = self.cursor_row
         self.clear()
         keys = []
