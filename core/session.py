@@ -100,6 +100,11 @@ class Session:
                 self._marks = Marks(self.ws)
             return self._marks
 
+    def marked(self) -> frozenset[int]:
+        """The source indices marked now (a snapshot: marks may change from another thread)."""
+        with self._lock:
+            return frozenset(self.marks.marked_set())
+
     def info(self) -> WorkspaceInfo:
         return WorkspaceInfo(
             name=self.path.name,
@@ -136,7 +141,7 @@ class Session:
         if top < 1:
             raise UsageError(f"top {top}: must be at least 1")
         if excluded is None and without_marked:
-            excluded = self.marks.marked_set()
+            excluded = self.marked()
         report = self.analysis.report(top=top, excluded=excluded, **kw)
         with self._lock:
             for f in report.features:
@@ -182,7 +187,7 @@ class Session:
         if pairs:
             scopes.append("pair" if len(chosen) == 1 else "pairs")
         if feature is not None:
-            excluded = self.marks.marked_set() if skip_marked else ()
+            excluded = self.marked() if skip_marked else ()
             tops = self.analysis.top_pairs_of(int(feature), top, excluded=excluded)
             chosen |= {p.source_index for p in tops}
             scopes.append(f"feature {feature} top {top}")

@@ -39,10 +39,10 @@ from tui.messages import (
     WorkspaceNeedsIndex,
     WorkspaceOpened,
 )
-from tui.screens.base import DataScreen
+from tui.screens.base import DataScreen, FormInput
 from tui.screens.clusters import ClustersScreen
 from tui.screens.compare import CompareScreen
-from tui.screens.dialogs import ErrorDialog, ExportDialog, HelpScreen, MarkDialog
+from tui.screens.dialogs import ConfirmDialog, ErrorDialog, ExportDialog, HelpScreen, MarkDialog
 from tui.screens.goblin import GoblinScreen
 from tui.screens.index import IndexScreen
 from tui.screens.models import ModelsScreen
@@ -338,7 +338,9 @@ HELP_SECTIONS = [
     ("Models", ModelsScreen),
     ("Index", IndexScreen),
     ("tables", KeyTable),
+    ("forms", FormInput),
     ("dialogs", MarkDialog),
+    ("dialogs", ConfirmDialog),
     ("dialogs", ErrorDialog),
 ]
 

@@ -32,6 +32,7 @@ class DataScreen(Screen):
     SCREEN_TITLE = ""
     AUTO_FOCUS = "KeyTable"
     LEGEND: ClassVar[tuple[tuple[str, str], ...]] = ()
+    _triage_stale = False  # marks changed while the screen was out of view
 
     def compose(self) -> ComposeResult:
         yield Label(self.SCREEN_TITLE, id="screen-title")
@@ -53,8 +54,16 @@ class DataScreen(Screen):
         self.info_changed(info)
 
     def _triage_watch(self, triage: TriageState | None) -> None:
+        if not self.is_current:  # out of view: redrawn when shown again (a keypress redraws one screen)
+            self._triage_stale = True
+            return
+        self._triage_stale = False
         self.query_one(StatusLine).triage = triage
         self.triage_changed(triage)
+
+    def on_screen_resume(self) -> None:
+        if self._triage_stale:
+            self._triage_watch(self.app.triage)
 
     def _note_watch(self, note: str) -> None:
         self.query_one(StatusLine).note = note

@@ -12,6 +12,7 @@ from textual.binding import Binding, BindingType
 from textual.widgets import DataTable, Label, Static
 from textual.worker import get_current_worker
 
+from core.textsafe import one_line
 from core.views import ModelRow, ModelsView
 from tui.format import line, number
 from tui.messages import ModelsListed
@@ -122,7 +123,7 @@ class ModelsScreen(DataScreen):
     def _start(self, what: str, job) -> None:
         def done(text: str) -> None:
             self.query_one(JobPanel).say(text)
-            self.notify(text, timeout=4, markup=False)
+            self.notify(one_line(text), timeout=4, markup=False)
             self.action_refresh()
 
         self.query_one(JobPanel).run(what, job, done)
@@ -167,7 +168,7 @@ class ModelsScreen(DataScreen):
             return
         if not r.trainable:
             self.notify(
-                f"{r.name} has no SAE to train here (or it is trained already)",
+                one_line(f"{r.name} has no SAE to train here (or it is trained already)"),
                 severity="warning",
                 markup=False,
             )

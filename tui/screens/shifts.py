@@ -132,7 +132,7 @@ class ShiftsScreen(DataScreen):
     )
     def _rank(self) -> None:
         session = self.app.session
-        excluded = frozenset(session.marks.marked_set())
+        excluded = session.marked()
         report = session.report(top=TOP, excluded=excluded)
         if not get_current_worker().is_cancelled:
             self.post_message(ReportReady(report, excluded))

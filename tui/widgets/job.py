@@ -23,6 +23,7 @@ from textual.worker import Worker, WorkerState, get_current_worker
 
 from core.errors import Cancelled
 from core.progress import Progress, ProgressFn
+from core.textsafe import one_line
 from tui.format import line, safe
 from tui.messages import JobFinished, JobProgressed, WorkerFailed
 
@@ -58,7 +59,9 @@ class JobPanel(Vertical):
     def run(self, what: str, job: Job, done: Callable[[Any], None] | None = None) -> bool:
         """Start `job` unless one is running (then say so). `done(result)` runs on the UI thread."""
         if self.running:
-            self.notify(f"{self.what} is running; esc cancels it", severity="warning", markup=False)
+            self.notify(
+                one_line(f"{self.what} is running; esc cancels it"), severity="warning", markup=False
+            )
             return False
         self.what, self._done, self._job = what, done, self._job + 1
         self._cancel = threading.Event()
