@@ -364,8 +364,10 @@ class Session:
     def clusters(self, by: str = "sae", k: int | None = None):
         """The pairs grouped `by` "sae" or "embedding" into `k` clusters (default: `self.k`), as
         core.clusters.Clustering, computed once per (by, k). Raises UsageError as cluster_pairs."""
-        from core.clusters import cluster_pairs
+        from core.clusters import BY, cluster_pairs
 
+        if by not in BY:  # before finding the workspace's k, which clusters the pairs
+            raise UsageError(f"unknown clustering {by!r}; expected one of {', '.join(BY)}")
         k = self.k if k is None else k
         with self._lock:
             cached = self._clusterings.get((by, k))
