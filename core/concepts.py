@@ -51,7 +51,10 @@ K_NEIGHBOURS = 10
 MIN_SIZE = 4
 MIN_DF = 2  # a feature needs this many firing rows (in the graph's rows) to get edges at all
 MIN_G = 24.0  # an edge's G statistic 2·N·MI must exceed this (χ²(1) p ≈ 1e-6): no chance co-firing
-MAX_GRAPH_ROWS = 60_000
+MAX_GRAPH_ROWS = 10_000
+MIN_COFIRE = 3  # rows two features must share before their MI is computed
+MAX_DF_SHARE = 0.5  # a feature firing in most replies says nothing about which ones belong together
+BLOCK_NNZ = 20_000_000
 RESOLUTION = 1.0
 Z95 = 1.959964
 
@@ -145,34 +148,50 @@ def mutual_information(n11: np.ndarray, df_a: np.ndarray, df_b: np.ndarray, n: i
 
 
 def cofiring_graph(x: sp.csr_matrix, k: int = K_NEIGHBOURS, min_df: int = MIN_DF,
-                   min_g: float = MIN_G) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                   min_g: float = MIN_G, block_nnz: int = BLOCK_NNZ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(a, b, weight) edges of the symmetric k-nearest-neighbour MI graph over the columns of the
     0/1 matrix `x` (rows, d): each column keeps its `k` strongest positively associated partners
     whose co-firing is significant (G = 2·rows·MI > `min_g`). Columns firing in fewer than `min_df`
-    rows get no edges."""
+    rows, or in more than MAX_DF_SHARE of them, get no edges.
+
+    The co-firing counts Xᵀ X are computed a block of columns at a time (about `block_nnz` counts
+    each) and reduced to each column's top k at once, so memory stays bounded at 65k features."""
     n = x.shape[0]
     x = x.tocsc()
     df = np.diff(x.indptr)
-    cols = np.nonzero(df >= min_df)[0]
+    cols = np.nonzero((df >= min_df) & (df <= MAX_DF_SHARE * n))[0]
     if len(cols) < 2:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
-    xs = x[:, cols].astype(np.float32)
-    co = (xs.T @ xs).tocoo()  # (c, c) co-firing counts
-    keep = co.row != co.col
-    a, b, n11 = co.row[keep], co.col[keep], co.data[keep]
+    xs = x[:, cols].astype(np.float32).tocsc()
+    xr = xs.tocsr()
     dfc = df[cols].astype(np.float64)
-    positive = n11 * n > dfc[a] * dfc[b]
-    a, b, n11 = a[positive], b[positive], n11[positive]
-    w = mutual_information(n11, dfc[a], dfc[b], n)
-    strong = 2 * n * w > min_g
-    a, b, w = a[strong], b[strong], w[strong]
-    # each column's k strongest partners: sort by (column, -weight), keep the first k of each column
-    order = np.lexsort((-w, a))
-    a, b, w = a[order], b[order], w[order]
-    start = np.searchsorted(a, np.arange(len(cols)))
-    rank = np.arange(len(a)) - start[a]
-    top = rank < k
-    a, b, w = a[top], b[top], w[top]
+    # expected counts per column of Xᵀ X ~ Σ over its rows of the row's firings: cut blocks by that
+    row_len = np.diff(xr.indptr).astype(np.float64)
+    cost = np.asarray(xs.T @ row_len).ravel()
+    bounds = np.searchsorted(np.cumsum(cost), np.arange(block_nnz, cost.sum() + block_nnz, block_nnz))
+    starts = np.unique(np.concatenate([[0], np.minimum(bounds + 1, len(cols))]))
+    ea, eb, ew = [], [], []
+    for lo, hi in zip(starts[:-1], starts[1:]):
+        co = (xs[:, lo:hi].T @ xr).tocsr()  # (block, c) co-firing counts
+        # cheap integer tests first: most counts are chance co-firings of 1 or 2 rows
+        keep = co.data >= MIN_COFIRE
+        a = np.repeat(np.arange(lo, hi), np.diff(co.indptr))[keep]
+        b, n11 = co.indices[keep], co.data[keep].astype(np.float64)
+        del co
+        keep = (a != b) & (n11 * n > dfc[a] * dfc[b])
+        a, b, n11 = a[keep], b[keep], n11[keep]
+        w = mutual_information(n11, dfc[a], dfc[b], n)
+        strong = 2 * n * w > min_g
+        a, b, w = a[strong], b[strong], w[strong]
+        # each column's k strongest partners: sort by (column, -weight), keep the first k of each
+        order = np.lexsort((-w, a))
+        a, b, w = a[order], b[order], w[order]
+        first = np.searchsorted(a, a)
+        top = np.arange(len(a)) - first < k
+        ea.append(a[top])
+        eb.append(b[top])
+        ew.append(w[top])
+    a, b, w = np.concatenate(ea), np.concatenate(eb), np.concatenate(ew)
     lo, hi = np.minimum(a, b), np.maximum(a, b)
     key = lo.astype(np.int64) * len(cols) + hi
     key, first = np.unique(key, return_index=True)  # an edge kept by both ends counts once
@@ -189,7 +208,7 @@ def leiden(n_nodes: int, a: np.ndarray, b: np.ndarray, w: np.ndarray, resolution
     g.es["weight"] = w.tolist()
     part = leidenalg.find_partition(
         g, leidenalg.RBConfigurationVertexPartition, weights="weight", resolution_parameter=resolution,
-        seed=seed, n_iterations=-1,
+        seed=seed, n_iterations=2,
     )
     return np.asarray(part.membership, dtype=np.int64)
 

@@ -111,6 +111,14 @@ class HypothesisReport:
     def of_kind(self, kind: str) -> tuple[Hypothesis, ...]:
         return tuple(h for h in self.hypotheses if h.kind == kind)
 
+    def first_with_feature(self, feature: int, direction: str | None = None) -> Hypothesis | None:
+        """The best-ranked hypothesis whose response concept contains `feature` (and goes in
+        `direction`, "more" or "less", when given), or None."""
+        for h in self.hypotheses:
+            if feature in h.features and (direction is None or h.direction == direction):
+                return h
+        return None
+
 
 class _Sums:
     """Per half (2) sums over a set of rows: per cell s1, s2, pos, neg; per group its size; per view
