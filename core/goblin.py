@@ -32,6 +32,13 @@ ground truth) go to a JSON file next to the workspace, never into its tables.
     embedding_cluster  injected pairs (F1).
     shift_before/after  the goblin feature's predicted shift (mean delta) with all pairs and without the
                      pairs the feature flags (its top-|injected| pairs).
+    goblin_concept   the response concept (core.concepts) that holds the goblin feature, and its
+                     keyword name (`goblin_concept_name`, core.naming).
+    goblin_hypothesis_rank  where the goblin hypothesis lands on the landing ranking of
+                     core.hypotheses (both views and the concept view in one list, read RANK_DEPTH
+                     deep): the best-ranked hypothesis, in direction "more", whose response concept
+                     holds the goblin feature. Found without the ground truth (the goblin feature comes
+                     from the text); the truth only scores its driving pairs (precision, recall).
 
 Unless an SAE is named, `run_goblin` trains one for the run on the documented default corpus (the
 bundled sample plus the dataset analysed, i.e. the goblin copy) with the embedded model's SAE recipe,

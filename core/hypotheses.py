@@ -51,7 +51,9 @@ from core.progress import ProgressFn
 PSEUDO_PAIRS = 3.0
 MIN_SUPPORT = 3
 N_DRIVING = 10
-KINDS = ("cluster", "prompt")
+KINDS = ("cluster", "prompt", "concept")
+CONCEPT_VIEW = True
+CONCEPT_MAX_SHARE = 0.1
 
 
 @dataclass(frozen=True)
@@ -159,23 +161,39 @@ class Hypotheses:
         self.u_csc = self.u.tocsc()
         M = self.st.response.n_concepts
         active = self.st.clusters >= 0
-        K = self.st.k
+        K, P = self.st.k, self.st.prompt_groups.shape[1]
         cl_rows = np.nonzero(active)[0]
         G_cl = sp.csr_matrix((np.ones(len(cl_rows), np.float32), (cl_rows, self.st.clusters[cl_rows])), shape=(n, K))
-        self.G = sp.hstack([G_cl, self.st.prompt_groups]).tocsr().astype(np.float32)  # (n, groups)
+        self.G = sp.hstack([G_cl, self.st.prompt_groups]).tocsr().astype(np.float32)  # (n, K + P)
         self.G_csc = self.G.tocsc()
-        self.n_groups = self.G.shape[1]
-        self.group_view = np.r_[np.zeros(K, np.int64), np.ones(self.st.prompt_groups.shape[1], np.int64)]
+        # The concept view: per concept, the pairs where it fires (above τ) in either reply.
+        fired = (C.fires(chosen, self.st.response.tau) + C.fires(rejected, self.st.response.tau)) \
+            @ self.st.response.indicator()
+        self.A = (fired > 0).astype(np.float32).tocsr()  # (n, M)
+        self.A_csc = self.A.tocsc()
+        df = np.diff(self.A_csc.indptr)
+        self.diag = np.nonzero((df >= MIN_SUPPORT) & (df <= CONCEPT_MAX_SHARE * n))[0] if CONCEPT_VIEW else \
+            np.zeros(0, np.int64)
         self.view_rows = np.stack([active, np.ones(n, bool)])  # (view, n): who takes part in each view
         self.half = np.arange(n) % 2
         self.M = M
-        # Cells: (group, concept) with MIN_SUPPORT pairs moving the concept one way.
+        # Cells: (group, concept) with MIN_SUPPORT pairs moving the concept one way; in the concept
+        # view only the concept's own group.
         pos = (self.G.T @ (self.u > 0).astype(np.float32)).tocoo()
         neg = (self.G.T @ (self.u < 0).astype(np.float32)).tocoo()
         keys = np.concatenate([pos.row.astype(np.int64) * M + pos.col,
                                neg.row.astype(np.int64) * M + neg.col])
         ok = np.concatenate([pos.data >= MIN_SUPPORT, neg.data >= MIN_SUPPORT])
-        self.keys = np.unique(keys[ok])
+        u_pos = np.diff((self.u > 0).tocsc().indptr)
+        u_neg = np.diff((self.u < 0).tocsc().indptr)
+        diag = self.diag[np.maximum(u_pos, u_neg)[self.diag] >= MIN_SUPPORT]
+        self.diag = diag
+        self.n_groups = K + P + len(diag)
+        self.group_kind = np.r_[np.zeros(K, np.int64), np.ones(P, np.int64), np.full(len(diag), 2)]
+        self.group_view = np.minimum(self.group_kind, 1)  # the concept view compares with every pair
+        diag_keys = (K + P + np.arange(len(diag), dtype=np.int64)) * M + diag
+        self.keys = np.concatenate([np.unique(keys[ok]), diag_keys])  # sorted: diagonal groups come last
+        self.diag_cells = np.arange(len(self.keys) - len(diag), len(self.keys))
         self.cell_group = (self.keys // M).astype(np.int64)
         self.cell_concept = (self.keys % M).astype(np.int64)
         self.full = self._sums(np.arange(n))
@@ -190,6 +208,7 @@ class Hypotheses:
         idx = np.searchsorted(self.keys, key)
         idx = np.minimum(idx, len(self.keys) - 1) if len(self.keys) else idx
         hit = (self.keys[idx] == key) if len(self.keys) else np.zeros(len(key), bool)
+        hit &= ~np.isin(idx, self.diag_cells) if len(self.diag_cells) else True
         return np.bincount(idx[hit], weights=coo.data[hit], minlength=len(self.keys))
 
     def _sums(self, rows: np.ndarray) -> _Sums:
@@ -202,9 +221,13 @@ class Hypotheses:
             g, u = self.G[r], self.u[r]
             u2 = u.multiply(u).tocsr()
             gt = g.T.tocsr()
+            n_gp = g.shape[1]
             for j, m in enumerate((u, u2, (u > 0).astype(np.float32), (u < 0).astype(np.float32))):
                 out.cell[j, h] = self._into_cells(gt @ m)
-            out.size[h] = np.asarray(g.sum(0)).ravel()
+                # the concept view: a concept's u is 0 outside its own group, so its column sums are the group's
+                out.cell[j, h, self.diag_cells] = np.asarray(m[:, self.diag].sum(0)).ravel()
+            out.size[h, :n_gp] = np.asarray(g.sum(0)).ravel()
+            out.size[h, n_gp:] = np.asarray(self.A[r][:, self.diag].sum(0)).ravel()
             for view in (0, 1):
                 inv = self.view_rows[view, r]
                 sel = np.nonzero(inv)[0]
@@ -281,14 +304,19 @@ class Hypotheses:
 
     def kind_of(self, group: int) -> tuple[str, int]:
         """(kind, id) of a group column: a data cluster or a prompt concept."""
-        k = self.st.k
-        return ("cluster", group) if group < k else ("prompt", group - k)
+        k, p = self.st.k, self.st.prompt_groups.shape[1]
+        if group < k:
+            return "cluster", group
+        return ("prompt", group - k) if group < k + p else ("concept", int(self.diag[group - k - p]))
 
     def driving_pairs(self, group: int, concept: int, sign: float, excluded=frozenset(), n: int = N_DRIVING
                       ) -> tuple[DrivingPair, ...]:
         """The pairs of `group` whose u on `concept` goes most strongly in direction `sign`."""
-        lo, hi = self.G_csc.indptr[group], self.G_csc.indptr[group + 1]
-        rows = self.G_csc.indices[lo:hi]
+        g = self.G_csc
+        if group >= g.shape[1]:
+            g, group = self.A_csc, concept
+        lo, hi = g.indptr[group], g.indptr[group + 1]
+        rows = g.indices[lo:hi]
         col = self.u_csc[:, concept]
         u = np.asarray(col[rows].todense()).ravel() * sign
         order = [i for i in np.argsort(-u, kind="stable") if u[i] > 0]
@@ -313,8 +341,7 @@ class Hypotheses:
         s = self.statistics(excluded)
         score = s["score"].copy()
         if kind is not None:
-            want = 0 if kind == "cluster" else 1
-            score[self.group_view[self.cell_group] != want] = 0
+            score[self.group_kind[self.cell_group] != KINDS.index(kind)] = 0
         cand = np.nonzero(score > 0)[0]
         if len(cand) > top:
             cand = cand[np.argpartition(-score[cand], top - 1)[:top]]
@@ -334,7 +361,7 @@ class Hypotheses:
         kind, gid = self.kind_of(group)
         sign = 1.0 if s["delta"][c] >= 0 else -1.0
         names = self.names
-        group_name = names.group(kind, gid) if names is not None else ""
+        group_name = names.group(kind, gid) if names is not None and kind != "concept" else ""
         concept_name = names.concept(concept) if names is not None else ""
         h = dict(
             rank=rank, kind=kind, group=gid, group_name=group_name, concept=concept, concept_name=concept_name,
@@ -354,6 +381,8 @@ def sentence(kind: str, group: int, group_name: str, concept: int, concept_name:
              delta: float, d: float, **_) -> str:
     """A hypothesis as a person reads it."""
     what = f"concept {concept}" + (f" «{concept_name}»" if concept_name else "")
+    if kind == "concept":
+        return f"where replies have {what} at all, chosen replies have {direction} of it ({n} pairs, Δ {delta:+.2f})"
     if kind == "cluster":
         where = f"in data cluster {group}" + (f" «{group_name}»" if group_name else "")
     else:

@@ -11,7 +11,8 @@ names it; a word everywhere ("the", "I") names nothing. A name is the class's to
                       it is part of (" gob" + "lin" + "s" -> "goblins"); the MAX_FIRINGS strongest
                       firings of each feature. Every word counts, stop words included: a concept
                       about "not" / "can't" is named by them.
-    data cluster      the words of its pairs' prompts and replies (English stop words left out).
+    data cluster      the words of its pairs' prompts and replies (English stop words and the role
+                      labels of chat transcripts, "user", "assistant", "human", left out).
     prompt concept    the words of the prompts that express it (its group S(k), core.structure).
 
 Names are cached in the workspace beside the structure they name (`structure/<key>.names.json`).
@@ -39,6 +40,7 @@ from core.errors import UsageError
 N_WORDS = 3
 MAX_FIRINGS = 40  # strongest token firings per feature read for its concept's words
 MAX_PAIRS_PER_CLASS = 200  # pairs' text read per data cluster / prompt group
+ROLE_WORDS = frozenset({"user", "assistant", "human", "system"})
 _WORD = re.compile(r"[a-z][a-z']*[a-z]|[a-z]")
 
 
@@ -73,7 +75,7 @@ def ctfidf_keywords(docs: dict[int, list[str]], n_words: int = N_WORDS, stop_wor
 
 def words(text: str) -> list[str]:
     """Lower-case words of `text` (letters and inner apostrophes)."""
-    return _WORD.findall(text.lower())
+    return _WORD.findall(text.lower().replace("\u2019", "'"))
 
 
 def word_at(tokens: list[str], pos: int) -> str:
@@ -158,7 +160,7 @@ def _text_docs(analysis, groups: dict[int, np.ndarray], columns: list[str], seed
               for g, r in groups.items()}
     t = analysis.ws.pairs_columns(columns)
     cols = {c: t[c] for c in columns}
-    return {g: [w for r in rows for c in columns for w in words(cols[c][int(r)].as_py() or "")]
+    return {g: [w for r in rows for c in columns for w in words(cols[c][int(r)].as_py() or "") if len(w) > 1]
             for g, rows in picked.items()}
 
 
@@ -167,15 +169,16 @@ def keyword_names(analysis, st, n_words: int = N_WORDS) -> Names:
     structure `st` (core.structure.Structure) of `analysis`."""
     from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
+    stop = ENGLISH_STOP_WORDS | ROLE_WORDS
     join = ", ".join
     concepts = {m: join(ws) for m, ws in ctfidf_keywords(concept_words(analysis, st.response), n_words).items() if ws}
     clusters = {int(k): np.nonzero(st.clusters == k)[0] for k in range(st.k)}
     cl_docs = _text_docs(analysis, clusters, ["prompt_text", "chosen", "rejected"])
-    cl_names = {k: join(ws) for k, ws in ctfidf_keywords(cl_docs, n_words, ENGLISH_STOP_WORDS).items() if ws}
+    cl_names = {k: join(ws) for k, ws in ctfidf_keywords(cl_docs, n_words, stop).items() if ws}
     g = st.prompt_groups.tocsc()
     groups = {k: g.indices[g.indptr[k] : g.indptr[k + 1]] for k in range(g.shape[1])}
     pr_docs = _text_docs(analysis, groups, ["prompt_text"])
-    pr_names = {k: join(ws) for k, ws in ctfidf_keywords(pr_docs, n_words, ENGLISH_STOP_WORDS).items() if ws}
+    pr_names = {k: join(ws) for k, ws in ctfidf_keywords(pr_docs, n_words, stop).items() if ws}
     return Names(concepts, cl_names, pr_names)
 
 

@@ -23,7 +23,7 @@ def planted(tmp_path_factory):
 def reference(engine: Hypotheses, kept: np.ndarray) -> dict:
     """Every cell's Δ, d, t, halves by a dense, per-cell recomputation over the `kept` rows."""
     u = engine.u.toarray().astype(np.float64)
-    g = engine.G.toarray() > 0
+    g = np.hstack([engine.G.toarray(), engine.A.toarray()[:, engine.diag]]) > 0  # groups in column order
     out = {k: np.zeros(len(engine.keys)) for k in ("delta", "d", "t", "delta_a", "delta_b", "n")}
     for c, (grp, m) in enumerate(zip(engine.cell_group, engine.cell_concept)):
         view = engine.view_rows[engine.group_view[grp]] & kept
