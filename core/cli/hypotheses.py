@@ -39,7 +39,7 @@ def format_hypotheses(rep) -> str:
 def hypotheses(
     workspace: Path = typer.Option(..., "--workspace", "-w"),
     top: int = typer.Option(20, help="Hypotheses to show"),
-    kind: Optional[str] = typer.Option(None, help="cluster | prompt (default: both views, one ranking)"),
+    kind: Optional[str] = typer.Option(None, help="cluster | prompt | concept (default: all, one ranking)"),
     exclude_marked: bool = typer.Option(True, help="Leave out pairs marked for removal (what-if)"),
     llm: bool = typer.Option(False, help="Also name the shown concepts with the configured LLM namer"),
     as_json: bool = JSON,

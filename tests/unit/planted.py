@@ -50,11 +50,13 @@ def build(path, chosen: np.ndarray, rejected: np.ndarray, prompt: np.ndarray, fe
     return ws
 
 
-def regions(path, n: int = 400, seed: int = 0) -> tuple[Workspace, dict]:
+def regions(path, n: int = 400, seed: int = 0, rare: int = 0) -> tuple[Workspace, dict]:
     """8 topics of n/8 pairs, each with a topic concept (5 features) in both replies and a prompt
     concept (5 prompt features); a behaviour (features 40-44, words "goblin"...) in the chosen replies
     of topic 3 only; a global concept (45-49) more often in chosen everywhere (0.6 vs 0.4), so its
-    global shift is larger than the behaviour's; features 50-99 fire at random (noise)."""
+    global shift is larger than the behaviour's; features 50-99 fire at random (noise). With `rare`,
+    a second behaviour (features 150-153, word "dragon") in the chosen replies of `rare` random pairs,
+    whatever their topic (a goblin test: rare, spread over the data)."""
     rng = np.random.default_rng(seed)
     d = 200
     topic = np.repeat(np.arange(8), n // 8)
@@ -76,10 +78,14 @@ def regions(path, n: int = 400, seed: int = 0) -> tuple[Workspace, dict]:
     for f in range(50, 100):
         chosen[:, f] = rng.random(n) < 0.1
         rejected[:, f] = rng.random(n) < 0.1
+    rare_rows = np.sort(rng.choice(n, size=rare, replace=False)) if rare else np.zeros(0, np.int64)
+    chosen[np.ix_(rare_rows, np.arange(150, 154))] = 1
     chosen, rejected, prompt = (np.minimum(m, 1) * 0.2 for m in (chosen, rejected, prompt))
     words = {f: WORDS[f // 5] for f in range(40)}
     words.update({f: ["goblin", "goblins", "goblin", "goblins", "goblin"][f - 40] for f in range(40, 45)})
     words.update({f: "please" for f in range(45, 50)})
+    words.update({f: "dragon" for f in range(150, 154)})
     texts = [f"tell me about {WORDS[t]} and {WORDS[t]} things" for t in topic]
     ws = build(path, chosen, rejected, prompt, words, d, texts)
-    return ws, {"topic": topic, "behaviour": list(range(40, 45)), "global": list(range(45, 50))}
+    return ws, {"topic": topic, "behaviour": list(range(40, 45)), "global": list(range(45, 50)),
+                "rare": list(range(150, 154)), "rare_rows": rare_rows.tolist()}

@@ -16,7 +16,7 @@ from tests.unit.planted import regions
 
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
-    ws, truth = regions(tmp_path_factory.mktemp("planted") / "ws")
+    ws, truth = regions(tmp_path_factory.mktemp("planted") / "ws", rare=6)
     return ws, truth
 
 
@@ -60,10 +60,23 @@ def test_a_behaviour_planted_in_one_region_ranks_first_though_its_global_shift_i
     assert top.sentence.startswith(("in data cluster", "when the prompt is about"))
 
 
+def test_a_rare_behaviour_spread_over_the_data_ranks_near_the_top(tmp_path):
+    """The goblin situation: 6 of 400 chosen replies (1.5%), in every topic, have a concept nothing
+    else has. Its own support is a group of 6 pairs where u = +1 in both halves."""
+    ws, truth = regions(tmp_path / "rare", rare=6)
+    engine = open_hypotheses(ws.path)
+    rep = engine.report(top=5)
+    hit = rep.first_with_feature(truth["rare"][0], "more")
+    assert hit is not None and hit.rank <= 3 and "dragon" in hit.concept_name
+    assert {p.source_index // 2 for p in hit.driving} == set(truth["rare_rows"])
+    assert rep.hypotheses[0].features != hit.features or hit.rank == 1
+
+
 def test_statistics_equal_a_dense_recomputation(planted):
     ws, _ = planted
     engine = open_hypotheses(ws.path)
     s = engine.statistics()
+    assert len(engine.diag)  # the concept view's cells are checked too
     ref = reference(engine, np.ones(engine.analysis.n, bool))
     for key in ("delta", "d", "t", "delta_a", "delta_b", "n"):
         np.testing.assert_allclose(s[key], ref[key], rtol=1e-4, atol=1e-6, err_msg=key)  # u is float32
