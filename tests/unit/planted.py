@@ -13,10 +13,13 @@ WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel
 
 
 def build(path, chosen: np.ndarray, rejected: np.ndarray, prompt: np.ndarray, feature_words: dict[int, str],
-          d_sae: int, prompt_text: list[str] | None = None) -> Workspace:
+          d_sae: int, prompt_text: list[str] | None = None, activations: tuple | None = None) -> Workspace:
     """A schema-2 workspace whose pair i has firing frequencies chosen[i], rejected[i], prompt[i]
     ((n, d_sae) dense arrays). A reply's tokens are one word per firing feature (feature_words[f],
-    else "w{f}"), and each feature's token firing points at its word, so names can be read back."""
+    else "w{f}"), and each feature's token firing points at its word, so names can be read back.
+    `activations` (chosen, rejected), same shapes, are the mean and max activations (default: the
+    frequencies)."""
+    act = {"chosen": chosen, "rejected": rejected} if activations is None else dict(zip(("chosen", "rejected"), activations))
     ws = Workspace(path, create=True)
     ws.write_meta({"model": "m", "sae": "s", "sae_sha256": "0" * 64, "layer": 1, "d_sae": d_sae,
                    "schema_version": SCHEMA_VERSION})
@@ -34,13 +37,13 @@ def build(path, chosen: np.ndarray, rejected: np.ndarray, prompt: np.ndarray, fe
         cols["prompt_freq"].append(prompt[i, pf].tolist())
         cols["emb_prompt"].append(np.zeros(EMBED_DIM, np.float32))
         for side, m in (("chosen", chosen), ("rejected", rejected)):
-            feats = np.nonzero(m[i])[0]
+            feats = np.nonzero(m[i] + act[side][i])[0]
             tokens = [" " + feature_words.get(int(f), f"w{f}") for f in feats]
             cols[side].append("".join(tokens).strip())
             cols[f"{side}_tokens"].append(tokens)
             cols[f"{side}_feat"].append(feats.tolist())
-            cols[f"{side}_mean"].append(m[i, feats].tolist())
-            cols[f"{side}_max"].append(m[i, feats].tolist())
+            cols[f"{side}_mean"].append(act[side][i, feats].tolist())
+            cols[f"{side}_max"].append(act[side][i, feats].tolist())
             cols[f"{side}_freq"].append(m[i, feats].tolist())
             cols[f"{side}_tok_feat"].append(feats.tolist())
             cols[f"{side}_tok_pos"].append(list(range(len(feats))))
