@@ -20,6 +20,7 @@ and the keypress path (marking the next hypothesis' driving pairs on top of thos
 from __future__ import annotations
 
 import argparse
+import os
 import time
 import types
 from pathlib import Path
@@ -105,13 +106,13 @@ def main() -> None:
           f"features, {(chosen.data > 0.01).sum() / args.pairs:.0f} above τ; per prompt "
           f"{a.prompt_frequencies().nnz / args.pairs:.0f} ({time.perf_counter() - t0:.0f} s to build)", flush=True)
 
-    times = {}
+    times, cpu = {}, {}
 
     def clock(name, fn):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         out = fn()
-        times[name] = time.perf_counter() - t
-        print(f"  {name:<40} {times[name]:6.1f} s", flush=True)
+        times[name], cpu[name] = time.perf_counter() - t, time.process_time() - c
+        print(f"  {name:<40} {times[name]:6.1f} s wall {cpu[name]:6.1f} s CPU", flush=True)
         return out
 
     params = Params()
@@ -129,24 +130,25 @@ def main() -> None:
     print(f"concepts: {resp.n_grouped} groups of >= 4 features, {resp.n_concepts} in all; prompt concepts "
           f"{prom.n_grouped}; k = {st.k} (median cluster {int(np.median(np.bincount(labels[labels >= 0])))} pairs); "
           f"{len(engine.keys):,} cells; {len(rep.hypotheses)} hypotheses")
-    print(f"TOTAL concepts + hypotheses: {total:.1f} s")
+    print(f"TOTAL concepts + hypotheses: {total:.1f} s wall, {sum(cpu.values()):.1f} s CPU "
+          f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
 
     rng = np.random.default_rng(1)
     marked = frozenset(int(x) for x in rng.choice(args.pairs, int(args.marked * args.pairs), replace=False))
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     rep = engine.report(marked, top=20)
-    print(f"what-if from scratch, {len(marked):,} pairs marked: {1000 * (time.perf_counter() - t):.0f} ms")
-    keys = []
+    print(f"what-if from scratch, {len(marked):,} pairs marked: {1000 * (time.perf_counter() - t):.0f} ms wall, "
+          f"{1000 * (time.process_time() - c):.0f} ms CPU")
+    keys, keys_cpu = [], []
     for h in rep.hypotheses[:10]:
-        more = marked | {p.source_index for p in h.driving}
-        t = time.perf_counter()
-        rep2 = engine.report(more, top=20)
-        keys.append(1000 * (time.perf_counter() - t))
-        t = time.perf_counter()
-        engine.report(marked, top=20)  # undo
-        keys.append(1000 * (time.perf_counter() - t))
+        for excluded in (marked | {p.source_index for p in h.driving}, marked):  # mark, then undo
+            t, c = time.perf_counter(), time.process_time()
+            engine.report(excluded, top=20)
+            keys.append(1000 * (time.perf_counter() - t))
+            keys_cpu.append(1000 * (time.process_time() - c))
     print(f"what-if per keypress (mark / undo a hypothesis' driving pairs on top of {len(marked):,}): "
-          f"median {np.median(keys):.0f} ms, max {max(keys):.0f} ms over {len(keys)} keypresses ({rep2.n_excluded:,} excluded)")
+          f"median {np.median(keys):.0f} ms wall ({np.median(keys_cpu):.0f} ms CPU), max {max(keys):.0f} ms "
+          f"over {len(keys)} keypresses; load average {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":
