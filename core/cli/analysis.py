@@ -177,6 +177,9 @@ def format_goblin(r: dict) -> str:
         f"  its top pairs (peak delta):  {pr(r['sae_feature'])}",
         f"  its top pairs (mean delta):  {pr(r['sae_feature_mean'])}",
         f"  predicted shift: {shift}",
+        f"goblin concept: {r.get('goblin_concept')} «{r.get('goblin_concept_name') or ''}»; goblin hypothesis rank "
+        f"{r.get('goblin_hypothesis_rank') or 'not ranked'}"
+        + (f": {r['goblin_hypothesis']['sentence']}" if r.get("goblin_hypothesis") else ""),
         f"best SAE cluster (k={r['sae_cluster']['k']}):       {pr(r['sae_cluster'])}",
         f"best embedding cluster (k={r['embedding_cluster']['k']}): {pr(r['embedding_cluster'])}",
         f"ground truth (outside the workspace): {r['truth_file']}",
