@@ -225,9 +225,18 @@ def read_concepts(path: Path | str) -> Concepts:
 # -- agreement ---------------------------------------------------------------------------------------
 
 
-def _ci(values: np.ndarray) -> list[float]:
-    v = values[np.isfinite(values)]
-    return [float(x) for x in np.quantile(v, [0.025, 0.975])] if len(v) else [float("nan")] * 2
+def bootstrap_ci(boot: np.ndarray, estimate: float, upper: float | None = None) -> list[float]:
+    """95% normal bootstrap interval: estimate ± 1.96 x the SD of the bootstrap values `boot`
+    (capped at `upper`). Not the percentile interval: resampling prompts with replacement leaves
+    ~63% of them distinct, which adds noise and pulls R²-like statistics down, often below the
+    estimate in every resample; their spread still measures the estimate's sampling error. NaN
+    when fewer than 2 resamples are finite."""
+    v = boot[np.isfinite(boot)]
+    if len(v) < 2 or not math.isfinite(estimate):
+        return [float("nan")] * 2
+    half = Z95 * float(v.std(ddof=1))
+    hi = estimate + half
+    return [float(estimate - half), float(min(hi, upper) if upper is not None else hi)]
 
 
 @dataclass
@@ -255,8 +264,8 @@ def agreement(
     seed: int = 0,
 ) -> Agreement:
     """`fit` of the prompts' mean of `per_prompt` (prompts, points) against `predicted` (points,),
-    with 95% bootstrap CIs over prompts (n_boot multinomial resamples) of R², the scaled R²,
-    Spearman and the slope, the split-half reliability, and each point's numbers."""
+    with 95% bootstrap CIs over prompts (n_boot multinomial resamples, `bootstrap_ci`) of R²,
+    the scaled R², Spearman and the slope, the split-half reliability, and each point's numbers."""
     per_prompt = np.asarray(per_prompt, dtype=np.float64)
     actual = per_prompt.mean(0)
     n = len(per_prompt)
@@ -274,8 +283,10 @@ def agreement(
     points = [{"id": ids[i] if not isinstance(ids[i], np.integer) else int(ids[i]),
                "predicted": float(predicted[i]), "actual": float(actual[i]), "actual_se": float(se[i])}
               for i in range(len(actual))]
+    cis = [bootstrap_ci(boots[:, i], v, cap) for i, (v, cap) in
+           enumerate(((f.r2, 1.0), (f.r2_scaled, 1.0), (f.spearman, 1.0), (f.slope, None)))]
     return Agreement(
-        level, f, _ci(boots[:, 0]), _ci(boots[:, 1]), _ci(boots[:, 2]), _ci(boots[:, 3]),
+        level, f, *cis,
         split_half_reliability(per_prompt, np.arange(per_prompt.shape[1]), seed=seed), None, points,
     )
 
