@@ -163,12 +163,26 @@ def shaping_offsets(chosen_max: torch.Tensor, rejected_max: torch.Tensor, lam: f
     return lam * (z[:n] - z[n:])
 
 
-def word_starts(token_texts: Sequence[str]) -> list[bool]:
-    """Whether each token begins a word: the first token, one that starts with whitespace, and any
-    after a token that ends with whitespace. Punctuation stays with the word before it."""
+def word_starts(tokenizer, ids: Sequence[int], memo: dict | None = None) -> list[bool]:
+    """Whether each token of `ids` begins a word: the first token, and any whose text (decoded
+    after the token before it, as the tokenizer joins them) starts with whitespace or follows
+    whitespace. Works for byte-level BPE ("Ġ"), SentencePiece ("▁") and word-level vocabularies
+    alike. Punctuation stays with the word before it. `memo` caches decodings across calls."""
+    memo = {} if memo is None else memo
+
+    def text(*toks):
+        if toks not in memo:
+            memo[toks] = tokenizer.decode(list(toks))
+        return memo[toks]
+
     out = []
-    for i, t in enumerate(token_texts):
-        out.append(i == 0 or not t or t[0].isspace() or token_texts[i - 1][-1:].isspace())
+    for k, tok in enumerate(ids):
+        if k == 0:
+            out.append(True)
+            continue
+        prev = text(ids[k - 1])
+        new = text(ids[k - 1], tok)[len(prev):]
+        out.append(not new or new[0].isspace() or prev[-1:].isspace())
     return out
 
 
@@ -250,7 +264,7 @@ class ConceptIntervention:
         self.sae = sae
         self.tokenizer = tokenizer
         self.direction = concept_direction(sae.W_dec.detach(), plan.features)  # (d_model,)
-        self._starts: dict[int, bool] = {}
+        self._memo: dict = {}
 
     def config(self) -> dict:
         return {"kind": self.plan.kind, "features": list(self.plan.features),
@@ -275,12 +289,6 @@ class ConceptIntervention:
         feats = encode(self.sae, acts)[:, list(self.plan.features)]  # (tokens, concept features)
         return feats.float().max(-1).values > self.plan.strength
 
-    def _word_starts(self, ids: Sequence[int]) -> list[bool]:
-        for i in ids:
-            if i not in self._starts:
-                self._starts[i] = self.tokenizer.decode([i])
-        return word_starts([self._starts[i] for i in ids])
-
     @torch.inference_mode()
     def prepare(self, model, examples, batch_size, pad_id, device, weights_dtype, cancel):
         """{"chosen_max", "rejected_max"} `(pairs,)`; for `mask` also "chosen_keep" and
@@ -301,7 +309,7 @@ class ConceptIntervention:
                 maxima[side].append(proj[row, reply].max() if len(reply) else proj.new_tensor(0.0))
                 if self.plan.kind == "mask" and len(reply):
                     fires = self._fires(h[row, reply]).tolist()
-                    starts = self._word_starts(input_ids[row, reply].tolist())
+                    starts = word_starts(self.tokenizer, input_ids[row, reply].tolist(), self._memo)
                     keeps[side].extend(keep_mask(fires, starts))
         out = {f"{s}_max": torch.stack(maxima[s]).cpu() for s in maxima}
         if self.plan.kind == "mask":

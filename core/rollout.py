@@ -228,6 +228,15 @@ def _eos_ids(model, tokenizer) -> set[int]:
     return eos
 
 
+def cache_kwargs(model, cache) -> dict:
+    """`{name: cache}` for the model's forward: `cache` in newer transformers (5.2x), where
+    `past_key_values` warns that it is deprecated, `past_key_values` in older ones."""
+    import inspect
+
+    params = inspect.signature(type(model).forward).parameters
+    return {"cache" if "cache" in params else "past_key_values": cache}
+
+
 def _decode_batch(model, prompts: list[list[int]], keys, decoding: Decoding, eos: set[int], pad: int):
     """New token ids per row (eos excluded) for left-padded `prompts`, sampled with `keys`."""
     import torch
@@ -243,8 +252,8 @@ def _decode_batch(model, prompts: list[list[int]], keys, decoding: Decoding, eos
     ids, mask = ids.to(device), mask.to(device)
     pos = (mask.cumsum(1) - 1).clamp(min=0)  # (batch, prompt tokens): pads at 0
     cache = DynamicCache(config=model.config)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
-                use_cache=True, logits_to_keep=1)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1,
+                **cache_kwargs(model, cache))
     next_pos = mask.sum(1, keepdim=True)  # (batch, 1)
     eos_t = torch.tensor(sorted(eos), device=device)
     keys = keys.to(device)
@@ -261,7 +270,7 @@ def _decode_batch(model, prompts: list[list[int]], keys, decoding: Decoding, eos
             break
         mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype, device=device)], 1)
         out = model(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos,
-                    past_key_values=cache, use_cache=True)
+                    use_cache=True, **cache_kwargs(model, cache))
         next_pos = next_pos + 1
     new = torch.stack(steps, 1).tolist()  # (batch, steps)
     return [row[: next((t for t, x in enumerate(row) if x in eos), len(row))] for row in new]
@@ -327,6 +336,7 @@ def probe_logprobs(
     batch. Raises Cancelled when `cancel` is set between prompts.
     """
     import torch
+    from transformers import DynamicCache
 
     device = next(model.parameters()).device
     sent_ids = [tokenizer(s, add_special_tokens=False)["input_ids"] for s in sentences]
@@ -341,11 +351,12 @@ def probe_logprobs(
     for i, p in enumerate(prompt_ids):
         check_cancel(cancel, "probing")
         with torch.inference_mode():
-            head = model(torch.tensor([p], device=device), use_cache=True, logits_to_keep=1)
-            cache = head.past_key_values
+            cache = DynamicCache(config=model.config)
+            head = model(torch.tensor([p], device=device), use_cache=True, logits_to_keep=1,
+                         **cache_kwargs(model, cache))
             cache.batch_repeat_interleave(m)
             full_mask = torch.cat([torch.ones((m, len(p)), dtype=torch.long, device=device), mask], 1)
-            rest = model(ids, attention_mask=full_mask, past_key_values=cache, use_cache=False)
+            rest = model(ids, attention_mask=full_mask, use_cache=False, **cache_kwargs(model, cache))
             # position t is predicted by the prompt's last token (t = 0) or by sentence token t - 1
             logits = torch.cat([head.logits[:, -1:].expand(m, -1, -1), rest.logits[:, :-1]], 1)
             logp = logits.float().log_softmax(-1).gather(-1, ids[..., None]).squeeze(-1)

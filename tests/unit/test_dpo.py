@@ -66,6 +66,11 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def tokenizer():
+    return word_tokenizer()
+
+
+def word_tokenizer() -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over SPECIAL + WORDS with a chat template: one token per word."""
     vocab = {tok: i for i, tok in enumerate(SPECIAL + WORDS)}
     backend = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = WhitespaceSplit()
