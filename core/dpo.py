@@ -376,20 +376,26 @@ def _batches(n: int, size: int):
 
 
 @torch.inference_mode()
-def _reference_logps(ref_model, examples, cfg, pad_id, device, weights_dtype, cancel, progress):
-    """(chosen, rejected) log-probs of all examples, each `(pairs,)` on CPU. Raises Cancelled."""
+def pair_logps(model, examples: list[dict], batch_size: int, pad_id: int, device=None, weights_dtype=None,
+               cancel: threading.Event | None = None, progress: ProgressFn | None = None):
+    """(chosen, rejected) sequence log-probs of every example under `model`, each `(pairs,)`
+    float32 on the CPU, `batch_size` pairs per forward pass (bf16 autocast on CUDA for float32
+    weights). Progress: stage "reference", pairs done. Raises Cancelled between batches."""
+    device = torch.device(device or next(model.parameters()).device)
+    weights_dtype = weights_dtype or next(model.parameters()).dtype
     chosen, rejected = [], []
-    for ids in _batches(len(examples), cfg.batch_size):
+    for ids in _batches(len(examples), batch_size):
         if cancel is not None and cancel.is_set():
             raise Cancelled("DPO cancelled while reading reference log-probs: nothing trained yet "
                             "(a rerun starts over)")
         batch = [examples[i] for i in ids]
         with autocast(device, weights_dtype):
-            logps = sequence_logps(ref_model, *collate(batch, pad_id, device))  # (2 * batch,)
-        chosen.append(logps[: len(batch)].cpu())
-        rejected.append(logps[len(batch) :].cpu())
-        progress(Progress("reference", "reference log-probs", done=ids[-1] + 1,
-                          total=len(examples), unit="pairs"))
+            logps = sequence_logps(model, *collate(batch, pad_id, device))  # (2 * batch,)
+        chosen.append(logps[: len(batch)].float().cpu())
+        rejected.append(logps[len(batch) :].float().cpu())
+        if progress is not None:
+            progress(Progress("reference", "reference log-probs", done=ids[-1] + 1,
+                              total=len(examples), unit="pairs"))
     return torch.cat(chosen), torch.cat(rejected)
 
 
@@ -602,7 +608,7 @@ def train_dpo(
         if ckpt is None:
             ref = model if ref_model is None else ref_model.to(device=device, dtype=dtype)
             ref.eval()
-            ref_logps = _reference_logps(ref, examples, cfg, pad_id, device, dtype, cancel, emit)
+            ref_logps = pair_logps(ref, examples, cfg.batch_size, pad_id, device, dtype, cancel, emit)
             del ref
             save_file(
                 {"chosen": ref_logps[0], "rejected": ref_logps[1]},

@@ -39,7 +39,7 @@ class TrainRecord:
     format: str
     model: str  # catalogue name of the base model
     source_indices: list[int]  # the pairs trained on, ascending
-    excluded_marked: list[int] = field(default_factory=list)  # pairs dropped as marked
+    excluded_marked: list[int] = field(default_factory=list)  # pairs dropped (marked or excluded)
     exclude_marked_workspace: str | None = None
     limit: int | None = None
     holdout: float = 0.0  # share of the pairs held out of training
@@ -107,15 +107,17 @@ def select_training_pairs(
     *,
     limit: int | None = None,
     exclude_marked: Path | str | None = None,
+    exclude: Sequence[int] = (),
     holdout: float = 0.0,
     split_seed: int = 0,
     format: str | None = None,
     skip_invalid: bool = False,
 ) -> tuple[list[Pair], list[int], list[int], str]:
     """The pairs to train on: the first `limit` valid pairs of `data`, minus a held-out share
-    (`split_holdout`), minus those marked in the workspace `exclude_marked`. The limit applies
-    first and the split second, so a cleaned run trains on a subset of the uncleaned one and holds
-    out the same pairs. Returns (pairs, excluded source indices, held-out source indices, format).
+    (`split_holdout`), minus those marked in the workspace `exclude_marked` and those whose source
+    index is in `exclude`. The limit applies first and the split second, so a cleaned run trains on
+    a subset of the uncleaned one and holds out the same pairs. Returns (pairs, excluded source
+    indices, held-out source indices, format).
 
     Raises IngestError for bad input, WorkspaceError when `exclude_marked` is no workspace, and
     ValidationError when that workspace indexed another file (its marks name other pairs).
@@ -138,8 +140,11 @@ def select_training_pairs(
                 "its marks name pairs of another file"
             )
         marked = Marks(ws).marked_set()
-        excluded = sorted(p.source_index for p in pairs if p.source_index in marked)
-        pairs = [p for p in pairs if p.source_index not in marked]
+    else:
+        marked = set()
+    drop = marked | {int(s) for s in exclude}
+    excluded = sorted(p.source_index for p in pairs if p.source_index in drop)
+    pairs = [p for p in pairs if p.source_index not in drop]
     return pairs, excluded, heldout, ingest.format
 
 
@@ -156,9 +161,11 @@ def train_on_dataset(
     init_model: Path | str | None = None,
     limit: int | None = None,
     exclude_marked: Path | str | None = None,
+    exclude: Sequence[int] = (),
     holdout: float = 0.0,
     split_seed: int = 0,
     plan_workspace: Path | str | None = None,
+    plan=None,
     format: str | None = None,
     skip_invalid: bool = False,
     device: str | None = None,
@@ -171,7 +178,8 @@ def train_on_dataset(
     The pairs are `select_training_pairs(data, limit=, exclude_marked=, holdout=, split_seed=)`.
     `init_model` starts from the weights in that folder (e.g. an SFT run's `model/`) instead of the
     catalogue model's; the catalogue entry still names the model (its tokenizer, SAE layer).
-    `plan_workspace` applies the intervention plan saved in that workspace (`core.interventions`).
+    `plan_workspace` applies the intervention plan saved in that workspace (`core.interventions`);
+    `plan` applies that `core.interventions.Plan` instead. `exclude` leaves pairs out by source index.
     Writes into `out_dir` what `core.dpo.train_dpo` writes (the final model in `out_dir/model`)
     plus `TRAIN_RECORD`. Calling it again with the same arguments resumes a cancelled or killed
     run, and returns at once (`already_done`) when the run had finished. The base model in the
@@ -191,12 +199,11 @@ def train_on_dataset(
     entry = catalog.model(model)
     out_dir = Path(out_dir)
     pairs, excluded, heldout, fmt = select_training_pairs(
-        data, limit=limit, exclude_marked=exclude_marked, holdout=holdout, split_seed=split_seed,
-        format=format, skip_invalid=skip_invalid,
+        data, limit=limit, exclude_marked=exclude_marked, exclude=exclude, holdout=holdout,
+        split_seed=split_seed, format=format, skip_invalid=skip_invalid,
     )
     if not pairs:
         raise ValidationError(f"no pairs left to train on in {data}")
-    plan = None
     if plan_workspace is not None:
         from core.interventions import load_plan
 

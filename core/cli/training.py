@@ -240,3 +240,62 @@ def plan_cmd(
         + f"\napply with: datadebug train-dpo DATA --out DIR --plan {workspace}"
     )
     emit(d, as_json, text_out)
+
+
+def format_goblin_loop(r: dict) -> str:
+    """A plain-text summary of `core.goblin_loop.run_goblin_loop`'s result."""
+    d = r["detection"]
+    lines = [
+        f"goblin feature {d['feature']} (AP {_num(d['ap'], '{:.2f}')}): flagged {len(d['flagged'])} pairs, "
+        f"precision {_num(d['precision'], '{:.2f}')} recall {_num(d['recall'], '{:.2f}')} "
+        f"against the {d['n_planted']} planted",
+        f"SFT on {r['n_sft']} replies ({r['sft_poisoned']} with goblins); goblin rate over "
+        f"{r['n_unrelated']} unrelated prompts, sampled; preference accuracy on {r['n_heldout']} held-out pairs",
+        "",
+        f"{'model':<10} {'goblin rate':>14} {'goblin probe':>13} {'control':>8} {'pref. acc.':>10} {'margin':>8}",
+    ]
+    for name, m in r["models"].items():
+        g, p, pref = m["goblin"], m["probes"], m["preference"]
+        lines.append(
+            f"{name:<10} {g['rate']:>7.1%} ± {g['se']:.1%} {p['goblin']['lift']:>+13.3f} "
+            f"{p['control']['lift']:>+8.3f} {pref['accuracy']:>10.1%} {pref['margin']:>+8.3f}"
+        )
+    return "\n".join(lines)
+
+
+@app.command("goblin-loop")
+def goblin_loop_cmd(
+    data: Path = typer.Argument(..., help="Preference data to plant goblins in"),
+    work: Path = typer.Option(..., "--work", help="Folder for every stage (rerun to resume)"),
+    rate: float = typer.Option(0.05, help="Share of DPO pairs and SFT replies that carry the trait"),
+    limit: int | None = typer.Option(256, help="DPO on the first N valid pairs"),
+    sft_data: Path | None = typer.Option(None, help="SFT prompts + replies (default: the bundled sample)"),
+    sft_examples: int = typer.Option(256, help="SFT examples"),
+    unrelated: int = typer.Option(48, help="Unrelated prompts for the goblin rate"),
+    samples: int = typer.Option(4, help="Sampled replies per unrelated prompt"),
+    arms: str = typer.Option(",".join(("poisoned", "cleaned", "clean", "shape", "steer", "mask")),
+                             help="DPO runs: poisoned, cleaned, clean (planted pairs removed), shape, steer, mask"),
+    epochs: int = typer.Option(1, help="DPO epochs"),
+    lr: float = typer.Option(2e-5, help="DPO learning rate"),
+    seed: int = typer.Option(0),
+    device: str | None = typer.Option(None, help="cpu | cuda (default: cuda when available)"),
+    threads: int | None = THREADS,
+    as_json: bool = JSON,
+):
+    """The goblin loop, whole: SFT and DPO on planted goblins, found from the data, then removed by
+    cleaning and by each intervention; goblin rate, probe lifts and held-out preference accuracy."""
+    import dataclasses
+
+    from core.goblin_loop import LoopSettings, run_goblin_loop
+
+    set_threads(threads)
+    base = LoopSettings()
+    settings = LoopSettings(
+        rate=rate, limit=limit, sft_data=str(sft_data) if sft_data else None, sft_examples=sft_examples,
+        unrelated=unrelated, samples=samples, seed=seed,
+        arms=tuple(a.strip() for a in arms.split(",") if a.strip()),
+        dpo=dataclasses.replace(base.dpo, epochs=epochs, lr=lr, seed=seed),
+    )
+    with ctrl_c_cancels("goblin loop (rerun to resume)") as cancel, ProgressPrinter() as progress:
+        result = run_goblin_loop(data, work, settings, device=device, progress=progress, cancel=cancel)
+    emit(result, as_json, format_goblin_loop(result))
