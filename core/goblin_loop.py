@@ -64,6 +64,18 @@ def sft_examples(pairs: Sequence, rate: float, seed: int = 0) -> tuple[list[tupl
     return out, poisoned
 
 
+def sft_and_unrelated(pairs: Sequence, n_unrelated: int, n_sft: int, rate: float, seed: int = 0,
+                      max_chars: int = 1500):
+    """From the pairs whose prompt + chosen reply are under `max_chars` characters, in a seeded
+    order: the prompts of the first `n_unrelated` (for goblin rates: never trained on) and
+    `sft_examples` of the next `n_sft`. Returns (unrelated prompts, SFT examples, poisoned ones)."""
+    short = [p for p in pairs if len(p.prompt_text) + len(p.chosen) < max_chars]
+    order = np.random.default_rng(seed).permutation(len(short)).tolist()
+    unrelated = [tuple(short[i].prompt) for i in order[:n_unrelated]]
+    examples, poisoned = sft_examples([short[i] for i in order[n_unrelated : n_unrelated + n_sft]], rate, seed)
+    return unrelated, examples, poisoned
+
+
 def goblin_rate(model, tokenizer, prompt_ids: list[list[int]], decoding, cancel=None) -> dict:
     """The share of `model`'s replies to the prompts (`decoding.replies_per_prompt` each) that
     mention goblins, with its binomial standard error and a few of the goblin replies:
@@ -191,11 +203,7 @@ def run_goblin_loop(
     # data: the SFT corpus and the unrelated prompts, from disjoint pairs of sft_data
     emit(Progress("goblin-loop", "data: SFT corpus and unrelated prompts"))
     source = read_pairs(s.sft_data or locations.sample_data_file(), skip_invalid=True).pairs
-    short = [p for p in source if len(p.prompt_text) + len(p.chosen) < 1500]
-    order = np.random.default_rng(s.seed).permutation(len(short)).tolist()
-    unrelated = [short[i].prompt for i in order[: s.unrelated]]
-    sft_pairs = [short[i] for i in order[s.unrelated : s.unrelated + s.sft_examples]]
-    sft_data, sft_poisoned = sft_examples(sft_pairs, s.rate, s.seed)
+    unrelated, sft_data, sft_poisoned = sft_and_unrelated(source, s.unrelated, s.sft_examples, s.rate, s.seed)
 
     # detect: plant, index, find the goblin feature and its pairs from the data alone
     ws = work / "ws"

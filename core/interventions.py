@@ -249,7 +249,29 @@ def steering(model, layer: int, vector: torch.Tensor):
 # -- interventions for core.dpo.train_dpo -------------------------------------------------------------
 
 
-class ConceptIntervention:
+class BaseIntervention:
+    """A `core.dpo.Intervention` that changes nothing: subclasses override what they change."""
+
+    def config(self) -> dict:
+        return {}
+
+    def pairs(self, pairs):
+        return pairs
+
+    def prepare(self, model, examples, batch_size, pad_id, device, weights_dtype, cancel):
+        return {}
+
+    def examples(self, examples, cache):
+        return examples
+
+    def logit_offsets(self, cache):
+        return None
+
+    def policy(self, model, cache):
+        return contextlib.nullcontext()
+
+
+class ConceptIntervention(BaseIntervention):
     """Base of the concept interventions: reads every training reply's max projection on the
     concept direction from the frozen model (and, for `mask`, where the concept fires).
 
@@ -269,18 +291,6 @@ class ConceptIntervention:
     def config(self) -> dict:
         return {"kind": self.plan.kind, "features": list(self.plan.features),
                 "strength": self.plan.strength, "layer": self.plan.layer, "text": self.plan.text}
-
-    def pairs(self, pairs):
-        return pairs
-
-    def examples(self, examples, cache):
-        return examples
-
-    def logit_offsets(self, cache):
-        return None
-
-    def policy(self, model, cache):
-        return contextlib.nullcontext()
 
     def _fires(self, acts: torch.Tensor) -> torch.Tensor:
         """(tokens,) bool: where the concept fires in SAE activations of `acts` (tokens, d_model)."""

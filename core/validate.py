@@ -174,15 +174,19 @@ def column_moments(x) -> tuple[np.ndarray, np.ndarray]:
 
 
 @dataclass(frozen=True)
-class Concepts:
-    """Concepts as flat arrays: concept m is features[starts[m]:starts[m + 1]] (sizes >= 1)."""
+class ConceptGroups:
+    """Concepts as flat arrays, for aggregating per-feature values without scipy (the GPU
+    benchmark runs where scipy may be missing) and for dealing features out at random (the null):
+    concept m is features[starts[m]:starts[m + 1]]. `core.concepts.Concepts` holds the same as a
+    membership vector; `from_concepts` converts (its grouped concepts only: single features are
+    features, not concepts)."""
 
     features: np.ndarray  # (total members,) int64
     starts: np.ndarray  # (concepts,) int64
     ids: tuple  # each concept's id as its source numbers it
 
     @classmethod
-    def of(cls, concepts: Sequence[Sequence[int]], ids: Sequence | None = None) -> "Concepts":
+    def of(cls, concepts: Sequence[Sequence[int]], ids: Sequence | None = None) -> "ConceptGroups":
         """From feature lists (empty ones dropped, their ids with them)."""
         ids = list(range(len(concepts))) if ids is None else list(ids)
         keep = [i for i, c in enumerate(concepts) if len(c)]
@@ -192,12 +196,23 @@ class Concepts:
         starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64) if keep else np.zeros(0, np.int64)
         return cls(flat, starts, tuple(ids[i] for i in keep))
 
+    @classmethod
+    def from_concepts(cls, concepts) -> "ConceptGroups":
+        """The grouped concepts (ids 0..n_grouped-1) of a `core.concepts.Concepts`."""
+        m = np.asarray(concepts.membership)
+        return cls.of([np.nonzero(m == c)[0] for c in range(concepts.n_grouped)])
+
     def __len__(self) -> int:
         return len(self.starts)
 
     @property
     def sizes(self) -> np.ndarray:
         return np.diff(np.append(self.starts, len(self.features)))
+
+    def lists(self) -> list[list[int]]:
+        """Each concept's features."""
+        ends = np.append(self.starts[1:], len(self.features))
+        return [self.features[a:b].tolist() for a, b in zip(self.starts, ends)]
 
     def mean(self, per_feature: np.ndarray, features: np.ndarray | None = None) -> np.ndarray:
         """Per concept, the mean of `per_feature` (..., d) over its members: (..., concepts).
@@ -209,7 +224,7 @@ class Concepts:
         return sums / self.sizes
 
 
-def read_concepts(path: Path | str) -> Concepts:
+def read_concepts(path: Path | str) -> ConceptGroups:
     """Concepts from a JSON file: a list of feature lists, or {"concepts": [{"id", "features"}, ...]}.
     Raises ValidationError when it holds neither."""
     raw = json.loads(Path(path).read_text())
@@ -218,8 +233,8 @@ def read_concepts(path: Path | str) -> Concepts:
     if not isinstance(raw, list):
         raise ValidationError(f"{path}: expected a list of concepts (feature lists)")
     if raw and isinstance(raw[0], dict):
-        return Concepts.of([c.get("features", []) for c in raw], [c.get("id", i) for i, c in enumerate(raw)])
-    return Concepts.of(raw)
+        return ConceptGroups.of([c.get("features", []) for c in raw], [c.get("id", i) for i, c in enumerate(raw)])
+    return ConceptGroups.of(raw)
 
 
 # -- agreement ---------------------------------------------------------------------------------------
@@ -292,7 +307,7 @@ def agreement(
 
 
 def permutation_null(
-    concepts: Concepts, predicted_f: np.ndarray, actual_f: np.ndarray, observed: Fit,
+    concepts: ConceptGroups, predicted_f: np.ndarray, actual_f: np.ndarray, observed: Fit,
     n_perm: int = 1000, seed: int = 0,
 ) -> dict:
     """R² of concepts whose member features are dealt out at random (the same concept sizes, the
@@ -345,7 +360,7 @@ def compare(
     before: ReplyStats,
     after: ReplyStats,
     n_prompts: int,
-    concepts: Concepts | None = None,
+    concepts: ConceptGroups | None = None,
     *,
     tau: float = TAU,
     top_k: int = 50,
@@ -359,7 +374,7 @@ def compare(
     first). Returns {"mean_activation": {"significant", "top_k", "nonzero": Fit, "k",
     "reliability"}, "features": Agreement (thresholded, features whose predicted disparity is
     significant), "concepts": Agreement with its null (None without concepts), "per_prompt":
-    {"mean", "fire"} (prompts, d) arrays (not JSON: for saving)}.
+    {"mean", "fire"} (prompts, d) arrays, "sets": the mean-activation feature sets (not JSON)}.
     """
     samples = len(before.mean) // n_prompts
     mean_pp = (after.mean - before.mean).reshape(n_prompts, samples, -1).mean(1)  # (prompts, d)
@@ -380,10 +395,18 @@ def compare(
         "sets": sets,
     }
     if concepts is not None and len(concepts) >= 3:
-        c = agreement("concepts", concepts.mean(p.fire), concepts.mean(fire_pp), concepts.ids, n_boot, seed)
-        c.null = permutation_null(concepts, p.fire, fire_pp.mean(0), c.fit, n_perm, seed)
-        out["concepts"] = c
+        out["concepts"] = concept_agreement(concepts, p.fire, fire_pp, n_boot, n_perm, seed)
     return out
+
+
+def concept_agreement(concepts: ConceptGroups, predicted_fire: np.ndarray, per_prompt_fire: np.ndarray,
+                      n_boot: int = 1000, n_perm: int = 1000, seed: int = 0) -> Agreement:
+    """The concept-level Agreement, with its permutation null, from per-feature values: the
+    predicted disparity (d,) and the per-prompt actual change (prompts, d) of the firing share."""
+    c = agreement("concepts", concepts.mean(predicted_fire), concepts.mean(per_prompt_fire), concepts.ids,
+                  n_boot, seed)
+    c.null = permutation_null(concepts, predicted_fire, per_prompt_fire.mean(0), c.fit, n_perm, seed)
+    return c
 
 
 def summarise_seeds(values: Sequence[float]) -> dict:
@@ -484,21 +507,13 @@ def nan_to_none(obj):
     return obj
 
 
-def _workspace_concepts(ws) -> Concepts | None:
-    """The workspace's concepts from core.concepts when that module offers them, else None."""
-    try:
-        from core import concepts as concepts_api
-    except ImportError:
-        return None
-    loader = getattr(concepts_api, "load_concepts", None)
-    if loader is None:
-        return None
-    found = loader(ws)
-    if not found:
-        return None
-    members = [getattr(c, "features", c) for c in found]
-    ids = [getattr(c, "id", i) for i, c in enumerate(found)]
-    return Concepts.of([list(m) for m in members], ids)
+def _workspace_concepts(ws) -> ConceptGroups | None:
+    """The workspace's grouped response concepts (`core.structure.load_concepts`, fitted on first
+    use and cached there), or None when it has none."""
+    from core.structure import load_concepts
+
+    groups = ConceptGroups.from_concepts(load_concepts(ws))
+    return groups if len(groups) else None
 
 
 def validate(
@@ -508,7 +523,7 @@ def validate(
     prompts: Path | str | None = None,
     n_prompts: int = 32,
     decoding: Decoding = Decoding(),
-    concepts: Concepts | Path | str | None = None,
+    concepts: ConceptGroups | Path | str | None = None,
     tau: float = TAU,
     top_k: int = 50,
     n_boot: int = 1000,
@@ -527,8 +542,8 @@ def validate(
         prompts: a prompt file (see `core.rollout.load_prompts`); default: `n_prompts` held-out
             prompts of the workspace's dataset (`held_out_prompts`).
         decoding: how replies are made; T = 1 with several samples is the paper's protocol.
-        concepts: Concepts, a JSON file of them (`read_concepts`), or None for the workspace's
-            concepts from `core.concepts` when it has them (no concept-level numbers otherwise).
+        concepts: ConceptGroups, a JSON file of them (`read_concepts`), or None for the
+            workspace's own (`core.structure.load_concepts`, fitted on first use).
         plot: where to write the feature scatter PNG (default `trained/validation.png`); beside it
             go `<stem>_concepts.png`, the replies (`<stem>_replies.jsonl`), the report
             (`<stem>.json`) and the numbers (`<stem>_shifts.npz`: predicted, predicted_sd,

@@ -32,12 +32,7 @@ from core.interventions import (
 from tests.unit.test_dpo import ToyPair, tiny_llama, toy_pairs, word_tokenizer
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -239,7 +234,7 @@ def test_a_resumed_run_refuses_another_intervention(tokenizer, tmp_path):
 # -- a plan saved through the core API drives a real train-dpo run ------------------------------------
 
 
-def test_a_saved_plan_drives_train_dpo(small_workspace, hh_small, tmp_path, one_torch_thread):
+def test_a_saved_plan_drives_train_dpo(small_workspace, hh_small, tmp_path):
     import shutil
 
     from core.interventions import clear_plan, load_plan, make_plan, save_plan

@@ -24,6 +24,7 @@ def test_shaped_trl_dpo_matches_ours_step_for_step(tmp_path, hh_small):
     from core.catalog import load_catalog
     from core.dpo import DPOConfig, build_examples, train_dpo
     from core.ingest import read_pairs
+    from core.interventions import BaseIntervention
     from core.lm import load_full_model
     from core.trl_adapter import OFFSET_COLUMN, ShapedDPOTrainer
 
@@ -35,26 +36,12 @@ def test_shaped_trl_dpo_matches_ours_step_for_step(tmp_path, hh_small):
         reference.lm_head.weight.mul_(0.9)
     offsets = torch.tensor([1.5, -0.7])  # what core.interventions.pair_offsets would give
 
-    class Shaped:  # the smallest Intervention: only the offsets
+    class Shaped(BaseIntervention):  # only the offsets
         def config(self):
             return {"offsets": offsets.tolist()}
 
-        def pairs(self, p):
-            return p
-
-        def prepare(self, *args):
-            return {}
-
-        def examples(self, e, cache):
-            return e
-
         def logit_offsets(self, cache):
             return offsets
-
-        def policy(self, m, cache):
-            import contextlib
-
-            return contextlib.nullcontext()
 
     ours = copy.deepcopy(model)
     train_dpo(ours, tok, pairs, tmp_path / "ours", cfg, ref_model=copy.deepcopy(reference),

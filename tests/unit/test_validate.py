@@ -24,7 +24,7 @@ from core.training import (
     train_on_dataset,
 )
 from core.validate import (
-    Concepts,
+    ConceptGroups,
     agreement,
     disparity,
     fit,
@@ -159,11 +159,11 @@ def planted_concepts(rng, n_concepts=80, size=5, noise=0.5, prompts=30, grouped=
     members = rng.permutation(n).reshape(n_concepts, size)  # concept m's features, scattered
     order = np.argsort(members.ravel())
     predicted, per_prompt = predicted[order], per_prompt[:, order]  # feature members[m, j] has signal m
-    return Concepts.of(members.tolist()), predicted, per_prompt
+    return ConceptGroups.of(members.tolist()), predicted, per_prompt
 
 
 def test_concept_means_average_each_concepts_features():
-    c = Concepts.of([[0, 2], [], [1, 3, 4]], ids=["a", "empty", "b"])
+    c = ConceptGroups.of([[0, 2], [], [1, 3, 4]], ids=["a", "empty", "b"])
     assert len(c) == 2 and c.ids == ("a", "b") and c.sizes.tolist() == [2, 3]
     x = np.array([[1.0, 10.0, 3.0, 20.0, 30.0], [0.0, 0.0, 2.0, 0.0, 3.0]])  # (rows, features)
     np.testing.assert_allclose(c.mean(x), [[2.0, 20.0], [1.0, 1.0]])
@@ -381,10 +381,10 @@ def test_training_lowers_the_loss_and_leaves_the_base_weights_alone(trained, hh_
         train_on_dataset(hh_small, out, DPOConfig(**rec.config), limit=7, holdout=0.67)
 
 
-def feature_groups(d_sae=512, size=4) -> Concepts:
+def feature_groups(d_sae=512, size=4) -> ConceptGroups:
     """Constructed concepts: consecutive features in groups of `size` (the real ones come from the
     concepts module; validate only needs feature lists)."""
-    return Concepts.of([list(range(i, i + size)) for i in range(0, d_sae, size)])
+    return ConceptGroups.of([list(range(i, i + size)) for i in range(0, d_sae, size)])
 
 
 @pytest.fixture(scope="module")
