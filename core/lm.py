@@ -110,10 +110,9 @@ class ResidualReader:
     # -- tokenisation ---------------------------------------------------------------------------
 
     def prompt_ids(self, prompt: tuple[dict, ...] | list[dict]) -> list[int]:
-        out = self.tokenizer.apply_chat_template(list(prompt), add_generation_prompt=True, tokenize=True)
-        if hasattr(out, "keys"):  # transformers 5 returns a BatchEncoding
-            out = out["input_ids"]
-        return list(out)
+        from core.rollout import chat_prompt_ids
+
+        return chat_prompt_ids(self.tokenizer, prompt)
 
     def reply_ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
