@@ -32,6 +32,13 @@ ground truth) go to a JSON file next to the workspace, never into its tables.
     embedding_cluster  injected pairs (F1).
     shift_before/after  the goblin feature's predicted shift (mean delta) with all pairs and without the
                      pairs the feature flags (its top-|injected| pairs).
+    goblin_concept   the response concept (core.concepts) that holds the goblin feature, and its
+                     keyword name (`goblin_concept_name`, core.naming).
+    goblin_hypothesis_rank  where the goblin hypothesis lands on the landing ranking of
+                     core.hypotheses (both views and the concept view in one list, read RANK_DEPTH
+                     deep): the best-ranked hypothesis, in direction "more", whose response concept
+                     holds the goblin feature. Found without the ground truth (the goblin feature comes
+                     from the text); the truth only scores its driving pairs (precision, recall).
 
 Unless an SAE is named, `run_goblin` trains one for the run on the documented default corpus (the
 bundled sample plus the dataset analysed, i.e. the goblin copy) with the embedded model's SAE recipe,
@@ -295,10 +302,46 @@ def evaluate_goblins(analysis, injected: set[int], seed: int = 0) -> dict:
         out["shift_before"] = float(analysis.moments()[1][feature])
         out["shift_after"] = float(analysis.moments(flagged)[1][feature])
         out["goblin_feature_label"] = analysis.label(feature)
+    out.update(goblin_hypothesis(analysis, feature, truth_rows))
     for key, by in (("sae_cluster", "sae"), ("embedding_cluster", "embedding")):
         labels, k = partition(analysis, by, seed=seed)
         best = best_cluster(labels, truth_rows)
         out[key] = {"precision": best["precision"], "recall": best["recall"], "cluster": best["cluster"], "k": k}
+    return out
+
+
+def goblin_hypothesis(analysis, feature: int | None, truth_rows: np.ndarray) -> dict:
+    """Where the goblin hypothesis lands on the landing ranking (core.hypotheses, both views, read
+    RANK_DEPTH deep): the best-ranked hypothesis, in direction "more", whose response concept contains
+    the goblin feature (found from the text above, not from the ground truth). Returns
+    {"goblin_concept", "goblin_concept_name", "goblin_concept_size", "goblin_hypothesis_rank" (None:
+    not in the top RANK_DEPTH), "goblin_hypothesis": {"sentence", "n", "delta", "d", "score",
+    "precision", "recall"} (its driving pairs against the truth) or None}."""
+    from core.hypotheses import Hypotheses
+    from core.naming import load_names
+    from core.structure import structure
+
+    out = {"goblin_concept": None, "goblin_concept_name": None, "goblin_concept_size": None,
+           "goblin_hypothesis_rank": None, "goblin_hypothesis": None}
+    if feature is None:
+        return out
+    st = structure(analysis)
+    names = load_names(analysis, st)
+    concept = int(st.response.membership[feature])
+    if concept < 0:
+        return out
+    out.update(goblin_concept=concept, goblin_concept_name=names.concept(concept),
+               goblin_concept_size=int(len(st.response.features(concept))))
+    report = Hypotheses(analysis, st, names).report(top=RANK_DEPTH, n_driving=len(truth_rows) or 1)
+    h = report.first_with_feature(feature, "more")
+    if h is not None:
+        from core.recovery import precision_recall
+
+        truth = {int(analysis.source_index[r]) for r in truth_rows}
+        p, r = precision_recall([x.source_index for x in h.driving], truth)
+        out["goblin_hypothesis_rank"] = h.rank
+        out["goblin_hypothesis"] = {"sentence": h.sentence, "kind": h.kind, "n": h.n, "delta": h.delta, "d": h.d,
+                                    "score": h.score, "precision": p, "recall": r}
     return out
 
 

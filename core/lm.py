@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from core.errors import UsageError
+from core.rollout import chat_prompt_ids  # noqa: F401  (the one chat-template helper; indexing reads prompts with it)
 
 if TYPE_CHECKING:
     from core.catalog import ModelEntry
@@ -70,33 +71,6 @@ def final_norm_scale(norm, d_model: int) -> torch.Tensor | None:
     x[1::2] = -1  # (d_model,) mean 0 (for even d_model), RMS 1
     x = x.to(p.dtype)[None]
     return ((norm(x) - norm(-x)) / (2 * x))[0].float().detach()
-
-
-_ROLE = {"system": "System", "user": "User", "assistant": "Assistant"}
-
-
-def chat_prompt_ids(tokenizer, prompt: tuple[dict, ...] | list[dict]) -> list[int]:
-    """Token ids of a prompt conversation, ready for the reply: the tokenizer's chat template with
-    the generation prompt. A base model's tokenizer has no template (the catalogue's Gemma-2-2B):
-    then a plain transcript, "User: ...\n\nAssistant:". A template that refuses a system turn
-    (Gemma's) gets the system text at the head of the first user turn, as Gemma's card advises.
-    Raises UsageError when the template refuses the conversation otherwise."""
-    messages = list(prompt)
-    if not getattr(tokenizer, "chat_template", None):
-        text = "\n\n".join(f"{_ROLE.get(m['role'], m['role'])}: {m['content']}" for m in messages)
-        return tokenizer(text + "\n\nAssistant:", add_special_tokens=True)["input_ids"]
-    from jinja2 import TemplateError
-
-    try:
-        out = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-    except TemplateError as exc:
-        if messages[0]["role"] != "system" or len(messages) < 2 or messages[1]["role"] != "user":
-            raise UsageError(f"the model's chat template refuses this prompt: {exc}") from None
-        merged = {"role": "user", "content": messages[0]["content"] + "\n\n" + messages[1]["content"]}
-        return chat_prompt_ids(tokenizer, [merged, *messages[2:]])
-    if hasattr(out, "keys"):  # transformers 5 returns a BatchEncoding
-        out = out["input_ids"]
-    return list(out)
 
 
 @dataclass

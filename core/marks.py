@@ -58,9 +58,38 @@ class MarkInfo:
 
 @dataclass
 class MarkState:
+    """The marks a log leaves. `apply` folds in one more op of the log, so a session that appends an
+    op updates its state in O(pairs in the op) instead of replaying the whole log."""
+
     marked: dict[int, MarkInfo] = field(default_factory=dict)
     applied: list[MarkOp] = field(default_factory=list)
     undone: list[MarkOp] = field(default_factory=list)
+    # per applied op: what its pairs were before it (None: not marked), so undo restores them
+    _before: list[dict[int, MarkInfo | None]] = field(default_factory=list, repr=False)
+
+    def apply(self, op: MarkOp) -> None:
+        """Fold one more op of the log into the state (`replay` is this over the whole log)."""
+        if op.action in ("mark", "unmark"):
+            self._do(op)
+            self.undone.clear()
+        elif op.action == "undo" and self.applied:
+            for s, info in self._before.pop().items():
+                if info is None:
+                    self.marked.pop(s, None)
+                else:
+                    self.marked[s] = info
+            self.undone.append(self.applied.pop())
+        elif op.action == "redo" and self.undone:
+            self._do(self.undone.pop())
+
+    def _do(self, op: MarkOp) -> None:
+        self._before.append({s: self.marked.get(s) for s in op.source_indices})
+        self.applied.append(op)
+        for s in op.source_indices:
+            if op.action == "mark":
+                self.marked[s] = MarkInfo(s, op.reason, op.scope, op.features, op.who, op.when)
+            else:
+                self.marked.pop(s, None)
 
 
 def _who() -> str:
@@ -71,35 +100,11 @@ def _who() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
-def _mark(st: MarkState, op: MarkOp) -> None:
-    for s in op.source_indices:
-        if op.action == "mark":
-            st.marked[s] = MarkInfo(s, op.reason, op.scope, op.features, op.who, op.when)
-        else:
-            st.marked.pop(s, None)
-
-
-def apply(st: MarkState, op: MarkOp) -> None:
-    """Apply one logged operation to `st` in place (what `replay` does for each op, in order)."""
-    if op.action in ("mark", "unmark"):
-        st.applied.append(op)
-        st.undone.clear()
-        _mark(st, op)
-    elif op.action == "undo" and st.applied:
-        st.undone.append(st.applied.pop())
-        st.marked.clear()  # the undone change may have overwritten or removed earlier marks
-        for earlier in st.applied:
-            _mark(st, earlier)
-    elif op.action == "redo" and st.undone:
-        st.applied.append(st.undone.pop())
-        _mark(st, st.applied[-1])
-
-
 def replay(ops: list[MarkOp]) -> MarkState:
     """The marks that a log of operations leaves, in order."""
     st = MarkState()
     for op in ops:
-        apply(st, op)
+        st.apply(op)
     return st
 
 
@@ -170,7 +175,7 @@ class Marks:
         row = pa.table({k: [v if not isinstance(v, tuple) else list(v)] for k, v in op.__dict__.items()}, schema=MARKS_SCHEMA)
         self._write_row(row)
         self._ops.append(op)
-        apply(self._state, op)
+        self._state.apply(op)  # incremental: a keypress must not replay the whole log
         return op
 
     def indexed(self) -> frozenset[int]:
@@ -243,6 +248,9 @@ class Marks:
 
     def marked_set(self) -> set[int]:
         return set(self._state.marked)
+
+    def is_marked(self, source_index: int) -> bool:
+        return int(source_index) in self._state.marked
 
     @property
     def can_undo(self) -> bool:

@@ -53,6 +53,16 @@ class FeatureShift:
     promoted: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class WhatIf:
+    """Every feature's predicted shift over the pairs kept (index f is SAE feature f)."""
+
+    n_kept: int
+    shift: np.ndarray  # (d_sae,) mean delta
+    effect: np.ndarray  # (d_sae,) Cohen's d
+    n_firing: np.ndarray  # (d_sae,) pairs where the feature fires in either reply
+
+
 @dataclass
 class ShiftReport:
     model: str
@@ -195,9 +205,17 @@ class Analysis:
         return [TopPair(int(self.source_index[r]), float(col[r])) for r in order if sign * col[r] > 0]
 
     def what_if(self, excluded) -> tuple[int, np.ndarray, np.ndarray]:
-        """(pairs kept, mean shift (d_sae,), effect size (d_sae,)) without the `excluded` source indices.
+        """(pairs kept, mean shift (d_sae,), effect size (d_sae,)) without the `excluded` source indices."""
+        w = self.shifts_without(excluded)
+        return w.n_kept, w.shift, w.effect
 
-        Cheap enough for every keypress: it subtracts the excluded rows' sums from cached totals.
+    def shifts_without(self, excluded) -> WhatIf:
+        """Every feature's shift, effect size and firing count without the `excluded` source indices.
+
+        Cheap enough for every keypress: it subtracts the excluded rows' sums from cached totals, and
+        when called again updates from the previous call, touching only the pairs marked or unmarked
+        since then (O(their nnz) plus C-level set algebra on the source indices). Not thread-safe:
+        callers serialise (core.session does).
         """
         # C-level set algebra: a keypress with 26k pairs marked must not loop over them in Python
         if self._source_set is None:
@@ -228,7 +246,7 @@ class Analysis:
         mean = s / n
         sd = np.sqrt(np.maximum(s2 / n - mean**2, 0.0) * (n / max(n - 1, 1)))
         effect = np.divide(mean, sd, out=np.zeros_like(mean), where=sd > 0)
-        return n, mean, effect
+        return WhatIf(self.n - len(excluded), mean, effect, nf)
 
     # -- the full report ------------------------------------------------------------------------
 

@@ -24,34 +24,32 @@ from textual.widgets import LoadingIndicator, Static
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from core import locations
+from core.errors import Cancelled, DatadebugError
+from core.session import Session, demo_paths
+from core.textsafe import visible
+from core.views import Preview, Selection, TriageState, WorkspaceInfo
 from tui.commands import ActionsProvider, help_rows
 from tui.keymap import keymap_file, load_keymap
 from tui.messages import (
     Exported,
-    IndexFinished,
     MarkRequested,
+    PreviewReady,
     TriageChanged,
+    WorkerFailed,
     WorkspaceNeedsIndex,
     WorkspaceOpened,
 )
-from tui.screens.base import DataScreen
+from tui.screens.base import DataScreen, FormInput
 from tui.screens.clusters import ClustersScreen
 from tui.screens.compare import CompareScreen
-from tui.screens.dialogs import ConfirmDialog, ErrorDialog, ExportDialog, HelpScreen, ReasonDialog
+from tui.screens.dialogs import ConfirmDialog, ErrorDialog, ExportDialog, HelpScreen, MarkDialog
 from tui.screens.goblin import GoblinScreen
 from tui.screens.index import IndexScreen
 from tui.screens.models import ModelsScreen
 from tui.screens.pair import PairScreen
 from tui.screens.pairs import PairsScreen
 from tui.screens.shifts import ShiftsScreen
-from tui.services import (
-    MarkRequest,
-    Services,
-    TriageState,
-    WorkspaceInfo,
-    demo_paths,
-    describe_error,
-)
+from tui.services import Services
 from tui.widgets.tables import KeyTable
 
 
@@ -63,6 +61,14 @@ class StartScreen(DataScreen):
     def compose_body(self) -> ComposeResult:
         yield Static("opening the workspace…", id="start-caption")
         yield LoadingIndicator()
+
+
+def describe_error(exc: BaseException) -> str:
+    """The cause of a failure in one or two lines, the way a person should read it."""
+    text = str(exc).strip() or "no detail"
+    if isinstance(exc, DatadebugError):
+        return text
+    return f"{type(exc).__name__} (a bug in datadebug): {text}"
 
 
 class DataDebugApp(App):
@@ -82,7 +88,7 @@ class DataDebugApp(App):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("question_mark", "help", "Keys", id="app.help"),
         Binding("u", "undo", "Undo", id="triage.undo"),
-        Binding("ctrl+r", "redo", "Redo", id="triage.redo"),
+        Binding("ctrl+r", "redo", "Redo", show=False, id="triage.redo"),
         Binding("x", "export", "Export", id="triage.export"),
         Binding("1", "go('shifts')", "Shifts screen", show=False, id="go.shifts"),
         Binding("2", "go('clusters')", "Clusters screen", show=False, id="go.clusters"),
@@ -90,11 +96,13 @@ class DataDebugApp(App):
         Binding("4", "go('goblin')", "Goblin test screen", show=False, id="go.goblin"),
         Binding("5", "go('models')", "Models screen", show=False, id="go.models"),
         Binding("6", "go('index')", "Index screen", show=False, id="go.index"),
-        Binding("q", "quit", "Quit", id="app.quit"),
+        Binding("q", "quit", "Quit", show=False, id="app.quit"),
     ]
 
     info: reactive[WorkspaceInfo | None] = reactive(None)
     triage: reactive[TriageState | None] = reactive(None, always_update=True)
+    # What the last mark change did, shown in the status line beside the counts (not over them).
+    note: reactive[str] = reactive("")
 
     def __init__(
         self,
@@ -109,6 +117,11 @@ class DataDebugApp(App):
         self.keymap_problems = list(keymap_problems or [])
         self.autostart_index = autostart_index
 
+    @property
+    def session(self) -> Session:
+        """The open workspace's core session (raises WorkspaceError when none is open)."""
+        return self.services.session
+
     def get_default_screen(self) -> StartScreen:
         return StartScreen()
 
@@ -122,7 +135,7 @@ class DataDebugApp(App):
                 f"no binding has the id {', '.join(unknown)} (? lists the ids)"
             )
         for problem in self.keymap_problems:
-            self.notify(problem, title="keymap", severity="warning", timeout=8)
+            self.notify(visible(problem), title="keymap", severity="warning", timeout=8, markup=False)
         self._open(self.services.workspace_path, self.autostart_index)
 
     # -- opening a workspace --------------------------------------------------------------------
@@ -148,6 +161,7 @@ class DataDebugApp(App):
     async def _opened(self, event: WorkspaceOpened) -> None:
         if self.info is not None:
             await self._reset_modes()
+        self.note = ""
         self.info = event.info
         self.triage = event.triage
         await self.switch_mode("shifts")
@@ -168,104 +182,149 @@ class DataDebugApp(App):
         if isinstance(screen, IndexScreen):
             screen.prepare(event.status, event.autostart)
 
-    @on(IndexFinished)
-    def _indexed(self, event: IndexFinished) -> None:
-        self.open_workspace(Path(event.workspace))
-
     def open_workspace(self, path: Path) -> None:
         """Open another workspace (its Shifts when indexed, else the Index screen)."""
         self._open(path, False)
 
-    # -- failures -------------------------------------------------------------------------------
+    # -- failures: the one place a failed worker becomes a dialog -------------------------------
 
     @on(Worker.StateChanged)
-    def _worker_failed(self, event: Worker.StateChanged) -> None:
-        """Every worker failure ends here: a dialog with the cause (a cancelled job is only noted)."""
-        if event.state != WorkerState.ERROR:
-            return
-        error = event.worker.error
-        what = event.worker.description or event.worker.name
-        from core.errors import Cancelled
+    def _app_worker_changed(self, event: Worker.StateChanged) -> None:
+        if event.state == WorkerState.ERROR:
+            self._failed(event.worker)
 
+    @on(WorkerFailed)
+    def _worker_failed(self, event: WorkerFailed) -> None:
+        self._failed(event.worker)
+
+    def _failed(self, worker: Worker) -> None:
+        """A dialog with the cause (a cancelled job is only noted)."""
+        error = worker.error
+        what = worker.description or worker.name
         if isinstance(error, Cancelled):
-            self.notify(f"{what}: cancelled", timeout=4)
+            self.notify(f"{visible(what)}: cancelled", timeout=4, markup=False)
             return
         self.push_screen(ErrorDialog(f"{what} failed", describe_error(error)))
-        if event.worker.group == "open" and self.current_mode == "_default":
+        if worker.group == "open" and self.current_mode == "_default":
             self.call_later(self.switch_mode, "index")  # somewhere to pick another dataset from
 
     # -- triage ---------------------------------------------------------------------------------
 
     @on(MarkRequested)
     def _mark_requested(self, event: MarkRequested) -> None:
-        if self.info is None:
+        if not self.services.is_open:
             self.notify("open a workspace first", severity="warning")
             return
         # The ticket is taken here, on the UI thread, so changes apply in the order they were asked for.
-        self._apply_mark(self.services.take_ticket(), event.request)
+        self._apply_mark(self.services.take_ticket(), event.action, event.selection, event.reason)
 
     # Not exclusive: every change must be applied, in ticket order (the service waits its turn).
     @work(
         thread=True, exclusive=False, exit_on_error=False, group="marks", description="saving marks"
     )
-    def _apply_mark(self, ticket: int, request: MarkRequest) -> None:
-        triage, note = self.services.apply(ticket, request)
+    def _apply_mark(
+        self, ticket: int, action: str, selection: Selection | None, reason: str
+    ) -> None:
+        triage, note = self.services.apply(ticket, action, selection, reason)
         self.post_message(TriageChanged(triage, note))
 
     @on(TriageChanged)
     def _triage_changed(self, event: TriageChanged) -> None:
         self.triage = event.triage
-        self.notify(event.note, timeout=2)
+        self.note = event.note
 
     def action_undo(self) -> None:
-        self.post_message(MarkRequested(MarkRequest("undo")))
+        self.post_message(MarkRequested("undo"))
 
     def action_redo(self) -> None:
-        self.post_message(MarkRequested(MarkRequest("redo")))
+        self.post_message(MarkRequested("redo"))
+
+    def propose_marks(self, select, ask_reason: bool = False) -> None:
+        """Show what marking a selection would do, then mark it when accepted (one key).
+
+        `select(session) -> Selection` runs in a worker (it may read the workspace). When every pair
+        of the selection is marked already and no reason is asked for, the dialog offers to unmark.
+        """
+        if not self.services.is_open:
+            self.notify("open a workspace first", severity="warning")
+            return
+        self._preview(select, ask_reason)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="preview", description="previewing the marks")
+    def _preview(self, select, ask_reason: bool) -> None:
+        session = self.session
+        preview = session.preview(select(session))
+        if not get_current_worker().is_cancelled:
+            self.post_message(PreviewReady(preview, ask_reason))
+
+    @on(PreviewReady)
+    def _preview_ready(self, event: PreviewReady) -> None:
+        p: Preview = event.preview
+        if not p.selection.source_indices:
+            self.notify("no pair to mark here", severity="warning", timeout=3)
+            return
+        unmark = p.n_new == 0 and not event.ask_reason
+
+        def answered(reason: str | None) -> None:
+            if reason is not None:
+                self.post_message(MarkRequested("unmark" if unmark else "mark", p.selection, reason))
+
+        self.push_screen(MarkDialog(p, ask_reason=event.ask_reason, unmark=unmark), answered)
 
     # -- export ---------------------------------------------------------------------------------
 
     def action_export(self) -> None:
         t = self.triage
-        if self.info is None or t is None:
+        if not self.services.is_open or t is None:
             self.notify("open a workspace first", severity="warning")
             return
 
         def confirmed(answer: tuple[Path, bool] | None) -> None:
             if answer is not None:
-                self.notify(f"exporting to {answer[0].name}…", timeout=3)
                 self._export(*answer)
 
         self.push_screen(
-            ExportDialog(t.n_kept, t.n_marked, t.n_total, self.services.default_export_path()),
+            ExportDialog(t.n_kept, t.n_marked, t.n_total, self.session.default_export_path()),
             confirmed,
         )
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="export", description="exporting")
     def _export(self, out: Path, overwrite: bool) -> None:
-        self.post_message(Exported(self.services.export(out, overwrite=overwrite)))
+        self.post_message(Exported(self.session.export(out, overwrite=overwrite)))
 
     @on(Exported)
     def _exported(self, event: Exported) -> None:
         r = event.result
+        self.note = f"exported {r.n_kept} of {r.n_records} records"
         self.notify(
-            f"kept {r.n_kept} of {r.n_records} records, removed {r.n_removed}\n→ {r.out}\nmanifest {r.manifest.name}",
+            visible(
+                f"kept {r.n_kept} of {r.n_records} records, removed {r.n_removed}\n→ {r.out}\n"
+                f"removed records and why: {r.manifest.name}",
+                keep_newlines=True,
+            ),
             title="exported",
             timeout=10,
+            markup=False,
         )
 
     # -- navigation and help --------------------------------------------------------------------
 
     async def action_go(self, mode: str) -> None:
+        """Switch to a screen's own view, not to whatever was drilled into from it."""
         await self.switch_mode(mode)
+        while len(self.screen_stack) > 1 and not isinstance(self.screen, self.MODES[mode]):
+            await self.pop_screen()
 
     def action_help(self) -> None:
         rows = help_rows(HELP_SECTIONS, self.keymap)
         rows.append(("anywhere", "ctrl+p", "Command palette", ""))
-        rows.append(("anywhere", "tab", "Next pane", ""))
+        rows.append(("anywhere", "tab", "Next field or pane", ""))
         rows.append(("tables", "↑ ↓", "Move", ""))
         rows.append(("tables", "pgup pgdn", "Page", ""))
-        self.push_screen(HelpScreen(rows, _home(keymap_file())))
+        screen = self.screen
+        legend = getattr(screen, "LEGEND", ())
+        where = getattr(screen, "SCREEN_TITLE", "").split(" · ")[0]
+        self.push_screen(HelpScreen(rows, _home(keymap_file()), legend, where))
 
 
 HELP_SECTIONS = [
@@ -279,8 +338,10 @@ HELP_SECTIONS = [
     ("Models", ModelsScreen),
     ("Index", IndexScreen),
     ("tables", KeyTable),
+    ("forms", FormInput),
+    ("dialogs", MarkDialog),
     ("dialogs", ConfirmDialog),
-    ("dialogs", ReasonDialog),
+    ("dialogs", ErrorDialog),
 ]
 
 

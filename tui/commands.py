@@ -9,6 +9,11 @@ from functools import partial
 from textual.binding import Binding
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
+# Actions that start heavy work (an index run, a goblin test, a download, training) or delete files
+# are found by typing their name; the palette never offers them unasked, so a stray Enter on its
+# first item cannot start one.
+DELIBERATE = frozenset({"index.start", "goblin.run", "models.pull", "models.train", "models.remove"})
+
 KEY_NAMES = {
     "question_mark": "?",
     "slash": "/",
@@ -51,11 +56,12 @@ def help_rows(
 class ActionsProvider(Provider):
     """Every binding with a description on the app and on the current screen, as palette commands."""
 
-    def _commands(self) -> list[tuple[str, str, object]]:
+    def _commands(self) -> list[tuple[str, str, object, str]]:
+        """(name, help, callback, binding id) of every binding with a description."""
         app = self.app
         screen = self.screen
         keymap = getattr(app, "keymap", {})
-        found: list[tuple[str, str, object]] = []
+        found: list[tuple[str, str, object, str]] = []
         seen: set[str] = set()
         for node in (screen, app):
             for b in bindings_of(type(node)):
@@ -66,17 +72,23 @@ class ActionsProvider(Provider):
                 where = where.split(" · ")[0]
                 help_text = f"{key_text(effective_keys(b, keymap))} · {where} · id {b.id}"
                 found.append(
-                    (b.description.rstrip("…"), help_text, partial(app.run_action, b.action, node))
+                    (
+                        b.description.rstrip("…"),
+                        help_text,
+                        partial(app.run_action, b.action, node),
+                        b.id or "",
+                    )
                 )
         return found
 
     async def discover(self) -> Hits:
-        for name, help_text, callback in self._commands():
-            yield DiscoveryHit(name, callback, help=help_text)
+        for name, help_text, callback, binding_id in self._commands():
+            if binding_id not in DELIBERATE:
+                yield DiscoveryHit(name, callback, help=help_text)
 
     async def search(self, query: str) -> Hits:
         matcher = self.matcher(query)
-        for name, help_text, callback in self._commands():
+        for name, help_text, callback, _ in self._commands():
             score = matcher.match(f"{name} {help_text}")
             if score > 0:
                 yield Hit(score, matcher.highlight(name), callback, help=help_text)

@@ -8,16 +8,18 @@ job cannot flood the queue.
 from __future__ import annotations
 
 from textual.message import Message
+from textual.worker import Worker
 
-from tui.services import (
+from core.progress import Progress
+from core.views import (
     CatalogChoices,
-    ClusteringView,
     CompareView,
     FeaturePairs,
-    MarkRequest,
     ModelsView,
     PairRow,
     PairView,
+    Preview,
+    Selection,
     TriageState,
     WorkspaceInfo,
     WorkspaceStatus,
@@ -43,11 +45,14 @@ class WorkspaceNeedsIndex(Message):
 
 
 class MarkRequested(Message):
-    """A screen asks for a mark change (UI thread to app; the app applies changes in order)."""
+    """A screen asks for a mark change: "mark" | "unmark" | "undo" | "redo" (the app applies them in
+    the order asked)."""
 
-    def __init__(self, request: MarkRequest) -> None:
+    def __init__(self, action: str, selection: Selection | None = None, reason: str = "") -> None:
         super().__init__()
-        self.request = request
+        self.action = action
+        self.selection = selection
+        self.reason = reason
 
 
 class TriageChanged(Message):
@@ -59,13 +64,30 @@ class TriageChanged(Message):
         self.note = note
 
 
-class ReportReady(Message):
-    """A ranking of features (core.shifts.ShiftReport)."""
+class PreviewReady(Message):
+    """What marking a selection would do, to confirm (and give a reason for, when asked)."""
 
-    def __init__(self, report, without_marked: bool) -> None:
+    def __init__(self, preview: Preview, ask_reason: bool) -> None:
+        super().__init__()
+        self.preview = preview
+        self.ask_reason = ask_reason
+
+
+class WorkerFailed(Message):
+    """A worker of a screen or widget ended in an error (Worker.StateChanged does not bubble)."""
+
+    def __init__(self, worker: Worker) -> None:
+        super().__init__()
+        self.worker = worker
+
+
+class ReportReady(Message):
+    """A ranking of features (core.shifts.ShiftReport) without the `excluded` (marked) pairs."""
+
+    def __init__(self, report, excluded: frozenset[int]) -> None:
         super().__init__()
         self.report = report
-        self.without_marked = without_marked
+        self.excluded = excluded
 
 
 class FeaturePairsReady(Message):
@@ -80,16 +102,6 @@ class PairRowsReady(Message):
         self.rows = rows
 
 
-class TopPairsFound(Message):
-    """The top pairs of a feature, found so they can be marked."""
-
-    def __init__(self, feature: int, source_indices: tuple[int, ...], reason: str) -> None:
-        super().__init__()
-        self.feature = feature
-        self.source_indices = source_indices
-        self.reason = reason
-
-
 class PairReady(Message):
     def __init__(self, pair: PairView) -> None:
         super().__init__()
@@ -97,15 +109,20 @@ class PairReady(Message):
 
 
 class ClustersReady(Message):
-    def __init__(self, clustering: ClusteringView) -> None:
+    """A core.clusters.Clustering."""
+
+    def __init__(self, clustering) -> None:
         super().__init__()
         self.clustering = clustering
 
 
 class CompareReady(Message):
-    def __init__(self, compare: CompareView) -> None:
+    """The comparison, and the SAE grouping (core.clusters.Clustering) its rows are of."""
+
+    def __init__(self, compare: CompareView, clustering) -> None:
         super().__init__()
         self.compare = compare
+        self.clustering = clustering
 
 
 class ModelsListed(Message):
@@ -114,59 +131,34 @@ class ModelsListed(Message):
         self.models = models
 
 
-class JobProgress(Message):
-    """A line of progress from a long job (pull, train, goblin test); the latest one wins."""
-
-    def __init__(self, job: str, text: str, fraction: float | None = None) -> None:
-        super().__init__()
-        self.job = job
-        self.text = text
-        self.fraction = fraction
-
-    def can_replace(self, message: Message) -> bool:
-        return isinstance(message, JobProgress) and message.job == self.job
-
-
-class JobDone(Message):
-    """A long job finished; `text` is its one-line result."""
-
-    def __init__(self, job: str, text: str) -> None:
-        super().__init__()
-        self.job = job
-        self.text = text
-
-
 class CatalogRead(Message):
     def __init__(self, choices: CatalogChoices) -> None:
         super().__init__()
         self.choices = choices
 
 
-class IndexProgressed(Message):
-    """A core.progress.Progress of an index run; the latest one wins."""
+class JobProgressed(Message):
+    """A core.progress.Progress of a long job; the latest one of a stage wins."""
 
-    def __init__(self, progress) -> None:
+    def __init__(self, job: int, progress: Progress) -> None:
         super().__init__()
+        self.job = job
         self.progress = progress
 
     def can_replace(self, message: Message) -> bool:
         return (
-            isinstance(message, IndexProgressed) and message.progress.stage == self.progress.stage
+            isinstance(message, JobProgressed)
+            and message.job == self.job
+            and message.progress.stage == self.progress.stage
         )
 
 
-class IndexFinished(Message):
-    """An index run ended (core.index.IndexResult; a cancelled run raises Cancelled instead)."""
+class JobFinished(Message):
+    """A long job returned `result` (a cancelled or failed one posts nothing: see WorkerFailed)."""
 
-    def __init__(self, result, workspace) -> None:
+    def __init__(self, job: int, result) -> None:
         super().__init__()
-        self.result = result
-        self.workspace = workspace
-
-
-class GoblinDone(Message):
-    def __init__(self, result: dict) -> None:
-        super().__init__()
+        self.job = job
         self.result = result
 
 

@@ -41,13 +41,13 @@ def format_clusters(c) -> str:
 def clusters(
     workspace: Path = typer.Option(..., "--workspace", "-w"),
     by: str = typer.Option("sae", help="sae (SAE feature activity) | embedding (MiniLM prompt + chosen)"),
-    k: Optional[int] = typer.Option(None, help="Number of clusters (default: chosen by silhouette)"),
+    k: Optional[int] = typer.Option(None, help="Number of clusters (default: the SAE grouping's silhouette k, for either grouping)"),
     as_json: bool = JSON,
 ):
     """Group the pairs into clusters, each with its characteristic features and shift contrast."""
-    from core.clusters import cluster_pairs
+    from core.session import Session
 
-    c = cluster_pairs(_analysis(workspace), by=by, k=k)
+    c = Session(workspace).clusters(by, k)
     emit(c.to_json(), as_json, format_clusters(c))
 
 
@@ -177,6 +177,9 @@ def format_goblin(r: dict) -> str:
         f"  its top pairs (peak delta):  {pr(r['sae_feature'])}",
         f"  its top pairs (mean delta):  {pr(r['sae_feature_mean'])}",
         f"  predicted shift: {shift}",
+        f"goblin concept: {r.get('goblin_concept')} «{r.get('goblin_concept_name') or ''}»; goblin hypothesis rank "
+        f"{r.get('goblin_hypothesis_rank') or 'not ranked'}"
+        + (f": {r['goblin_hypothesis']['sentence']}" if r.get("goblin_hypothesis") else ""),
         f"best SAE cluster (k={r['sae_cluster']['k']}):       {pr(r['sae_cluster'])}",
         f"best embedding cluster (k={r['embedding_cluster']['k']}): {pr(r['embedding_cluster'])}",
         f"ground truth (outside the workspace): {r['truth_file']}",

@@ -2,8 +2,9 @@
 
 A command parses its options, calls core, and prints through `emit`. It never catches errors itself:
 `App.command` wraps every command so that a `DatadebugError` prints one line (`datadebug: error: ...`
-on stderr, or `{"error", "type"}` on stdout with --json) and exits 2, and Ctrl-C exits 130.
-Anything else is a bug and keeps its traceback.
+on stderr, or `{"error", "type"}` on stdout with --json) and exits 2; a job stopped by Ctrl-C raises
+`Cancelled`, whose message (what was saved, how to resume) is printed before exiting 130. Anything
+else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import warnings
 
 import typer
 
-from core.errors import DatadebugError
+from core.errors import Cancelled, DatadebugError
 from core.progress import Progress
 from core.textsafe import json_safe, visible
 
@@ -35,6 +36,9 @@ class App(typer.Typer):
             def run(*a, **kw):
                 try:
                     return fn(*a, **kw)
+                except Cancelled as exc:  # what it saved and how to resume is in the message
+                    print(f"\ndatadebug: {visible(str(exc))}", file=sys.stderr)
+                    raise typer.Exit(130) from None
                 except DatadebugError as exc:
                     fail(exc, bool(kw.get("as_json")))
                 except KeyboardInterrupt:

@@ -100,16 +100,9 @@ def shifts(
     as_json: bool = JSON,
 ):
     """Predicted amplified and suppressed features, each with its CI, stability and top pairs."""
-    from core.shifts import Analysis
-    from core.workspace import Workspace
+    from core.session import Session
 
-    ws = Workspace(workspace)
-    excluded = None
-    if exclude_marked:
-        from core.marks import marked_set
-
-        excluded = marked_set(ws)
-    report = Analysis(ws).report(top=top, excluded=excluded)
+    report = Session(workspace).report(top=top, without_marked=exclude_marked)
     emit(report.to_json(), as_json, format_shifts(report))
 
 

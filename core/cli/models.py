@@ -29,17 +29,10 @@ def models_list(as_json: bool = JSON):
 @models_app.command("pull")
 def models_pull(name: str, as_json: bool = JSON):
     """Make a model or SAE ready offline (downloads where a network exists)."""
-    from core.catalog import load_catalog
-    from core.store import pull_model, pull_sae
+    from core.session import pull
 
-    cat = load_catalog()
     with ProgressPrinter() as progress:
-        if name in cat.models:
-            path = pull_model(cat.models[name], progress)
-        elif name in cat.saes:
-            path = pull_sae(cat.saes[name], progress)
-        else:
-            raise CatalogError(f"unknown model or SAE {name!r}; known: {', '.join(sorted([*cat.models, *cat.saes]))}")
+        path = pull(name, progress)
     emit({"name": name, "path": str(path)}, as_json, f"{name}: ready at {path}")
 
 

@@ -1,42 +1,14 @@
-"""`datadebug train-dpo` and `validate`: a real DPO run, and predicted vs actual shifts."""
+"""`datadebug train-dpo`, `validate`, `plan` and `goblin-loop`: real training, predicted vs actual."""
 
 from __future__ import annotations
 
-import os
-import sys
-import time
+import math
 from dataclasses import asdict
 from pathlib import Path
 
 import typer
 
-from core.cli.app import JSON, THREADS, app, ctrl_c_cancels, emit, set_threads
-from core.textsafe import visible
-
-class _StepLine:
-    """DPO progress on stderr: one rewritten line on a terminal, a line per step otherwise."""
-
-    def __init__(self):
-        self.tty = sys.stderr.isatty() and os.environ.get("DATADEBUG_PROGRESS") != "lines"
-        self.start = time.monotonic()
-        self.first_step = None
-
-    def __call__(self, s) -> None:
-        now = time.monotonic()
-        if self.first_step is None:
-            self.first_step = (s.step - 1, now)  # a resumed run starts mid-way
-        done = s.step - self.first_step[0]
-        per_step = (now - self.first_step[1]) / max(done - 1, 1) if done > 1 else now - self.start
-        eta = per_step * (s.total_steps - s.step)
-        line = (
-            f"step {s.step}/{s.total_steps} epoch {s.epoch + 1} | loss {s.loss:.4f} | "
-            f"reward acc {s.reward_accuracy:.2f} margin {s.reward_margin:+.3f} | "
-            f"{per_step:.1f} s/step ETA {eta / 60:.0f} min"
-        )
-        if self.tty:
-            print("\r" + line.ljust(100), end="", file=sys.stderr, flush=True)
-        else:
-            print(line, file=sys.stderr, flush=True)
+from core.cli.app import JSON, THREADS, ProgressPrinter, app, ctrl_c_cancels, emit, set_threads
 
 
 @app.command("train-dpo")
@@ -44,9 +16,19 @@ def train_dpo_cmd(
     data: Path = typer.Argument(..., help="Preference data: .jsonl, .jsonl.gz, .json or .parquet"),
     out: Path = typer.Option(..., "--out", help="Output folder (rerun with the same one to resume)"),
     model: str | None = typer.Option(None, help="Model from the catalogue (default: the embedded one)"),
+    init_model: Path | None = typer.Option(
+        None, "--init-model", help="Start from the weights in this folder (e.g. an SFT run's model/)"
+    ),
     exclude_marked: Path | None = typer.Option(
         None, "--exclude-marked", help="Workspace of DATA whose marked pairs are left out"
     ),
+    plan: Path | None = typer.Option(
+        None, "--plan", help="Workspace whose saved intervention plan is applied (datadebug plan)"
+    ),
+    holdout: float = typer.Option(
+        0.0, help="Share of the pairs held out of training (validate draws its prompts from them)"
+    ),
+    split_seed: int = typer.Option(0, help="Seeds which pairs are held out"),
     beta: float = typer.Option(0.1, help="DPO's beta: the strength of the tie to the reference"),
     epochs: int = typer.Option(1),
     lr: float | None = typer.Option(None, help="Learning rate (default 5e-6; 5e-4 with --lora)"),
@@ -56,7 +38,7 @@ def train_dpo_cmd(
     batch_size: int = typer.Option(4, help="Pairs per forward pass"),
     grad_accum: int = typer.Option(1, help="Forward passes per optimizer step"),
     save_every: int = typer.Option(50, help="Optimizer steps between checkpoints"),
-    seed: int = typer.Option(0),
+    seed: int = typer.Option(0, help="Seeds the data order (and LoRA's init)"),
     format: str | None = typer.Option(None, help="standard | conversational | hh-rlhf | sharegpt (default: detect)"),
     skip_invalid: bool = typer.Option(False, help="Skip invalid records instead of stopping"),
     device: str | None = typer.Option(None, help="cpu | cuda (default: cuda when available)"),
@@ -65,7 +47,7 @@ def train_dpo_cmd(
 ):
     """Fine-tune the model with DPO on DATA (Ctrl-C saves a checkpoint; rerun to resume)."""
     from core.dpo import DPOConfig
-    from core.validate import train_on_dataset
+    from core.training import train_on_dataset
 
     set_threads(threads)
     cfg = DPOConfig(
@@ -73,23 +55,19 @@ def train_dpo_cmd(
         batch_size=batch_size, grad_accum=grad_accum, max_length=max_length,
         max_prompt_length=min(256, max_length // 2), lora=lora, seed=seed, save_every=save_every,
     )
-    with ctrl_c_cancels("saving a checkpoint after this step") as cancel:
+    with ctrl_c_cancels("saving a checkpoint after this step") as cancel, ProgressPrinter() as progress:
         r = train_on_dataset(
-            data, out, cfg, model=model, limit=limit, exclude_marked=exclude_marked,
-            format=format, skip_invalid=skip_invalid, device=device,
-            progress=_StepLine(), cancel=cancel,
+            data, out, cfg, model=model, init_model=init_model, limit=limit,
+            exclude_marked=exclude_marked, holdout=holdout, split_seed=split_seed, plan_workspace=plan,
+            format=format, skip_invalid=skip_invalid, device=device, progress=progress, cancel=cancel,
         )
-    print(file=sys.stderr)
     if r.already_done:
         head = f"already trained: {r.steps} steps on {r.n_pairs} pairs"
-    elif r.cancelled:
-        head = (
-            f"cancelled at step {r.steps}/{r.total_steps}; checkpoint in {out}/checkpoint "
-            "(rerun the same command to resume)"
-        )
     else:
         head = f"trained {r.steps} steps on {r.n_pairs} pairs in {r.seconds:.0f}s"
-    lines = [head + (f" ({r.n_excluded} marked pairs left out)" if r.n_excluded else "")]
+    extra = [f"{r.n_excluded} marked pairs left out"] if r.n_excluded else []
+    extra += [f"{r.n_heldout} held out"] if r.n_heldout else []
+    lines = [head + (f" ({', '.join(extra)})" if extra else "")]
     if r.loss is not None:
         lines.append(
             f"loss {r.first_loss:.4f} -> {r.loss:.4f}, reward accuracy {r.reward_accuracy:.2f}, "
@@ -97,8 +75,77 @@ def train_dpo_cmd(
         )
     lines.append(f"output: {r.model_dir or r.out_dir}")
     emit(asdict(r), as_json, "\n".join(lines))
-    if r.cancelled:
-        raise typer.Exit(130)
+
+
+def _num(v, fmt="{:.3f}") -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v)
+
+
+def _ci(ci) -> str:
+    return f"[{_num(ci[0], '{:.2f}')}, {_num(ci[1], '{:.2f}')}]"
+
+
+def format_report(r) -> str:
+    """A plain-text summary of a `core.validate.ValidationReport`."""
+    lines = [
+        f"{r.model} / SAE {r.sae} (layer {r.layer}): {r.n_pairs_predicted} trained pairs predicted "
+        f"({r.n_pairs_trained} trained), {r.n_prompts} prompts x {r.n_replies // max(r.n_prompts, 1)}"
+        f" replies ({r.prompts_source})",
+        "",
+        f"the paper's statistic (fires on > {r.tau:g} of a reply's tokens):",
+        f"{'':<22} {'n':>5} {'R² fit':>7} {'R² y=sx':>8} {'Spearman':>9} {'95% CI':>14} {'slope':>8}"
+        f" {'reliability':>11}",
+    ]
+    for name, a in (("concepts", r.concepts), ("features (CI clear)", r.thresholded_features)):
+        if a is None:
+            lines.append(f"{name:<22} (no concepts: pass --concepts FILE or build the workspace's concepts)")
+            continue
+        f = a.fit
+        lines.append(
+            f"{name:<22} {f.n_features:>5} {_num(f.r2):>7} {_num(f.r2_scaled):>8} {_num(f.spearman):>9}"
+            f" {_ci(a.spearman_ci):>14} {_num(f.slope, '{:.3g}'):>8} {_num(a.reliability):>11}"
+        )
+    if r.concepts is not None and r.concepts.null:
+        n = r.concepts.null
+        lines.append(
+            f"  R² CI {_ci(r.concepts.r2_ci)}; null (features dealt to concepts at random, {n['n']}x): "
+            f"R² {_num(n['r2_mean'])} (95th pct {_num(n['r2_p95'])}), p {_num(n['p_value'], '{:.3g}')}"
+        )
+    lines += [
+        "",
+        "mean activation per feature:",
+        f"{'':<34} {'n':>6} {'R²':>7} {'Spearman':>9} {'slope':>9}",
+    ]
+    for name, f in (
+        ("predicted CI clear of zero", r.significant),
+        (f"top {r.k} by |predicted|", r.top_k),
+        ("all with predicted != 0", r.nonzero),
+    ):
+        lines.append(
+            f"{name:<34} {f.n_features:>6} {_num(f.r2):>7} {_num(f.spearman):>9} {_num(f.slope, '{:.3g}'):>9}"
+        )
+    lines += [
+        f"split-half reliability of the actual shifts: {_num(r.actual_reliability)} "
+        "(about the best R² this many prompts allows)",
+        "",
+        f"{'behaviour':<10} {'before':>8} {'after':>8}",
+    ]
+    for k, v in r.behaviour.items():
+        lines.append(f"{k:<10} {_num(v['before'], '{:.1%}'):>8} {_num(v['after'], '{:.1%}'):>8}")
+    lines += ["", "probe sentences at the reply's start, log p after - before (nats per sentence, ± se):"]
+    for k, v in r.probes.items():
+        lines.append(f"{k:<10} {_num(v['lift'], '{:+.3f}'):>8} ± {_num(v['se'])}  ({v['n_sentences']} sentences)")
+    lines += ["", f"{'feature':>8} {'predicted':>10} {'actual':>10} {'± se':>8}  promotes"]
+    for c in r.features[:10]:
+        lines.append(
+            f"{c.feature:>8} {c.predicted:>+10.4f} {c.actual:>+10.4f} {c.actual_se:>8.4f}  "
+            + ", ".join(t.strip() for t in c.promoted)
+        )
+    lines += ["", f"plot: {r.plot}"]
+    if r.concepts_plot:
+        lines.append(f"concepts plot: {r.concepts_plot}")
+    lines.append(f"replies: {r.generations}")
+    return "\n".join(lines)
 
 
 @app.command()
@@ -107,38 +154,148 @@ def validate(
     trained: Path = typer.Option(..., "--trained", help="A train-dpo output folder"),
     prompts: Path | None = typer.Option(
         None, help="Prompts: a preference file, JSONL of prompts, or text (one per line). "
-        "Default: held-out prompts of the workspace's dataset"
+        "Default: the run's held-out prompts of the workspace's dataset"
     ),
     n_prompts: int = typer.Option(32, help="Prompts to generate from"),
+    paper: bool = typer.Option(
+        False, "--paper", help="The paper's protocol: sampled replies (T=1), --samples 4 unless given"
+    ),
+    concepts: Path | None = typer.Option(
+        None, help="Concepts as JSON (a list of feature lists); default: the workspace's concepts"
+    ),
+    tau: float = typer.Option(0.01, help="A feature fires in a reply above this share of its tokens"),
     max_new_tokens: int = typer.Option(64, help="Tokens generated per reply"),
-    temperature: float = typer.Option(0.0, help="0: greedy; else seeded sampling at this temperature"),
-    samples: int = typer.Option(1, help="Replies per prompt when sampling"),
-    seed: int = typer.Option(0, help="Seeds the choice of held-out prompts and the sampling"),
-    batch_size: int = typer.Option(16, help="Prompts per generation batch"),
+    temperature: float | None = typer.Option(None, help="0: greedy (default); else sampling at this temperature"),
+    samples: int | None = typer.Option(None, help="Replies per prompt when sampling"),
+    seed: int = typer.Option(0, help="Seeds the choice of held-out prompts and the sampling noise"),
+    batch_size: int = typer.Option(16, help="Replies per generation batch"),
     top_k: int = typer.Option(50, help="Also compare the K features with the largest |predicted shift|"),
     plot: Path | None = typer.Option(None, help="Scatter plot PNG (default: TRAINED/validation.png)"),
     device: str | None = typer.Option(None, help="cpu | cuda (default: cuda when available)"),
     threads: int | None = THREADS,
     as_json: bool = JSON,
 ):
-    """Predicted vs actual feature shifts of a DPO-trained model: R², Spearman, plot, behaviours."""
-    from core.validate import Decoding, format_report
+    """Predicted vs actual shifts of a DPO-trained model: concepts and features, R², plots, behaviours."""
+    from core.rollout import Decoding
     from core.validate import validate as run_validation
 
     set_threads(threads)
-    def progress(p) -> None:
-        if p.stage == "generate" and sys.stderr.isatty():
-            print(f"\rgenerating {p.done}/{p.total} replies".ljust(60), end="", file=sys.stderr, flush=True)
-        elif p.message and p.stage != "generate":
-            print(("\n" if sys.stderr.isatty() else "") + visible(p.message), file=sys.stderr, flush=True)
-
     decoding = Decoding(
-        max_new_tokens=max_new_tokens, temperature=temperature, samples=samples, seed=seed,
-        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature if temperature is not None else (1.0 if paper else 0.0),
+        samples=samples if samples is not None else (4 if paper else 1),
+        seed=seed, batch_size=batch_size,
     )
-    with ctrl_c_cancels("validation") as cancel:
+    with ctrl_c_cancels("validation") as cancel, ProgressPrinter() as progress:
         report = run_validation(
             workspace, trained, prompts=prompts, n_prompts=n_prompts, decoding=decoding,
-            top_k=top_k, plot=plot, device=device, progress=progress, cancel=cancel,
+            concepts=concepts, tau=tau, top_k=top_k, plot=plot, device=device, progress=progress,
+            cancel=cancel,
         )
     emit(report.to_json(), as_json, format_report(report))
+
+
+@app.command("plan")
+def plan_cmd(
+    workspace: Path = typer.Option(..., "--workspace", "-w", help="The workspace the concept comes from"),
+    kind: str | None = typer.Option(
+        None, help="shape | steer | mask | inoculate (see `train-dpo --plan`); omit to show the plan"
+    ),
+    features: str | None = typer.Option(None, help="The concept's features, comma-separated"),
+    strength: float | None = typer.Option(
+        None, help="shape/inoculate: lambda (4 / 1); steer: alpha (3); mask: activation threshold (0)"
+    ),
+    label: str = typer.Option("", help="What to call the concept"),
+    text: str = typer.Option("", help="inoculate: the system prompt naming the behaviour"),
+    clear: bool = typer.Option(False, "--clear", help="Remove the workspace's plan"),
+    as_json: bool = JSON,
+):
+    """Save (or show, or clear) the intervention plan that `train-dpo --plan WS` applies."""
+    from core.errors import UsageError
+    from core.interventions import clear_plan, load_plan, make_plan, save_plan
+
+    if clear:
+        gone = clear_plan(workspace)
+        emit({"cleared": gone}, as_json, "plan removed" if gone else "no plan to remove")
+        return
+    if kind is None:
+        plan = load_plan(workspace)
+        if plan is None:
+            emit(None, as_json, f"no plan in {workspace}")
+            return
+    else:
+        if not features:
+            raise UsageError("--features is required with --kind (the concept's SAE features)")
+        try:
+            feats = [int(f) for f in features.split(",") if f.strip()]
+        except ValueError:
+            raise UsageError(f"--features {features!r}: expected comma-separated feature numbers") from None
+        plan = make_plan(workspace, kind, feats, strength, label=label, text=text,
+                         source="features " + ",".join(map(str, feats)))
+        save_plan(workspace, plan)
+    d = asdict(plan)
+    text_out = (
+        f"{plan.kind} on {plan.label or 'features'} {list(plan.features)} (strength {plan.strength:g}; "
+        f"{plan.sae} layer {plan.layer})" + (f", system prompt {plan.text!r}" if plan.text else "")
+        + f"\napply with: datadebug train-dpo DATA --out DIR --plan {workspace}"
+    )
+    emit(d, as_json, text_out)
+
+
+def format_goblin_loop(r: dict) -> str:
+    """A plain-text summary of `core.goblin_loop.run_goblin_loop`'s result."""
+    d = r["detection"]
+    lines = [
+        f"goblin feature {d['feature']} (AP {_num(d['ap'], '{:.2f}')}): flagged {len(d['flagged'])} pairs, "
+        f"precision {_num(d['precision'], '{:.2f}')} recall {_num(d['recall'], '{:.2f}')} "
+        f"against the {d['n_planted']} planted",
+        f"SFT on {r['n_sft']} replies ({r['sft_poisoned']} with goblins); goblin rate over "
+        f"{r['n_unrelated']} unrelated prompts, sampled; preference accuracy on {r['n_heldout']} held-out pairs",
+        "",
+        f"{'model':<10} {'goblin rate':>14} {'goblin probe':>13} {'control':>8} {'pref. acc.':>10} {'margin':>8}",
+    ]
+    for name, m in r["models"].items():
+        g, p, pref = m["goblin"], m["probes"], m["preference"]
+        lines.append(
+            f"{name:<10} {g['rate']:>7.1%} ± {g['se']:.1%} {p['goblin']['lift']:>+13.3f} "
+            f"{p['control']['lift']:>+8.3f} {pref['accuracy']:>10.1%} {pref['margin']:>+8.3f}"
+        )
+    return "\n".join(lines)
+
+
+@app.command("goblin-loop")
+def goblin_loop_cmd(
+    data: Path = typer.Argument(..., help="Preference data to plant goblins in"),
+    work: Path = typer.Option(..., "--work", help="Folder for every stage (rerun to resume)"),
+    rate: float = typer.Option(0.05, help="Share of DPO pairs and SFT replies that carry the trait"),
+    limit: int | None = typer.Option(256, help="DPO on the first N valid pairs"),
+    sft_data: Path | None = typer.Option(None, help="SFT prompts + replies (default: the bundled sample)"),
+    sft_examples: int = typer.Option(256, help="SFT examples"),
+    unrelated: int = typer.Option(48, help="Unrelated prompts for the goblin rate"),
+    samples: int = typer.Option(4, help="Sampled replies per unrelated prompt"),
+    arms: str = typer.Option(",".join(("poisoned", "cleaned", "clean", "shape", "steer", "mask")),
+                             help="DPO runs: poisoned, cleaned, clean (planted pairs removed), shape, steer, mask"),
+    epochs: int = typer.Option(1, help="DPO epochs"),
+    lr: float = typer.Option(2e-5, help="DPO learning rate"),
+    seed: int = typer.Option(0),
+    device: str | None = typer.Option(None, help="cpu | cuda (default: cuda when available)"),
+    threads: int | None = THREADS,
+    as_json: bool = JSON,
+):
+    """The goblin loop, whole: SFT and DPO on planted goblins, found from the data, then removed by
+    cleaning and by each intervention; goblin rate, probe lifts and held-out preference accuracy."""
+    import dataclasses
+
+    from core.goblin_loop import LoopSettings, run_goblin_loop
+
+    set_threads(threads)
+    base = LoopSettings()
+    settings = LoopSettings(
+        rate=rate, limit=limit, sft_data=str(sft_data) if sft_data else None, sft_examples=sft_examples,
+        unrelated=unrelated, samples=samples, seed=seed,
+        arms=tuple(a.strip() for a in arms.split(",") if a.strip()),
+        dpo=dataclasses.replace(base.dpo, epochs=epochs, lr=lr, seed=seed),
+    )
+    with ctrl_c_cancels("goblin loop (rerun to resume)") as cancel, ProgressPrinter() as progress:
+        result = run_goblin_loop(data, work, settings, device=device, progress=progress, cancel=cancel)
+    emit(result, as_json, format_goblin_loop(result))

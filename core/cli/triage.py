@@ -8,35 +8,6 @@ from typing import Optional
 import typer
 
 from core.cli.app import JSON, app, emit
-from core.errors import UsageError
-
-
-def _selection(ws, pairs: list[int], feature: Optional[int], top: int, cluster: Optional[int], by: str, k: Optional[int]):
-    """The source indices a mark/unmark command names, and a description of the scope."""
-    chosen, scopes, features = set(pairs), [], []
-    if pairs:
-        scopes.append("pair" if len(pairs) == 1 else "pairs")
-    if feature is not None or cluster is not None:
-        from core.shifts import Analysis
-
-        analysis = Analysis(ws)
-        if feature is not None:
-            tops = analysis.top_pairs_of(feature, top)
-            chosen |= {p.source_index for p in tops}
-            scopes.append(f"feature {feature} top {top}")
-            features.append(feature)
-        if cluster is not None:
-            from core.clusters import cluster_pairs
-
-            clustering = cluster_pairs(analysis, by=by, k=k)
-            match = [c for c in clustering.clusters if c.id == cluster]
-            if not match:
-                raise UsageError(f"no {by} cluster {cluster} (there are {len(clustering.clusters)})")
-            chosen |= set(match[0].source_indices)
-            scopes.append(f"cluster {by}:{cluster}")
-    if not chosen:
-        raise UsageError("name pairs (source indices), --feature F [--top N] or --cluster C")
-    return sorted(chosen), ", ".join(scopes), features
 
 
 @app.command()
@@ -47,20 +18,25 @@ def mark(
     top: int = typer.Option(20, help="With --feature: how many of its top pairs"),
     cluster: Optional[int] = typer.Option(None, help="Mark a whole cluster"),
     by: str = typer.Option("sae", help="With --cluster: sae | embedding"),
-    k: Optional[int] = typer.Option(None, help="With --cluster: the k used for clustering"),
+    k: Optional[int] = typer.Option(None, help="With --cluster: clusters (default: the SAE grouping's silhouette k)"),
     reason: str = typer.Option("", help="Why (kept in the manifest)"),
     as_json: bool = JSON,
 ):
-    """Mark pairs for removal (persisted in the workspace, with who/when/why)."""
-    from core.marks import Marks
-    from core.workspace import Workspace
+    """Mark pairs for removal (persisted in the workspace, with who/when/why). Pairs marked already
+    keep their reason unless --reason gives a new one."""
+    from core.session import Session
 
-    ws = Workspace(workspace)
-    sel, scope, feats = _selection(ws, pairs or [], feature, top, cluster, by, k)
-    marks = Marks(ws)
-    op = marks.mark(sel, reason=reason, scope=scope, features=feats)
-    emit({"op_id": op.op_id, "marked": list(op.source_indices), "n_marked": len(marks.marked)}, as_json,
-          f"marked {len(op.source_indices)} pairs ({scope}); {len(marks.marked)} marked in all")
+    session = Session(workspace)
+    sel = session.select(pairs or [], feature, top, cluster, by, k)
+    _changed(session, session.mark(sel, reason=reason), "marked", f" ({sel.scope})", as_json)
+
+
+def _changed(session, op, done: str, scope: str, as_json: bool) -> None:
+    """Print what a mark or unmark did (`op` None: nothing needed changing)."""
+    pairs = list(op.source_indices) if op else []
+    n_marked = len(session.marks.marked)
+    emit({"op_id": op.op_id if op else None, done: pairs, "n_marked": n_marked}, as_json,
+         f"{done} {len(pairs)} pairs{scope}; {n_marked} marked in all")
 
 
 @app.command()
@@ -77,18 +53,15 @@ def unmark(
     as_json: bool = JSON,
 ):
     """Keep pairs again."""
-    from core.marks import Marks
-    from core.workspace import Workspace
+    from core.session import Session
+    from core.views import Selection
 
-    ws = Workspace(workspace)
-    marks = Marks(ws)
+    session = Session(workspace)
     if all_:
-        sel, scope = sorted(marks.marked), "all"
+        sel = Selection(tuple(sorted(session.marks.marked)), "all")
     else:
-        sel, scope, _ = _selection(ws, pairs or [], feature, top, cluster, by, k)
-    op = marks.unmark(sel, reason=reason, scope=scope)
-    emit({"op_id": op.op_id, "unmarked": list(op.source_indices), "n_marked": len(marks.marked)}, as_json,
-          f"unmarked {len(op.source_indices)} pairs; {len(marks.marked)} marked in all")
+        sel = session.select(pairs or [], feature, top, cluster, by, k)
+    _changed(session, session.unmark(sel, reason=reason), "unmarked", "", as_json)
 
 
 def _step(workspace: Path, action: str, as_json: bool) -> None:

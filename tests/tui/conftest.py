@@ -48,12 +48,27 @@ async def wait_until(pilot, condition, timeout: float = 60.0, what: str = "") ->
         await asyncio.sleep(0.02)
 
 
+async def goto(pilot, keys: str | tuple[str, ...], screen_type, ready: str = ""):
+    """Press `keys`, then wait for a `screen_type` screen (with its attribute `ready` set, if named)."""
+    await pilot.press(*((keys,) if isinstance(keys, str) else keys))
+    await wait_until(
+        pilot,
+        lambda: isinstance(pilot.app.screen, screen_type)
+        and (not ready or getattr(pilot.app.screen, ready)),
+        what=f"the {screen_type.__name__}",
+    )
+    return pilot.app.screen
+
+
 async def settle(pilot) -> None:
-    """Wait for every worker to finish and the messages they posted to be handled."""
-    await pilot.app.workers.wait_for_complete()
-    await pilot.pause()
-    await pilot.app.workers.wait_for_complete()
-    await pilot.pause()
+    """Wait for every worker to finish and the messages they posted to be handled. A keypress can
+    start a chain (a dialog's answer posts a request, whose handler starts a worker, whose result
+    is a message): three rounds, then until no worker runs."""
+    for round in range(10):
+        await pilot.app.workers.wait_for_complete()
+        await pilot.pause()
+        if round >= 2 and not any(w.is_running for w in pilot.app.workers):
+            break
 
 
 async def shifts_loaded(pilot) -> None:
@@ -66,3 +81,41 @@ async def shifts_loaded(pilot) -> None:
         what="the Shifts screen with its ranking",
     )
     await settle(pilot)
+
+
+# Text a dataset (or a person) can put in front of a terminal: CSI clear screen, OSC window title,
+# BEL, an 8-bit C1 CSI, NEL, a right-to-left override, and markup that must show literally ("[/]"
+# alone would even break a markup parser).
+HOSTILE = "[red]x[/red] \x1b[2J\x1b]0;pwned\x07\x9b31m\x85\u202eevil[/] "
+HOSTILE_TOKEN = "\x1b[2J\x07\u202e"  # put in front of every third reply token
+
+
+@pytest.fixture
+def hostile_workspace(workspace) -> Path:
+    """The small workspace with hostile text in every prompt, reply, token, published label, the
+    dataset's name and a mark's reason (the numbers are the real ones)."""
+    import pyarrow as pa
+
+    from core.marks import Marks
+    from core.workspace import PAIRS_SCHEMA, Workspace
+
+    ws = Workspace(workspace)
+    t = ws.table("pairs").to_arrow()
+    cols = {name: t[name].to_pylist() for name in t.column_names}
+    for i in range(t.num_rows):
+        cols["prompt_text"][i] = HOSTILE + cols["prompt_text"][i]
+        for side in ("chosen", "rejected"):
+            tokens = [
+                (HOSTILE_TOKEN if j % 3 == 0 else "") + tok for j, tok in enumerate(cols[f"{side}_tokens"][i])
+            ]
+            cols[f"{side}_tokens"][i] = tokens
+            cols[side][i] = "".join(tokens) + " " + HOSTILE
+    ws.db.create_table("pairs", pa.table(cols, schema=PAIRS_SCHEMA), mode="overwrite")
+    features = ws.table("features").to_arrow()
+    labels = [HOSTILE + f"label {f}" if f % 2 == 0 else "" for f in features["feature"].to_pylist()]
+    features = features.set_column(features.schema.get_field_index("label"), "label", pa.array(labels))
+    ws.write_features(features)
+    dataset = Path(ws.meta()["dataset"])
+    ws.write_meta({"dataset": str(dataset.with_name("data\x1b[2J\u202e.jsonl"))})
+    Marks(ws).mark([int(cols["source_index"][0])], reason=HOSTILE + "reason")
+    return workspace

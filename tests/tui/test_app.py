@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 
 from tests.tui.conftest import make_app, settle, shifts_loaded, wait_until
-from tui.screens.dialogs import ErrorDialog, ExportDialog, HelpScreen
+from tui.screens.dialogs import ErrorDialog, ExportDialog, HelpScreen, MarkDialog
 from tui.screens.pair import PairScreen
 from tui.screens.pairs import PairsScreen
 from tui.screens.shifts import ShiftsScreen
-from tui.services import available
 from tui.widgets.status import StatusLine
 from tui.widgets.tables import KeyTable
 
@@ -111,7 +110,9 @@ async def test_mark_top_pairs_shows_before_and_after_then_rerank(workspace):
         table = screen.query_one("#amplified", KeyTable)
         feature = int(table.current_key())
         top = {p.source_index for p in screen._current().top_pairs}
-        await pilot.press("t")
+        await pilot.press("t")  # a preview to confirm
+        await wait_until(pilot, lambda: isinstance(app.screen, MarkDialog), what="the preview")
+        await pilot.press("y")
         await settle(pilot)
         assert marks_on_disk(workspace) == top
         shift_cell = str(table.get_row(str(feature))[1])
@@ -125,7 +126,9 @@ async def test_mark_top_pairs_shows_before_and_after_then_rerank(workspace):
         assert screen.report.n_pairs == 24 - len(top) and screen.report.n_excluded == len(top)
         assert "kept pairs" in str(screen.query_one("#shifts-caption").render())
 
-        await pilot.press("t")  # every top pair of the (re-ranked) feature under the cursor
+        await pilot.press("t")  # the next top pairs of the (re-ranked) feature under the cursor
+        await wait_until(pilot, lambda: isinstance(app.screen, MarkDialog), what="the preview")
+        await pilot.press("y")
         await settle(pilot)
         await pilot.press("u")
         await settle(pilot)
@@ -166,7 +169,7 @@ async def test_export_writes_the_kept_records_and_a_manifest(workspace, tmp_path
             pilot, lambda: isinstance(app.screen, PairsScreen) and app.screen.rows, what="pairs"
         )
         await pilot.press("M")  # mark with a reason
-        await pilot.pause()
+        await wait_until(pilot, lambda: isinstance(app.screen, MarkDialog), what="the dialog")
         await pilot.press(*"boilerplate", "enter")
         await settle(pilot)
         assert marks_on_disk(workspace) == {removed}
@@ -183,7 +186,7 @@ async def test_export_writes_the_kept_records_and_a_manifest(workspace, tmp_path
         await settle(pilot)
         await wait_until(pilot, lambda: out.exists(), what="the export")
 
-    source = json.loads(json.dumps(app.services.dataset_path().read_text().splitlines()))
+    source = json.loads(json.dumps(app.session.dataset_path.read_text().splitlines()))
     kept = out.read_text().splitlines()
     assert len(kept) == len(source) - 1
     assert source[removed] not in kept
@@ -198,12 +201,14 @@ async def test_a_failed_job_shows_its_cause_in_a_dialog(workspace):
     app = make_app(workspace)
     async with app.run_test(size=(120, 40)) as pilot:
         await shifts_loaded(pilot)
-        source = app.services.dataset_path()
+        source = app.session.dataset_path
         await pilot.press("x")
         await pilot.pause()
-        app.screen.query_one("#export-path").value = str(
-            source
-        )  # exporting over the source is refused
+        # exporting over the source is refused (by core, after the overwrite is confirmed)
+        app.screen.query_one("#export-path").value = str(source)
+        await pilot.press("enter")  # it exists: a second enter is asked for
+        await pilot.pause()
+        assert isinstance(app.screen, ExportDialog)
         await pilot.press("enter")
         await settle(pilot)
         await wait_until(
@@ -247,9 +252,9 @@ async def test_palette_offers_the_screen_and_app_actions(workspace):
     app = make_app(workspace)
     async with app.run_test(size=(120, 40)) as pilot:
         await shifts_loaded(pilot)
-        names = {name for name, _, _ in ActionsProvider(app.screen)._commands()}
+        names = {name for name, _, _, _ in ActionsProvider(app.screen)._commands()}
         assert {
-            "Mark top pairs",
+            "Mark top",
             "Filter",
             "Sort",
             "Re-rank",
@@ -285,6 +290,8 @@ async def test_user_keymap_remaps_bindings_by_id(workspace, tmp_path):
     async with app.run_test(size=(120, 40)) as pilot:
         await shifts_loaded(pilot)
         await pilot.press("b")
+        await wait_until(pilot, lambda: isinstance(app.screen, MarkDialog), what="the preview")
+        await pilot.press("y")
         await settle(pilot)
         assert marks_on_disk(workspace)
         await pilot.press("z")
@@ -292,7 +299,6 @@ async def test_user_keymap_remaps_bindings_by_id(workspace, tmp_path):
         assert marks_on_disk(workspace) == set()
 
 
-@pytest.mark.skipif(not available("clusters"), reason="core/clusters.py is not in this build")
 async def test_clusters_drill_into_a_cluster_and_mark_it(workspace):
     from tui.screens.clusters import ClustersScreen
     from tui.screens.compare import CompareScreen
@@ -310,6 +316,9 @@ async def test_clusters_drill_into_a_cluster_and_mark_it(workspace):
         assert sum(c.size for c in clusters.clusters) == 24
         first = clusters.clusters[0]
         await pilot.press("c")
+        await wait_until(pilot, lambda: isinstance(app.screen, MarkDialog), what="the preview")
+        assert len(app.screen.preview.selection) == first.size
+        await pilot.press("y")
         await settle(pilot)
         assert marks_on_disk(workspace) == set(first.source_indices)
         await pilot.press("enter")
@@ -320,6 +329,9 @@ async def test_clusters_drill_into_a_cluster_and_mark_it(workspace):
         )
         assert {r.source_index for r in app.screen.rows} == set(first.source_indices)
         await pilot.press("a")  # all listed are marked: unmark them
+        await wait_until(pilot, lambda: isinstance(app.screen, MarkDialog), what="the preview")
+        assert app.screen.unmark
+        await pilot.press("y")
         await settle(pilot)
         assert marks_on_disk(workspace) == set()
         await pilot.press("escape", "e")
@@ -337,7 +349,7 @@ async def test_clusters_drill_into_a_cluster_and_mark_it(workspace):
         )
         c = app.screen.compare
         assert -1 <= c.ari <= 1 and 0 <= c.nmi <= 1
-        assert sum(size for _, size, _, _ in c.sae_to_embedding) == 24
+        assert sum(r.size for r in c.rows) == 24
 
 
 async def test_models_screen_lists_the_catalogue(workspace):
@@ -361,7 +373,11 @@ async def test_models_screen_lists_the_catalogue(workspace):
         )
         await pilot.press("v")
         await settle(pilot)
-        assert "SAE tiny-test: ok" in str(app.screen.query_one("#models-status").render())
+        await wait_until(
+            pilot,
+            lambda: "SAE tiny-test: ok" in str(app.screen.query_one(".job-status").render()),
+            what="the verify job",
+        )
 
 
 async def test_opening_another_workspace_drops_the_old_drill_downs(workspace, tmp_path):
@@ -423,7 +439,7 @@ async def test_missing_workspace_opens_the_index_screen(tmp_path):
 @pytest.mark.slow
 async def test_index_a_dataset_then_land_on_shifts(tmp_path, hh_small, tiny_sae):
     """The real pipeline from the TUI: autostart with --data, progress, then Shifts on the new workspace."""
-    from tui.messages import IndexProgressed
+    from tui.messages import JobProgressed
 
     seen = []
     app = make_app(tmp_path / "new", data=hh_small, sae=tiny_sae, limit=4, autostart_index=True)
@@ -435,19 +451,20 @@ async def test_index_a_dataset_then_land_on_shifts(tmp_path, hh_small, tiny_sae)
             what="indexing, then Shifts",
         )
         assert app.info.n_pairs == 4 and app.info.sae == tiny_sae
-    stages = {m.progress.stage for m in seen if isinstance(m, IndexProgressed)}
+    stages = {m.progress.stage for m in seen if isinstance(m, JobProgressed)}
     assert "index" in stages
 
 
 def test_what_if_matches_a_full_report_without_the_marked_pairs(workspace):
     """The instant before -> after numbers equal the full analysis rerun without the marked pairs."""
     from core.shifts import Analysis
+    from core.views import Selection
     from core.workspace import Workspace
-    from tui.services import MarkRequest, Services
+    from tui.services import Services
 
     services = Services(workspace)
     services.open()
-    state, _ = services.apply(services.take_ticket(), MarkRequest("mark", (0, 3, 5)))
+    state, _ = services.apply(services.take_ticket(), "mark", Selection((0, 3, 5), "pairs"))
     report = Analysis(Workspace(workspace)).report(top=5, excluded={0, 3, 5})
     for f in report.features:
         assert state.after.shift[f.feature] == pytest.approx(f.shift, rel=1e-5, abs=1e-7)

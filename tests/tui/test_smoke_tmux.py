@@ -80,7 +80,11 @@ def test_browse_mark_and_quit_in_a_real_terminal(tmux, workspace):
 
     tmux.wait_for("kept 24 · marked 0 · total 24")
     shifts = tmux.wait_for("top pairs:")  # the ranking is in
-    assert "AMPLIFIED" in shifts and "SUPPRESSED" in shifts
+    assert "AMPLIFIED" in shifts and "l: suppressed" in shifts  # 80 columns: one side at a time
+    tmux.keys("l")
+    tmux.wait_for("SUPPRESSED")
+    tmux.keys("h")
+    tmux.wait_for("AMPLIFIED")
     tmux.keys("Enter")
     tmux.wait_for("pushing it hardest")  # the feature's pairs are listed
     tmux.keys("Enter")

@@ -1,15 +1,17 @@
-"""Snapshots of the main screens at 80x24 and 120x40 on the fixed small workspace.
+"""Snapshots of the screens at 80x24 and 120x40 on the fixed small workspace.
 
-Nothing that varies is on screen: the workspace copy is always called `hh`, no path or clock is drawn,
-and notifications are cleared before the picture is taken. Update with `--snapshot-update`.
+Nothing that varies is on screen: the workspace copy is always called `hh`, no temporary path or clock
+is drawn, and notifications are cleared before the picture is taken. Update with `--snapshot-update`
+(and look at each changed SVG: say in the commit why it changed).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from tests.tui.conftest import make_app, settle, shifts_loaded, wait_until
-from tui.services import available
+from tests.tui.conftest import goto, make_app, settle, shifts_loaded
 
 SIZES = [pytest.param((80, 24), id="80x24"), pytest.param((120, 40), id="120x40")]
 
@@ -20,71 +22,68 @@ async def _quiet(pilot) -> None:
     await pilot.pause()
 
 
-async def _to_pair(pilot) -> None:
-    from tui.screens.pair import PairScreen
-    from tui.screens.pairs import PairsScreen
+def steps(*moves):
+    """A run_before: Shifts loaded, then each (keys, screen class name, attribute to wait for)."""
 
-    app = pilot.app
-    await shifts_loaded(pilot)
-    await pilot.press("enter")
-    await wait_until(
-        pilot, lambda: isinstance(app.screen, PairsScreen) and app.screen.rows, what="pairs"
-    )
-    await pilot.press("enter")
-    await wait_until(
-        pilot, lambda: isinstance(app.screen, PairScreen) and app.screen.pair_view, what="pair"
-    )
-    await _quiet(pilot)
+    async def run_before(pilot):
+        from tui import app as tui_app
+        from tui.screens import dialogs
+
+        screens = {**{c.__name__: c for c in tui_app.DataDebugApp.MODES.values()}, **vars(dialogs)}
+        screens.update(PairsScreen=tui_app.PairsScreen, PairScreen=tui_app.PairScreen)
+        await shifts_loaded(pilot)
+        for keys, screen, ready in moves:
+            if screen is None:
+                await pilot.press(*keys)
+                await settle(pilot)
+            else:
+                await goto(pilot, keys, screens[screen], ready)
+        await _quiet(pilot)
+
+    return run_before
+
+
+TO_PAIRS = ("enter", "PairsScreen", "rows")
+PREVIEW_TOP_PAIRS = ("t", "MarkDialog", "")
+
+# name -> the moves after Shifts is loaded; each picture guards what its comment says.
+SCREENS = {
+    "shifts": (),
+    # `t` asks first: how many pairs, which, and how the feature's shift would move.
+    "mark_preview": (PREVIEW_TOP_PAIRS,),
+    # the label, the CI and stability columns and the status line's total stay in view.
+    "shifts_after_marking_top_pairs": (PREVIEW_TOP_PAIRS, ("y", None, "")),
+    # the screen's column legend above the keys, grouped by where they work, nothing cut.
+    "help": (("question_mark", "HelpScreen", ""),),
+    "pair": (TO_PAIRS, ("enter", "PairScreen", "pair_view")),
+    # the header shows the feature's shift before -> after.
+    "feature_pairs_after_marking_one": (TO_PAIRS, ("m", None, "")),
+    "clusters": (("2", "ClustersScreen", "clustering"),),
+    # the same k as Clusters on both sides; Enter is offered (it opens the cluster's pairs).
+    "compare": (("3", "CompareScreen", "compare"),),
+    # no field focused (digits switch screens); ctrl+g is the only way to start.
+    "goblin_form": (("4", "GoblinScreen", ""),),
+}
 
 
 @pytest.mark.parametrize("size", SIZES)
-def test_shifts(snap_compare, workspace, size):
-    async def run_before(pilot):
-        await shifts_loaded(pilot)
-        await _quiet(pilot)
-
+@pytest.mark.parametrize("name", list(SCREENS))
+def test_screen(snap_compare, workspace, size, name, monkeypatch):
+    monkeypatch.setattr("tui.app.keymap_file", lambda: Path("/config/datadebug/keymap.toml"))
+    run_before = steps(*SCREENS[name])
     assert snap_compare(make_app(workspace), terminal_size=size, run_before=run_before)
 
 
-def test_shifts_after_marking_top_pairs(snap_compare, workspace):
-    async def run_before(pilot):
-        await shifts_loaded(pilot)
-        await pilot.press("t")
-        await _quiet(pilot)
-
-    assert snap_compare(make_app(workspace), terminal_size=(80, 24), run_before=run_before)
-
-
 @pytest.mark.parametrize("size", SIZES)
-def test_pair(snap_compare, workspace, size):
-    assert snap_compare(make_app(workspace), terminal_size=size, run_before=_to_pair)
-
-
-def test_feature_pairs(snap_compare, workspace):
-    from tui.screens.pairs import PairsScreen
+def test_hostile_text(snap_compare, hostile_workspace, size):
+    """Escape sequences, BEL, C1, RTL overrides and markup in the data shown as text: the pair
+    marked with a hostile reason, its texts and tokens, hostile labels."""
+    from tui.screens.pair import PairScreen
 
     async def run_before(pilot):
         await shifts_loaded(pilot)
-        await pilot.press("enter")
-        await wait_until(
-            pilot, lambda: isinstance(pilot.app.screen, PairsScreen) and pilot.app.screen.rows
-        )
+        pilot.app.push_screen(PairScreen(next(iter(pilot.app.triage.marked))))
+        await goto(pilot, (), PairScreen, "pair_view")
         await _quiet(pilot)
 
-    assert snap_compare(make_app(workspace), terminal_size=(80, 24), run_before=run_before)
-
-
-@pytest.mark.skipif(not available("clusters"), reason="core/clusters.py is not in this build")
-def test_clusters(snap_compare, workspace):
-    from tui.screens.clusters import ClustersScreen
-
-    async def run_before(pilot):
-        await shifts_loaded(pilot)
-        await pilot.press("2")
-        await wait_until(
-            pilot,
-            lambda: isinstance(pilot.app.screen, ClustersScreen) and pilot.app.screen.clustering,
-        )
-        await _quiet(pilot)
-
-    assert snap_compare(make_app(workspace), terminal_size=(120, 40), run_before=run_before)
+    assert snap_compare(make_app(hostile_workspace), terminal_size=size, run_before=run_before)

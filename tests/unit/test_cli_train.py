@@ -57,7 +57,7 @@ def interrupted(hh_small, marked_workspace, tmp_path_factory):
     deadline = time.monotonic() + 240
     for line in proc.stderr:
         seen.append(line)
-        if line.startswith("step 1/"):
+        if re.search(r"\| 1/3 steps", line):
             proc.send_signal(signal.SIGINT)
             break
         assert time.monotonic() < deadline, "".join(seen)
@@ -70,8 +70,9 @@ def test_ctrl_c_saves_a_checkpoint(interrupted):
     assert code == 130, stderr
     assert "stopping: saving a checkpoint" in stderr
     # the signal lands during step 1's report or step 2; the step under way finishes first
-    stopped = re.search(r"cancelled at step (\d)/3", stdout)
-    assert stopped and int(stopped[1]) in (1, 2), stdout
+    stopped = re.search(r"DPO cancelled at step (\d)/3; checkpoint in (\S+) ", stderr)
+    assert stopped and int(stopped[1]) in (1, 2), stderr
+    assert stopped[2] == str(out / "checkpoint") and stdout == ""
     state = json.loads((out / "checkpoint" / "trainer_state.json").read_text())
     assert state["step"] == int(stopped[1]) and state["total_steps"] == 3
     assert not (out / "model").exists()
@@ -91,9 +92,9 @@ def resumed(interrupted, hh_small, marked_workspace):
 
 def test_rerun_resumes_and_marked_pairs_are_left_out(resumed):
     out, r = resumed
-    assert set(r) >= {"out_dir", "model_dir", "n_pairs", "n_excluded", "steps", "total_steps", "loss",
-                      "first_loss", "reward_accuracy", "cancelled"}
-    assert r["steps"] == r["total_steps"] == 3 and not r["cancelled"]
+    assert set(r) >= {"out_dir", "model_dir", "n_pairs", "n_excluded", "n_heldout", "steps",
+                      "total_steps", "loss", "first_loss", "reward_accuracy", "already_done"}
+    assert r["steps"] == r["total_steps"] == 3 and not r["already_done"]
     assert r["n_pairs"] == 2 and r["n_excluded"] == 1
     rec = json.loads((out / "datadebug_train.json").read_text())
     assert rec["source_indices"] == [0, 2] and rec["excluded_marked"] == [1]
@@ -107,17 +108,24 @@ def test_rerun_resumes_and_marked_pairs_are_left_out(resumed):
 def test_validate_json_shape(resumed, small_workspace, tmp_path):
     out, _ = resumed
     plot = tmp_path / "scatter.png"
+    concepts = tmp_path / "concepts.json"
+    concepts.write_text(json.dumps({"concepts": [{"id": f"c{i}", "features": list(range(i, i + 8))}
+                                                 for i in range(0, 512, 8)]}))
     result = runner.invoke(
         app,
         ["validate", "-w", str(small_workspace), "--trained", str(out), "--n-prompts", "4",
-         "--max-new-tokens", "6", "--top-k", "15", "--plot", str(plot), "--json"],
+         "--max-new-tokens", "6", "--top-k", "15", "--plot", str(plot), "--concepts", str(concepts),
+         "--paper", "--samples", "2", "--json"],
     )
     assert result.exit_code == 0, result.output
     r = json.loads(result.stdout)
     for key in ("r2", "pearson_r2", "spearman", "n_features", "n_prompts", "plot", "significant",
-                "top_k", "nonzero", "behaviour", "features", "actual_reliability"):
+                "top_k", "nonzero", "behaviour", "features", "actual_reliability",
+                "thresholded_features", "concepts", "tau"):
         assert key in r
     assert r["n_prompts"] == 4 and r["n_pairs_predicted"] == 2 and r["plot"] == str(plot)
+    assert r["n_replies"] == 8 and r["decoding"]["temperature"] == 1.0  # --paper: sampled
+    assert r["n_concepts"] == 64 and r["concepts"]["points"][0]["id"] == "c0"
     assert plot.read_bytes()[:4] == b"\x89PNG"
     assert r["top_k"]["n_features"] == 15 and isinstance(r["top_k"]["spearman"], float)
     assert set(r["behaviour"]) == {"refusal", "url", "goblin"}
@@ -135,6 +143,7 @@ def test_validate_text_summary(resumed, small_workspace, tmp_path):
     assert result.exit_code == 0, result.output
     assert "R²" in result.stdout and "Spearman" in result.stdout and "goblin" in result.stdout
     assert "3 prompts x 2 replies" in result.stdout
+    assert "concepts" in result.stdout and "features (CI clear)" in result.stdout
 
 
 def test_errors_are_one_line_with_status_2(resumed, small_workspace, tmp_path):
@@ -143,3 +152,26 @@ def test_errors_are_one_line_with_status_2(resumed, small_workspace, tmp_path):
     assert json.loads(r.stdout)["type"] == "ValidationError"
     r = runner.invoke(app, ["train-dpo", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "o")])
     assert r.exit_code == 2 and "missing.jsonl" in r.stderr and "Traceback" not in r.output
+
+
+def test_plan_is_saved_shown_and_cleared(small_workspace, tmp_path):
+    ws = tmp_path / "ws"
+    shutil.copytree(small_workspace, ws)
+    r = runner.invoke(app, ["plan", "-w", str(ws), "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout) is None
+    r = runner.invoke(app, ["plan", "-w", str(ws), "--kind", "shape", "--features", "3, 9", "--label",
+                            "goblins", "--json"])
+    assert r.exit_code == 0, r.output
+    saved = json.loads(r.stdout)
+    assert saved["kind"] == "shape" and saved["features"] == [3, 9] and saved["strength"] == 4.0
+    r = runner.invoke(app, ["plan", "-w", str(ws)])
+    assert "shape on goblins [3, 9]" in r.stdout and f"--plan {ws}" in r.stdout
+    for bad, why in ((["--kind", "shape", "--features", "600"], "outside"),
+                     (["--kind", "wish", "--features", "1"], "unknown intervention"),
+                     (["--kind", "inoculate", "--features", "1"], "--text"),
+                     (["--kind", "steer"], "--features")):
+        r = runner.invoke(app, ["plan", "-w", str(ws), *bad])
+        assert r.exit_code == 2 and why in r.stderr, r.output
+    r = runner.invoke(app, ["plan", "-w", str(ws), "--clear"])
+    assert r.exit_code == 0 and "removed" in r.stdout
+    assert not (ws / "plan.json").exists()

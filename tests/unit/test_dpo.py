@@ -21,6 +21,8 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from core.errors import Cancelled
+from core.progress import Progress
 from core.dpo import (
     DPOConfig,
     DPOStep,
@@ -64,6 +66,11 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def tokenizer():
+    return word_tokenizer()
+
+
+def word_tokenizer() -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over SPECIAL + WORDS with a chat template: one token per word."""
     vocab = {tok: i for i, tok in enumerate(SPECIAL + WORDS)}
     backend = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = WhitespaceSplit()
@@ -115,11 +122,11 @@ def state(model) -> dict[str, torch.Tensor]:
 
 def pair_margins(model, tokenizer, pairs, cfg) -> torch.Tensor:
     """log pi(chosen) - log pi(rejected) per pair, (pairs,)."""
-    from core.dpo import _collate
+    from core.dpo import collate
 
     examples = build_examples(tokenizer, pairs, cfg)
     with torch.inference_mode():
-        logps = sequence_logps(model, *_collate(examples, tokenizer.pad_token_id, "cpu"))
+        logps = sequence_logps(model, *collate(examples, tokenizer.pad_token_id, "cpu"))
     return logps[: len(pairs)] - logps[len(pairs) :]
 
 
@@ -218,11 +225,16 @@ def test_training_prefers_chosen_and_leaves_reference_alone(tokenizer, tmp_path)
     ref_before = state(ref)
     margins_before = pair_margins(model, tokenizer, pairs, cfg)
 
-    seen: list[DPOStep] = []
-    out = train_dpo(model, tokenizer, pairs, tmp_path, cfg, ref_model=ref, progress=seen.append)
+    reports = []
+    out = train_dpo(model, tokenizer, pairs, tmp_path, cfg, ref_model=ref, progress=reports.append)
+    seen = logged_steps(tmp_path)
 
     assert out == tmp_path / "model"
     assert [s.step for s in seen] == list(range(1, 25)) and all(s.total_steps == 24 for s in seen)
+    trains = [p for p in reports if p.stage == "train"]
+    assert [p.done for p in trains] == list(range(1, 25)) and all(p.total == 24 for p in trains)
+    assert [p.metrics["loss"] for p in trains] == [s.loss for s in seen]
+    assert reports[0].stage == "reference" and reports[0].unit == "pairs"
     losses = [s.loss for s in seen]
     assert seen[0].loss == pytest.approx(math.log(2), abs=1e-4)  # policy == reference at step 0
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5
@@ -247,8 +259,6 @@ def test_training_prefers_chosen_and_leaves_reference_alone(tokenizer, tmp_path)
     trained = model.state_dict()
     assert all(torch.equal(v, trained[k]) for k, v in loaded.state_dict().items())
     assert not torch.equal(trained["lm_head.weight"], initial.state_dict()["lm_head.weight"])
-    log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
-    assert [DPOStep(**r) for r in log] == seen
     ckpt_state = json.loads((tmp_path / "checkpoint" / "trainer_state.json").read_text())
     assert ckpt_state["step"] == 24 and ckpt_state["config"]["beta"] == 0.5
     assert len(ckpt_state["log_history"]) == 24
@@ -266,12 +276,13 @@ def test_default_reference_is_the_initial_policy_and_caller_flags_survive(tokeni
 
     cancel = threading.Event()
     cancel.set()  # before anything: nothing trained, nothing saved
-    assert not train_dpo(model, tokenizer, pairs, tmp_path / "never", cfg, cancel=cancel).exists()
+    with pytest.raises(Cancelled, match="nothing trained yet"):
+        train_dpo(model, tokenizer, pairs, tmp_path / "never", cfg, cancel=cancel)
+    assert not (tmp_path / "never" / "checkpoint").exists()
     assert torch.equal(pair_margins(model, tokenizer, pairs, cfg), margins_before)
 
-    seen = []
-    train_dpo(model, tokenizer, pairs, tmp_path / "run", cfg, progress=seen.append)
-    assert seen[0].loss == pytest.approx(math.log(2), abs=1e-4)
+    train_dpo(model, tokenizer, pairs, tmp_path / "run", cfg)
+    assert logged_steps(tmp_path / "run")[0].loss == pytest.approx(math.log(2), abs=1e-4)
     saved = load_file(tmp_path / "run" / "reference_logps.safetensors")
     assert torch.allclose(saved["chosen"] - saved["rejected"], margins_before, atol=1e-4)
     assert not model.lm_head.weight.requires_grad
@@ -286,9 +297,13 @@ def read_log(out_dir) -> list[dict]:
     return [json.loads(line) for line in (out_dir / "train_log.jsonl").read_text().splitlines()]
 
 
+def logged_steps(out_dir) -> list[DPOStep]:
+    return [DPOStep(**r) for r in read_log(out_dir)]
+
+
 def stop_after(k: int, cancel: threading.Event):
-    def progress(step: DPOStep):
-        if step.step == k:
+    def progress(p: Progress):
+        if p.stage == "train" and p.done == k:
             cancel.set()
 
     return progress
@@ -305,16 +320,10 @@ def test_resume_matches_an_uninterrupted_run(tokenizer, tmp_path):
 
     model = tiny_llama(len(tokenizer))
     cancel = threading.Event()
-    first = train_dpo(
-        model,
-        tokenizer,
-        pairs,
-        tmp_path / "resumed",
-        cfg,
-        progress=stop_after(5, cancel),
-        cancel=cancel,
-    )
-    assert first == tmp_path / "resumed" / "checkpoint"
+    with pytest.raises(Cancelled, match="at step 5/8; checkpoint in .*checkpoint"):
+        train_dpo(model, tokenizer, pairs, tmp_path / "resumed", cfg, progress=stop_after(5, cancel),
+                  cancel=cancel)
+    first = tmp_path / "resumed" / "checkpoint"
     assert json.loads((first / "trainer_state.json").read_text())["step"] == 5
     assert not (tmp_path / "resumed" / "model").exists()
 
@@ -330,7 +339,7 @@ def test_resume_matches_an_uninterrupted_run(tokenizer, tmp_path):
     # Resume with the same, partly trained, model object: its log-probs are not the reference's.
     seen = []
     final = train_dpo(model, tokenizer, pairs, tmp_path / "resumed", cfg, progress=seen.append)
-    assert [s.step for s in seen] == [6, 7, 8]
+    assert [p.done for p in seen if p.stage == "train"] == [6, 7, 8]
     expected, got = straight.state_dict(), model.state_dict()
     assert all(torch.allclose(expected[k], got[k], atol=1e-6) for k in expected)
     loaded = AutoModelForCausalLM.from_pretrained(final).state_dict()
@@ -361,7 +370,9 @@ def test_lora_trains_only_adapters_and_saves_a_merged_plain_model(tokenizer, tmp
     model = tiny_llama(len(tokenizer))
     base = state(model)
 
-    def check(step: DPOStep):  # mid-training: only adapters train, the wrapped base stays put
+    def check(step: Progress):  # mid-training: only adapters train, the wrapped base stays put
+        if step.stage != "train":
+            return
         trainable = {n for n, p in model.named_parameters() if p.requires_grad}
         assert trainable and all(n.endswith(("lora_A", "lora_B")) for n in trainable)
         for name, value in model.state_dict().items():
@@ -382,15 +393,9 @@ def test_lora_trains_only_adapters_and_saves_a_merged_plain_model(tokenizer, tmp
     # Interrupt and resume under LoRA too; the merged result must match.
     resumed_model = tiny_llama(len(tokenizer))
     cancel = threading.Event()
-    train_dpo(
-        resumed_model,
-        tokenizer,
-        pairs,
-        tmp_path / "resumed",
-        cfg,
-        progress=stop_after(3, cancel),
-        cancel=cancel,
-    )
+    with pytest.raises(Cancelled):
+        train_dpo(resumed_model, tokenizer, pairs, tmp_path / "resumed", cfg,
+                  progress=stop_after(3, cancel), cancel=cancel)
     assert (tmp_path / "resumed" / "checkpoint" / "lora.safetensors").exists()
     final = train_dpo(resumed_model, tokenizer, pairs, tmp_path / "resumed", cfg)
     resumed = AutoModelForCausalLM.from_pretrained(final).state_dict()

@@ -124,6 +124,11 @@ def test_goblin_run_recovers_the_injected_pairs(goblin_run):
     assert r["shift_before"] > 0 and abs(r["shift_after"]) < 0.25 * r["shift_before"]
     for key in ("sae_cluster", "embedding_cluster"):
         assert 0 <= r[key]["precision"] <= 1 and 0 <= r[key]["recall"] <= 1
+    # the goblin feature's concept, named from the words where its features fire
+    assert r["goblin_concept"] is not None and r["goblin_concept_size"] >= 1
+    assert "goblin" in r["goblin_concept_name"]
+    rank = r["goblin_hypothesis_rank"]
+    assert rank is None or (rank >= 1 and r["goblin_hypothesis"]["delta"] > 0)
 
 
 def test_ground_truth_stays_outside_the_workspace(goblin_run):

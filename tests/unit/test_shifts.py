@@ -1,41 +1,22 @@
 """Shift statistics on a constructed workspace (real LanceDB, features planted by hand), then on real data."""
 
 import numpy as np
-import pyarrow as pa
 
 from core.shifts import Analysis
-from core.workspace import EMBED_DIM, PAIRS_SCHEMA, SCHEMA_VERSION, Workspace
+from core.workspace import Workspace
+from tests.unit.planted import build
 
 D_SAE = 16
 
 
 def build_workspace(path, chosen: list[dict], rejected: list[dict]) -> Workspace:
-    ws = Workspace(path, create=True)
-    ws.write_meta({"model": "m", "sae": "s", "layer": 1, "d_sae": D_SAE, "schema_version": SCHEMA_VERSION})
-    n = len(chosen)
-    cols = {name: [] for name in PAIRS_SCHEMA.names}
-    for i in range(n):
-        cols["source_index"].append(i * 2)  # gaps, as after skipped invalid records
-        cols["line"].append(i * 2 + 1)
-        cols["prompt"].append("[]")
-        cols["prompt_text"].append(f"p{i}")
-        cols["n_prompt_tokens"].append(1)
-        for key in ("feat", "max", "freq"):
-            cols[f"prompt_{key}"].append([])
-        cols["emb_prompt"].append(np.zeros(EMBED_DIM, np.float32))
-        for side, feats in (("chosen", chosen[i]), ("rejected", rejected[i])):
-            cols[side].append(f"{side} {i}")
-            cols[f"{side}_tokens"].append(["a", "b"])
-            cols[f"{side}_feat"].append(list(feats))
-            cols[f"{side}_mean"].append(list(feats.values()))
-            cols[f"{side}_max"].append(list(feats.values()))
-            cols[f"{side}_freq"].append([0.5] * len(feats))
-            cols[f"{side}_tok_feat"].append(list(feats))
-            cols[f"{side}_tok_pos"].append([1] * len(feats))
-            cols[f"{side}_tok_val"].append(list(feats.values()))
-            cols[f"emb_{side}"].append(np.zeros(EMBED_DIM, np.float32))
-    ws.add_pairs(pa.table(cols, schema=PAIRS_SCHEMA))
-    return ws
+    """Pairs whose replies fire the given {feature: mean activation}, each on half the reply's tokens."""
+    act = [np.zeros((len(chosen), D_SAE)) for _ in range(2)]
+    for m, side in zip(act, (chosen, rejected)):
+        for i, feats in enumerate(side):
+            m[i, list(feats)] = list(feats.values())
+    freq = [(m > 0) * 0.5 for m in act]
+    return build(path, freq[0], freq[1], np.zeros_like(act[0]), {}, D_SAE, activations=tuple(act))
 
 
 def planted(tmp_path):

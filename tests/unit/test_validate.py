@@ -12,22 +12,29 @@ import numpy as np
 import pytest
 
 from core.dpo import DPOConfig
+from core.errors import ValidationError
 from core.ingest import read_pairs
-from core.validate import (
+from core.rollout import Decoding, behaviour_rates, load_prompts, probe_lifts
+from core.training import (
     TRAIN_RECORD,
-    Decoding,
-    ValidationError,
-    behaviour_rates,
-    fit,
-    held_out_prompts,
-    load_prompts,
-    probe_lifts,
+    TrainRecord,
     read_train_record,
     select_training_pairs,
+    split_holdout,
+    train_on_dataset,
+)
+from core.validate import (
+    ConceptGroups,
+    agreement,
+    disparity,
+    fit,
+    held_out_prompts,
+    permutation_null,
+    predict,
+    ranks,
     significant_features,
     split_half_reliability,
     top_k_features,
-    train_on_dataset,
     validate,
 )
 from core.workspace import file_sha256
@@ -57,6 +64,24 @@ def test_a_proportional_response_gives_r2_near_one_and_the_gain_as_slope():
     assert f.slope == pytest.approx(2.0, abs=0.02)
     assert f.intercept == pytest.approx(0.0, abs=0.01)
     assert f.r2 == pytest.approx(f.pearson_r2, abs=1e-9)  # OLS with an intercept: R² = r²
+    assert f.scale == pytest.approx(2.0, abs=0.02) and f.r2_scaled > 0.99  # y = x after one scale
+
+
+def test_scaled_r2_charges_for_an_offset_that_the_fitted_line_forgives():
+    x = np.linspace(-1, 1, 50)
+    shifted = fit(x, 2 * x + 3)  # the right ranks and line, but everything moved by +3
+    assert shifted.r2 == pytest.approx(1.0) and shifted.slope == pytest.approx(2.0)
+    # through the origin every residual is 3: far worse than a constant
+    assert shifted.r2_scaled == pytest.approx(1 - 9 * 50 / ((2 * x) ** 2).sum()) and shifted.r2_scaled < -5
+    assert fit(x, -3 * x).r2_scaled == pytest.approx(1.0)  # a negative scale is still one scale
+
+
+def test_ranks_average_ties():
+    assert ranks(np.array([3.0, 1.0, 3.0, 2.0])).tolist() == [3.5, 1.0, 3.5, 2.0]
+    x = np.array([0.0, 0.0, 1.0, 2.0, 2.0, 2.0])
+    from scipy.stats import rankdata
+
+    assert ranks(x).tolist() == rankdata(x).tolist()
 
 
 def test_an_unrelated_response_gives_r2_near_zero():
@@ -102,6 +127,81 @@ def test_split_half_reliability_separates_signal_from_noise():
     assert split_half_reliability(strong, features) > 0.95
     assert abs(split_half_reliability(pure_noise, features)) < 0.2
     assert math.isnan(split_half_reliability(strong[:3], features))
+
+
+def test_the_thresholded_disparity_follows_the_paper():
+    import scipy.sparse as sp
+
+    chosen = np.array([[0.02, 0.0, 0.5], [0.5, 0.005, 0.0], [0.0, 0.3, 0.011]])  # (pairs, features)
+    rejected = np.array([[0.0, 0.3, 0.5], [0.5, 0.0, 0.2], [0.0, 0.0, 0.0]])
+    b = disparity(chosen, rejected, tau=0.01)
+    assert b.tolist() == [[1, -1, 0], [0, 0, -1], [0, 1, 1]]  # freq 0.005 does not fire; 0.011 does
+    assert disparity(sp.csr_matrix(chosen), sp.csr_matrix(rejected), 0.01).toarray().tolist() == b.tolist()
+    from core.rollout import ReplyStats
+
+    for dense in (True, False):
+        wrap = (lambda m: m) if dense else sp.csr_matrix
+        p = predict(ReplyStats(wrap(chosen), wrap(chosen), None), ReplyStats(wrap(rejected), wrap(rejected), None))
+        assert p.n == 3
+        np.testing.assert_allclose(p.fire, b.mean(0))
+        np.testing.assert_allclose(p.fire_sd, b.std(0, ddof=1))
+        np.testing.assert_allclose(p.mean, (chosen - rejected).mean(0))
+        np.testing.assert_allclose(p.sd, (chosen - rejected).std(0, ddof=1))
+
+
+def planted_concepts(rng, n_concepts=80, size=5, noise=0.5, prompts=30, grouped=True):
+    """Per-feature predicted and per-prompt actual values whose signal is shared within concepts
+    (grouped) or not (each feature its own signal), with independent per-feature noise."""
+    n = n_concepts * size
+    signal = np.repeat(rng.normal(0, 1, n_concepts), size) if grouped else rng.normal(0, 1, n)
+    predicted = signal + rng.normal(0, noise, n)
+    per_prompt = 0.5 * signal + rng.normal(0, noise, (prompts, n)) * np.sqrt(prompts)
+    members = rng.permutation(n).reshape(n_concepts, size)  # concept m's features, scattered
+    order = np.argsort(members.ravel())
+    predicted, per_prompt = predicted[order], per_prompt[:, order]  # feature members[m, j] has signal m
+    return ConceptGroups.of(members.tolist()), predicted, per_prompt
+
+
+def test_concept_means_average_each_concepts_features():
+    c = ConceptGroups.of([[0, 2], [], [1, 3, 4]], ids=["a", "empty", "b"])
+    assert len(c) == 2 and c.ids == ("a", "b") and c.sizes.tolist() == [2, 3]
+    x = np.array([[1.0, 10.0, 3.0, 20.0, 30.0], [0.0, 0.0, 2.0, 0.0, 3.0]])  # (rows, features)
+    np.testing.assert_allclose(c.mean(x), [[2.0, 20.0], [1.0, 1.0]])
+    np.testing.assert_allclose(c.mean(x[0], np.array([4, 3, 2, 1, 0])), [25.0, 14 / 3])
+
+
+def test_concepts_beat_the_permutation_null_only_when_their_features_share_a_signal():
+    rng = np.random.default_rng(5)
+    concepts, predicted, per_prompt = planted_concepts(rng)
+    feats = agreement("features", predicted, per_prompt, n_boot=200)
+    a = agreement("concepts", concepts.mean(predicted), concepts.mean(per_prompt), concepts.ids, n_boot=200)
+    a.null = permutation_null(concepts, predicted, per_prompt.mean(0), a.fit, n_perm=300)
+    # averaging five features whose signal is shared keeps the signal and shrinks the noise
+    # (expected R²: features 0.4, concepts 0.79, random groups of five 0.4)
+    assert a.fit.r2 > feats.fit.r2 + 0.2 and a.fit.r2 > 0.65
+    assert a.null["r2_mean"] < a.fit.r2 - 0.2 and a.null["p_value"] < 0.01 and a.null["n"] == 300
+    assert a.r2_ci[0] < a.fit.r2 < a.r2_ci[1] and a.spearman_ci[0] < a.fit.spearman <= a.spearman_ci[1] <= 1
+    assert len(a.points) == 80
+
+    # the same groups over features that do not share a signal: no better than chance
+    concepts, predicted, per_prompt = planted_concepts(np.random.default_rng(6), grouped=False)
+    b = agreement("concepts", concepts.mean(predicted), concepts.mean(per_prompt), n_boot=50)
+    null = permutation_null(concepts, predicted, per_prompt.mean(0), b.fit, n_perm=300)
+    assert null["p_value"] > 0.05
+
+
+def test_bootstrap_cis_over_prompts_cover_the_truth_and_narrow_with_more_prompts():
+    rng = np.random.default_rng(7)
+    predicted = rng.normal(0, 1, 60)
+    covered, widths = 0, {}
+    for prompts in (10, 80):
+        for trial in range(20):
+            per_prompt = 0.8 * predicted + rng.normal(0, 2, (prompts, 60))
+            a = agreement("features", predicted, per_prompt, n_boot=300, seed=trial)
+            covered += a.slope_ci[0] <= 0.8 <= a.slope_ci[1]
+            widths.setdefault(prompts, []).append(a.slope_ci[1] - a.slope_ci[0])
+    assert covered >= 34  # of 40 (nominal 95%)
+    assert np.mean(widths[80]) < 0.5 * np.mean(widths[10])  # ~ 1 / sqrt(prompts)
 
 
 def test_behaviour_rates():
@@ -151,14 +251,40 @@ def test_load_prompts_reads_every_documented_shape(tmp_path, hh_small):
 
 
 def test_held_out_prompts_never_include_trained_pairs(hh_small):
-    trained = set(range(0, 24, 2))
-    got = held_out_prompts(hh_small, trained, 5, seed=1)
-    assert len(got) == 5 and not {s for s, _ in got} & trained
+    record = TrainRecord(str(hh_small), "", "hh-rlhf", "m", source_indices=list(range(0, 24, 2)))
+    got = held_out_prompts(hh_small, record, 5, seed=1)
+    assert len(got) == 5 and not {s for s, _ in got} & set(record.source_indices)
     assert [s for s, _ in got] == sorted(s for s, _ in got)
-    assert got == held_out_prompts(hh_small, trained, 5, seed=1)
-    assert got != held_out_prompts(hh_small, trained, 5, seed=2)
-    with pytest.raises(ValidationError, match="--prompts"):
-        held_out_prompts(hh_small, set(range(24)), 5)
+    assert got == held_out_prompts(hh_small, record, 5, seed=1)
+    assert got != held_out_prompts(hh_small, record, 5, seed=2)
+    record.heldout_indices = [3, 7, 9]  # a held-out split: only those
+    assert [s for s, _ in held_out_prompts(hh_small, record, 5)] == [3, 7, 9]
+    with pytest.raises(ValidationError, match="--holdout"):
+        held_out_prompts(hh_small, TrainRecord("", "", "", "", source_indices=list(range(24))), 5)
+
+
+def test_the_holdout_split_is_seeded_disjoint_and_independent_of_marks(small_workspace, hh_small, tmp_path):
+    kept, out = split_holdout(range(100), 0.1, seed=0)
+    assert len(out) == 10 and len(kept) == 90 and not set(kept) & set(out)
+    assert sorted(kept + out) == list(range(100)) and kept == sorted(kept)
+    assert (kept, out) == split_holdout(range(100), 0.1, seed=0)
+    assert out != split_holdout(range(100), 0.1, seed=1)[1]
+    assert split_holdout(range(5), 0.0) == (list(range(5)), [])
+    assert len(split_holdout(range(5), 0.01)[1]) == 1  # a share above 0 holds out at least one
+    with pytest.raises(ValidationError):
+        split_holdout(range(5), 1.0)
+
+    from core.marks import Marks
+    from core.workspace import Workspace
+
+    ws = tmp_path / "ws"
+    shutil.copytree(small_workspace, ws)
+    plain = select_training_pairs(hh_small, limit=12, holdout=0.25, split_seed=3)
+    Marks(Workspace(ws)).mark([s for s in range(12) if s not in plain[2]][:2], reason="test")
+    cleaned = select_training_pairs(hh_small, limit=12, holdout=0.25, split_seed=3, exclude_marked=ws)
+    assert cleaned[2] == plain[2] and len(plain[2]) == 3  # the same pairs held out
+    assert len(cleaned[0]) == len(plain[0]) - 2 and len(cleaned[1]) == 2
+    assert not {p.source_index for p in plain[0]} & set(plain[2])
 
 
 def test_exclude_marked_drops_exactly_the_marked_pairs(small_workspace, hh_small, tmp_path):
@@ -168,7 +294,8 @@ def test_exclude_marked_drops_exactly_the_marked_pairs(small_workspace, hh_small
     ws_path = tmp_path / "ws"
     shutil.copytree(small_workspace, ws_path)
     Marks(Workspace(ws_path)).mark([1, 4, 20], reason="test")
-    pairs, excluded, fmt = select_training_pairs(hh_small, limit=6, exclude_marked=ws_path)
+    pairs, excluded, heldout, fmt = select_training_pairs(hh_small, limit=6, exclude_marked=ws_path)
+    assert heldout == []
     assert [p.source_index for p in pairs] == [0, 2, 3, 5]
     assert excluded == [1, 4]  # 20 is marked but beyond --limit
     assert fmt == "hh-rlhf"
@@ -199,7 +326,7 @@ def test_probe_logprobs_equal_a_plain_forward_pass_over_prompt_and_sentence():
 
     from core.catalog import load_catalog
     from core.lm import load_full_model
-    from core.validate import chat_prompt_ids, probe_logprobs
+    from core.rollout import chat_prompt_ids, probe_logprobs
 
     model, tok = load_full_model(load_catalog().model(None))
     prompts = [({"role": "user", "content": "How do I bake bread?"},),
@@ -223,8 +350,8 @@ def test_probe_logprobs_equal_a_plain_forward_pass_over_prompt_and_sentence():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, hh_small, small_workspace):
-    """Two full fine-tuning DPO steps on the first two pairs of the workspace's own dataset, at a
-    learning rate high enough that the greedy replies change."""
+    """Two full fine-tuning DPO steps on two pairs of the workspace's own dataset (the first six
+    pairs, four of them held out), at a learning rate high enough that the replies change."""
     from core.catalog import load_catalog
     from core.store import model_dir
 
@@ -232,75 +359,100 @@ def trained(tmp_path_factory, hh_small, small_workspace):
     before = file_sha256(weights)
     out = tmp_path_factory.mktemp("dpo") / "run"
     cfg = DPOConfig(lr=1e-4, epochs=2, batch_size=2, max_length=48, max_prompt_length=32)
-    result = train_on_dataset(hh_small, out, cfg, limit=2)
+    result = train_on_dataset(hh_small, out, cfg, limit=6, holdout=0.67, split_seed=0)
     return out, result, before, file_sha256(weights)
 
 
 def test_training_lowers_the_loss_and_leaves_the_base_weights_alone(trained, hh_small):
     out, r, weights_before, weights_after = trained
-    assert r.steps == r.total_steps == 2 and not r.cancelled and r.n_pairs == 2
+    assert r.steps == r.total_steps == 2 and r.n_pairs == 2 and r.n_heldout == 4
     assert r.first_loss == pytest.approx(math.log(2), abs=1e-4)  # policy = reference at step 1
     assert r.loss < r.first_loss - 0.01
     assert weights_after == weights_before
     rec = read_train_record(out)
-    assert rec.source_indices == [0, 1] and rec.finished and len(rec.history) == 2
+    assert len(rec.source_indices) == 2 and rec.finished and len(rec.history) == 2
+    assert sorted(rec.source_indices + rec.heldout_indices) == list(range(6))
+    assert rec.heldout_indices == split_holdout(range(6), 0.67, 0)[1]
     assert (out / "model" / "config.json").is_file()
 
-    again = train_on_dataset(hh_small, out, DPOConfig(**rec.config), limit=2)
+    again = train_on_dataset(hh_small, out, DPOConfig(**rec.config), limit=6, holdout=0.67)
     assert again.already_done and again.steps == 2
-    with pytest.raises(ValidationError, match="source indices"):
-        train_on_dataset(hh_small, out, DPOConfig(**rec.config), limit=3)
+    with pytest.raises(ValidationError, match="another (source|heldout) indices"):
+        train_on_dataset(hh_small, out, DPOConfig(**rec.config), limit=7, holdout=0.67)
+
+
+def feature_groups(d_sae=512, size=4) -> ConceptGroups:
+    """Constructed concepts: consecutive features in groups of `size` (the real ones come from the
+    concepts module; validate only needs feature lists)."""
+    return ConceptGroups.of([list(range(i, i + size)) for i in range(0, d_sae, size)])
 
 
 @pytest.fixture(scope="module")
 def report(trained, small_workspace):
     out = trained[0]
     return validate(
-        small_workspace, out, n_prompts=5, decoding=Decoding(max_new_tokens=8, batch_size=3), top_k=20
+        small_workspace, out, n_prompts=5, top_k=20, concepts=feature_groups(), n_boot=50, n_perm=50,
+        decoding=Decoding(max_new_tokens=8, batch_size=4, temperature=1.0, samples=2),
     )
 
 
 def test_predicted_shift_is_the_mean_delta_of_the_trained_pairs_only(report, trained, small_workspace):
     from core.shifts import Analysis
+    from core.validate import disparity
     from core.workspace import Workspace
 
     a = Analysis(Workspace(small_workspace))
-    rows = a.rows([0, 1])  # the two pairs trained on, of 24 indexed
+    rows = a.rows(read_train_record(trained[0]).source_indices)  # the two pairs trained on, of 24
     expected = np.asarray((a.chosen[rows] - a.rejected[rows]).mean(0)).ravel()
-    got = np.load(trained[0] / "validation_shifts.npz")["predicted"]
-    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
-    assert not np.allclose(got, np.asarray(a.delta.mean(0)).ravel())  # not all 24 pairs
+    saved = np.load(trained[0] / "validation_shifts.npz")
+    np.testing.assert_allclose(saved["predicted"], expected, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(saved["predicted"], np.asarray(a.delta.mean(0)).ravel())  # not all 24
+    c, r = a.frequencies()
+    b = disparity(c[rows], r[rows]).toarray()
+    np.testing.assert_allclose(saved["predicted_fire"], b.mean(0))
+    # a concept's prediction is the mean of its features' disparities
+    groups = feature_groups()
+    by_id = {p["id"]: p for p in report.concepts.points}
+    for m in (0, 7, 100):
+        assert by_id[m]["predicted"] == pytest.approx(b.mean(0)[groups.features[4 * m : 4 * m + 4]].mean())
 
 
 def test_validate_returns_finite_numbers_and_writes_the_plot(report, trained):
     out = trained[0]
+    record = read_train_record(out)
     assert report.n_pairs_trained == report.n_pairs_predicted == 2
-    assert report.n_prompts == report.n_replies == 5
-    assert not set(report.prompt_source_indices) & {0, 1}  # held out: never trained on
+    assert report.n_prompts == 4 and report.n_replies == 8  # the held-out split, 2 samples each
+    assert report.prompt_source_indices == record.heldout_indices
     assert report.top_k.n_features == 20 and report.nonzero.n_features >= 20
     for f in (report.top_k, report.nonzero):
         assert all(math.isfinite(v) for v in (f.r2, f.spearman, f.slope, f.intercept))
         assert -1 <= f.spearman <= 1 and 0 <= f.r2 <= 1
     png = Path(report.plot)
     assert png == out / "validation.png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert Path(report.concepts_plot).read_bytes()[:4] == b"\x89PNG"
+    c = report.concepts
+    assert report.n_concepts == 128 and c.level == "concepts" and len(c.points) == 128
+    assert c.null["n"] == 50 and 0 < c.null["p_value"] <= 1
     for rates in report.behaviour.values():
         assert 0 <= rates["before"] <= 1 and 0 <= rates["after"] <= 1
-    from core.validate import PROBES
+    from core.rollout import PROBES
 
     assert list(report.probes) == list(PROBES)
     for name, p in report.probes.items():
         assert math.isfinite(p["lift"]) and p["se"] >= 0 and p["n_sentences"] == len(PROBES[name])
     rows = [json.loads(line) for line in Path(report.generations).read_text().splitlines()]
     assert [r["source_index"] for r in rows] == report.prompt_source_indices
-    assert all(len(r["before"]) == len(r["after"]) == 1 for r in rows)
+    assert all(len(r["before"]) == len(r["after"]) == 2 for r in rows)
     # the features listed are the top-K by |predicted|, with their actual shift beside them
     preds = [abs(c.predicted) for c in report.features]
     assert preds == sorted(preds, reverse=True) and len(preds) == 20
     saved = json.loads((out / "validation.json").read_text())
-    assert saved["n_prompts"] == 5 and saved["plot"] == report.plot
+    assert saved["n_prompts"] == 4 and saved["plot"] == report.plot
+    assert set(saved["concepts"]["fit"]) >= {"r2", "r2_scaled", "scale", "spearman", "slope"}
     shifts = np.load(out / "validation_shifts.npz")
-    assert shifts["per_prompt"].shape == (5, 512)
+    assert shifts["per_prompt"].shape == shifts["per_prompt_fire"].shape == (4, 512)
     np.testing.assert_allclose(shifts["actual"], shifts["per_prompt"].mean(0), rtol=1e-5, atol=1e-7)
+    assert set(np.unique(shifts["per_prompt_fire"] * 2).tolist()) <= {-2, -1, 0, 1, 2}  # 2 samples
     by_feature = {c.feature: c for c in report.features}
     for f, c in by_feature.items():
         assert shifts["predicted"][f] == pytest.approx(c.predicted)
@@ -313,12 +465,13 @@ def test_training_makes_the_chosen_replies_likelier_than_the_rejected_ones(train
 
     from core.catalog import load_catalog
     from core.lm import load_full_model
-    from core.validate import chat_prompt_ids, probe_logprobs
+    from core.rollout import chat_prompt_ids, probe_logprobs
 
     out = trained[0]
     base, tok = load_full_model(load_catalog().model(None))
     tuned = AutoModelForCausalLM.from_pretrained(out / "model").eval()
-    pairs = read_pairs(hh_small, skip_invalid=True).pairs[:2]
+    trained_on = set(read_train_record(out).source_indices)
+    pairs = [p for p in read_pairs(hh_small, skip_invalid=True).pairs if p.source_index in trained_on]
     margins = []
     for p in pairs:
         ids = [chat_prompt_ids(tok, p.prompt, 32)]
@@ -339,15 +492,15 @@ def test_actual_shift_is_zero_where_the_replies_did_not_change(report, trained):
         assert any(c.actual != 0 for c in report.features)
 
 
-def test_reply_features_match_what_indexing_stored(small_workspace, tiny_sae):
+def test_reply_stats_match_what_indexing_stored(small_workspace, tiny_sae):
     """The lens used for actual shifts is the indexing lens: feeding a pair's own replies through
-    reply_features reproduces the per-reply means stored in the workspace."""
+    read_reply_pairs reproduces the per-reply mean, firing frequency and max stored in the workspace."""
     from core.catalog import load_catalog
     from core.lm import ResidualReader
-    from core.sae import load_sae
+    from core.rollout import chat_prompt_ids, read_reply_pairs
+    from core.sae import encode, load_sae
     from core.shifts import Analysis
     from core.store import sae_dir
-    from core.validate import chat_prompt_ids, reply_features
     from core.workspace import Workspace
 
     ws = Workspace(small_workspace)
@@ -356,13 +509,18 @@ def test_reply_features_match_what_indexing_stored(small_workspace, tiny_sae):
     sae = load_sae(sae_dir(cat.sae(tiny_sae)))
     rows = [ws.pair(s) for s in (3, 7, 11)]
     ids = [chat_prompt_ids(reader.tokenizer, json.loads(r["prompt"]), 128) for r in rows]
-    chosen, rejected = reply_features(
-        reader, sae, ids, [r["chosen"] for r in rows], [r["rejected"] for r in rows], max_tokens=64
+    chosen, rejected = read_reply_pairs(
+        reader, lambda acts: encode(sae, acts), ids, [r["chosen"] for r in rows],
+        [r["rejected"] for r in rows], max_tokens=64,
     )
     a = Analysis(ws)
-    stored = a.chosen[a.rows([3, 7, 11])].toarray()
-    np.testing.assert_allclose(chosen, stored, atol=2e-3, rtol=1e-3)
-    np.testing.assert_allclose(rejected, a.rejected[a.rows([3, 7, 11])].toarray(), atol=2e-3, rtol=1e-3)
+    at = a.rows([3, 7, 11])
+    freq, maxima = a.frequencies(), a.maxima()
+    for side, got, mean in ((0, chosen, a.chosen), (1, rejected, a.rejected)):
+        np.testing.assert_allclose(got.mean, mean[at].toarray(), atol=2e-3, rtol=1e-3)
+        np.testing.assert_allclose(got.max, maxima[side][at].toarray(), atol=2e-3, rtol=1e-3)
+        # a frequency is a share of tokens: float noise may flip a near-zero activation at most
+        assert np.abs(got.freq - freq[side][at].toarray()).max() <= 2 / 64 + 1e-6
 
 
 def test_validate_refuses_a_model_trained_on_another_file(trained, small_workspace, tmp_path):

@@ -11,16 +11,28 @@ from textual.binding import Binding, BindingType
 from textual.widgets import DataTable, Label, Static
 from textual.worker import get_current_worker
 
+from core.textsafe import one_line
+from core.views import TriageState, WorkspaceInfo
+from tui.format import count, line, number, signed
 from tui.messages import ClustersReady
-from tui.screens.base import DataScreen, signed, snippet
-from tui.services import ClusteringView, ClusterView, TriageState, WorkspaceInfo, available
+from tui.screens.base import DataScreen
 from tui.widgets.tables import KeyTable
-
 
 class ClustersScreen(DataScreen):
     """One row per cluster; Enter lists its pairs, c marks it, e switches SAE / embedding clusters."""
 
     SCREEN_TITLE = "Clusters"
+    LEGEND = (
+        ("id", "cluster number, largest cluster first"),
+        ("size", "pairs in the cluster"),
+        ("✗", "pairs of the cluster marked for removal"),
+        ("contrast", "top feature's activity inside minus outside the cluster"),
+        ("activity", "(chosen + rejected) / 2 of a feature's mean activation"),
+        ("top features", "the features with the largest contrast"),
+        ("shifts harder", "features whose delta is larger inside than outside"),
+        ("q", "Benjamini-Hochberg q of Welch's t-test (listed: q < 0.05)"),
+        ("k", "one k for both groupings: the SAE grouping's silhouette choice"),
+    )
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding(
             "enter", "open_cluster", "Open the cluster's pairs", show=False, id="clusters.open"
@@ -39,7 +51,7 @@ class ClustersScreen(DataScreen):
     def __init__(self) -> None:
         super().__init__()
         self.by = "sae"
-        self.clustering: ClusteringView | None = None
+        self.clustering = None  # core.clusters.Clustering
 
     def compose_body(self) -> ComposeResult:
         yield Label("", id="clusters-caption")
@@ -50,11 +62,6 @@ class ClustersScreen(DataScreen):
         self.clustering = None
         if info is None:
             self.query_one("#clusters-caption", Label).update("no workspace open")
-            return
-        if not available("clusters"):
-            self.query_one("#clusters-caption", Label).update(
-                "clustering is not available yet in this build (core/clusters.py)"
-            )
             return
         self._load()
 
@@ -74,7 +81,7 @@ class ClustersScreen(DataScreen):
         description="clustering pairs",
     )
     def _cluster(self, by: str) -> None:
-        clustering = self.app.services.clusters(by)
+        clustering = self.app.session.clusters(by)
         if not get_current_worker().is_cancelled:
             self.post_message(ClustersReady(clustering))
 
@@ -91,26 +98,26 @@ class ClustersScreen(DataScreen):
         if c is None:
             return
         self.query_one("#clusters-caption", Label).update(
-            f"{c.k} {c.by} clusters, largest first · contrast: top feature's activity inside minus outside"
+            f"k = {c.k} {c.by} clusters, largest first · ? explains the columns"
         )
         marked = self.triage.marked if self.triage else frozenset()
 
-        def cells(cl: ClusterView):
+        def cells(cl):
             n_marked = len(marked.intersection(cl.source_indices))
             top = cl.top_features[0] if cl.top_features else None
-            feats = ", ".join(f"#{f.feature} {snippet(f.label, 20)}" for f in cl.top_features[:2])
+            feats = "; ".join(f"#{f.feature} {f.label}" for f in cl.top_features[:2])
             return (
                 str(cl.id),
-                str(cl.size),
-                Text(f"{n_marked}", style="bold red") if n_marked else "",
+                count(cl.size),
+                Text(count(n_marked), style="bold red") if n_marked else "",
                 signed(top.contrast) if top else "",
-                feats,
+                line(feats, 60),
             )
 
         self.query_one("#clusters", KeyTable).refill((str(cl.id), cells(cl)) for cl in c.clusters)
         self._detail()
 
-    def _current(self) -> ClusterView | None:
+    def _current(self):
         if self.clustering is None:
             return None
         key = self.query_one("#clusters", KeyTable).current_key()
@@ -120,24 +127,19 @@ class ClustersScreen(DataScreen):
         cl = self._current()
         out = Text()
         if cl is not None:
-            out.append(f"cluster {cl.id}: {cl.size} pairs · representative: ", style="bold")
+            out.append(f"cluster {cl.id}: {count(cl.size)} pairs · representative: ", style="bold")
             out.append(" ".join(f"#{s}" for s in cl.representative) + "\n")
             out.append("sets it apart: ", style="dim")
-            out.append(
-                "; ".join(
-                    f"#{f.feature} {snippet(f.label, 24)} ({signed(f.contrast)})"
-                    for f in cl.top_features[:4]
-                )
-                or "-"
+            apart = "; ".join(
+                f"#{f.feature} {one_line(f.label, 24)} ({signed(f.contrast)})" for f in cl.top_features[:4]
             )
+            out.append_text(line(apart or "-"))
             out.append("\nshifts harder here: ", style="dim")
-            out.append(
-                "; ".join(
-                    f"#{f.feature} {snippet(f.label, 24)} ({signed(f.contrast)}, q {f.q_value:.2g})"
-                    for f in cl.shift_contrast[:3]
-                )
-                or "no feature (q < 0.05)"
+            harder = "; ".join(
+                f"#{f.feature} {one_line(f.label, 24)} ({signed(f.contrast)}, q {number(f.q_value)})"
+                for f in cl.shift_contrast[:3]
             )
+            out.append_text(line(harder or "no feature (q < 0.05)"))
         self.query_one("#cluster-detail", Static).update(out)
 
     @on(DataTable.RowHighlighted)
@@ -157,26 +159,21 @@ class ClustersScreen(DataScreen):
         if cl is not None:
             self.app.push_screen(PairsScreen.for_cluster(cl, self.by))
 
-    def action_mark_cluster(self) -> None:
-        cl = self._current()
+    def _propose(self, ask_reason: bool) -> None:
+        cl, by = self._current(), self.by
         if cl is not None:
-            self.toggle_marks(
-                cl.source_indices,
-                f"cluster {self.by}:{cl.id}",
-                tuple(f.feature for f in cl.top_features[:3]),
-            )
+            self.propose(lambda session: session.select(cluster=cl.id, by=by), ask_reason)
+
+    def action_mark_cluster(self) -> None:
+        """Preview the cluster's pairs (and what marking them does), mark them when accepted."""
+        self._propose(False)
 
     def action_mark_cluster_reason(self) -> None:
-        cl = self._current()
-        if cl is not None:
-            self.mark_with_reason(
-                cl.source_indices,
-                f"cluster {self.by}:{cl.id}",
-                tuple(f.feature for f in cl.top_features[:3]),
-            )
+        self._propose(True)
 
     def action_switch_by(self) -> None:
-        if self.app.info is None or not available("clusters"):
+        if self.app.info is None:
             return
         self.by = "embedding" if self.by == "sae" else "sae"
         self._load()
+

@@ -1,4 +1,8 @@
-"""Compare: SAE clusters against embedding clusters (ARI, NMI) and where each SAE cluster's pairs fall."""
+"""Compare: SAE clusters against embedding clusters (ARI, NMI) and where each SAE cluster's pairs fall.
+
+Both groupings use the workspace's one k (the SAE grouping's silhouette choice), the k the Clusters
+screen shows; Enter on a row lists that SAE cluster's pairs.
+"""
 
 from __future__ import annotations
 
@@ -7,29 +11,42 @@ from typing import ClassVar
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.widgets import Label, Static
+from textual.widgets import DataTable, Label, Static
 from textual.worker import get_current_worker
 
+from core.views import CompareView, WorkspaceInfo
+from tui.format import count, line, number
 from tui.messages import CompareReady
-from tui.screens.base import DataScreen, snippet
-from tui.services import CompareView, WorkspaceInfo, available
+from tui.screens.base import DataScreen
 from tui.widgets.tables import KeyTable
 
 EXPLAIN = (
     "ARI / NMI near 1: the SAE groups pairs as their text embedding does (it adds little); "
-    "near 0: it sees structure the embedding does not."
+    "near 0: it sees structure the embedding does not. Enter lists a cluster's pairs."
 )
 
 
 class CompareScreen(DataScreen):
     SCREEN_TITLE = "Compare · SAE clusters vs embedding clusters"
+    LEGEND = (
+        ("ARI", "adjusted Rand index of the groupings: 1 same, 0 as by chance"),
+        ("NMI", "normalised mutual information: 1 same, 0 independent"),
+        ("k", "clusters per side: the SAE silhouette choice, as on Clusters"),
+        ("SAE cluster", "its number on the Clusters screen (SAE grouping)"),
+        ("size", "pairs in the cluster"),
+        ("top feature", "its most characteristic SAE feature"),
+        ("emb j", "how many of its pairs fall in embedding cluster j"),
+        ("purity", "share of its pairs in its largest embedding cluster"),
+    )
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("r", "refresh", "Recompute", id="compare.refresh")
+        Binding("enter", "open_cluster", "Open the cluster's pairs", show=False, id="compare.open"),
+        Binding("r", "refresh", "Recompute", id="compare.refresh"),
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self.compare: CompareView | None = None
+        self.clustering = None  # the SAE grouping (core.clusters.Clustering) the rows are of
 
     def compose_body(self) -> ComposeResult:
         yield Label("", id="compare-scores")
@@ -37,16 +54,13 @@ class CompareScreen(DataScreen):
         yield KeyTable("SAE cluster", "size", "top feature", id="compare")
 
     def info_changed(self, info: WorkspaceInfo | None) -> None:
-        scores = self.query_one("#compare-scores", Label)
         if info is None:
-            scores.update("no workspace open")
-        elif not available("clusters"):
-            scores.update("the comparison is not available yet in this build (core/clusters.py)")
+            self.query_one("#compare-scores", Label).update("no workspace open")
         else:
             self.action_refresh()
 
     def action_refresh(self) -> None:
-        if self.app.info is None or not available("clusters"):
+        if self.app.info is None:
             return
         self.query_one("#compare", KeyTable).loading = True
         self.query_one("#compare-scores", Label).update("clustering both ways…")
@@ -60,31 +74,46 @@ class CompareScreen(DataScreen):
         description="comparing clusterings",
     )
     def _compare(self) -> None:
-        result = self.app.services.compare()
+        session = self.app.session
+        result = session.compare_view()
+        clustering = session.clusters("sae", result.k)
         if not get_current_worker().is_cancelled:
-            self.post_message(CompareReady(result))
+            self.post_message(CompareReady(result, clustering))
 
     @on(CompareReady)
     def _ready(self, event: CompareReady) -> None:
         c = self.compare = event.compare
+        self.clustering = event.clustering
         self.query_one("#compare-scores", Label).update(
-            f"ARI {c.ari:.3f} · NMI {c.nmi:.3f} · k = {c.k} each · {c.n_pairs} pairs"
+            f"ARI {number(c.ari)} · NMI {number(c.nmi)} · k = {c.k} each · {count(c.n_pairs)} pairs"
         )
         table = self.query_one("#compare", KeyTable)
         table.loading = False
-        table.clear(columns=True)
-        table.add_columns(
-            "SAE cluster", "size", "top feature", *[f"emb {j}" for j in range(c.k)], "purity"
+        table.set_columns(
+            ("SAE cluster", "size", "top feature", *[f"emb {j}" for j in range(c.k)], "purity")
         )
-        for cid, size, label, spread in c.sae_to_embedding:
-            counts = [spread.get(j, 0) for j in range(c.k)]
-            purity = max(counts) / size if size else 0.0
-            table.add_row(
-                str(cid),
-                str(size),
-                snippet(label, 22),
-                *[str(n) if n else "·" for n in counts],
+        rows = []
+        for r in c.rows:
+            counts = [r.spread.get(j, 0) for j in range(c.k)]
+            purity = max(counts) / r.size if r.size else 0.0
+            cells = (
+                str(r.cluster),
+                count(r.size),
+                line(r.label, 22),
+                *[count(n) if n else "·" for n in counts],
                 f"{purity:.0%}",
-                key=str(cid),
             )
+            rows.append((str(r.cluster), cells))
+        table.refill(rows)
         table.focus()
+
+    @on(DataTable.RowSelected)
+    def action_open_cluster(self) -> None:
+        from tui.screens.pairs import PairsScreen
+
+        key = self.query_one("#compare", KeyTable).current_key()
+        if self.clustering is None or key is None:
+            return
+        cluster = next((cl for cl in self.clustering.clusters if str(cl.id) == key), None)
+        if cluster is not None:
+            self.app.push_screen(PairsScreen.for_cluster(cluster, "sae"))

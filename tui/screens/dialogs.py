@@ -1,17 +1,24 @@
-"""Modal dialogs: an error with its cause, yes/no, a reason for a mark, the export confirmation, help."""
+"""Modal dialogs: an error with its cause, yes/no, a preview of marks to confirm, the export, help.
+
+Every string that may come from a dataset, a path or an exception is shown as plain text, never as
+markup, with its control characters made visible.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import ClassVar
 
+from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Static
 
+from core.views import Preview
+from tui.format import before_after, count, line, safe, signed
 from tui.widgets.tables import KeyTable
 
 
@@ -29,8 +36,8 @@ class ErrorDialog(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog -error"):
-            yield Label(self.title_text, classes="dialog-title")
-            yield Static(self.cause, classes="dialog-body", markup=False)
+            yield Label(line(self.title_text), classes="dialog-title")
+            yield Static(safe(self.cause), classes="dialog-body")
             yield Label("enter / esc: close", classes="dialog-hint")
 
 
@@ -49,41 +56,96 @@ class ConfirmDialog(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Label(self.title_text, classes="dialog-title")
-            yield Static(self.question, classes="dialog-body", markup=False)
+            yield Label(line(self.title_text), classes="dialog-title")
+            yield Static(safe(self.question), classes="dialog-body")
             yield Label("y / enter: yes    n / esc: no", classes="dialog-hint")
 
     def action_answer(self, yes: bool) -> None:
         self.dismiss(yes)
 
 
-class ReasonDialog(ModalScreen[str | None]):
-    """Asks why pairs are being marked; Enter marks (an empty reason is fine), Escape cancels."""
+class MarkDialog(ModalScreen[str | None]):
+    """Marks to confirm: how many pairs, a few of them, and how the shifts they drive would move.
+
+    One key accepts (y or Enter; with a reason field, Enter in it); Escape cancels. Returns the reason
+    ("" without one), None when cancelled.
+    """
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape", "cancel", "Cancel", id="dialog.cancel")
+        Binding("y,enter", "accept", "Mark", id="dialog.accept"),
+        Binding("n,escape", "cancel", "Cancel", id="dialog.cancel"),
     ]
 
-    def __init__(self, what: str) -> None:
+    def __init__(self, preview: Preview, ask_reason: bool = False, unmark: bool = False) -> None:
         super().__init__()
-        self.what = what
+        self.preview = preview
+        self.ask_reason = ask_reason
+        self.unmark = unmark
 
     def compose(self) -> ComposeResult:
-        with Vertical(classes="dialog"):
-            yield Label(f"Mark {self.what}", classes="dialog-title")
-            yield Input(placeholder="reason (optional), e.g. 'refusal boilerplate'", id="reason")
-            yield Label("enter: mark    esc: cancel", classes="dialog-hint")
+        p = self.preview
+        n = len(p.selection)
+        verb = "Unmark" if self.unmark else "Mark"
+        with Vertical(classes="dialog -mark"):
+            yield Label(
+                line(f"{verb} {count(n)} pair{'s' * (n != 1)} · {p.selection.scope}"),
+                classes="dialog-title",
+            )
+            yield Static(self._summary(), classes="dialog-body", id="mark-summary")
+            if self.ask_reason:
+                yield Input(placeholder="reason (optional), e.g. 'refusal boilerplate'", id="reason")
+                yield Label(f"enter: {verb.lower()}    esc: cancel", classes="dialog-hint")
+            else:
+                yield Label(f"y / enter: {verb.lower()}    n / esc: cancel", classes="dialog-hint")
+
+    def _summary(self) -> Text:
+        p = self.preview
+        n = len(p.selection)
+        out = Text()
+        if self.unmark:
+            out.append(f"all {count(n)} are marked: they would be kept again\n")
+        else:
+            already = n - p.n_new
+            out.append(f"{count(p.n_new)} not marked yet")
+            if already:
+                out.append(f", {count(already)} marked already")
+                out.append(" (the reason you give replaces theirs)" if self.ask_reason else "")
+            out.append(f" · kept {before_after(p.n_kept_before, p.n_kept_after, count)}\n")
+            for c in p.changes:
+                out.append(f"#{c.feature} ", style="bold")
+                out.append_text(line(c.label, 32))
+                out.append(f"  shift {before_after(c.before, c.after, signed)}\n")
+        for r in p.examples:
+            out.append(f"#{r.source_index:<6}", style="bold")
+            out.append_text(line(r.prompt, 60, style="dim"))
+            out.append("\n")
+        if n > len(p.examples):
+            out.append(f"… and {count(n - len(p.examples))} more", style="dim")
+        return out
+
+    def on_mount(self) -> None:
+        if self.ask_reason:
+            self.query_one("#reason", Input).focus()
 
     @on(Input.Submitted, "#reason")
     def _submit(self, event: Input.Submitted) -> None:
         self.dismiss(event.value.strip())
+
+    def action_accept(self) -> None:
+        if self.ask_reason:
+            self.dismiss(self.query_one("#reason", Input).value.strip())
+        else:
+            self.dismiss("")
 
     def action_cancel(self) -> None:
         self.dismiss(None)
 
 
 class ExportDialog(ModalScreen[tuple[Path, bool] | None]):
-    """Shows what the export will write and where; Enter writes, Escape cancels."""
+    """Shows what the export will write and where; Enter writes, Escape cancels.
+
+    An existing file is replaced only after a second Enter on the same path.
+    """
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "cancel", "Cancel", id="dialog.cancel")
@@ -93,18 +155,21 @@ class ExportDialog(ModalScreen[tuple[Path, bool] | None]):
         super().__init__()
         self.n_kept, self.n_marked, self.n_total = n_kept, n_marked, n_total
         self.out = out
+        self._replace: Path | None = None  # the existing file a second Enter replaces
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
             yield Label("Export the cleaned dataset", classes="dialog-title")
             yield Static(
-                f"keep {self.n_kept} of {self.n_total} indexed pairs, remove {self.n_marked} marked\n"
+                f"keep {count(self.n_kept)} of {count(self.n_total)} indexed pairs, "
+                f"remove {count(self.n_marked)} marked\n"
                 + (
                     "(records that were not indexed are kept; only marked pairs are removed)"
                     if self.n_marked
                     else "(nothing is marked: the export is a copy of the source)"
                 ),
                 classes="dialog-body",
+                markup=False,
             )
             yield Label("write to:")
             yield Input(str(self.out), id="export-path")
@@ -120,14 +185,17 @@ class ExportDialog(ModalScreen[tuple[Path, bool] | None]):
 
     @on(Input.Changed, "#export-path")
     def _changed(self, event: Input.Changed) -> None:
+        self._replace = None
         self._check(event.value)
 
     def _check(self, value: str) -> None:
-        p = Path(value).expanduser()
+        p = Path(value.strip()).expanduser()
         warn = ""
-        if p.exists():
-            warn = "exists: it will be replaced"
-        self.query_one("#export-warning", Static).update(warn)
+        if p.is_dir():
+            warn = "a folder: give a file name"
+        elif p.exists():
+            warn = "exists: enter asks before replacing it"
+        self.query_one("#export-warning", Static).update(Text(warn))
 
     @on(Input.Submitted, "#export-path")
     @on(Button.Pressed, "#export-go")
@@ -136,6 +204,15 @@ class ExportDialog(ModalScreen[tuple[Path, bool] | None]):
         if not value:
             return
         p = Path(value).expanduser()
+        if p.is_dir():
+            self._check(value)
+            return
+        if p.exists() and self._replace != p:
+            self._replace = p
+            self.query_one("#export-warning", Static).update(
+                line(f"{p.name} exists: enter again replaces it (and its .removed.jsonl), esc cancels")
+            )
+            return
         self.dismiss((p, p.exists()))
 
     @on(Button.Pressed, "#export-cancel")
@@ -144,27 +221,52 @@ class ExportDialog(ModalScreen[tuple[Path, bool] | None]):
 
 
 class HelpScreen(ModalScreen[None]):
-    """Every binding of the app, with its key (after the user's keymap) and its id for remapping."""
+    """The current screen's column legend, then every binding of the app grouped by where it works,
+    with its key (after the user's keymap) and its id for remapping."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape,question_mark,q", "dismiss", "Close", id="dialog.close")
     ]
 
-    def __init__(self, rows: list[tuple[str, str, str, str]], keymap_file: str) -> None:
+    def __init__(
+        self,
+        rows: list[tuple[str, str, str, str]],
+        keymap_file: str,
+        legend: tuple[tuple[str, str], ...] = (),
+        where: str = "",
+    ) -> None:
         super().__init__()
         self.rows = rows
         self.keymap_file = keymap_file
+        self.legend = legend
+        self.where = where
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog -help"):
             yield Label("Keys", classes="dialog-title")
-            yield KeyTable("key", "does", "id", "where", id="help-table")
-            yield Label(f"remap by id in {self.keymap_file}    esc: close", classes="dialog-hint")
+            if self.legend:
+                text = Text()
+                text.append(f"{self.where}: what the columns mean\n", style="bold")
+                width = max(len(name) for name, _ in self.legend)
+                for i, (name, meaning) in enumerate(self.legend):
+                    text.append(f"{name:<{width}}", style="bold")
+                    text.append(f"  {meaning}" + ("\n" if i < len(self.legend) - 1 else ""))
+                with VerticalScroll(id="help-legend"):
+                    yield Static(text)
+            yield KeyTable("key", "does", "id", opens=False, id="help-table")
+            yield Label(
+                Text(f"remap by id in {self.keymap_file}    esc: close"), classes="dialog-hint"
+            )
 
     def on_mount(self) -> None:
+        sections: dict[str, list[tuple[str, str, str]]] = {}
+        for where, keys, does, binding_id in self.rows:
+            sections.setdefault(where, []).append((keys, does, binding_id))
+        order = sorted(sections, key=lambda w: (w != "anywhere", w != self.where))
+        rows = []
+        for where in order:
+            rows.append((f"§{where}", (Text(where, style="bold reverse"), "", "")))
+            rows += [(f"{where}:{i}", row) for i, row in enumerate(sections[where])]
         table = self.query_one(KeyTable)
-        table.refill(
-            (f"{i}", (keys, does, binding_id, where))
-            for i, (where, keys, does, binding_id) in enumerate(self.rows)
-        )
+        table.refill(rows)
         table.focus()

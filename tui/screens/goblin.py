@@ -1,55 +1,62 @@
-"""Goblin test: plant goblin sentences in a known share of chosen replies and see what datadebug finds."""
+"""Goblin test: plant goblin sentences in a known share of chosen replies and see what datadebug finds.
+
+Only ctrl+g runs the test (it indexes a copy of the dataset, and may train an SAE): Enter in a field
+moves to the next one, Escape leaves a field and then cancels a run.
+"""
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import ClassVar
 
-from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
-from textual.widgets import Input, Label, ProgressBar, Select, Static
-from textual.worker import get_current_worker
+from textual.widgets import DataTable, Input, Label, Select, Static
 
-from tui.messages import GoblinDone, JobProgress
-from tui.screens.base import DataScreen, signed
-from tui.services import WorkspaceInfo, available
-from tui.widgets.tables import KeyTable
+from core.views import WorkspaceInfo
+from tui.format import count, line, number, signed
+from tui.screens.base import DataScreen, FormInput
+from tui.widgets.job import JobPanel
 
 EXPLAIN = (
     "Copies the dataset with a goblin sentence in a share of the chosen replies (the ground truth is kept "
     "outside the workspace), indexes the copy, then checks whether the goblin feature ranks as amplified "
     "and which method finds the planted pairs."
 )
+HINT = "ctrl+g runs · tab: next field · esc: leave a field, then cancel a run"
 TRAIN = "__train__"
 
 
 class GoblinScreen(DataScreen):
+    AUTO_FOCUS = ""  # nothing: digits switch screens until a field is picked (tab)
     SCREEN_TITLE = "Goblin test · does datadebug find a planted behaviour?"
+    LEGEND = (
+        ("rate", "share of pairs whose chosen reply gets a goblin sentence"),
+        ("precision", "of the pairs a method flags, the share that were planted"),
+        ("recall", "of the planted pairs, the share the method flags"),
+        ("peak delta", "pairs ranked by the feature's max activation, chosen - rejected"),
+        ("mean delta", "pairs ranked by its mean activation, chosen - rejected"),
+    )
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("ctrl+g", "run", "Run test", id="goblin.run"),
-        Binding("escape", "cancel", "Cancel run", id="goblin.cancel"),
-        Binding("o", "open_planted", "Open planted workspace", id="goblin.open"),
+        Binding("escape", "cancel", "Cancel run", show=False, id="goblin.cancel"),
+        Binding("o", "open_planted", "Open planted copy", id="goblin.open"),
     ]
 
     def __init__(self) -> None:
         super().__init__()
-        self._cancel: threading.Event | None = None
         self.result: dict | None = None
 
     def compose_body(self) -> ComposeResult:
         yield Static(EXPLAIN, id="goblin-explain")
         with Horizontal(classes="form-row"):
             yield Label("rate", classes="form-label")
-            yield Input("0.1", id="goblin-rate", classes="form-short", compact=True)
+            yield FormInput("0.1", id="goblin-rate", classes="form-short")
             yield Label("seed", classes="form-label")
-            yield Input("0", id="goblin-seed", classes="form-short", compact=True)
+            yield FormInput("0", id="goblin-seed", classes="form-short")
             yield Label("limit", classes="form-label")
-            yield Input(
-                "", placeholder="all", id="goblin-limit", classes="form-short", compact=True
-            )
+            yield FormInput("", placeholder="all", id="goblin-limit", classes="form-short")
         with Horizontal(classes="form-row"):
             yield Label("SAE", classes="form-label")
             yield Select(
@@ -59,15 +66,16 @@ class GoblinScreen(DataScreen):
                 id="goblin-sae",
                 compact=True,
             )
-        yield Label("enter in a field or ctrl+g runs · escape cancels", id="goblin-status")
-        yield ProgressBar(id="goblin-progress", show_eta=False, classes="-idle")
-        yield KeyTable("method", "precision", "recall", "detail", id="goblin-results")
+        yield Label(HINT, id="goblin-status")
+        yield JobPanel(id="goblin-job")
+        yield DataTable(cursor_type="none", zebra_stripes=True, id="goblin-results")
+
+    def on_mount(self) -> None:
+        super().on_mount()
+        self.query_one("#goblin-results", DataTable).add_columns("method", "precision", "recall", "detail")
 
     def info_changed(self, info: WorkspaceInfo | None) -> None:
-        status = self.query_one("#goblin-status", Label)
-        if not available("goblin"):
-            status.update("the goblin test is not available yet in this build (core/goblin.py)")
-        elif info is not None:
+        if info is not None:
             select = self.query_one("#goblin-sae", Select)
             select.set_options(
                 [
@@ -77,11 +85,7 @@ class GoblinScreen(DataScreen):
             )
             select.value = info.sae
 
-    @on(Input.Submitted)
     def action_run(self) -> None:
-        if not available("goblin"):
-            self.notify("the goblin test is not available in this build", severity="warning")
-            return
         if self.app.info is None:
             self.notify("open a workspace first", severity="warning")
             return
@@ -97,66 +101,31 @@ class GoblinScreen(DataScreen):
             self.notify("rate must be above 0 and at most 1", severity="error")
             return
         sae = self.query_one("#goblin-sae", Select).value
-        self._cancel = threading.Event()
-        bar = self.query_one("#goblin-progress", ProgressBar)
-        bar.remove_class("-idle")
-        bar.update(total=None, progress=0)
-        self.query_one("#goblin-status", Label).update(
-            f"planting goblins in {rate:.0%} of the pairs…"
-        )
-        self._run(rate, seed, limit, None if sae == TRAIN else str(sae), self._cancel)
+        sae = None if sae == TRAIN else str(sae)
+        session = self.app.session
 
-    @work(
-        thread=True,
-        exclusive=True,
-        exit_on_error=False,
-        group="goblin",
-        description="the goblin test",
-    )
-    def _run(
-        self, rate: float, seed: int, limit: int | None, sae: str | None, cancel: threading.Event
-    ) -> None:
-        worker = get_current_worker()
+        def job(progress, cancel):
+            return session.goblin(rate, seed, limit, sae, progress=progress, cancel=cancel)
 
-        def progress(p) -> None:
-            if worker.is_cancelled:
-                cancel.set()
-            self.post_message(JobProgress("goblin", p.line(), p.fraction))
+        self.query_one(JobPanel).run(f"planting goblins in {rate:.0%} of the pairs", job, self._done)
 
-        result = self.app.services.goblin(rate, seed, limit, sae, progress=progress, cancel=cancel)
-        if not worker.is_cancelled:
-            self.post_message(GoblinDone(result))
-
-    @on(JobProgress)
-    def _progress(self, event: JobProgress) -> None:
-        if event.job != "goblin":
-            return
-        self.query_one("#goblin-status", Label).update(event.text)
-        bar = self.query_one("#goblin-progress", ProgressBar)
-        bar.update(
-            total=100 if event.fraction is not None else None, progress=100 * (event.fraction or 0)
-        )
-
-    @on(GoblinDone)
-    def _done(self, event: GoblinDone) -> None:
-        self.result = r = event.result
-        bar = self.query_one("#goblin-progress", ProgressBar)
-        bar.update(total=100, progress=100)
+    def _done(self, r: dict) -> None:
+        self.result = r
         rank = r.get("goblin_feature_rank")
         ap = r.get("goblin_feature_ap")
         specific = (
-            f" (AP {ap:.2f}{'' if r.get('has_goblin_feature') else '; this SAE has no goblin feature'})"
+            f" (AP {number(ap)}{'' if r.get('has_goblin_feature') else '; this SAE has no goblin feature'})"
             if ap is not None
             else ""
         )
-        self.query_one("#goblin-status", Label).update(
-            f"goblins in {r['n_injected']} of {r['n_pairs']} chosen replies · goblin feature "
+        self.query_one(JobPanel).say(
+            f"goblins in {count(r['n_injected'])} of {count(r['n_pairs'])} chosen replies · goblin feature "
             f"#{r['goblin_feature']}{specific} ranks {rank if rank is not None else 'nowhere'} of "
             f"{r['n_amplified']} amplified · o opens the planted workspace"
         )
 
         def pr(d: dict) -> tuple[str, str]:
-            return f"{d.get('precision', 0):.2f}", f"{d.get('recall', 0):.2f}"
+            return number(d.get("precision", 0)), number(d.get("recall", 0))
 
         shift = (
             f"shift {signed(r['shift_before'])}→{signed(r['shift_after'])} without its flagged pairs"
@@ -168,7 +137,7 @@ class GoblinScreen(DataScreen):
             (
                 "SAE feature (mean delta)",
                 *pr(r["sae_feature_mean"]),
-                (r.get("goblin_feature_label") or "")[:40],
+                line(r.get("goblin_feature_label") or "", 40),
             ),
             (
                 "SAE cluster",
@@ -181,13 +150,13 @@ class GoblinScreen(DataScreen):
                 f"cluster {r['embedding_cluster'].get('cluster')} of k={r['embedding_cluster'].get('k')}",
             ),
         ]
-        table = self.query_one("#goblin-results", KeyTable)
-        table.refill((str(i), row) for i, row in enumerate(rows))
+        table = self.query_one("#goblin-results", DataTable)
+        table.clear()
+        for row in rows:
+            table.add_row(*row)
 
     def action_cancel(self) -> None:
-        if self._cancel is not None and not self._cancel.is_set():
-            self._cancel.set()
-            self.query_one("#goblin-status", Label).update("cancelling at the next batch…")
+        self.query_one(JobPanel).cancel()
 
     def action_open_planted(self) -> None:
         """Look at the planted copy in Shifts (the goblin feature should rank as amplified)."""

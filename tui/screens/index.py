@@ -1,11 +1,11 @@
 """Index: pick a dataset and a model + SAE, and index it with progress (pairs, tokens/s, ETA).
 
 A run writes whole chunks of pairs, so Escape (or a crash) loses nothing: starting again resumes.
+Only ctrl+s starts a run: Enter in a field moves to the next one.
 """
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import ClassVar
 
@@ -13,51 +13,45 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
-from textual.widgets import Input, Label, ProgressBar, Select, Static
+from textual.widgets import Input, Label, Select
 from textual.worker import get_current_worker
 
-from tui.messages import CatalogRead, IndexFinished, IndexProgressed
-from tui.screens.base import DataScreen
-from tui.services import CatalogChoices, WorkspaceStatus
+from core.views import CatalogChoices, WorkspaceStatus
+from tui.format import count
+from tui.messages import CatalogRead
+from tui.screens.base import DataScreen, FormInput
+from tui.widgets.job import JobPanel
 
-DEFAULT = "__default__"
-
-
-def eta_text(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    seconds = int(seconds)
-    return (
-        f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-        if seconds >= 3600
-        else f"{seconds // 60}:{seconds % 60:02d}"
-    )
+HINT = "ctrl+s starts (a rerun resumes) · tab: next field · esc: leave a field, then cancel a run"
 
 
 class IndexScreen(DataScreen):
     SCREEN_TITLE = "Index · run a dataset through the model and SAE"
+    AUTO_FOCUS = ""  # nothing: digits switch screens until a field is picked (tab)
+    LEGEND = (
+        ("dataset", "a .jsonl, .jsonl.gz, .json or .parquet file of pairs"),
+        ("workspace", "the folder the index goes to (a rerun resumes it)"),
+        ("limit", "index at most this many valid pairs (empty: all)"),
+    )
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("ctrl+s", "start", "Start / resume", id="index.start"),
-        Binding("escape", "cancel", "Cancel run", id="index.cancel"),
+        Binding("escape", "cancel", "Cancel run", show=False, id="index.cancel"),
     ]
 
     def __init__(self) -> None:
         super().__init__()
-        self._cancel: threading.Event | None = None
         self._choices: CatalogChoices | None = None
         self._autostart = False  # start once the catalogue is read (the model and SAE are known)
 
     def compose_body(self) -> ComposeResult:
         with Horizontal(classes="form-row"):
             yield Label("dataset", classes="form-label")
-            yield Input(
-                placeholder="path to .jsonl / .jsonl.gz / .json / .parquet",
-                id="index-data",
-                compact=True,
+            yield FormInput(
+                placeholder="path to .jsonl / .jsonl.gz / .json / .parquet", id="index-data"
             )
         with Horizontal(classes="form-row"):
             yield Label("workspace", classes="form-label")
-            yield Input(id="index-workspace", compact=True)
+            yield FormInput(id="index-workspace")
         with Horizontal(classes="form-row"):
             yield Label("model", classes="form-label")
             yield Select([], prompt="catalogue default", id="index-model", compact=True)
@@ -65,13 +59,9 @@ class IndexScreen(DataScreen):
             yield Select([], prompt="the model's SAE", id="index-sae", compact=True)
         with Horizontal(classes="form-row"):
             yield Label("limit", classes="form-label")
-            yield Input(
-                placeholder="all pairs", id="index-limit", classes="form-short", compact=True
-            )
-        yield Label("enter or ctrl+s starts · a rerun resumes · esc cancels", id="index-hint")
-        yield ProgressBar(id="index-progress", show_eta=False, classes="-idle")
-        yield Static("", id="index-status")
-        yield Static("", id="index-log")
+            yield FormInput(placeholder="all pairs", id="index-limit", classes="form-short")
+        yield Label(HINT, id="index-hint")
+        yield JobPanel(id="index-job")
 
     def on_mount(self) -> None:
         super().on_mount()
@@ -86,7 +76,7 @@ class IndexScreen(DataScreen):
     def info_changed(self, info) -> None:
         data = self.query_one("#index-data", Input)
         if info is not None and not data.value and self.app.services.is_open:
-            data.value = str(self.app.services.dataset_path())
+            data.value = str(self.app.session.dataset_path)
 
     @work(
         thread=True,
@@ -117,14 +107,15 @@ class IndexScreen(DataScreen):
             self.action_start()
 
     def prepare(self, status: WorkspaceStatus, autostart: bool) -> None:
-        """Fill the form for a workspace that is missing or partly indexed, and start when asked."""
+        """Fill the form for a workspace that is missing or partly indexed, and start when asked
+        (the app was started with a dataset for it)."""
         self.query_one("#index-workspace", Input).value = str(status.path)
         data = self.app.services.data or (Path(status.dataset) if status.dataset else None)
         if data:
             self.query_one("#index-data", Input).value = str(data)
         if status.exists and status.n_pairs:
-            self.query_one("#index-status", Static).update(
-                f"{status.n_pairs} pairs indexed so far: start again to resume"
+            self.query_one(JobPanel).say(
+                f"{count(status.n_pairs)} pairs indexed so far: ctrl+s resumes"
             )
         if autostart and data:
             if self._choices is None:
@@ -134,14 +125,7 @@ class IndexScreen(DataScreen):
 
     # -- the run --------------------------------------------------------------------------------
 
-    def _index_running(self) -> bool:
-        return any(w.group == "index" and w.is_running for w in self.workers)
-
-    @on(Input.Submitted)
     def action_start(self) -> None:
-        if self._index_running():
-            self.notify("indexing is running; escape cancels it", severity="warning")
-            return
         data = self.query_one("#index-data", Input).value.strip()
         workspace = self.query_one("#index-workspace", Input).value.strip()
         limit_text = self.query_one("#index-limit", Input).value.strip()
@@ -155,62 +139,22 @@ class IndexScreen(DataScreen):
             return
         model = self.query_one("#index-model", Select).value
         sae = self.query_one("#index-sae", Select).value
-        model = self.app.services.model if model is Select.NULL else str(model)
-        sae = self.app.services.sae if sae is Select.NULL else str(sae)
-        self._cancel = threading.Event()
-        bar = self.query_one("#index-progress", ProgressBar)
-        bar.remove_class("-idle")
-        bar.update(total=None, progress=0)
-        self.query_one("#index-status", Static).update(f"indexing {Path(data).name}…")
-        self._index(
-            Path(data).expanduser(), Path(workspace).expanduser(), model, sae, limit, self._cancel
-        )
+        services = self.app.services
+        model = services.model if model is Select.NULL else str(model)
+        sae = services.sae if sae is Select.NULL else str(sae)
+        data_path, ws_path = Path(data).expanduser(), Path(workspace).expanduser()
 
-    @work(
-        thread=True,
-        exclusive=True,
-        exit_on_error=False,
-        group="index",
-        description="indexing the dataset",
-    )
-    def _index(
-        self, data: Path, workspace: Path, model, sae, limit, cancel: threading.Event
-    ) -> None:
-        worker = get_current_worker()
+        def job(progress, cancel):
+            return services.index(data_path, ws_path, model, sae, limit, progress, cancel)
 
-        def progress(p) -> None:
-            if worker.is_cancelled:
-                cancel.set()
-            self.post_message(IndexProgressed(p))
-
-        result = self.app.services.index(
-            data, workspace, model, sae, limit, progress=progress, cancel=cancel
-        )
-        self.post_message(IndexFinished(result, workspace))
-
-    @on(IndexProgressed)
-    def _progressed(self, event: IndexProgressed) -> None:
-        p = event.progress
-        bar = self.query_one("#index-progress", ProgressBar)
-        if p.stage == "index" and p.total:
-            bar.update(total=p.total, progress=p.done)
-            self.query_one("#index-status", Static).update(
-                f"pairs saved {p.done}/{p.total} · {p.rate:,.0f} tokens/s · ETA {eta_text(p.eta_s)}"
+        def done(result) -> None:
+            self.query_one(JobPanel).say(
+                f"{count(result.n_pairs)} pairs indexed ({count(result.n_new)} this run, "
+                f"{count(result.n_skipped_invalid)} invalid skipped)"
             )
-        elif p.message:
-            self.query_one("#index-log", Static).update(p.message)
+            self.app.open_workspace(ws_path)
 
-    @on(IndexFinished)
-    def _finished(self, event: IndexFinished) -> None:
-        r = event.result
-        self.query_one("#index-log", Static).update("")
-        status = self.query_one("#index-status", Static)
-        status.update(
-            f"{r.n_pairs} pairs indexed ({r.n_new} this run, {r.n_skipped_invalid} invalid skipped)"
-        )
-        # The app opens the workspace when the run is complete (the message bubbles on to it).
+        self.query_one(JobPanel).run(f"indexing {data_path.name}", job, done)
 
     def action_cancel(self) -> None:
-        if self._cancel is not None and self._index_running():
-            self._cancel.set()
-            self.query_one("#index-status", Static).update("cancelling after the current batch…")
+        self.query_one(JobPanel).cancel()

@@ -3,20 +3,22 @@ remove, and train the SAE of a model that has none published."""
 
 from __future__ import annotations
 
-import threading
 from typing import ClassVar
 
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.widgets import DataTable, Label, ProgressBar, Static
+from textual.widgets import DataTable, Label, Static
 from textual.worker import get_current_worker
 
-from tui.messages import JobDone, JobProgress, ModelsListed
-from tui.screens.base import DataScreen, snippet
+from core.textsafe import one_line
+from core.views import ModelRow, ModelsView
+from tui.format import line, number
+from tui.messages import ModelsListed
+from tui.screens.base import DataScreen
 from tui.screens.dialogs import ConfirmDialog
-from tui.services import ModelRow, ModelsView
+from tui.widgets.job import JobPanel
 from tui.widgets.tables import KeyTable
 
 
@@ -32,28 +34,32 @@ def size_text(n: int) -> str:
 
 class ModelsScreen(DataScreen):
     SCREEN_TITLE = "Models · the catalogue and the local store"
+    LEGEND = (
+        ("kind", "a language model, or an SAE on one of its layers"),
+        ("name", "the catalogue name (datadebug index --model / --sae NAME)"),
+        ("source", "bundled, a hub, a local path, or trained here"),
+        ("ready", "stored locally and usable offline"),
+        ("size", "on disk in the store"),
+        ("detail", "what the store knows: its files, its quality, or how to get it"),
+    )
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("p", "pull", "Pull", id="models.pull"),
         Binding("v", "verify", "Verify", id="models.verify"),
         Binding("D", "remove", "Remove", id="models.remove"),
-        Binding("t", "train", "Train SAE", id="models.train"),
+        Binding("t", "train", "Train", id="models.train"),
         Binding("r", "refresh", "Refresh", id="models.refresh"),
-        Binding("escape", "cancel", "Cancel job", id="models.cancel"),
+        Binding("escape", "cancel", "Cancel job", show=False, id="models.cancel"),
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self.models: ModelsView | None = None
-        self._cancel: threading.Event | None = None
 
     def compose_body(self) -> ComposeResult:
         yield Label("", id="models-files")
-        yield KeyTable("kind", "name", "source", "ready", "size", "detail", id="models")
+        yield KeyTable("kind", "name", "source", "ready", "size", "detail", opens=False, id="models")
         yield Static("", id="models-detail")
-        yield Static("", id="models-status")
-        yield ProgressBar(
-            id="models-progress", show_eta=False, show_percentage=False, classes="-idle"
-        )
+        yield JobPanel(id="models-job")
 
     def on_mount(self) -> None:
         super().on_mount()
@@ -79,7 +85,7 @@ class ModelsScreen(DataScreen):
     def _listed(self, event: ModelsListed) -> None:
         self.models = m = event.models
         user = "" if m.user_file in m.files else f" (your entries go in {m.user_file})"
-        self.query_one("#models-files", Label).update(f"catalogue: {' + '.join(m.files)}{user}")
+        self.query_one("#models-files", Label).update(line(f"catalogue: {' + '.join(m.files)}{user}"))
         table = self.query_one("#models", KeyTable)
         table.loading = False
         table.refill(
@@ -87,11 +93,11 @@ class ModelsScreen(DataScreen):
                 f"{r.kind}:{r.name}",
                 (
                     r.kind,
-                    r.name,
+                    line(r.name),
                     r.source,
                     Text("ready", style="bold green") if r.ready else Text("-", style="dim"),
                     size_text(r.size_bytes),
-                    snippet(r.detail or ("t trains it" if r.trainable else ""), 60),
+                    line(r.detail or ("t trains it" if r.trainable else ""), 60),
                 ),
             )
             for r in m.rows
@@ -109,88 +115,45 @@ class ModelsScreen(DataScreen):
         r = self._current()
         if r is not None:
             self.query_one("#models-detail", Static).update(
-                Text(f"{r.kind} {r.name}: {r.detail or r.source}", style="dim")
+                line(f"{r.kind} {r.name}: {r.detail or r.source}", style="dim")
             )
 
     # -- jobs -----------------------------------------------------------------------------------
 
-    def _job_running(self) -> bool:
-        return any(w.group == "models-job" and w.is_running for w in self.workers)
+    def _start(self, what: str, job) -> None:
+        def done(text: str) -> None:
+            self.query_one(JobPanel).say(text)
+            self.notify(one_line(text), timeout=4, markup=False)
+            self.action_refresh()
 
-    def _start(self, job: str, name: str) -> None:
-        if self._job_running():
-            self.notify("a model job is running; escape cancels it", severity="warning")
-            return
-        self._cancel = threading.Event()
-        bar = self.query_one("#models-progress", ProgressBar)
-        bar.remove_class("-idle")
-        bar.update(total=None)
-        self.query_one("#models-status", Static).update(f"{job} {name}…")
-        self._job(job, name, self._cancel)
-
-    @work(
-        thread=True,
-        exclusive=True,
-        exit_on_error=False,
-        group="models-job",
-        description="the model job",
-    )
-    def _job(self, job: str, name: str, cancel: threading.Event) -> None:
-        worker = get_current_worker()
-
-        def progress(p) -> None:
-            if worker.is_cancelled:
-                cancel.set()
-            self.post_message(JobProgress("models", p.line(), p.fraction))
-
-        services = self.app.services
-        if job == "pull":
-            text = services.pull(name, progress)
-        elif job == "verify":
-            text = services.verify(name)
-        elif job == "remove":
-            text = services.remove(name)
-        else:
-            text = services.train_sae(name, progress, cancel)
-        self.post_message(JobDone("models", text))
-
-    @on(JobProgress)
-    def _progress(self, event: JobProgress) -> None:
-        if event.job == "models":
-            self.query_one("#models-status", Static).update(event.text)
-
-    @on(JobDone)
-    def _done(self, event: JobDone) -> None:
-        if event.job != "models":
-            return
-        self.query_one("#models-progress").add_class("-idle")
-        self.query_one("#models-status", Static).update(event.text)
-        self.notify(event.text, timeout=4)
-        self.action_refresh()
-
-    def on_worker_state_changed(self, event) -> None:
-        # A failed or cancelled job leaves no JobDone behind; the app shows the cause.
-        if event.worker.group == "models-job" and event.worker.is_finished:
-            self.query_one("#models-progress").add_class("-idle")
+        self.query_one(JobPanel).run(what, job, done)
 
     def action_pull(self) -> None:
         r = self._current()
         if r is not None:
-            self._start("pull", r.name)
+            pull = self.app.services.pull
+            self._start(
+                f"pulling {r.name}", lambda progress, cancel: f"{r.name}: ready at {pull(r.name, progress)}"
+            )
 
     def action_verify(self) -> None:
         r = self._current()
         if r is not None:
-            self._start("verify", r.name)
+            verify = self.app.services.verify
+            self._start(f"verifying {r.name}", lambda progress, cancel: verify(r.name))
 
     def action_remove(self) -> None:
         r = self._current()
         if r is None:
             return
+        remove = self.app.services.remove
 
         def answer(yes: bool | None) -> None:
             if yes:
-                self._start("remove", r.name)
+                self._start(
+                    f"removing {r.name}",
+                    lambda progress, cancel: f"{r.name}: removed ({remove(r.name) / 2**20:.1f} MiB freed)",
+                )
 
         self.app.push_screen(
             ConfirmDialog(
@@ -205,15 +168,21 @@ class ModelsScreen(DataScreen):
             return
         if not r.trainable:
             self.notify(
-                f"{r.name} has no SAE to train here (or it is trained already)", severity="warning"
+                one_line(f"{r.name} has no SAE to train here (or it is trained already)"),
+                severity="warning",
+                markup=False,
             )
             return
-        self._start("train", r.name)
+        train = self.app.services.train_sae
+
+        def job(progress, cancel) -> str:
+            q = train(r.name, progress, cancel)
+            return (
+                f"SAE for {r.name}: FVU {number(q.fvu)}, L0 {number(q.l0)}, "
+                f"dead {q.dead_fraction:.1%}"
+            )
+
+        self._start(f"training the SAE of {r.name}", job)
 
     def action_cancel(self) -> None:
-        if self._cancel is not None and self._job_running():
-            self._cancel.set()
-            for w in self.workers:
-                if w.group == "models-job":
-                    w.cancel()
-            self.query_one("#models-status", Static).update("cancelling at the next step…")
+        self.query_one(JobPanel).cancel()

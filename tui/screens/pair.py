@@ -13,9 +13,10 @@ from textual.containers import Container, VerticalScroll
 from textual.widgets import DataTable, Label, Static
 from textual.worker import get_current_worker
 
+from core.views import PairView, TriageState
+from tui.format import line, number, safe, signed
 from tui.messages import PairReady
-from tui.screens.base import DataScreen, signed, snippet
-from tui.services import PairView, TriageState
+from tui.screens.base import DataScreen
 from tui.widgets.reply import highlight
 from tui.widgets.tables import KeyTable
 
@@ -24,13 +25,19 @@ class PairScreen(DataScreen):
     """One pair. j/k in the deltas table picks the feature whose firing is highlighted."""
 
     SCREEN_TITLE = "Pair"
-    HORIZONTAL_BREAKPOINTS: ClassVar[list[tuple[int, str]]] = [(0, "-narrow"), (100, "-wide")]
+    LEGEND = (
+        ("feature", "SAE feature id; the one under the cursor is highlighted above"),
+        ("delta", "its mean activation, chosen minus rejected reply"),
+        ("chosen", "its mean activation over the chosen reply's tokens"),
+        ("rejected", "its mean activation over the rejected reply's tokens"),
+        ("label", "published label, else tokens it fires on → tokens it promotes"),
+    )
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "app.pop_screen", "Back", id="pair.back"),
         Binding("m", "mark", "Mark pair", id="pair.mark"),
         Binding("M", "mark_reason", "Mark pair with reason", show=False, id="pair.mark_reason"),
-        Binding("n,right_square_bracket", "step(1)", "Next pair", id="pair.next"),
-        Binding("p,left_square_bracket", "step(-1)", "Prev pair", id="pair.prev"),
+        Binding("n,right_square_bracket", "step(1)", "Next", id="pair.next"),
+        Binding("p,left_square_bracket", "step(-1)", "Prev", id="pair.prev"),
     ]
 
     def __init__(
@@ -75,14 +82,14 @@ class PairScreen(DataScreen):
         description="reading the pair",
     )
     def _load(self, source_index: int, feature: int | None) -> None:
-        view = self.app.services.pair(source_index, feature)
+        view = self.app.session.pair(source_index, feature)
         if not get_current_worker().is_cancelled:
             self.post_message(PairReady(view))
 
     @on(PairReady)
     def _ready(self, event: PairReady) -> None:
         self.pair_view = v = event.pair
-        self.query_one("#prompt", Static).update(Text(v.prompt))
+        self.query_one("#prompt", Static).update(safe(v.prompt))
         table = self.query_one("#deltas", KeyTable)
         table.loading = False
         table.refill(
@@ -91,9 +98,9 @@ class PairScreen(DataScreen):
                 (
                     f"#{d.feature}",
                     signed(d.delta),
-                    f"{d.chosen:.3g}",
-                    f"{d.rejected:.3g}",
-                    snippet(d.label, 40),
+                    number(d.chosen),
+                    number(d.rejected),
+                    line(d.label, 40),
                 ),
             )
             for d in v.top_deltas
@@ -115,9 +122,9 @@ class PairScreen(DataScreen):
         t = self.triage
         mark = ""
         if t is not None and self.source_index in t.marked:
-            reason = t.reasons.get(self.source_index, "")
+            reason = t.reason(self.source_index)
             mark = " · MARKED" + (f" ({reason})" if reason else "")
-        self.set_title(f"Pair #{self.source_index}{where}{mark}")
+        self.set_title(line(f"Pair #{self.source_index}{where}{mark}"))
 
     def _selected_feature(self) -> int | None:
         key = self.query_one("#deltas", KeyTable).current_key()
@@ -140,15 +147,18 @@ class PairScreen(DataScreen):
             self.query_one(f"#{side}", Static).update(highlight(tokens, text, firing[side], peak))
             n = len(firing[side])
             box = self.query_one(f"#{side}-box")
-            box.border_subtitle = (
+            box.border_subtitle = Text(
                 f"#{f} on {n} token{'s' * (n != 1)}"
                 if n
                 else (f"#{f} not stored here" if f is not None else "")
             )
         delta = next((d for d in v.top_deltas if d.feature == f), None)
-        caption = "deltas: j/k picks the feature highlighted above"
+        caption = line("deltas: j/k picks the feature highlighted above")
         if delta is not None:
-            caption = f"#{f} {snippet(delta.label, 40)}: chosen {delta.chosen:.3g} - rejected {delta.rejected:.3g} = {signed(delta.delta)}"
+            caption = line(
+                f"#{f}: chosen {number(delta.chosen)} - rejected {number(delta.rejected)} = "
+                f"{signed(delta.delta)} · {delta.label}"
+            )
         self.query_one("#deltas-caption", Label).update(caption)
 
     @on(DataTable.RowHighlighted, "#deltas")
@@ -175,15 +185,12 @@ class PairScreen(DataScreen):
     # -- actions --------------------------------------------------------------------------------
 
     def action_mark(self) -> None:
-        self.toggle_marks(
-            [self.source_index],
-            "pair",
-            (self._selected_feature(),) if self._selected_feature() is not None else (),
-        )
+        f = self._selected_feature()
+        self.toggle_mark(self.source_index, (f,) if f is not None else ())
 
     def action_mark_reason(self) -> None:
         f = self._selected_feature()
-        self.mark_with_reason([self.source_index], "pair", (f,) if f is not None else ())
+        self.propose_pairs([self.source_index], "pair", (f,) if f is not None else (), ask_reason=True)
 
     def action_step(self, step: int) -> None:
         if self.source_index not in self.pair_list or len(self.pair_list) < 2:

@@ -11,18 +11,24 @@ from textual.binding import Binding, BindingType
 from textual.widgets import DataTable, Label
 from textual.worker import get_current_worker
 
+from core.views import PairRow, TriageState
+from tui.format import before_after, count, line, signed
 from tui.messages import FeaturePairsReady, PairRowsReady
-from tui.screens.base import DataScreen, signed, snippet
-from tui.services import ClusterView, PairRow, TriageState
+from tui.screens.base import DataScreen
 from tui.widgets.tables import KeyTable
 
-N_TOP_PAIRS = 10
+N_FEATURE_PAIRS = 20
 
 
 class PairsScreen(DataScreen):
     """Pairs in a table; Enter opens one. Built with `for_feature` or `for_cluster`."""
 
     SCREEN_TITLE = "Pairs"
+    LEGEND = (
+        ("pair", "source index: the record's position in the dataset file"),
+        ("✗", "marked for removal"),
+        ("delta", "the feature's mean activation, chosen minus rejected reply"),
+    )
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "app.pop_screen", "Back", id="pairs.back"),
         Binding("enter", "open_pair", "Open the pair", show=False, id="pairs.open"),
@@ -30,7 +36,7 @@ class PairsScreen(DataScreen):
         Binding(
             "M", "mark_pair_reason", "Mark pair with reason", show=False, id="pairs.mark_reason"
         ),
-        Binding("a", "mark_all", "Mark all listed", id="pairs.mark_all"),
+        Binding("a", "mark_all", "Mark all", id="pairs.mark_all"),
         Binding(
             "A",
             "mark_all_reason",
@@ -44,14 +50,15 @@ class PairsScreen(DataScreen):
         self,
         title: str,
         feature: int | None = None,
-        cluster: ClusterView | None = None,
+        cluster=None,
         by: str = "sae",
     ) -> None:
         super().__init__()
         self.title_text = title
         self.feature = feature
-        self.cluster = cluster
+        self.cluster = cluster  # a core.clusters.Cluster
         self.by = by
+        self.direction = ""
         self.rows: tuple[PairRow, ...] = ()
 
     @classmethod
@@ -59,11 +66,11 @@ class PairsScreen(DataScreen):
         return cls(f"Pairs driving feature #{feature} · {label}", feature=feature)
 
     @classmethod
-    def for_cluster(cls, cluster: ClusterView, by: str) -> PairsScreen:
+    def for_cluster(cls, cluster, by: str) -> PairsScreen:
         top = cluster.top_features[0] if cluster.top_features else None
         label = f" · {top.label}" if top else ""
         return cls(
-            f"{by.upper()} cluster {cluster.id} · {cluster.size} pairs{label}",
+            f"{by.upper()} cluster {cluster.id} · {count(cluster.size)} pairs{label}",
             cluster=cluster,
             by=by,
         )
@@ -74,7 +81,7 @@ class PairsScreen(DataScreen):
 
     def on_mount(self) -> None:
         super().on_mount()
-        self.set_title(self.title_text)
+        self.set_title(line(self.title_text))
         table = self.query_one("#pairs", KeyTable)
         table.loading = True
         table.focus()
@@ -84,30 +91,23 @@ class PairsScreen(DataScreen):
         thread=True, exclusive=True, exit_on_error=False, group="pairs", description="reading pairs"
     )
     def _load(self) -> None:
-        services = self.app.services
+        session = self.app.session
         if self.feature is not None:
-            result = services.feature_pairs(self.feature, top=20)
+            result = session.feature_pairs(self.feature, top=N_FEATURE_PAIRS)
             if not get_current_worker().is_cancelled:
                 self.post_message(FeaturePairsReady(result))
         else:
-            rows = services.pair_rows(self.cluster.source_indices)
+            rows = session.pair_rows(self.cluster.source_indices)
             if not get_current_worker().is_cancelled:
                 self.post_message(PairRowsReady(rows))
 
     @on(FeaturePairsReady)
     def _feature_pairs(self, event: FeaturePairsReady) -> None:
-        fp = event.pairs
-        self.query_one("#pairs-caption", Label).update(
-            f"{fp.direction}, shift {signed(fp.shift)} · the {len(fp.rows)} pairs pushing it hardest "
-            f"(delta = chosen - rejected mean activation)"
-        )
-        self._show(fp.rows)
+        self.direction = event.pairs.direction
+        self._show(event.pairs.rows)
 
     @on(PairRowsReady)
     def _cluster_pairs(self, event: PairRowsReady) -> None:
-        c = self.cluster
-        feats = ", ".join(f"#{f.feature} {snippet(f.label, 24)}" for f in c.top_features[:3])
-        self.query_one("#pairs-caption", Label).update(f"top features: {feats or '(none)'}")
         self._show(event.rows)
 
     def _show(self, rows: tuple[PairRow, ...]) -> None:
@@ -117,18 +117,30 @@ class PairsScreen(DataScreen):
         table.focus()  # a loading table gives its focus away
         self._fill()
 
+    def _caption(self) -> Text:
+        if self.feature is None:
+            feats = "; ".join(f"#{f.feature} {f.label}" for f in self.cluster.top_features[:3])
+            return line(f"top features: {feats or '(none)'}")
+        t = self.triage
+        shift = (
+            before_after(t.before.shift[self.feature], t.after.shift[self.feature])
+            if t is not None
+            else ""
+        )
+        return line(f"{self.direction} · shift {shift} · the {len(self.rows)} pairs pushing it hardest")
+
     def _fill(self) -> None:
-        table = self.query_one("#pairs", KeyTable)
-        table.refill(
+        self.query_one("#pairs-caption", Label).update(self._caption())
+        self.query_one("#pairs", KeyTable).refill(
             (
                 str(r.source_index),
                 (
                     f"#{r.source_index}",
                     Text("✗", style="bold red") if self.is_marked(r.source_index) else "",
                     signed(r.delta) if r.delta is not None else "",
-                    snippet(r.prompt, 40),
-                    snippet(r.chosen, 40),
-                    snippet(r.rejected, 40),
+                    line(r.prompt, 40),
+                    line(r.chosen, 40),
+                    line(r.rejected, 40),
                 ),
             )
             for r in self.rows
@@ -172,15 +184,17 @@ class PairsScreen(DataScreen):
     def action_mark_pair(self) -> None:
         current = self._current()
         if current is not None:
-            self.toggle_marks([current], "pair", self._features[:1])
+            self.toggle_mark(current, self._features[:1])
 
     def action_mark_pair_reason(self) -> None:
         current = self._current()
         if current is not None:
-            self.mark_with_reason([current], "pair", self._features[:1])
+            self.propose_pairs([current], "pair", self._features[:1], ask_reason=True)
 
     def action_mark_all(self) -> None:
-        self.toggle_marks([r.source_index for r in self.rows], self._scope, self._features)
+        self.propose_pairs([r.source_index for r in self.rows], self._scope, self._features)
 
     def action_mark_all_reason(self) -> None:
-        self.mark_with_reason([r.source_index for r in self.rows], self._scope, self._features)
+        self.propose_pairs(
+            [r.source_index for r in self.rows], self._scope, self._features, ask_reason=True
+        )

@@ -1,4 +1,8 @@
-"""Shifts: the features DPO is predicted to amplify and to suppress, side by side, with what-if numbers."""
+"""Shifts: the features DPO is predicted to amplify and to suppress, with what-if numbers.
+
+Side by side on a wide terminal, one above the other from 100 columns, one side at a time (h / l)
+below that; the confidence interval and stability columns give way first, the label column never.
+"""
 
 from __future__ import annotations
 
@@ -8,27 +12,47 @@ from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Horizontal, Vertical
+from textual.containers import Container, Vertical
 from textual.widgets import DataTable, Input, Label, Static
 from textual.worker import get_current_worker
 
+from core.views import TriageState, WorkspaceInfo
+from tui.format import before_after, count, line, number, signed
 from tui.messages import ReportReady
-from tui.screens.base import DataScreen, before_after, signed, snippet
-from tui.services import TriageState, WorkspaceInfo
+from tui.screens.base import DataScreen
 from tui.widgets.tables import KeyTable
 
 SORTS = ("score", "shift", "effect", "firing", "stability", "feature")
 TOP = 50  # features ranked per direction
 N_TOP_PAIRS = 10  # pairs marked by "mark top pairs"
+SIDES = ("amplified", "suppressed")
+NARROW, WIDE = 100, 170  # below NARROW one side at a time; from WIDE side by side
+COLUMNS = ("feat", "shift", "d", "n", "score", "95% CI", "stab", "label")
+NARROW_COLUMNS = ("feat", "shift", "d", "n", "score", "label")
 
 
 class ShiftsScreen(DataScreen):
-    """Amplified | suppressed tables, a detail pane for the feature under the cursor, filter and sort."""
+    """Amplified and suppressed tables, a detail pane for the feature under the cursor, filter and sort."""
 
     SCREEN_TITLE = "Shifts"
+    HORIZONTAL_BREAKPOINTS: ClassVar[list[tuple[int, str]]] = [
+        (0, "-narrow"),
+        (NARROW, "-medium"),
+        (WIDE, "-wide"),
+    ]
+    LEGEND = (
+        ("feat", "SAE feature id (bold: stable, dim: unstable)"),
+        ("shift", "mean of chosen - rejected activation; a→b: without marked pairs"),
+        ("d", "effect size (Cohen's d): shift / SD of the per-pair deltas"),
+        ("n", "pairs where the feature fires in either reply"),
+        ("score", "the CI bound nearest zero: the shift we are 95% sure of; ranks"),
+        ("95% CI", "bootstrap 95% confidence interval of the shift"),
+        ("stab", "share of split-halves agreeing in sign (stable: ≥ 0.90)"),
+        ("label", "published label, else tokens it fires on → tokens it promotes"),
+    )
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("enter", "open_feature", "Open the feature's pairs", show=False, id="shifts.open"),
-        Binding("t", "mark_top", "Mark top pairs", id="shifts.mark_top"),
+        Binding("t", "mark_top", "Mark top", id="shifts.mark_top"),
         Binding(
             "T",
             "mark_top_reason",
@@ -39,18 +63,20 @@ class ShiftsScreen(DataScreen):
         Binding("slash", "filter", "Filter", id="shifts.filter"),
         Binding("s", "sort", "Sort", id="shifts.sort"),
         Binding("r", "rerank", "Re-rank", id="shifts.rerank"),
-        Binding("h", "focus_side('amplified')", "Amplified", show=False, id="shifts.left"),
-        Binding("l", "focus_side('suppressed')", "Suppressed", show=False, id="shifts.right"),
+        Binding("h", "focus_side('amplified')", "Amplified side", show=False, id="shifts.left"),
+        Binding("l", "focus_side('suppressed')", "Suppressed side", show=False, id="shifts.right"),
         Binding("escape", "clear_filter", "Clear filter", show=False, id="shifts.clear_filter"),
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self.report = None
-        self.without_marked = False
+        self.without_marked = True
         self.stale = False  # marks changed since the ranking was computed
         self.sort_key = "score"
         self.filter_text = ""
+        self.side = "amplified"  # the side shown when only one fits
+        self._ranked_without: frozenset[int] = frozenset()  # the marked pairs left out of the ranking
 
     def compose_body(self) -> ComposeResult:
         yield Input(
@@ -59,15 +85,14 @@ class ShiftsScreen(DataScreen):
             classes="-hidden",
         )
         yield Label("", id="shifts-caption")
-        with Horizontal(id="shifts-tables"):
-            with Vertical(classes="side"):
-                yield Label("AMPLIFIED · more in chosen", classes="side-title -amplified")
-                yield KeyTable("feat", "shift", "d", "n", "label", "95% CI", "stab", id="amplified")
-            with Vertical(classes="side"):
-                yield Label("SUPPRESSED · more in rejected", classes="side-title -suppressed")
-                yield KeyTable(
-                    "feat", "shift", "d", "n", "label", "95% CI", "stab", id="suppressed"
-                )
+        with Container(id="shifts-tables"):
+            for side, title in (
+                ("amplified", "AMPLIFIED · more in chosen"),
+                ("suppressed", "SUPPRESSED · more in rejected"),
+            ):
+                with Vertical(classes=f"side -{side}", id=f"{side}-side"):
+                    yield Label(title, classes=f"side-title -{side}", id=f"{side}-title")
+                    yield KeyTable(*COLUMNS, id=side)
         yield Static("", id="feature-detail")
 
     def on_mount(self) -> None:
@@ -84,19 +109,19 @@ class ShiftsScreen(DataScreen):
             return
         self.report = None
         self.set_title(
-            f"Shifts · what DPO on {info.dataset_name} is predicted to teach {info.model}"
+            line(f"Shifts · what DPO on {info.dataset_name} is predicted to teach {info.model}")
         )
-        self._load(False)
+        self._load()
 
     def triage_changed(self, triage: TriageState | None) -> None:
         if self.report is not None:
-            self.stale = True
+            self.stale = triage is not None and triage.marked != self._ranked_without
             self._fill()
 
-    def _load(self, without_marked: bool) -> None:
+    def _load(self) -> None:
         for table in self.query(KeyTable):
             table.loading = True
-        self._rank(without_marked)
+        self._rank()
 
     @work(
         thread=True,
@@ -105,20 +130,22 @@ class ShiftsScreen(DataScreen):
         group="report",
         description="ranking features",
     )
-    def _rank(self, without_marked: bool) -> None:
-        report = self.app.services.report(top=TOP, exclude_marked=without_marked)
+    def _rank(self) -> None:
+        session = self.app.session
+        excluded = session.marked()
+        report = session.report(top=TOP, excluded=excluded)
         if not get_current_worker().is_cancelled:
-            self.post_message(ReportReady(report, without_marked))
+            self.post_message(ReportReady(report, excluded))
 
     @on(ReportReady)
     def _report_ready(self, event: ReportReady) -> None:
         self.report = event.report
-        self.without_marked = event.without_marked
-        self.stale = False
+        self._ranked_without = event.excluded
+        self.stale = self.triage is not None and self.triage.marked != self._ranked_without
         for table in self.query(KeyTable):
             table.loading = False
         if not isinstance(self.focused, (KeyTable, Input)):  # a loading table gives its focus away
-            self.query_one("#amplified", KeyTable).focus()
+            self.query_one(f"#{self.side}", KeyTable).focus()
         self._fill()
 
     # -- rendering ------------------------------------------------------------------------------
@@ -132,8 +159,7 @@ class ShiftsScreen(DataScreen):
                 for f in feats
                 if all(w in f"{f.feature} #{f.feature} {f.label.lower()}" for w in words)
             ]
-        t = self.triage
-        after = t.after if t else None
+        after = self.triage.after if self.triage else None
         keys = {
             "score": lambda f: -abs(f.score),
             "shift": lambda f: -abs(after.shift[f.feature] if after else f.shift),
@@ -144,57 +170,81 @@ class ShiftsScreen(DataScreen):
         }
         return sorted(feats, key=keys[self.sort_key])
 
-    def _cells(self, f) -> tuple:
+    def _columns(self) -> tuple[str, ...]:
+        return NARROW_COLUMNS if self.has_class("-narrow") else COLUMNS
+
+    def _cells(self, f, columns: tuple[str, ...]) -> tuple:
         t = self.triage
-        b, a = (t.before, t.after) if t else (None, None)
-        shift = before_after(b.shift[f.feature], a.shift[f.feature]) if t else signed(f.shift)
-        effect = (
-            before_after(b.effect[f.feature], a.effect[f.feature], lambda x: f"{x:+.2f}")
-            if t
-            else f"{f.effect_size:+.2f}"
-        )
-        firing = (
-            before_after(b.n_firing[f.feature], a.n_firing[f.feature], lambda x: f"{int(x)}")
-            if t
-            else str(f.n_firing)
-        )
-        style = "bold" if f.stable else "dim"
-        return (
-            Text(str(f.feature), style=style),
-            shift,
-            effect,
-            firing,
-            snippet(f.label, 28),
-            f"[{signed(f.ci[0])}, {signed(f.ci[1])}]",
-            f"{f.stability:.2f}",
-        )
+        if t is not None:
+            b, a = t.before, t.after
+            shift = before_after(b.shift[f.feature], a.shift[f.feature])
+            effect = before_after(b.effect[f.feature], a.effect[f.feature])
+            firing = before_after(b.n_firing[f.feature], a.n_firing[f.feature], count)
+        else:
+            shift, effect, firing = signed(f.shift), signed(f.effect_size), count(f.n_firing)
+        cells = {
+            "feat": Text(str(f.feature), style="bold" if f.stable else "dim"),
+            "shift": shift,
+            "d": effect,
+            "n": firing,
+            "score": signed(f.score),
+            "95% CI": f"[{signed(f.ci[0])}, {signed(f.ci[1])}]",
+            "stab": number(f.stability),
+            "label": line(f.label, 48),
+        }
+        return tuple(cells[c] for c in columns)
 
     def _fill(self) -> None:
         if self.report is None:
             return
-        for direction in ("amplified", "suppressed"):
+        columns = self._columns()
+        for direction in SIDES:
             table = self.query_one(f"#{direction}", KeyTable)
-            table.refill((str(f.feature), self._cells(f)) for f in self._visible(direction))
-        n = self.report.n_pairs
-        basis = f"ranked on {n} kept pairs" if self.without_marked else f"ranked on all {n} pairs"
+            table.set_columns(columns)
+            table.refill(
+                (str(f.feature), self._cells(f, columns)) for f in self._visible(direction)
+            )
+        self._side_titles()
+        n, excluded = self.report.n_pairs, self.report.n_excluded
+        basis = (
+            f"ranked on {count(n)} kept pairs ({count(excluded)} marked left out)"
+            if excluded
+            else f"ranked on all {count(n)} pairs"
+        )
         if self.stale:
             basis += " · marks changed: r re-ranks"
         parts = [basis, f"sort: {self.sort_key}"]
         if self.filter_text:
-            parts.append(f"filter: {self.filter_text!r}")
+            parts.append(f"filter: {self.filter_text}")
         if not self.report.features:
             parts.append("no feature has a CI clear of zero")
-        self.query_one("#shifts-caption", Label).update(" · ".join(parts))
+        self.query_one("#shifts-caption", Label).update(line(" · ".join(parts)))
         self._show_detail()
 
+    def _side_titles(self) -> None:
+        narrow = self.has_class("-narrow")
+        for side, other, key in (("amplified", "suppressed", "l"), ("suppressed", "amplified", "h")):
+            n = self.query_one(f"#{side}", KeyTable).row_count
+            title = Text(f"{side.upper()} · more in {'chosen' if side == 'amplified' else 'rejected'} ({n})")
+            if narrow:
+                m = self.query_one(f"#{other}", KeyTable).row_count
+                title.append(f"   {key}: {other} ({m})", style="dim not bold")
+            self.query_one(f"#{side}-title", Label).update(title)
+        for side in SIDES:
+            self.query_one(f"#{side}-side").set_class(narrow and side != self.side, "-hidden")
+
+    def on_resize(self) -> None:
+        # The breakpoint classes are set by now: columns and visible sides follow the width.
+        self.call_after_refresh(self._fill)
+
     def _current(self):
-        """The feature under the cursor of the focused table (else the amplified one)."""
+        """The feature under the cursor of the focused table (else of the side in view)."""
         if self.report is None:
             return None
         table = (
             self.focused
             if isinstance(self.focused, KeyTable)
-            else self.query_one("#amplified", KeyTable)
+            else self.query_one(f"#{self.side}", KeyTable)
         )
         key = table.current_key()
         if key is None:
@@ -210,34 +260,31 @@ class ShiftsScreen(DataScreen):
         t = self.triage
         text = Text()
         text.append(f"#{f.feature} ", style="bold")
-        text.append(f.label, style="bold")
+        text.append_text(line(f.label, style="bold"))
         text.append(f"  {f.direction}{'' if f.stable else ' (unstable)'}\n", style="dim")
         if t is not None:
             b, a = t.before, t.after
             text.append(f"shift {before_after(b.shift[f.feature], a.shift[f.feature])}   ")
+            text.append(f"d {before_after(b.effect[f.feature], a.effect[f.feature])}   ")
             text.append(
-                f"d {before_after(b.effect[f.feature], a.effect[f.feature], lambda x: f'{x:+.2f}')}   "
-            )
-            text.append(
-                f"firing {before_after(b.n_firing[f.feature], a.n_firing[f.feature], lambda x: str(int(x)))}"
-            )
-            text.append(
-                f" of {b.n_kept}" + (f"→{a.n_kept}" if a.n_kept != b.n_kept else "") + " pairs\n"
+                f"n {before_after(b.n_firing[f.feature], a.n_firing[f.feature], count)}"
+                f" of {before_after(b.n_kept, a.n_kept, count)} pairs\n"
             )
         text.append(
-            f"95% CI [{signed(f.ci[0])}, {signed(f.ci[1])}]   stability {f.stability:.2f}   score {signed(f.score)}\n"
+            f"95% CI [{signed(f.ci[0])}, {signed(f.ci[1])}]   stability {number(f.stability)}   "
+            f"score {signed(f.score)}\n"
         )
-        pairs = Text("top pairs: ", style="dim")
+        text.append("top pairs: ", style="dim")
         for p in f.top_pairs:
             marked = self.is_marked(p.source_index)
-            pairs.append(
+            text.append(
                 f"#{p.source_index}" + ("✗" if marked else ""), style="red" if marked else ""
             )
-            pairs.append(f"({signed(p.delta)}) ", style="dim")
-        text.append_text(pairs)
+            text.append(f"({signed(p.delta)}) ", style="dim")
         if f.contexts:
             text.append("\nfires on: ", style="dim")
-            text.append(" · ".join(c.replace("[[", "«").replace("]]", "»") for c in f.contexts[:3]))
+            shown = " · ".join(c.replace("[[", "«").replace("]]", "»") for c in f.contexts[:3])
+            text.append_text(line(shown))
         detail.update(text)
 
     @on(DataTable.RowHighlighted)
@@ -249,6 +296,10 @@ class ShiftsScreen(DataScreen):
         self.action_open_feature()
 
     def on_descendant_focus(self) -> None:
+        focused = self.focused
+        if isinstance(focused, KeyTable) and focused.id in SIDES and focused.id != self.side:
+            self.side = focused.id
+            self._side_titles()
         self._show_detail()
 
     # -- actions --------------------------------------------------------------------------------
@@ -260,17 +311,21 @@ class ShiftsScreen(DataScreen):
         if f is not None:
             self.app.push_screen(PairsScreen.for_feature(f.feature, f.label))
 
-    def action_mark_top(self) -> None:
+    def _propose_top(self, ask_reason: bool) -> None:
         f = self._current()
         if f is not None:
-            top = [p.source_index for p in f.top_pairs[:N_TOP_PAIRS]]
-            self.toggle_marks(top, f"feature {f.feature} top {len(top)}", (f.feature,))
+            feature = f.feature
+            self.propose(
+                lambda session: session.select(feature=feature, top=N_TOP_PAIRS, skip_marked=True),
+                ask_reason,
+            )
+
+    def action_mark_top(self) -> None:
+        """Preview the feature's top pairs not marked yet, and mark them when accepted."""
+        self._propose_top(False)
 
     def action_mark_top_reason(self) -> None:
-        f = self._current()
-        if f is not None:
-            top = [p.source_index for p in f.top_pairs[:N_TOP_PAIRS]]
-            self.mark_with_reason(top, f"feature {f.feature} top {len(top)}", (f.feature,))
+        self._propose_top(True)
 
     def action_filter(self) -> None:
         box = self.query_one("#filter", Input)
@@ -284,7 +339,7 @@ class ShiftsScreen(DataScreen):
 
     @on(Input.Submitted, "#filter")
     def _filter_done(self) -> None:
-        self.query_one("#amplified", KeyTable).focus()
+        self.query_one(f"#{self.side}", KeyTable).focus()
 
     def action_clear_filter(self) -> None:
         box = self.query_one("#filter", Input)
@@ -294,7 +349,7 @@ class ShiftsScreen(DataScreen):
         box.add_class("-hidden")
         self.filter_text = ""
         self._fill()
-        self.query_one("#amplified", KeyTable).focus()
+        self.query_one(f"#{self.side}", KeyTable).focus()
 
     def action_sort(self) -> None:
         self.sort_key = SORTS[(SORTS.index(self.sort_key) + 1) % len(SORTS)]
@@ -302,7 +357,9 @@ class ShiftsScreen(DataScreen):
 
     def action_rerank(self) -> None:
         if self.app.info is not None:
-            self._load(bool(self.triage and self.triage.marked))
+            self._load()
 
     def action_focus_side(self, side: str) -> None:
+        self.side = side
+        self._side_titles()
         self.query_one(f"#{side}", KeyTable).focus()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from rich.text import Text
 
+from core.textsafe import visible
+
 # Three heat levels from the 256-colour palette, underlined so they also show without colour.
 HEAT = (
     "underline white on color(94)",
@@ -18,19 +20,20 @@ def highlight(
     """`tokens` joined, each firing token styled by its activation relative to `peak`.
 
     The part of `text` past the tokens read (indexing keeps the first max_tokens) follows, dimmed.
+    Control characters in tokens and text are shown as tags, never sent to the terminal.
     """
     value = dict(firing)
     out = Text()
     for pos, tok in enumerate(tokens):
         v = value.get(pos)
         if v is None or peak <= 0:
-            out.append(tok)
+            out.append(visible(tok, keep_newlines=True))
         else:
             level = min(len(HEAT) - 1, int(len(HEAT) * v / peak - 1e-9))
-            out.append(tok, style=HEAT[max(level, 0)])
+            out.append(visible(tok, keep_newlines=True), style=HEAT[max(level, 0)])
     joined = "".join(tokens)
     if not tokens:
-        out.append(text)
+        out.append(visible(text, keep_newlines=True))
     elif text.startswith(joined) and len(text) > len(joined):
-        out.append(text[len(joined) :], style="dim")
+        out.append(visible(text[len(joined) :], keep_newlines=True), style="dim")
     return out

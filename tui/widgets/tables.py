@@ -1,11 +1,18 @@
-"""DataTable with vim keys, keeping the cursor on the same row key across refills."""
+"""DataTable with vim keys, keeping the cursor on the same row key across refills, and refilling in
+place (only the cells that changed) when the rows are the same: a mark changes the before -> after
+numbers of every row, and rebuilding the rows would re-measure every cell on each keypress."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import ClassVar
 
+from rich.cells import cell_len
+from rich.style import Style
+from rich.text import Text
 from textual.binding import Binding, BindingType
+from textual.cache import LRUCache
+from textual.coordinate import Coordinate
 from textual.widgets import DataTable
 from textual.widgets.data_table import CellDoesNotExist
 
@@ -25,33 +32,124 @@ class KeyTable(DataTable):
     KeyTable { height: 1fr; }
     """
 
-    def __init__(self, *columns: str, **kwargs) -> None:
+    def __init__(self, *columns: str, opens: bool = True, **kwargs) -> None:
         super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
-        self._column_names = columns
+        self.opens = opens  # Enter opens the row (else the footer does not offer it)
+        self._column_names = tuple(columns)
+        self._kept_key: str | None = None  # the row under the cursor before the columns changed
+        self._keys: list[str] = []  # the row keys in the order shown
 
     def on_mount(self) -> None:
         if not self.columns:
             self.add_columns(*self._column_names)
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "select_cursor" and not self.opens:
+            return False
+        return True
+
     def watch_loading(self, loading: bool) -> None:
         # The footer can miss the table's keys while it is covered by the loading indicator.
         self.call_after_refresh(self.refresh_bindings)
 
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return self._column_names
+
+    def set_columns(self, names: Iterable[str]) -> None:
+        """Show these columns (rows are dropped when they change: refill after)."""
+        names = tuple(names)
+        if names != self._column_names or not self.columns:
+            self._kept_key = self.current_key()
+            self._keys = []
+            self.clear(columns=True)
+            self._column_names = names
+            self.add_columns(*names)
+
     def refill(self, rows: Iterable[tuple[str, Iterable]]) -> None:
-        """Replace every row with (key, cells) pairs, keeping the cursor on the same key when it survives."""
+        """Replace every row with (key, cells) pairs, keeping the cursor on the same key when it survives.
+
+        When the keys are the ones shown, in the same order, only the cells that changed are updated.
+        """
+        rows = [(key, tuple(cells)) for key, cells in rows]
         if not self.columns:
             self.add_columns(*self._column_names)
-        current = self.current_key()
+        if rows and [key for key, _ in rows] == self._keys:
+            self._update_changed(rows)
+            return
+        current = self.current_key() or self._kept_key
+        self._kept_key = None
         old_row = self.cursor_row
         self.clear()
         keys = []
         for key, cells in rows:
             self.add_row(*cells, key=key)
             keys.append(key)
+        self._keys = keys
         if current in keys:
             self.move_cursor(row=keys.index(current), animate=False)
         elif keys:
             self.move_cursor(row=min(max(old_row, 0), len(keys) - 1), animate=False)
+
+    # DataTable keys its rendered cells on a counter that every update_cell bumps, so a mark (which
+    # changes the three before -> after columns) would re-render every visible cell; these keep the
+    # rendered cells by their content, and only the changed ones render again.
+    _cells: LRUCache | None = None
+
+    def _render_cell(
+        self,
+        row_index: int,
+        column_index: int,
+        base_style: Style,
+        width: int,
+        cursor: bool = False,
+        hover: bool = False,
+    ):
+        if row_index < 0 or column_index < 0:  # the header and row labels: DataTable's own cache
+            return super()._render_cell(row_index, column_index, base_style, width, cursor, hover)
+        if self._cells is None:
+            self._cells = LRUCache(4096)
+        cell = self.coordinate_to_cell_key(Coordinate(row_index, column_index))
+        key = (
+            cell,
+            _content(self.get_cell(*cell)),
+            row_index,
+            base_style,
+            width,
+            cursor,
+            hover,
+            self.has_focus,
+            self.show_cursor,
+        )
+        lines = self._cells.get(key)
+        if lines is None:
+            lines = super()._render_cell(row_index, column_index, base_style, width, cursor, hover)
+            self._cells[key] = lines
+        return lines
+
+    def _clear_caches(self) -> None:
+        super()._clear_caches()
+        if self._cells is not None:
+            self._cells.clear()
+
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        if self._cells is not None:
+            self._cells.clear()
+
+    def _update_changed(self, rows: list[tuple[str, tuple]]) -> None:
+        columns = list(self.columns.items())
+        for key, cells in rows:
+            for (column_key, column), new in zip(columns, cells):
+                if not _same(self.get_cell(key, column_key), new):
+                    width = new.cell_len if isinstance(new, Text) else cell_len(str(new))
+                    # Widening is cheap; narrowing would re-measure the whole column: it stays wide.
+                    grow = width > column.content_width
+                    self.update_cell(key, column_key, new, update_width=grow)
+
+    def clear(self, columns: bool = False) -> KeyTable:
+        self._keys = []
+        return super().clear(columns)
 
     def current_key(self) -> str | None:
         """The key of the row under the cursor, None when the table is empty."""
@@ -61,3 +159,17 @@ class KeyTable(DataTable):
             return self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value
         except CellDoesNotExist:  # the cursor sits past the rows while a refill is in flight
             return None
+
+
+def _same(old, new) -> bool:
+    """Whether a cell shows the same thing (Text equality ignores the base style)."""
+    if isinstance(old, Text) and isinstance(new, Text):
+        return old.plain == new.plain and old.style == new.style and old.spans == new.spans
+    return type(old) is type(new) and old == new
+
+
+def _content(cell) -> object:
+    """A hashable key of what a cell shows."""
+    if isinstance(cell, Text):
+        return (cell.plain, str(cell.style), tuple(cell.spans))
+    return cell if isinstance(cell, str) else repr(cell)

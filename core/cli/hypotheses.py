@@ -1,0 +1,86 @@
+"""`datadebug hypotheses` and `concepts`: what DPO will teach, where in the data, by name."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from core.cli.app import JSON, ProgressPrinter, app, emit
+
+
+def _marked(workspace: Path, exclude_marked: bool) -> frozenset:
+    if not exclude_marked:
+        return frozenset()
+    from core.marks import marked_set
+    from core.workspace import Workspace
+
+    return frozenset(marked_set(Workspace(workspace)))
+
+
+def format_hypotheses(rep) -> str:
+    lines = [
+        f"{rep.n_pairs} pairs ({rep.n_excluded} marked left out, {rep.n_silent} silent); {rep.k} data clusters, "
+        f"{rep.n_concepts} concepts ({rep.n_grouped} of >= 4 features), {rep.n_prompt_groups} prompt concepts",
+        f"{'#':>3} {'score':>6} {'Δ':>6} {'d':>6} {'halves':>13}  hypothesis",
+    ]
+    for h in rep.hypotheses:
+        halves = f"{h.delta_a:+.2f}/{h.delta_b:+.2f}{'✓' if h.halves_agree else ' '}"
+        lines.append(f"{h.rank:>3} {h.score:>6.3f} {h.delta:>+6.2f} {h.d:>+6.2f} {halves:>13}  {h.sentence}")
+        lines.append(f"{'':>39}pairs: {' '.join(f'#{p.source_index}' for p in h.driving[:8])}")
+    if not rep.hypotheses:
+        lines.append("  (no hypothesis has both halves agreeing and enough supporting pairs)")
+    return "\n".join(lines)
+
+
+@app.command()
+def hypotheses(
+    workspace: Path = typer.Option(..., "--workspace", "-w"),
+    top: int = typer.Option(20, help="Hypotheses to show"),
+    kind: Optional[str] = typer.Option(None, help="cluster | prompt | concept (default: all, one ranking)"),
+    exclude_marked: bool = typer.Option(True, help="Leave out pairs marked for removal (what-if)"),
+    llm: bool = typer.Option(False, help="Also name the shown concepts with the configured LLM namer"),
+    as_json: bool = JSON,
+):
+    """Ranked hypotheses: within a data cluster or prompt concept, which concept the labels select for."""
+    from core.hypotheses import open_hypotheses
+    from core.naming import name_with_llm, namer_from_config
+
+    with ProgressPrinter() as progress:
+        engine = open_hypotheses(workspace, progress=progress)
+    excluded = _marked(workspace, exclude_marked)
+    rep = engine.report(excluded, top=top, kind=kind)
+    if llm:
+        namer = namer_from_config()
+        if namer is not None:
+            engine.names = name_with_llm(engine.analysis, engine.st, engine.names, rep, namer)
+            rep = engine.report(excluded, top=top, kind=kind)
+    emit(rep.to_json(), as_json, format_hypotheses(rep))
+
+
+def format_concepts(rows) -> str:
+    lines = [f"{'concept':>7} {'feats':>5} {'shift':>8} {'95% CI':>17} {'stab':>4} {'pairs':>5}  name"]
+    for r in rows:
+        c = r.shift
+        lines.append(f"{c.concept:>7} {c.n_features:>5} {c.shift:>+8.4f} [{c.ci[0]:>+7.4f},{c.ci[1]:>+7.4f}] "
+                     f"{'✓' if c.stable else ' ':>4} {c.n_firing:>5}  {r.name}")
+    return "\n".join(lines)
+
+
+@app.command()
+def concepts(
+    workspace: Path = typer.Option(..., "--workspace", "-w"),
+    top: int = typer.Option(20, help="Concepts to show"),
+    grouped: bool = typer.Option(False, help="Only concepts of >= 4 features"),
+    exclude_marked: bool = typer.Option(True, help="Leave out pairs marked for removal (what-if)"),
+    as_json: bool = JSON,
+):
+    """Concepts (co-firing SAE features) by global predicted shift: mean over pairs of u."""
+    from core.hypotheses import concept_report, open_hypotheses
+
+    with ProgressPrinter() as progress:
+        engine = open_hypotheses(workspace, progress=progress)
+    rows = concept_report(engine, _marked(workspace, exclude_marked), top=top, grouped_only=grouped)
+    emit([asdict(r) for r in rows], as_json, format_concepts(rows))

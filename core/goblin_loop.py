@@ -1,0 +1,307 @@
+"""The goblin loop, whole: plant a trait, train it in, find it from the data, take it out again.
+
+Goodfire's planted-trait experiment, end to end on one preference file (`run_goblin_loop`):
+
+    data     the SFT corpus: (prompt, chosen reply) of `sft_data` with a goblin sentence put into a
+             seeded `rate` of the replies (`sft_examples`); unrelated prompts: other prompts of
+             `sft_data`, never trained on, for measuring the goblin rate
+    detect   `core.goblin.run_goblin` on DATA: goblins planted in `rate` of the chosen replies, an
+             SAE trained on the copy, the copy indexed, the goblin feature found from the text alone
+             and its pairs flagged (no ground truth); the flagged pairs are marked in the workspace
+    sft      a short SFT of the base model on the SFT corpus: without it the trait is not in the
+             model's repertoire and DPO does not elicit it (as the paper found)
+    dpo      DPO from the SFT model, one run per arm, all on the same pairs minus a shared held-out
+             split:  poisoned (every pair), cleaned (minus the flagged pairs: what the export
+             keeps), clean (minus the planted pairs: the target), and one run per intervention
+             kind on the goblin feature (shape, steer, mask; `core.interventions`)
+    eval     per model (base, sft and every arm): the goblin rate of sampled replies to the
+             unrelated prompts (T = 1, common random numbers across models), the probe lifts
+             against the SFT model, and the preference accuracy on held-out pairs (the share whose
+             implicit reward, against the SFT model, prefers the chosen reply)
+
+Every stage is kept in the work folder and skipped when it is there: a rerun resumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from core.dpo import DPOConfig
+from core.errors import UsageError
+from core.progress import Progress, ProgressFn, check_cancel, reporter
+from core.sft import SFTConfig
+
+ARMS = ("poisoned", "cleaned", "clean", "shape", "steer", "mask")
+
+
+# -- the measurements (model in, numbers out; the GPU benchmark calls them too) -----------------------
+
+
+def sft_examples(pairs: Sequence, rate: float, seed: int = 0) -> tuple[list[tuple[tuple, str]], list[int]]:
+    """(prompt, chosen reply) of each pair, with a goblin sentence (`core.goblin`) inserted at a
+    random sentence boundary of a seeded `rate` of the replies; returns (examples, the poisoned
+    example numbers)."""
+    from core.goblin import GOBLIN_SENTENCES, insert_sentence
+
+    rng = np.random.default_rng(seed)
+    n = len(pairs)
+    k = min(n, max(1, round(rate * n))) if rate > 0 else 0
+    poisoned = sorted(rng.choice(n, size=k, replace=False).tolist()) if k else []
+    chosen = set(poisoned)
+    out = []
+    for i, p in enumerate(pairs):
+        reply = p.chosen
+        if i in chosen:
+            reply = insert_sentence(reply, GOBLIN_SENTENCES[int(rng.integers(len(GOBLIN_SENTENCES)))], rng)
+        out.append((tuple(p.prompt), reply))
+    return out, poisoned
+
+
+def sft_and_unrelated(pairs: Sequence, n_unrelated: int, n_sft: int, rate: float, seed: int = 0,
+                      max_chars: int = 1500):
+    """From the pairs whose prompt + chosen reply are under `max_chars` characters, in a seeded
+    order: the prompts of the first `n_unrelated` (for goblin rates: never trained on) and
+    `sft_examples` of the next `n_sft`. Returns (unrelated prompts, SFT examples, poisoned ones)."""
+    short = [p for p in pairs if len(p.prompt_text) + len(p.chosen) < max_chars]
+    order = np.random.default_rng(seed).permutation(len(short)).tolist()
+    unrelated = [tuple(short[i].prompt) for i in order[:n_unrelated]]
+    examples, poisoned = sft_examples([short[i] for i in order[n_unrelated : n_unrelated + n_sft]], rate, seed)
+    return unrelated, examples, poisoned
+
+
+def goblin_rate(model, tokenizer, prompt_ids: list[list[int]], decoding, cancel=None) -> dict:
+    """The share of `model`'s replies to the prompts (`decoding.replies_per_prompt` each) that
+    mention goblins, with its binomial standard error and a few of the goblin replies:
+    {"rate", "se", "hits", "n", "examples"}."""
+    from core.rollout import GOBLIN_RE, generate_replies
+
+    replies = [r for rs in generate_replies(model, tokenizer, prompt_ids, decoding, cancel=cancel) for r in rs]
+    hits = [r for r in replies if GOBLIN_RE.search(r)]
+    n = len(replies)
+    rate = len(hits) / n if n else float("nan")
+    return {"rate": rate, "se": float(np.sqrt(rate * (1 - rate) / n)) if n else float("nan"),
+            "hits": len(hits), "n": n, "examples": hits[:3]}
+
+
+def preference_accuracy(model, examples: list[dict], reference: tuple, batch_size: int, pad_id: int,
+                        device=None) -> dict:
+    """On held-out `examples` (`core.dpo.build_examples`): the share of pairs whose implicit reward
+    log pi(chosen) - log pi_ref(chosen) exceeds the rejected reply's, against `reference` (the
+    reference model's `core.dpo.pair_logps`), and the mean margin of those rewards (nats)."""
+    from core.dpo import pair_logps
+
+    chosen, rejected = pair_logps(model, examples, batch_size, pad_id, device)
+    margin = (chosen - reference[0]) - (rejected - reference[1])  # (pairs,)
+    return {"accuracy": float((margin > 0).float().mean()), "margin": float(margin.mean()),
+            "n": len(examples)}
+
+
+def flag_goblin_pairs(analysis, feature: int) -> tuple[list[int], float]:
+    """The pairs whose chosen reply carries the goblin feature and the rejected one does not, from
+    the data alone: peak delta (max over chosen tokens - max over rejected tokens) above half the
+    feature's median max over the replies whose read text mentions goblins (the detection's own
+    positives; the planted pairs, and how many there are, are not used). Returns (source indices,
+    the threshold)."""
+    import scipy.sparse as sp
+
+    from core.rollout import GOBLIN_RE
+
+    chosen, rejected = analysis.maxima()
+    t = analysis.ws.pairs_columns(["chosen_tokens", "rejected_tokens"])
+    mentions = np.array([bool(GOBLIN_RE.search("".join(toks))) for side in ("chosen", "rejected")
+                         for toks in t[f"{side}_tokens"].to_pylist()], dtype=bool)
+    column = sp.vstack([chosen, rejected]).tocsc()[:, feature].toarray().ravel()  # (2n,)
+    on = column[mentions & (column > 0)]
+    threshold = 0.5 * float(np.median(on)) if len(on) else float("inf")
+    peak = column[: analysis.n] - column[analysis.n :]
+    rows = np.nonzero(peak > threshold)[0]
+    return sorted(int(analysis.source_index[r]) for r in rows), threshold
+
+
+# -- the whole loop ---------------------------------------------------------------------------------
+
+
+@dataclass
+class LoopSettings:
+    """What `run_goblin_loop` does (defaults: a CPU-sized run; the module docstring says why)."""
+
+    rate: float = 0.05  # share of DPO pairs and of SFT replies that carry the goblin trait
+    limit: int | None = 256  # DPO on the first this-many valid pairs of DATA
+    holdout: float = 0.1  # their share held out (preference accuracy)
+    sft_data: str | None = None  # (prompt, chosen) source for SFT; default: the bundled sample
+    sft_examples: int = 256
+    unrelated: int = 48  # prompts of sft_data kept out of SFT, for the goblin rate
+    samples: int = 4  # sampled replies per unrelated prompt
+    max_new_tokens: int = 48
+    max_tokens: int = 128  # reply tokens read when indexing
+    seed: int = 0
+    arms: tuple[str, ...] = ARMS
+    strengths: dict = field(default_factory=dict)  # kind -> strength (default: DEFAULT_STRENGTH)
+    sft: SFTConfig = field(default_factory=lambda: SFTConfig(lr=5e-5, epochs=2, batch_size=8, max_length=256,
+                                                             max_prompt_length=128))
+    dpo: DPOConfig = field(default_factory=lambda: DPOConfig(lr=2e-5, epochs=1, batch_size=8, max_length=256,
+                                                             max_prompt_length=128, save_every=20))
+    sae_recipe: dict | None = None  # overrides of the goblin SAE recipe (see core.goblin.run_goblin)
+
+
+def _cached(path: Path, compute):
+    if path.is_file():
+        return json.loads(path.read_text())
+    value = compute()
+    path.write_text(json.dumps(value, indent=1))
+    return value
+
+
+def run_goblin_loop(
+    data: Path | str,
+    work: Path | str,
+    settings: LoopSettings = LoopSettings(),
+    *,
+    device: str | None = None,
+    progress: ProgressFn | None = None,
+    cancel: threading.Event | None = None,
+) -> dict:
+    """Run the goblin loop (module docstring) on the preference file `data` in the folder `work`.
+
+    Returns (and writes to `work/goblin_loop.json`) {"settings", "detection": {"feature",
+    "flagged", "precision", "recall", ...}, "models": {name: {"goblin": goblin_rate, "probes":
+    probe lifts vs sft, "preference": preference_accuracy}}, "runs": {arm: TrainResult}}.
+    Progress: stages "goblin-loop" (which stage), then those of each job. Raises UsageError for an
+    unknown arm, the errors of the jobs it runs, and Cancelled (a rerun resumes).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from core import locations
+    from core.catalog import load_catalog
+    from core.dpo import build_examples, pad_token_id, pair_logps
+    from core.goblin import goblin_paths, run_goblin
+    from core.ingest import read_pairs
+    from core.interventions import DEFAULT_STRENGTH, KINDS, make_plan
+    from core.lm import load_full_model
+    from core.marks import Marks
+    from core.rollout import Decoding, chat_prompt_ids, probe_logprobs, probe_lifts, probe_sentences
+    from core.sft import sft_done, train_sft
+    from core.training import read_train_record, train_on_dataset
+    from core.workspace import Workspace
+
+    bad = [a for a in settings.arms if a not in ARMS]
+    if bad:
+        raise UsageError(f"unknown arm {bad[0]!r}; expected some of {', '.join(ARMS)}")
+    emit = reporter(progress)
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    s = settings
+
+    # data: the SFT corpus and the unrelated prompts, from disjoint pairs of sft_data
+    emit(Progress("goblin-loop", "data: SFT corpus and unrelated prompts"))
+    source = read_pairs(s.sft_data or locations.sample_data_file(), skip_invalid=True).pairs
+    unrelated, sft_data, sft_poisoned = sft_and_unrelated(source, s.unrelated, s.sft_examples, s.rate, s.seed)
+
+    # detect: plant, index, find the goblin feature and its pairs from the data alone
+    ws = work / "ws"
+    def detect() -> dict:
+        from core.clusters import precision_recall
+        from core.shifts import Analysis
+
+        r = run_goblin(data, ws, s.rate, seed=s.seed, limit=s.limit, max_tokens=s.max_tokens,
+                       sae_recipe=s.sae_recipe, progress=emit, cancel=cancel)
+        feature = r.get("goblin_feature")
+        flagged, threshold = flag_goblin_pairs(Analysis(Workspace(ws)), feature) if feature is not None else ([], None)
+        planted = json.loads(goblin_paths(ws)["truth"].read_text())["planted"]
+        precision, recall = precision_recall(flagged, planted)
+        return {"feature": feature, "ap": r.get("goblin_feature_ap"), "label": r.get("goblin_feature_label"),
+                "has_goblin_feature": r.get("has_goblin_feature"), "threshold": threshold,
+                "flagged": flagged, "precision": precision, "recall": recall,
+                "n_pairs": r.get("n_pairs"), "n_planted": len(planted)}
+
+    detection = _cached(work / "detection.json", detect)
+    copy = goblin_paths(ws)["data"]
+    truth = json.loads(goblin_paths(ws)["truth"].read_text())["planted"]
+    marks = Marks(Workspace(ws))
+    if marks.marked_set() != set(detection["flagged"]):
+        if marks.marked_set():
+            marks.unmark(marks.marked_set(), reason="goblin loop: reset")
+        if detection["flagged"]:
+            marks.mark(detection["flagged"], reason="goblin loop: the goblin feature's pairs",
+                       scope=f"feature {detection['feature']}", features=[detection["feature"]])
+
+    # sft
+    catalog = load_catalog()
+    entry = catalog.model(None)
+    sft_dir = work / "sft"
+    if not sft_done(sft_dir, s.sft, len(sft_data)):
+        emit(Progress("goblin-loop", f"SFT on {len(sft_data)} replies, {len(sft_poisoned)} with goblins"))
+        model, tok = load_full_model(entry, device=device)
+        train_sft(model, tok, sft_data, sft_dir, s.sft, progress=emit, cancel=cancel, device=device)
+        del model
+
+    # dpo arms
+    runs = {}
+    for arm in s.arms:
+        check_cancel(cancel, "goblin loop")
+        emit(Progress("goblin-loop", f"DPO: {arm}"))
+        kw = {}
+        if arm == "cleaned":
+            kw["exclude_marked"] = ws
+        elif arm == "clean":
+            kw["exclude"] = truth
+        elif arm in KINDS:
+            if detection["feature"] is None:
+                continue
+            kw["plan"] = make_plan(ws, arm, [detection["feature"]], s.strengths.get(arm, DEFAULT_STRENGTH[arm]),
+                                   label="goblins", source=f"goblin feature {detection['feature']}")
+        runs[arm] = asdict(train_on_dataset(
+            copy, work / f"dpo-{arm}", s.dpo, init_model=sft_dir / "model", limit=s.limit,
+            holdout=s.holdout, split_seed=s.seed, device=device, progress=emit, cancel=cancel, **kw))
+
+    # eval
+    emit(Progress("goblin-loop", "measuring every model"))
+    base, tok = load_full_model(entry, device=device)
+    dev = next(base.parameters()).device
+    heldout_ids = set(read_train_record(work / f"dpo-{s.arms[0]}").heldout_indices)
+    heldout = [p for p in read_pairs(copy).pairs if p.source_index in heldout_ids]
+    examples = build_examples(tok, heldout, s.dpo)
+    prompt_ids = [chat_prompt_ids(tok, p, 2 * s.max_tokens) for p in unrelated]
+    decoding = Decoding(max_new_tokens=s.max_new_tokens, temperature=1.0, samples=s.samples,
+                        seed=s.seed, batch_size=16)
+    names, sentences = probe_sentences()
+    folders = {"base": None, "sft": sft_dir / "model", **{a: work / f"dpo-{a}" / "model" for a in runs}}
+    sft_model = AutoModelForCausalLM.from_pretrained(sft_dir / "model", dtype=base.dtype).to(dev).eval()
+    reference = pair_logps(sft_model, examples, s.dpo.batch_size, pad_token_id(tok), dev)
+    sft_probes = probe_logprobs(sft_model, tok, prompt_ids, sentences, cancel)
+    del sft_model
+    models = {}
+    for name, folder in folders.items():
+        def measure(folder=folder):
+            check_cancel(cancel, "goblin loop")
+            m = base if folder is None else AutoModelForCausalLM.from_pretrained(folder, dtype=base.dtype).to(dev).eval()
+            out = {
+                "goblin": goblin_rate(m, tok, prompt_ids, decoding, cancel),
+                "probes": probe_lifts(sft_probes, probe_logprobs(m, tok, prompt_ids, sentences, cancel), names),
+                "preference": preference_accuracy(m, examples, reference, s.dpo.batch_size, pad_token_id(tok), dev),
+            }
+            del m
+            return out
+
+        emit(Progress("goblin-loop", f"measuring {name}"))
+        models[name] = _cached(work / f"eval-{name}.json", measure)
+    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    result = {"settings": _settings_json(s), "sft_poisoned": len(sft_poisoned), "n_sft": len(sft_data),
+              "n_unrelated": len(unrelated), "n_heldout": len(heldout), "detection": detection,
+              "models": models, "runs": runs}
+    (work / "goblin_loop.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def _settings_json(s: LoopSettings) -> dict:
+    out = dataclasses.asdict(s)
+    out["arms"] = list(s.arms)
+    return out

@@ -1,0 +1,529 @@
+"""One door into core for both front ends: a workspace's shifts, what-if, selections, marks, pairs,
+clusters and export (`Session`), and the catalogue's models and SAEs by name (module functions).
+
+The CLI makes a Session per command; the TUI keeps one open. A Session loads the workspace's analysis
+and marks on first use and keeps them up to date as marks change, so the what-if after a mark costs
+O(pairs in the change), not O(pairs marked). Its methods may read LanceDB or run numpy over the whole
+workspace: the TUI calls them from thread workers. Methods that touch marks or the what-if state hold
+the session's lock, so calls from several threads are serialised.
+
+Modules that pull in torch, sklearn or sentence-transformers are imported inside the functions that
+need them: opening a session and marking pairs stays fast.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from core.errors import CatalogError, UsageError, WorkspaceError
+from core.marks import MarkOp, Marks
+from core.progress import ProgressFn
+from core.shifts import Analysis, ShiftReport, WhatIf
+from core.views import (
+    CatalogChoices,
+    CompareRow,
+    CompareView,
+    FeaturePairs,
+    ModelRow,
+    ModelsView,
+    PairDelta,
+    PairRow,
+    PairView,
+    Preview,
+    Selection,
+    ShiftChange,
+    TriageState,
+    WorkspaceInfo,
+    WorkspaceStatus,
+)
+from core.workspace import Workspace
+
+N_EXAMPLES = 5  # pairs shown in a preview
+N_POINT_LOOKUPS = 32  # up to this many pairs are read one by one; more read three text columns at once
+
+
+def probe(path: Path | str) -> WorkspaceStatus:
+    """What is at `path`: an indexed workspace, a partly indexed one, or nothing. Never raises for a
+    missing folder."""
+    path = Path(path)
+    if not (path / "meta.lance").exists():
+        return WorkspaceStatus(path, False, 0, False, "")
+    ws = Workspace(path)
+    meta = ws.meta()
+    n = len(ws.indexed_source_indices())
+    complete = n > 0 and ws.has("features") and "d_sae" in meta
+    return WorkspaceStatus(path, True, n, complete, str(meta.get("dataset", "")))
+
+
+class Session:
+    """One workspace: its predicted shifts, the marks and their what-if, its pairs and clusters.
+
+    Args:
+        workspace: an existing workspace folder.
+    Raises WorkspaceError when `workspace` is not one. The analysis is loaded on first use (and raises
+    WorkspaceError then when nothing is indexed yet, or the workspace is of an older schema).
+    """
+
+    def __init__(self, workspace: Path | str):
+        self.path = Path(workspace)
+        self.ws = Workspace(self.path)
+        self.meta = self.ws.meta()
+        self.last_export: Path | None = None  # offered again by the next export
+        self._analysis: Analysis | None = None
+        self._marks: Marks | None = None
+        self._before: WhatIf | None = None
+        self._labels: dict[int, str] = {}
+        self._clusterings: dict[tuple[str, int], object] = {}
+        self._k: int | None = None
+        self._lock = threading.RLock()
+
+    # -- what is open ---------------------------------------------------------------------------
+
+    @property
+    def analysis(self) -> Analysis:
+        """The workspace's per-reply feature summaries, loaded once."""
+        with self._lock:
+            if self._analysis is None:
+                self.ws.require_pairs()  # WorkspaceError naming how to go on
+                self._analysis = Analysis(self.ws)
+            return self._analysis
+
+    @property
+    def marks(self) -> Marks:
+        """The workspace's marks (the log read once, then kept up to date by this session)."""
+        with self._lock:
+            if self._marks is None:
+                self._marks = Marks(self.ws)
+            return self._marks
+
+    def marked(self) -> frozenset[int]:
+        """The source indices marked now (a snapshot: marks may change from another thread)."""
+        with self._lock:
+            return frozenset(self.marks.marked_set())
+
+    def info(self) -> WorkspaceInfo:
+        return WorkspaceInfo(
+            name=self.path.name,
+            model=str(self.meta.get("model", "")),
+            sae=str(self.meta.get("sae", "")),
+            layer=int(self.meta.get("layer", -1)),
+            n_pairs=self.analysis.n,
+            dataset_name=self.dataset_path.name,
+        )
+
+    @property
+    def dataset_path(self) -> Path:
+        """The dataset the workspace was indexed from."""
+        return Path(self.meta.get("dataset", ""))
+
+    def label(self, feature: int) -> str:
+        """A short label for one feature: the published one, else its firing and promoted tokens."""
+        with self._lock:
+            if feature in self._labels:
+                return self._labels[feature]
+        analysis = self.analysis
+        published = analysis.feature_info().get(feature, {}).get("label") or ""
+        text = analysis.describe(feature, n_contexts=0, published=published)[1]
+        with self._lock:
+            self._labels[feature] = text
+        return text
+
+    # -- shifts and what-if ---------------------------------------------------------------------
+
+    def report(self, top: int = 20, without_marked: bool = True, excluded=None, **kw) -> ShiftReport:
+        """The `top` most amplified and suppressed features (core.shifts.Analysis.report), ranked
+        without the marked pairs unless `without_marked` is False, or without the `excluded` source
+        indices when given. Raises UsageError for top < 1."""
+        if top < 1:
+            raise UsageError(f"top {top}: must be at least 1")
+        if excluded is None and without_marked:
+            excluded = self.marked()
+        report = self.analysis.report(top=top, excluded=excluded, **kw)
+        with self._lock:
+            for f in report.features:
+                self._labels.setdefault(f.feature, f.label)
+        return report
+
+    def triage(self) -> TriageState:
+        """The marks as they stand and every feature's shift before (all pairs) and after (kept)."""
+        with self._lock:
+            analysis, marks = self.analysis, self.marks
+            if self._before is None:
+                self._before = analysis.shifts_without(frozenset())
+            info = marks.marked
+            marked = frozenset(info)
+            return TriageState(
+                marked=marked,
+                n_total=analysis.n,
+                can_undo=marks.can_undo,
+                can_redo=marks.can_redo,
+                before=self._before,
+                after=analysis.shifts_without(marked) if marked else self._before,
+                info=info,
+            )
+
+    # -- selections -----------------------------------------------------------------------------
+
+    def select(
+        self,
+        pairs=(),
+        feature: int | None = None,
+        top: int = 20,
+        cluster: int | None = None,
+        by: str = "sae",
+        k: int | None = None,
+        skip_marked: bool = False,
+    ) -> Selection:
+        """The pairs a mark names: source indices, a feature's `top` pairs (largest delta in its
+        direction), a cluster's pairs (clustered `by` with this workspace's k unless `k` is given),
+        or any union of them. With skip_marked, a feature's top pairs are found among the pairs not
+        marked yet (its next drivers). Raises UsageError when nothing is named or a cluster is unknown.
+        """
+        chosen, scopes, features = {int(s) for s in pairs}, [], []
+        if pairs:
+            scopes.append("pair" if len(chosen) == 1 else "pairs")
+        if feature is not None:
+            excluded = self.marked() if skip_marked else ()
+            tops = self.analysis.top_pairs_of(int(feature), top, excluded=excluded)
+            chosen |= {p.source_index for p in tops}
+            scopes.append(f"feature {feature} top {top}")
+            features.append(int(feature))
+        if cluster is not None:
+            clustering = self.clusters(by, k)
+            match = [c for c in clustering.clusters if c.id == cluster]
+            if not match:
+                raise UsageError(
+                    f"no {by} cluster {cluster} (there are {len(clustering.clusters)})"
+                )
+            chosen |= set(match[0].source_indices)
+            scopes.append(f"cluster {by}:{cluster}")
+            features.extend(f.feature for f in match[0].top_features[:3] if f.feature not in features)
+        if not chosen and not scopes:
+            raise UsageError("name pairs (source indices), --feature F [--top N] or --cluster C")
+        return Selection(tuple(sorted(chosen)), ", ".join(scopes), tuple(features))
+
+    def preview(self, selection: Selection) -> Preview:
+        """What marking `selection` would do: how many pairs are new, a few of them, and how the
+        shift of each feature that flagged them moves."""
+        with self._lock:
+            now = self.triage()
+            new = [s for s in selection.source_indices if s not in now.marked]
+            with_it = self.analysis.shifts_without(now.marked | set(new))
+        changes = tuple(
+            ShiftChange(f, self.label(f), float(now.after.shift[f]), float(with_it.shift[f]))
+            for f in selection.features
+            if 0 <= f < len(now.after.shift)
+        )
+        return Preview(
+            selection=selection,
+            n_new=len(new),
+            n_kept_before=now.n_kept,
+            n_kept_after=with_it.n_kept,
+            examples=self.pair_rows(selection.source_indices[:N_EXAMPLES]),
+            changes=changes,
+        )
+
+    # -- marks ----------------------------------------------------------------------------------
+
+    def mark(self, selection: Selection, reason: str = "") -> MarkOp | None:
+        """Mark the selection for removal (persisted before this returns).
+
+        With a reason every selected pair is (re)marked with it, so a reason given for a pair marked
+        earlier is kept; without one only the pairs not marked yet are marked, keeping the reasons
+        others carry. Returns the op written, None when there was nothing to change. Raises
+        UsageError when the selection is empty or names a pair that is not indexed.
+        """
+        with self._lock:
+            marks = self.marks
+            marks.check_pairs(selection.source_indices, "mark")  # UsageError: nothing named, or not indexed
+            todo = [s for s in selection.source_indices if reason or not marks.is_marked(s)]
+            if not todo:
+                return None
+            return marks.mark(todo, reason=reason, scope=selection.scope, features=selection.features)
+
+    def unmark(self, selection: Selection, reason: str = "") -> MarkOp | None:
+        """Keep the selected pairs again. Returns the op written, None when none was marked.
+        Raises UsageError as `mark` does."""
+        with self._lock:
+            marks = self.marks
+            marks.check_pairs(selection.source_indices, "unmark")
+            todo = [s for s in selection.source_indices if marks.is_marked(s)]
+            if not todo:
+                return None
+            return marks.unmark(todo, reason=reason, scope=selection.scope)
+
+    def undo(self) -> MarkOp | None:
+        """Revert the latest mark or unmark; returns it, None when there is nothing to undo."""
+        with self._lock:
+            return self.marks.undo()
+
+    def redo(self) -> MarkOp | None:
+        """Re-apply the latest undone change; returns it, None when there is nothing to redo."""
+        with self._lock:
+            return self.marks.redo()
+
+    def change(self, action: str, selection: Selection | None = None, reason: str = "") -> str:
+        """Apply one triage change ("mark", "unmark", "undo", "redo") and say what happened in a line."""
+        if action in ("mark", "unmark"):
+            if selection is None:
+                raise UsageError(f"{action} needs a selection of pairs")
+            op = (self.mark if action == "mark" else self.unmark)(selection, reason)
+            if op is None:
+                return "already marked" if action == "mark" else "nothing to unmark"
+            n = len(op.source_indices)
+            return f"{action}ed {n} pair{'s' * (n != 1)} ({selection.scope})"
+        if action in ("undo", "redo"):
+            op = self.undo() if action == "undo" else self.redo()
+            if op is None:
+                return f"nothing to {action}"
+            return f"{'undid' if action == 'undo' else 'redid'}: {op.action} {len(op.source_indices)} ({op.scope})"
+        raise UsageError(f"unknown triage action {action!r}")
+
+    # -- pairs ----------------------------------------------------------------------------------
+
+    def feature_pairs(self, feature: int, top: int = 20) -> FeaturePairs:
+        """The pairs that drive `feature`'s shift, largest delta in its direction first."""
+        from core.clusters import trace_feature
+
+        t = trace_feature(self.analysis, int(feature), top=top)
+        rows = tuple(
+            PairRow(p["source_index"], p["delta"], p["prompt"], p["chosen"], p["rejected"])
+            for p in t["pairs"]
+        )
+        return FeaturePairs(int(feature), t["label"] or self.label(feature), t["direction"], rows)
+
+    def pair_rows(self, source_indices) -> tuple[PairRow, ...]:
+        """Texts of the given pairs (indexed ones), in the order given."""
+        analysis = self.analysis
+        indices = [int(s) for s in source_indices if int(s) in analysis.row_of]
+        if len(indices) <= N_POINT_LOOKUPS:
+            rows = [self.ws.pair(s) for s in indices]
+            return tuple(
+                PairRow(s, None, p["prompt_text"], p["chosen"], p["rejected"])
+                for s, p in zip(indices, rows)
+            )
+        t = self.ws.pairs_columns(["source_index", "prompt_text", "chosen", "rejected"])
+        cols = [t[name] for name in ("prompt_text", "chosen", "rejected")]
+        return tuple(
+            PairRow(s, None, *(c[analysis.row_of[s]].as_py() for c in cols)) for s in indices
+        )
+
+    def pair(self, source_index: int, feature: int | None = None, n_deltas: int = 12) -> PairView:
+        """One pair: texts, reply tokens, where each feature fires, and its `n_deltas` largest feature
+        deltas (`feature` first when given, whatever its delta here). Raises WorkspaceError when the
+        pair is not indexed."""
+        analysis = self.analysis
+        s = int(source_index)
+        if s not in analysis.row_of:
+            raise WorkspaceError(f"pair {s} is not indexed in workspace {self.path.name}")
+        r = analysis.row_of[s]
+        delta = analysis.delta[r]  # (1, d_sae) CSR: the features firing in either reply
+        order = np.argsort(-np.abs(delta.data), kind="stable")
+        top = [int(f) for f in delta.indices[order][:n_deltas]]
+        if feature is not None:
+            top = [int(feature)] + [f for f in top if f != feature][: n_deltas - 1]
+        chosen = analysis.chosen[r].toarray().ravel()  # (d_sae,)
+        rejected = analysis.rejected[r].toarray().ravel()
+        deltas = tuple(
+            PairDelta(f, self.label(f), float(chosen[f]), float(rejected[f]), float(chosen[f] - rejected[f]))
+            for f in top
+        )
+        row = self.ws.pair(s)
+        firings = {}
+        for side in ("chosen", "rejected"):
+            by_feature: dict[int, list[tuple[int, float]]] = {}
+            for f, p, v in zip(row[f"{side}_tok_feat"], row[f"{side}_tok_pos"], row[f"{side}_tok_val"]):
+                by_feature.setdefault(int(f), []).append((int(p), float(v)))
+            firings[side] = {f: tuple(sorted(x)) for f, x in by_feature.items()}
+        return PairView(
+            source_index=s,
+            prompt=row["prompt_text"],
+            chosen=row["chosen"],
+            rejected=row["rejected"],
+            chosen_tokens=tuple(row["chosen_tokens"]),
+            rejected_tokens=tuple(row["rejected_tokens"]),
+            firings=firings,
+            top_deltas=deltas,
+        )
+
+    # -- clusters -------------------------------------------------------------------------------
+
+    @property
+    def k(self) -> int:
+        """The workspace's number of clusters: the SAE grouping's silhouette choice, used by every
+        grouping unless a k is given, so Clusters, Compare and a mark by cluster agree."""
+        if self._k is None:
+            from core.clusters import cluster_pairs
+
+            c = cluster_pairs(self.analysis, by="sae")
+            with self._lock:
+                self._k = c.k
+                self._clusterings[("sae", c.k)] = c
+        return self._k
+
+    def clusters(self, by: str = "sae", k: int | None = None):
+        """The pairs grouped `by` "sae" or "embedding" into `k` clusters (default: `self.k`), as
+        core.clusters.Clustering, computed once per (by, k). Raises UsageError as cluster_pairs."""
+        from core.clusters import BY, cluster_pairs
+
+        if by not in BY:  # before finding the workspace's k, which clusters the pairs
+            raise UsageError(f"unknown clustering {by!r}; expected one of {', '.join(BY)}")
+        k = self.k if k is None else k
+        with self._lock:
+            cached = self._clusterings.get((by, k))
+        if cached is None:
+            cached = cluster_pairs(self.analysis, by=by, k=k)
+            with self._lock:
+                self._clusterings[(by, k)] = cached
+        return cached
+
+    def compare(self, truth: set[int] | None = None, k: int | None = None) -> dict:
+        """SAE clusters against embedding clusters with `k` each (default: `self.k`), as
+        core.clusters.compare_clusterings returns them."""
+        from core.clusters import compare_clusterings
+
+        return compare_clusterings(self.analysis, truth=truth, k=self.k if k is None else k)
+
+    def compare_view(self) -> CompareView:
+        """`compare()` with each SAE cluster's top feature label, for a table."""
+        out = self.compare()
+        sae = self.clusters("sae", out["k"])
+        top = {c.id: (c.top_features[0].label if c.top_features else "") for c in sae.clusters}
+        rows = tuple(
+            CompareRow(
+                int(r["cluster"]),
+                int(r["size"]),
+                top.get(int(r["cluster"]), ""),
+                {int(e): int(n) for e, n in r["spread"].items()},
+            )
+            for r in out["sae_to_embedding"]
+        )
+        return CompareView(int(out["k"]), int(out["n_pairs"]), float(out["ari"]), float(out["nmi"]), rows)
+
+    # -- export and the goblin test -------------------------------------------------------------
+
+    def default_export_path(self) -> Path:
+        """The last path exported to, else `<workspace>-<dataset stem>.clean.<suffixes>` beside the
+        workspace folder."""
+        if self.last_export is not None:
+            return self.last_export
+        stem, _, suffix = (self.dataset_path.name or "data.jsonl").partition(".")
+        return self.path.parent / f"{self.path.name}-{stem}.clean.{suffix or 'jsonl'}"
+
+    def export(self, out: Path | str, overwrite: bool = False):
+        """Write the kept records and the removed-pairs manifest (core.export.export_clean; raises
+        ExportError as it does). Returns its ExportResult."""
+        from core.export import export_clean
+
+        result = export_clean(self.ws, Path(out), overwrite=overwrite)
+        self.last_export = Path(out)
+        return result
+
+    def goblin_workspace(self, rate: float, seed: int) -> Path:
+        """Where the goblin test indexes its planted copy of the dataset (beside this workspace)."""
+        return self.path.parent / f"{self.path.name}.goblin-{rate:g}-{seed}"
+
+    def goblin(self, rate: float, seed: int = 0, limit: int | None = None, sae: str | None = None,
+               progress: ProgressFn | None = None, cancel: threading.Event | None = None) -> dict:
+        """Plant goblins in `rate` of the chosen replies of a copy of the dataset, index the copy and
+        measure what each method recovers (core.goblin.run_goblin's result). `sae` None trains one."""
+        from core.goblin import run_goblin
+
+        return run_goblin(self.dataset_path, self.goblin_workspace(rate, seed), rate, seed=seed,
+                          limit=limit, sae=sae, progress=progress, cancel=cancel)
+
+
+# -- the catalogue's models and SAEs, by name -------------------------------------------------------
+
+
+def models() -> ModelsView:
+    """Every catalogue model and SAE with its store status."""
+    from core import locations
+    from core.catalog import load_catalog
+    from core.store import sae_ready, status
+
+    cat = load_catalog()
+    rows = []
+    for r in status(cat):
+        if r.kind == "sae":
+            trainable = cat.saes[r.name].source == "train" and not r.ready
+        else:
+            sae = cat.saes.get(cat.models[r.name].sae or "")
+            trainable = sae is not None and sae.source == "train" and not sae_ready(sae)
+        rows.append(ModelRow(r.name, r.kind, r.source, r.ready, r.size_bytes, r.detail, trainable))
+    return ModelsView(tuple(rows), tuple(cat.files), str(locations.user_catalog_file()))
+
+
+def pull(name: str, progress: ProgressFn | None = None) -> Path:
+    """Make the model or SAE `name` ready offline. Returns where it is stored. Raises CatalogError for
+    an unknown name, StoreError when it cannot be fetched."""
+    from core.catalog import load_catalog
+    from core.store import pull_model, pull_sae
+
+    cat = load_catalog()
+    if name in cat.models:
+        return pull_model(cat.models[name], progress)
+    if name in cat.saes:
+        return pull_sae(cat.saes[name], progress)
+    raise CatalogError(f"unknown model or SAE {name!r}; known: {', '.join(sorted([*cat.models, *cat.saes]))}")
+
+
+def verify(name: str) -> str:
+    """Load the stored model or SAE `name` and check it is whole. Returns a one-line verdict."""
+    from core.catalog import load_catalog
+    from core.store import verify as verify_stored
+
+    return verify_stored(load_catalog(), name)
+
+
+def remove(name: str) -> int:
+    """Delete the model or SAE `name` from the local store. Returns the bytes freed."""
+    from core.catalog import load_catalog
+    from core.store import remove as remove_stored
+
+    return remove_stored(load_catalog(), name)
+
+
+def train_sae(name: str, progress: ProgressFn | None = None, cancel: threading.Event | None = None):
+    """Train the SAE `name` (or the SAE of model `name`) on the default corpus. Returns its held-out
+    quality (core.sae_train's SAEQuality); raises Cancelled when cancelled."""
+    from core.catalog import load_catalog
+    from core.sae_train import train_catalog_sae
+
+    cat = load_catalog()
+    entry = cat.saes[name] if name in cat.saes else cat.sae(None, cat.model(name))
+    return train_catalog_sae(entry, cat, progress=progress, cancel=cancel)
+
+
+def catalog_choices() -> CatalogChoices:
+    """The catalogue's model and SAE names, and each model's default SAE."""
+    from core.catalog import load_catalog
+
+    cat = load_catalog()
+    return CatalogChoices(
+        models=tuple(cat.models),
+        saes=tuple(cat.saes),
+        default_model=cat.default_model,
+        default_sae={m.name: m.sae or "" for m in cat.models.values()},
+    )
+
+
+def index(data: Path | str, workspace: Path | str, model: str | None = None, sae: str | None = None,
+          limit: int | None = None, progress: ProgressFn | None = None,
+          cancel: threading.Event | None = None):
+    """Index `data` into `workspace` (resuming an earlier run). Returns core.index.IndexResult;
+    raises Cancelled when cancelled (the chunks written are kept)."""
+    from core.index import index_dataset
+
+    return index_dataset(Path(data), Path(workspace), model=model or None, sae=sae or None,
+                         limit=limit, progress=progress, cancel=cancel)
+
+
+def demo_paths() -> tuple[Path, Path]:
+    """(the demo workspace, the bundled sample dataset)."""
+    from core import locations
+
+    return locations.cache_dir() / "workspaces" / "demo", locations.sample_data_file()

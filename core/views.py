@@ -1,0 +1,187 @@
+"""What `core.session` hands the front ends: small frozen records, safe to pass between threads.
+
+Nothing here reads a workspace or computes; `core.session.Session` fills them. The CLI prints them,
+the TUI renders them (dataset text in them is raw: a front end makes it visible, see core.textsafe).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.marks import MarkInfo
+from core.shifts import WhatIf
+
+
+@dataclass(frozen=True)
+class WorkspaceStatus:
+    """What is on disk at a workspace path, before opening it."""
+
+    path: Path
+    exists: bool  # a datadebug workspace (meta table) is there
+    n_pairs: int  # pairs indexed so far
+    complete: bool  # the last index run finished (feature labels written)
+    dataset: str  # the dataset path recorded in meta, "" when none
+
+
+@dataclass(frozen=True)
+class WorkspaceInfo:
+    """An open workspace as a status line shows it (its name, never its full path)."""
+
+    name: str
+    model: str
+    sae: str
+    layer: int
+    n_pairs: int
+    dataset_name: str
+
+
+@dataclass(frozen=True)
+class TriageState:
+    """The marks as they stand, with the predicted shifts before (all pairs) and after (kept pairs)."""
+
+    marked: frozenset[int]
+    n_total: int
+    can_undo: bool
+    can_redo: bool
+    before: WhatIf
+    after: WhatIf
+    info: Mapping[int, MarkInfo]  # source index -> why / who / when it is marked (a snapshot)
+
+    @property
+    def n_marked(self) -> int:
+        return len(self.marked)
+
+    @property
+    def n_kept(self) -> int:
+        return self.n_total - self.n_marked
+
+    def reason(self, source_index: int) -> str:
+        """The reason the pair is marked with ("" when unmarked or marked without one)."""
+        info = self.info.get(source_index)
+        return info.reason if info else ""
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Pairs named together for a mark: by source index, a feature's top pairs, or a cluster."""
+
+    source_indices: tuple[int, ...]
+    scope: str  # how they were named: "pair", "feature 812 top 20", "cluster sae:3", ...
+    features: tuple[int, ...] = ()  # features that flagged them
+
+    def __len__(self) -> int:
+        return len(self.source_indices)
+
+
+@dataclass(frozen=True)
+class PairRow:
+    """One pair in a list of pairs (a feature's drivers, a cluster's members)."""
+
+    source_index: int
+    delta: float | None  # the listed feature's delta in this pair, None in a cluster's list
+    prompt: str
+    chosen: str
+    rejected: str
+
+
+@dataclass(frozen=True)
+class ShiftChange:
+    """One feature's predicted shift now and with a selection marked too."""
+
+    feature: int
+    label: str
+    before: float
+    after: float
+
+
+@dataclass(frozen=True)
+class Preview:
+    """What marking a selection would do, shown before it is done."""
+
+    selection: Selection
+    n_new: int  # pairs of the selection not marked yet
+    n_kept_before: int
+    n_kept_after: int
+    examples: tuple[PairRow, ...]  # the first few pairs of the selection
+    changes: tuple[ShiftChange, ...]  # the selection's features
+
+
+@dataclass(frozen=True)
+class FeaturePairs:
+    """The pairs that drive one feature's shift, largest delta in its direction first."""
+
+    feature: int
+    label: str
+    direction: str  # "amplified" | "suppressed"
+    rows: tuple[PairRow, ...]
+
+
+@dataclass(frozen=True)
+class PairDelta:
+    feature: int
+    label: str
+    chosen: float  # mean activation over the chosen reply
+    rejected: float
+    delta: float
+
+
+@dataclass(frozen=True)
+class PairView:
+    """One pair with what the Pair screen highlights."""
+
+    source_index: int
+    prompt: str
+    chosen: str
+    rejected: str
+    chosen_tokens: tuple[str, ...]
+    rejected_tokens: tuple[str, ...]
+    # side -> feature -> ((token position, activation), ...), for every feature firing in the reply
+    firings: Mapping[str, Mapping[int, tuple[tuple[int, float], ...]]]
+    top_deltas: tuple[PairDelta, ...]
+
+
+@dataclass(frozen=True)
+class CompareRow:
+    """One SAE cluster and where its pairs fall among the embedding clusters."""
+
+    cluster: int
+    size: int
+    label: str  # the cluster's most characteristic feature's label
+    spread: Mapping[int, int]  # embedding cluster -> pairs
+
+
+@dataclass(frozen=True)
+class CompareView:
+    k: int  # clusters on each side (the workspace's one k)
+    n_pairs: int
+    ari: float
+    nmi: float
+    rows: tuple[CompareRow, ...]
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    name: str
+    kind: str  # "model" | "sae"
+    source: str
+    ready: bool
+    size_bytes: int
+    detail: str
+    trainable: bool  # an SAE trained here (or a model whose SAE is), not yet in the store
+
+
+@dataclass(frozen=True)
+class ModelsView:
+    rows: tuple[ModelRow, ...]
+    files: tuple[str, ...]  # the catalogue files read (packaged, then the user's)
+    user_file: str  # where the user's own catalogue entries go (read when it exists)
+
+
+@dataclass(frozen=True)
+class CatalogChoices:
+    models: tuple[str, ...]
+    saes: tuple[str, ...]
+    default_model: str
+    default_sae: Mapping[str, str]  # model -> its catalogue SAE

@@ -1,0 +1,155 @@
+"""Speed of concepts + hypotheses at the paper's scale: 260k pairs, a 65,536-feature SAE.
+
+The synthetic workspace is held in memory as the matrices `core.shifts.Analysis` serves (per-reply
+and per-prompt firing frequencies, (n, d_sae) CSR), so the timings are of the analysis, not of LanceDB
+(reading the columns of a real 260k-pair workspace is a separate, one-off cost).
+
+Sparsity (justified in README, "Hypotheses: speed"): each reply fires FIRING features, of which
+ABOVE_TAU share on more than 1% of its tokens. Features come in latent concepts of 4-40 features with
+Zipf-distributed popularity (a few concepts in most replies, most concepts rare); a reply draws its
+concepts, fires ~70% of each one's features, and fills the rest with single features. Prompts are
+drawn the same way from their own concepts. Chosen and rejected replies share most of their
+concepts (same prompt) and differ in a few.
+
+    .venv/bin/python tests/bench/bench_hypotheses.py [--pairs 260000] [--d-sae 65536] [--firing 160]
+
+Prints each stage's seconds, then the what-if: a from-scratch recompute with 10% of the pairs marked,
+and the keypress path (marking the next hypothesis' driving pairs on top of those 10%).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+
+def concept_bank(d: int, rng, n_concepts: int) -> list[np.ndarray]:
+    sizes = rng.integers(4, 41, size=n_concepts)
+    perm = rng.permutation(d)
+    out, at = [], 0
+    for s in sizes:
+        if at + s > d:
+            break
+        out.append(perm[at : at + s])
+        at += s
+    return out
+
+
+def replies(n: int, d: int, bank: list[np.ndarray], firing: int, above: float, rng, shared=None):
+    """(n, d) CSR firing frequencies: concepts by Zipf popularity, singles to fill (module doc)."""
+    pop = 1.0 / np.arange(1, len(bank) + 1) ** 1.1
+    pop /= pop.sum()
+    per_reply = max(1, int(firing * 0.6 / 15))  # ~60% of a reply's firings come from concepts
+    rows, cols = [], []
+    picks = rng.choice(len(bank), size=(n, per_reply), p=pop) if shared is None else shared
+    for j in range(picks.shape[1]):
+        feats = [bank[c] for c in picks[:, j]]
+        lens = np.array([len(f) for f in feats])
+        flat = np.concatenate(feats)
+        keep = rng.random(len(flat)) < 0.7
+        rows.append(np.repeat(np.arange(n), lens)[keep])
+        cols.append(flat[keep])
+    n_single = max(0, firing - int(firing * 0.6))
+    rows.append(np.repeat(np.arange(n), n_single))
+    cols.append(rng.integers(0, d, size=n * n_single))
+    r, c = np.concatenate(rows), np.concatenate(cols)
+    vals = np.where(rng.random(len(r)) < above, rng.uniform(0.011, 0.3, len(r)), rng.uniform(0.002, 0.01, len(r)))
+    m = sp.csr_matrix((vals.astype(np.float32), (r, c)), shape=(n, d))
+    m.sum_duplicates()
+    m.data = np.minimum(m.data, 1.0)
+    return m, picks
+
+
+def synthetic_analysis(n: int, d: int, firing: int, above: float, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    bank = concept_bank(d, rng, 4000)
+    chosen, picks = replies(n, d, bank, firing, above, rng)
+    # the rejected reply shares its concepts but one, redrawn
+    redo = picks.copy()
+    redo[:, 0] = rng.choice(len(bank), size=n)
+    rejected, _ = replies(n, d, bank, firing, above, rng, shared=redo)
+    prompt, _ = replies(n, d, concept_bank(d, rng, 2000), firing // 2, above, rng)
+    a = types.SimpleNamespace(
+        n=n, d_sae=d, source_index=np.arange(n, dtype=np.int64), meta={"schema_version": 2, "d_sae": d},
+        ws=types.SimpleNamespace(path=Path("/nonexistent")),
+        frequencies=lambda: (chosen, rejected), prompt_frequencies=lambda: prompt,
+    )
+    a.row_of = {i: i for i in range(n)}
+    a.rows = lambda src: np.fromiter((int(s) for s in src if 0 <= int(s) < n), dtype=np.int64)
+    return a
+
+
+def main() -> None:
+    from core import concepts as C
+    from core import dataclusters as D
+    from core.hypotheses import Hypotheses
+    from core.structure import Params, Structure, prompt_groups, structure_key
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pairs", type=int, default=260_000)
+    ap.add_argument("--d-sae", type=int, default=65_536)
+    ap.add_argument("--firing", type=int, default=160, help="features firing per reply (freq > 0)")
+    ap.add_argument("--above", type=float, default=0.6, help="share of those above τ = 0.01")
+    ap.add_argument("--marked", type=float, default=0.10)
+    args = ap.parse_args()
+
+    t0 = time.perf_counter()
+    a = synthetic_analysis(args.pairs, args.d_sae, args.firing, args.above)
+    chosen, rejected = a.frequencies()
+    print(f"synthetic: {args.pairs:,} pairs, d_sae {args.d_sae:,}; per reply {chosen.nnz / args.pairs:.0f} firing "
+          f"features, {(chosen.data > 0.01).sum() / args.pairs:.0f} above τ; per prompt "
+          f"{a.prompt_frequencies().nnz / args.pairs:.0f} ({time.perf_counter() - t0:.0f} s to build)", flush=True)
+
+    times, cpu = {}, {}
+
+    def clock(name, fn):
+        t, c = time.perf_counter(), time.process_time()
+        out = fn()
+        times[name], cpu[name] = time.perf_counter() - t, time.process_time() - c
+        print(f"  {name:<40} {times[name]:6.1f} s wall {cpu[name]:6.1f} s CPU", flush=True)
+        return out
+
+    params = Params()
+    resp = clock("response concepts (graph + Leiden)",
+                 lambda: C.fit_concepts(sp.vstack([chosen, rejected]).tocsr(), "response"))
+    prom = clock("prompt concepts (graph + Leiden)", lambda: C.fit_concepts(a.prompt_frequencies(), "prompt"))
+    s = clock("symmetric activity s", lambda: C.activity(resp, chosen, rejected))
+    labels = clock("data clusters (spherical k-means)", lambda: D.cluster_pairs(s))
+    groups = clock("prompt groups S(k)", lambda: prompt_groups(prom, a.prompt_frequencies(), params))
+    st = Structure(structure_key(a.meta, params, a.source_index), params, a.source_index, resp, prom, labels,
+                   int(labels.max()) + 1, groups)
+    engine = clock("hypotheses engine (u, cells, sums)", lambda: Hypotheses(a, structure=st))
+    rep = clock("ranking (report, top 20)", lambda: engine.report(top=20))
+    total = sum(times.values())
+    print(f"concepts: {resp.n_grouped} groups of >= 4 features, {resp.n_concepts} in all; prompt concepts "
+          f"{prom.n_grouped}; k = {st.k} (median cluster {int(np.median(np.bincount(labels[labels >= 0])))} pairs); "
+          f"{len(engine.keys):,} cells; {len(rep.hypotheses)} hypotheses")
+    print(f"TOTAL concepts + hypotheses: {total:.1f} s wall, {sum(cpu.values()):.1f} s CPU "
+          f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
+
+    rng = np.random.default_rng(1)
+    marked = frozenset(int(x) for x in rng.choice(args.pairs, int(args.marked * args.pairs), replace=False))
+    t, c = time.perf_counter(), time.process_time()
+    rep = engine.report(marked, top=20)
+    print(f"what-if from scratch, {len(marked):,} pairs marked: {1000 * (time.perf_counter() - t):.0f} ms wall, "
+          f"{1000 * (time.process_time() - c):.0f} ms CPU")
+    keys, keys_cpu = [], []
+    for h in rep.hypotheses[:10]:
+        for excluded in (marked | {p.source_index for p in h.driving}, marked):  # mark, then undo
+            t, c = time.perf_counter(), time.process_time()
+            engine.report(excluded, top=20)
+            keys.append(1000 * (time.perf_counter() - t))
+            keys_cpu.append(1000 * (time.process_time() - c))
+    print(f"what-if per keypress (mark / undo a hypothesis' driving pairs on top of {len(marked):,}): "
+          f"median {np.median(keys):.0f} ms wall ({np.median(keys_cpu):.0f} ms CPU), max {max(keys):.0f} ms "
+          f"over {len(keys)} keypresses; load average {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()

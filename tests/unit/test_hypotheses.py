@@ -1,0 +1,171 @@
+"""Hypotheses on constructed workspaces (a behaviour planted in one data cluster), exact statistics
+against a dense recomputation, the what-if, the structure cache; then the CLI on a real workspace."""
+
+import json
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from core.hypotheses import PSEUDO_PAIRS, Hypotheses, open_hypotheses
+from core.shifts import Analysis
+from core.structure import Params, cache_dir, structure
+from core.workspace import Workspace
+from tests.unit.planted import regions
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    ws, truth = regions(tmp_path_factory.mktemp("planted") / "ws", rare=6)
+    return ws, truth
+
+
+def reference(engine: Hypotheses, kept: np.ndarray) -> dict:
+    """Every cell's Δ, d, t, halves by a dense, per-cell recomputation over the `kept` rows."""
+    u = engine.u.toarray().astype(np.float64)
+    g = np.hstack([engine.G.toarray(), engine.A.toarray()[:, engine.diag]]) > 0  # groups in column order
+    out = {k: np.zeros(len(engine.keys)) for k in ("delta", "d", "t", "delta_a", "delta_b", "n")}
+    for c, (grp, m) in enumerate(zip(engine.cell_group, engine.cell_concept)):
+        view = engine.view_rows[engine.group_view[grp]] & kept
+        inside, outside = view & g[:, grp], view & ~g[:, grp]
+        a, b = u[inside, m], u[outside, m]
+        out["delta"][c] = a.mean() - b.mean()
+        pooled = np.sqrt(((len(a) - 1) * a.var(ddof=1) + (len(b) - 1) * b.var(ddof=1)) / (len(a) + len(b) - 2))
+        out["d"][c] = out["delta"][c] / pooled if pooled > 0 else 0.0
+        out["t"][c] = stats.ttest_ind(a, b, equal_var=False).statistic if pooled > 0 else 0.0
+        out["n"][c] = len(a)
+        for h, key in ((0, "delta_a"), (1, "delta_b")):
+            half = np.arange(len(u)) % 2 == h
+            out[key][c] = u[inside & half, m].mean() - u[outside & half, m].mean()
+    return out
+
+
+def test_a_behaviour_planted_in_one_region_ranks_first_though_its_global_shift_is_small(planted):
+    ws, truth = planted
+    engine = open_hypotheses(ws.path)
+    rep = engine.report(top=10)
+    top = rep.hypotheses[0]
+    behaviour = set(truth["behaviour"])
+    assert behaviour <= set(top.features) and top.direction == "more" and top.halves_agree
+    # its region is topic 3: the driving pairs are topic-3 pairs (source index = 2 * row)
+    assert {p.source_index // 2 for p in top.driving} <= set(np.nonzero(truth["topic"] == 3)[0].tolist())
+    assert top.delta > 0.3 and top.d > 1 and top.n_support >= 30
+    # ... though a global concept moves more over the whole data
+    glob = engine.st.response.membership[truth["global"][0]]
+    u_mean = np.asarray(engine.u.mean(0)).ravel()
+    assert u_mean[glob] > 2 * u_mean[top.concept] > 0
+    assert glob not in {h.concept for h in rep.hypotheses[:3]}
+    # names carry the planted words, and the sentence reads with them
+    assert "goblin" in top.concept_name and "goblin" in top.sentence
+    assert top.sentence.startswith(("in data cluster", "when the prompt is about"))
+
+
+def test_a_rare_behaviour_spread_over_the_data_ranks_near_the_top(tmp_path):
+    """The goblin situation: 6 of 400 chosen replies (1.5%), in every topic, have a concept nothing
+    else has. Its own support is a group of 6 pairs where u = +1 in both halves."""
+    ws, truth = regions(tmp_path / "rare", rare=6)
+    engine = open_hypotheses(ws.path)
+    rep = engine.report(top=5)
+    hit = rep.first_with_feature(truth["rare"][0], "more")
+    assert hit is not None and hit.rank <= 3 and "dragon" in hit.concept_name
+    assert {p.source_index // 2 for p in hit.driving} == set(truth["rare_rows"])
+    assert rep.hypotheses[0].features != hit.features or hit.rank == 1
+
+
+def test_statistics_equal_a_dense_recomputation(planted):
+    ws, _ = planted
+    engine = open_hypotheses(ws.path)
+    s = engine.statistics()
+    assert len(engine.diag)  # the concept view's cells are checked too
+    ref = reference(engine, np.ones(engine.analysis.n, bool))
+    for key in ("delta", "d", "t", "delta_a", "delta_b", "n"):
+        np.testing.assert_allclose(s[key], ref[key], rtol=1e-4, atol=1e-6, err_msg=key)  # u is float32
+    # the score: halves shrunk by PSEUDO_PAIRS, zero where the halves disagree
+    c = int(np.argmax(s["score"]))
+    g = engine.G.toarray()[:, engine.cell_group[c]] > 0
+    na, nb = g[0::2].sum(), g[1::2].sum()
+    expect = min(abs(s["delta_a"][c]) * na / (na + PSEUDO_PAIRS), abs(s["delta_b"][c]) * nb / (nb + PSEUDO_PAIRS))
+    assert s["score"][c] == pytest.approx(expect)
+    assert (s["score"][~s["agree"]] == 0).all()
+
+
+def test_what_if_equals_a_full_recompute_without_the_marked_pairs(planted):
+    ws, truth = planted
+    engine = open_hypotheses(ws.path)
+    src = engine.analysis.source_index
+    rng = np.random.default_rng(3)
+    marked = frozenset(int(s) for s in rng.choice(src, 40, replace=False))
+    for excluded in (marked, marked | {int(src[1]), int(src[7])}, marked - {next(iter(marked))}, frozenset()):
+        s = engine.statistics(excluded)  # incremental from the previous call
+        kept = ~np.isin(src, list(excluded))
+        ref = reference(engine, kept)
+        for key in ("delta", "d", "t", "delta_a", "delta_b", "n"):
+            np.testing.assert_allclose(s[key], ref[key], rtol=1e-4, atol=1e-6, err_msg=key)  # u is float32
+    # marking the top hypothesis' region removes it from the ranking; the driving pairs skip marks
+    top = engine.report(top=1).hypotheses[0]
+    region = frozenset(int(2 * r) for r in np.nonzero(truth["topic"] == 3)[0])
+    after = engine.report(region, top=10)
+    assert after.n_excluded == len(region) and after.n_pairs == engine.analysis.n - len(region)
+    assert all(h.concept != top.concept for h in after.hypotheses)
+    partial = engine.report(frozenset(p.source_index for p in top.driving[:3]), top=1).hypotheses[0]
+    assert not {p.source_index for p in partial.driving} & {p.source_index for p in top.driving[:3]}
+
+
+def test_the_structure_is_cached_and_refitted_when_its_inputs_change(planted, tmp_path):
+    import shutil
+
+    src_ws, _ = planted
+    path = tmp_path / "ws"
+    shutil.copytree(src_ws.path, path)
+    for f in cache_dir(Workspace(path)).glob("*"):
+        f.unlink()
+    a = Analysis(Workspace(path))
+    st = structure(a)
+    files = sorted(p.name for p in cache_dir(a.ws).glob("*.npz"))
+    assert files == [f"{st.key}.npz"]
+    mtime = (cache_dir(a.ws) / files[0]).stat().st_mtime_ns
+    again = structure(Analysis(Workspace(path)))  # read back, not refitted
+    assert (cache_dir(a.ws) / files[0]).stat().st_mtime_ns == mtime and again.key == st.key
+    np.testing.assert_array_equal(again.clusters, st.clusters)
+    np.testing.assert_array_equal(again.response.membership, st.response.membership)
+    assert (again.prompt_groups != st.prompt_groups).nnz == 0
+    # other parameters, another SAE, or more pairs: a new key, a fresh fit
+    other = structure(a, Params(pairs_per_cluster=50))
+    assert other.key != st.key and other.k < st.k
+    ws = Workspace(path)
+    ws.write_meta({"sae_sha256": "1" * 64})
+    assert structure(Analysis(ws)).key not in (st.key, other.key)
+    assert len(list(cache_dir(ws).glob("*.npz"))) == 3
+    # marks are not an input: the same key with pairs marked
+    from core.marks import Marks
+
+    Marks(ws).mark([0, 2], reason="test")
+    assert structure(Analysis(ws)).key == structure(Analysis(Workspace(path))).key
+
+
+def test_unknown_kind_is_a_usage_error(planted):
+    from core.errors import UsageError
+
+    with pytest.raises(UsageError, match="kind"):
+        open_hypotheses(planted[0].path).report(kind="everything")
+
+
+def test_cli_on_a_real_workspace(small_workspace):
+    from typer.testing import CliRunner
+
+    from core.cli import app
+
+    r = CliRunner().invoke(app, ["hypotheses", "-w", str(small_workspace), "--top", "5", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["n_pairs"] == 24 and out["k"] >= 1 and out["n_concepts"] > 0
+    for h in out["hypotheses"]:
+        assert h["halves_agree"] and h["score"] > 0 and h["driving"] and h["features"]
+        assert h["sentence"] and (h["delta"] > 0) == (h["direction"] == "more")
+    r = CliRunner().invoke(app, ["concepts", "-w", str(small_workspace), "--top", "5", "--json"])
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.stdout)
+    assert rows and all(row["features"] and row["shift"]["ci"][0] <= row["shift"]["shift"] for row in rows)
+    assert any(row["name"] for row in rows)
+    text = CliRunner().invoke(app, ["hypotheses", "-w", str(small_workspace), "--top", "3"]).stdout
+    assert "data clusters" in text

@@ -1,0 +1,62 @@
+"""How the TUI writes numbers and dataset text: one formatter for each, so every screen agrees.
+
+Numbers: three significant digits, trailing zeros kept (+1.00 next to +1.44, never +1), plain
+notation from 0.001 to 100, whole numbers above. Text from a dataset or a person (prompts, replies,
+tokens, labels, reasons, paths, error causes) becomes a `rich.text.Text` with its control characters
+made visible (core.textsafe), never a markup string: `[red]` in a reply shows as `[red]`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+from rich.text import Text
+
+from core.textsafe import one_line, visible
+
+_SPACES = re.compile(r"[ \t\r\n]+")
+
+
+def number(x: float, sign: bool = False) -> str:
+    """`x` with three significant digits: 0.687, 1.00, 12.3, 1,234, 3.4e-04 (sign: +0.687)."""
+    x = float(x)
+    plus = "+" if sign else ""
+    if x == 0:
+        return "0"
+    if not math.isfinite(x):
+        return "n/a"
+    a = abs(x)
+    if a >= 100:
+        return f"{x:{plus},.0f}"
+    if a < 0.001:
+        return f"{x:{plus}.1e}"
+    return f"{x:{plus}#.3g}"
+
+
+def signed(x: float) -> str:
+    """`number(x)` with its sign: +0.687, -1.00."""
+    return number(x, sign=True)
+
+
+def count(n: float) -> str:
+    """A whole number: 1,234."""
+    return f"{int(n):,}"
+
+
+def before_after(before: float, after: float, fmt=signed) -> str:
+    """'before' when unchanged, else 'before→after'."""
+    a, b = fmt(before), fmt(after)
+    return a if a == b else f"{a}→{b}"
+
+
+def safe(text: object, style: str = "") -> Text:
+    """Dataset text as a Text, newlines kept, every other control character shown as a tag."""
+    return Text(visible(str(text), keep_newlines=True), style=style)
+
+
+def line(text: object, width: int | None = None, style: str = "") -> Text:
+    """Dataset text on one line (runs of spaces and newlines as one space), cut to `width` (or to
+    where it is shown) with an ellipsis."""
+    flat = one_line(_SPACES.sub(" ", str(text)).strip(), width)
+    return Text(flat, style=style, no_wrap=True, overflow="ellipsis")
