@@ -33,7 +33,7 @@ from core.progress import Progress, ProgressFn, check_cancel, reporter
 
 PROMPT_EXPRESSES = 0.5
 PROMPT_MAX_SHARE = 0.1
-FORMAT = 1  # bump when the cached file's layout changes
+FORMAT = 2  # bump when the cached file's layout changes
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,7 @@ class Params:
     k_neighbours: int = C.K_NEIGHBOURS
     min_size: int = C.MIN_SIZE
     min_g: float = C.MIN_G
+    min_nmi: float = C.MIN_NMI
     resolution: float = C.RESOLUTION
     pairs_per_cluster: int = D.PAIRS_PER_CLUSTER
     silent_share: float = D.SILENT_SHARE
@@ -120,12 +121,12 @@ def fit_structure(analysis, params: Params = Params(), progress: ProgressFn | No
     emit(Progress("concepts", "response concepts: co-firing graph and Leiden", 0, 4, "steps"))
     replies = sp.vstack([chosen, rejected]).tocsr()
     response = C.fit_concepts(replies, "response", params.tau, params.k_neighbours, params.min_size,
-                              params.resolution, min_g=params.min_g, seed=params.seed)
+                              params.resolution, min_g=params.min_g, min_nmi=params.min_nmi, seed=params.seed)
     check_cancel(cancel, "fitting concepts")
     emit(Progress("concepts", "prompt concepts", 1, 4, "steps"))
     pf = analysis.prompt_frequencies()
     prompt = C.fit_concepts(pf, "prompt", params.tau, params.k_neighbours, params.min_size, params.resolution,
-                            min_g=params.min_g, seed=params.seed)
+                            min_g=params.min_g, min_nmi=params.min_nmi, seed=params.seed)
     check_cancel(cancel, "fitting concepts")
     emit(Progress("concepts", "data clusters: spherical k-means on concept activity", 2, 4, "steps"))
     s = C.activity(response, chosen, rejected)
