@@ -41,6 +41,7 @@ class Params:
     """Everything the structure is fitted with (part of the cache key)."""
 
     tau: float = C.TAU
+    rel_max: float = C.REL_MAX
     k_neighbours: int = C.K_NEIGHBOURS
     min_size: int = C.MIN_SIZE
     min_g: float = C.MIN_G
@@ -110,6 +111,18 @@ def prompt_groups(prompt: C.Concepts, prompt_freq: sp.csr_matrix, params: Params
     return sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(n, prompt.n_grouped))
 
 
+def reply_frequencies(analysis, params: Params) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """(chosen, rejected) (n, d_sae) CSR firing frequencies of `analysis`'s replies, kept only where
+    the firing is strong (core.concepts.strong, `params.rel_max` of each feature's max over all
+    replies): what concepts, data clusters and hypotheses read."""
+    chosen, rejected = analysis.frequencies()
+    if params.rel_max <= 0:
+        return chosen, rejected
+    mc, mr = analysis.maxima()
+    ref = C.reference_max(mc, mr)
+    return C.strong(chosen, mc, ref, params.rel_max), C.strong(rejected, mr, ref, params.rel_max)
+
+
 def fit_structure(analysis, params: Params = Params(), progress: ProgressFn | None = None,
                   cancel: threading.Event | None = None) -> Structure:
     """Fit the structure of `analysis` (a core.shifts.Analysis) without reading or writing the cache.
@@ -117,7 +130,7 @@ def fit_structure(analysis, params: Params = Params(), progress: ProgressFn | No
     emit = reporter(progress)
     if analysis.n == 0:
         raise WorkspaceError(f"workspace {analysis.ws.path} has no pairs")
-    chosen, rejected = analysis.frequencies()
+    chosen, rejected = reply_frequencies(analysis, params)
     emit(Progress("concepts", "response concepts: co-firing graph and Leiden", 0, 4, "steps"))
     replies = sp.vstack([chosen, rejected]).tocsr()
     response = C.fit_concepts(replies, "response", params.tau, params.k_neighbours, params.min_size,
