@@ -74,6 +74,19 @@ def test_a_rare_behaviour_spread_over_the_data_ranks_near_the_top(tmp_path):
     assert rep.hypotheses[0].features != hit.features or hit.rank == 1
 
 
+def test_weak_firings_elsewhere_do_not_drown_a_rare_behaviour(tmp_path):
+    """The goblin test at 5%: the behaviour's features also fire, weakly, in 60 other pairs on a random
+    side. Strong firing (the default) ignores them; on frequency alone (rel_max 0) the behaviour's
+    group is those 66 pairs, one-sided at random, and it leaves the ranking."""
+    ws, truth = regions(tmp_path / "weak", rare=6, weak=60)
+    a = Analysis(ws)
+    hit = Hypotheses(a, structure(a)).report(top=5).first_with_feature(truth["rare"][0], "more")
+    assert hit is not None and hit.rank <= 3 and hit.n == 6
+    assert {p.source_index // 2 for p in hit.driving} == set(truth["rare_rows"])
+    on_frequency = Hypotheses(a, structure(a, Params(rel_max=0.0))).report(top=50)
+    assert on_frequency.first_with_feature(truth["rare"][0], "more") is None
+
+
 def test_beyond_lean_subtracts_what_the_pairs_other_features_predict():
     """v = u − a · lean, the lean taken on the features outside the concept: a concept cannot explain
     itself away, and a pair where every other one-sided feature is on the chosen side expects more."""
