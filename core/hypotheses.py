@@ -29,8 +29,9 @@ Ranking (the landing screen): by `score`, Δmin made robust for small groups, in
        outside R) on one side only: when the rejected reply is the long one, most features that fire
        on one side do so on the rejected side, and u < 0 for any concept there says nothing about R.
        Without it, the top of the list is rare concepts that happen to sit on the longer side in 5-15
-       pairs ("chosen replies have less of it"), and one data cluster where chosen replies say more of
-       everything fills ten rows. Δ, d and t shown are still those of u (the paper's).
+       pairs ("chosen replies have less of it"), or one data cluster where chosen replies say more of
+       everything fills ten rows (README, "Hypotheses"). Δ, d and t shown are still those of u (the
+       paper's).
     score = min over halves of the shrunk Δ_h of v in Δ's direction (0 if negative); 0 when 2 or 3
     fail.
 Nothing here knows which behaviour was planted: a behaviour planted in a few pairs ranks high when
@@ -40,9 +41,9 @@ halves); see README, "Hypotheses", for what this does on the goblin test and on 
 
 What-if. `Hypotheses.report(excluded=...)` recomputes every statistic without the excluded pairs, but
 never refits the structure. Per (group, concept) cell the engine keeps the sums of u, u², v, and the
-counts of positive and negative u per half (a pair's lean does not depend on marks); leaving pairs out subtracts their rows' sums (a sparse
-product over those rows only), and a later call starts from the previous one and touches only the
-pairs marked or unmarked since (as core.shifts.Analysis.what_if). Cells are the (group, concept)
+counts of positive and negative u per half (a pair's lean does not depend on marks); leaving pairs
+out subtracts their rows' sums (a sparse product over those rows only), and a later call starts from
+the previous one and touches only the pairs marked or unmarked since (as core.shifts.Analysis.what_if). Cells are the (group, concept)
 pairs with MIN_SUPPORT supporting pairs over all the data: leaving pairs out can only lower support,
 so no other cell can ever qualify.
 """
