@@ -5,6 +5,9 @@ Two views, as in the paper (METHOD.md), computed the same way over a *group* of 
     cluster  a data cluster B_k (core.dataclusters; the silent bucket is left out of both sides)
     prompt   S(k), the pairs whose prompt expresses prompt concept A_k (core.structure; every pair
              takes part)
+    concept  the pairs where either reply expresses response concept R itself (EXPRESSES = half of
+             its features fire, as for prompts), at most CONCEPT_MAX_SHARE of the data; every pair
+             takes part. "Where replies have R at all, chosen replies have more of it."
 
 For group G and response concept R (u: core.concepts.disparity):
     Δ     = mean of u over pairs in G − mean over the other pairs of the view
@@ -21,17 +24,26 @@ Ranking (the landing screen): by `score`, Δmin made robust for small groups, in
     2. Support. At least MIN_SUPPORT pairs of the group move the concept in Δ's direction (u of that
        sign), and each half holds at least one of them: a Δ carried by one pair is not a hypothesis.
     3. Halves agree in sign (else score 0), as in the paper.
-    score = min over halves of the shrunk |Δ_h|; 0 when 2 or 3 fail.
+    4. Lean. The score reads each half's Δ of v, not of u: v = u − E[u | the pair's lean]
+       (`beyond_lean`). A pair's lean is which reply fires more of the *other* features (those
+       outside R) on one side only: when the rejected reply is the long one, most features that fire
+       on one side do so on the rejected side, and u < 0 for any concept there says nothing about R.
+       Without it, the top of the list is rare concepts that happen to sit on the longer side in 5-15
+       pairs ("chosen replies have less of it"), or one data cluster where chosen replies say more of
+       everything fills ten rows (README, "Hypotheses"). Δ, d and t shown are still those of u (the
+       paper's).
+    score = min over halves of the shrunk Δ_h of v in Δ's direction (0 if negative); 0 when 2 or 3
+    fail.
 Nothing here knows which behaviour was planted: a behaviour planted in a few pairs ranks high when
 the pairs share a concept that the rest of the data lacks (it then gets a data cluster of its own,
 core.dataclusters) and the labels move it the same way in all of them (Δ near its maximum in both
 halves); see README, "Hypotheses", for what this does on the goblin test and on real data.
 
 What-if. `Hypotheses.report(excluded=...)` recomputes every statistic without the excluded pairs, but
-never refits the structure. Per (group, concept) cell the engine keeps the sums of u, u², and the
-counts of positive and negative u per half; leaving pairs out subtracts their rows' sums (a sparse
-product over those rows only), and a later call starts from the previous one and touches only the
-pairs marked or unmarked since (as core.shifts.Analysis.what_if). Cells are the (group, concept)
+never refits the structure. Per (group, concept) cell the engine keeps the sums of u, u², v, and the
+counts of positive and negative u per half (a pair's lean does not depend on marks); leaving pairs
+out subtracts their rows' sums (a sparse product over those rows only), and a later call starts from
+the previous one and touches only the pairs marked or unmarked since (as core.shifts.Analysis.what_if). Cells are the (group, concept)
 pairs with MIN_SUPPORT supporting pairs over all the data: leaving pairs out can only lower support,
 so no other cell can ever qualify.
 """
@@ -54,6 +66,8 @@ N_DRIVING = 10
 KINDS = ("cluster", "prompt", "concept")
 CONCEPT_VIEW = True
 CONCEPT_MAX_SHARE = 0.1
+LEAN_AWARE = True
+EXPRESSES = 0.5  # a reply expresses a concept when this share of its features fire (as prompts: core.structure)
 
 
 @dataclass(frozen=True)
@@ -127,9 +141,9 @@ class _Sums:
     and concept the totals t1, t2; per view the row count."""
 
     def __init__(self, n_cells: int, n_groups: int, n_concepts: int):
-        self.cell = np.zeros((4, 2, n_cells))  # s1, s2, pos, neg
+        self.cell = np.zeros((5, 2, n_cells))  # s1, s2, pos, neg of u; s1 of v (beyond the lean)
         self.size = np.zeros((2, n_groups))
-        self.total = np.zeros((2, 2, 2, n_concepts))  # (t1 | t2, half, view)
+        self.total = np.zeros((3, 2, 2, n_concepts))  # (t1 | t2 | t1 of v, half, view)
         self.rows = np.zeros((2, 2))  # (half, view)
 
     def combine(self, other: "_Sums", sign: float) -> "_Sums":
@@ -150,15 +164,17 @@ class Hypotheses:
 
     def __init__(self, analysis, structure=None, names=None, progress: ProgressFn | None = None,
                  cancel: threading.Event | None = None):
+        from core.structure import reply_frequencies
         from core.structure import structure as fit_or_load
 
         self.analysis = analysis
         self.st = structure if structure is not None else fit_or_load(analysis, progress=progress, cancel=cancel)
         self.names = names
         n = analysis.n
-        chosen, rejected = analysis.frequencies()
+        chosen, rejected = reply_frequencies(analysis, self.st.params)
         self.u = C.disparity(self.st.response, chosen, rejected)  # (n, M)
         self.u_csc = self.u.tocsc()
+        self.v = beyond_lean(self.st.response, chosen, rejected, self.u) if LEAN_AWARE else self.u  # (n, M)
         M = self.st.response.n_concepts
         active = self.st.clusters >= 0
         K, P = self.st.k, self.st.prompt_groups.shape[1]
@@ -166,9 +182,9 @@ class Hypotheses:
         G_cl = sp.csr_matrix((np.ones(len(cl_rows), np.float32), (cl_rows, self.st.clusters[cl_rows])), shape=(n, K))
         self.G = sp.hstack([G_cl, self.st.prompt_groups]).tocsr().astype(np.float32)  # (n, K + P)
         self.G_csc = self.G.tocsc()
-        # The concept view: per concept, the pairs where it fires (above τ) in either reply.
-        fired = (C.fires(chosen, self.st.response.tau) + C.fires(rejected, self.st.response.tau)) \
-            @ self.st.response.indicator()
+        # The concept view: per concept, the pairs where either reply expresses it (module doc).
+        fired = (C.concept_rate(self.st.response, chosen) >= EXPRESSES) \
+            + (C.concept_rate(self.st.response, rejected) >= EXPRESSES)
         self.A = (fired > 0).astype(np.float32).tocsr()  # (n, M)
         self.A_csc = self.A.tocsc()
         df = np.diff(self.A_csc.indptr)
@@ -184,8 +200,8 @@ class Hypotheses:
         keys = np.concatenate([pos.row.astype(np.int64) * M + pos.col,
                                neg.row.astype(np.int64) * M + neg.col])
         ok = np.concatenate([pos.data >= MIN_SUPPORT, neg.data >= MIN_SUPPORT])
-        u_pos = np.diff((self.u > 0).tocsc().indptr)
-        u_neg = np.diff((self.u < 0).tocsc().indptr)
+        u_pos = np.asarray((self.u > 0).multiply(self.A).sum(0)).ravel()
+        u_neg = np.asarray((self.u < 0).multiply(self.A).sum(0)).ravel()
         diag = self.diag[np.maximum(u_pos, u_neg)[self.diag] >= MIN_SUPPORT]
         self.diag = diag
         self.n_groups = K + P + len(diag)
@@ -218,16 +234,17 @@ class Hypotheses:
             r = rows[self.half[rows] == h]
             if not len(r):
                 continue
-            g, u = self.G[r], self.u[r]
+            g, u, v = self.G[r], self.u[r], self.v[r]
             u2 = u.multiply(u).tocsr()
             gt = g.T.tocsr()
+            a_diag = self.A[r][:, self.diag]
             n_gp = g.shape[1]
-            for j, m in enumerate((u, u2, (u > 0).astype(np.float32), (u < 0).astype(np.float32))):
+            for j, m in enumerate((u, u2, (u > 0).astype(np.float32), (u < 0).astype(np.float32), v)):
                 out.cell[j, h] = self._into_cells(gt @ m)
-                # the concept view: a concept's u is 0 outside its own group, so its column sums are the group's
-                out.cell[j, h, self.diag_cells] = np.asarray(m[:, self.diag].sum(0)).ravel()
+                # the concept view: each concept's own group, the rows that express it
+                out.cell[j, h, self.diag_cells] = np.asarray(m[:, self.diag].multiply(a_diag).sum(0)).ravel()
             out.size[h, :n_gp] = np.asarray(g.sum(0)).ravel()
-            out.size[h, n_gp:] = np.asarray(self.A[r][:, self.diag].sum(0)).ravel()
+            out.size[h, n_gp:] = np.asarray(a_diag.sum(0)).ravel()
             for view in (0, 1):
                 inv = self.view_rows[view, r]
                 sel = np.nonzero(inv)[0]
@@ -235,6 +252,7 @@ class Hypotheses:
                 if len(sel):
                     out.total[0, h, view] = np.asarray(u[sel].sum(0)).ravel()
                     out.total[1, h, view] = np.asarray(u2[sel].sum(0)).ravel()
+                    out.total[2, h, view] = np.asarray(v[sel].sum(0)).ravel()
         return out
 
     def _state(self, excluded: frozenset) -> _Sums:
@@ -273,12 +291,14 @@ class Hypotheses:
                 vo = np.maximum((t2 - s2) - n_out * mo**2, 0) / np.maximum(n_out - 1, 1)
             return mi - mo, vi, vo, n_out
 
-        halves = []
+        halves, beyond = [], []
         for h in (0, 1):
             n_in = st.size[h, g]
             delta_h, *_ = moments(st.cell[0, h], st.cell[1, h], n_in, st.total[0, h, view, m],
                                   st.total[1, h, view, m], st.rows[h, view])
             halves.append((delta_h, n_in))
+            beyond.append(moments(st.cell[4, h], st.cell[4, h], n_in, st.total[2, h, view, m],
+                                  st.total[2, h, view, m], st.rows[h, view])[0])
         s1, s2 = st.cell[0].sum(0), st.cell[1].sum(0)
         n_in = st.size[:, g].sum(0)
         delta, vi, vo, n_out = moments(s1, s2, n_in, st.total[0][:, view, m].sum(0), st.total[1][:, view, m].sum(0),
@@ -293,11 +313,14 @@ class Hypotheses:
         (da, na), (db, nb) = halves
         agree = (np.sign(da) == sign) & (np.sign(db) == sign) & (sign != 0)
         supported = (support_h.sum(0) >= MIN_SUPPORT) & (support_h.min(0) >= 1) & (n_out > 0)
-        shrunk = np.minimum(np.abs(da) * na / (na + PSEUDO_PAIRS), np.abs(db) * nb / (nb + PSEUDO_PAIRS))
+        # the ranking reads Δ of v (u beyond each pair's lean) in each half, in Δ's direction
+        va, vb = sign * beyond[0], sign * beyond[1]
+        shrunk = np.maximum(np.minimum(va * na / (na + PSEUDO_PAIRS), vb * nb / (nb + PSEUDO_PAIRS)), 0.0)
         score = np.where(agree & supported, shrunk, 0.0)
         return {
             "n": n_in, "delta": delta, "d": d, "t": t, "delta_a": da, "delta_b": db, "agree": agree,
             "delta_min": np.minimum(np.abs(da), np.abs(db)), "support": support_h.sum(0), "score": score,
+            "beyond_a": beyond[0], "beyond_b": beyond[1],
         }
 
     # -- the report -------------------------------------------------------------------------------
@@ -375,6 +398,32 @@ class Hypotheses:
             driving=self.driving_pairs(group, concept, sign, excluded, n_driving),
             features=tuple(int(f) for f in self.st.response.features(concept)),
         )
+
+
+def beyond_lean(concepts, chosen: sp.csr_matrix, rejected: sp.csr_matrix, u: sp.csr_matrix) -> sp.csr_matrix:
+    """(n, M) CSR v = u − E[u | the pair's lean]: u beyond what each pair's lean on *other* features
+    predicts (module doc, Lean). For pair i and concept m, with c (r) the features firing above τ in
+    the chosen (rejected) reply only, c_m (r_m) those of them in concept m, and a_im = (c_m + r_m) /
+    |R_m| the share of m's features that fire on one side only:
+        lean_im = ((c − c_m) − (r − r_m)) / ((c − c_m) + (r − r_m) + 2)
+        v_im    = u_im − a_im · lean_im
+    lean_im is 2p − 1 for p the smoothed chance that a feature outside m firing on one side of this
+    pair is on the chosen side; leaving m out keeps a concept from explaining itself away."""
+    b = C.fires(chosen, concepts.tau) - C.fires(rejected, concepts.tau)
+    pos, neg = (b > 0).astype(np.float64), (b < 0).astype(np.float64)
+    c, r = np.asarray(pos.sum(1)).ravel(), np.asarray(neg.sum(1)).ravel()
+    ind = concepts.indicator().astype(np.float64)
+    big = 1e6  # c_m and r_m in one matrix (counts stay far below it): its pattern is the union of both
+    e = (pos @ ind + big * (neg @ ind)).tocsr()
+    rm = np.floor(e.data / big)
+    cm = e.data - big * rm
+    row = np.repeat(np.arange(e.shape[0]), np.diff(e.indptr))
+    co, ro = c[row] - cm, r[row] - rm
+    expected = e.copy()
+    expected.data = (cm + rm) / concepts.sizes()[e.indices] * (co - ro) / (co + ro + 2.0)
+    v = (u - expected).tocsr()
+    v.eliminate_zeros()
+    return v
 
 
 def sentence(kind: str, group: int, group_name: str, concept: int, concept_name: str, direction: str, n: int,

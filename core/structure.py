@@ -33,7 +33,7 @@ from core.progress import Progress, ProgressFn, check_cancel, reporter
 
 PROMPT_EXPRESSES = 0.5
 PROMPT_MAX_SHARE = 0.1
-FORMAT = 1  # bump when the cached file's layout changes
+FORMAT = 2  # bump when the cached file's layout changes
 
 
 @dataclass(frozen=True)
@@ -41,9 +41,11 @@ class Params:
     """Everything the structure is fitted with (part of the cache key)."""
 
     tau: float = C.TAU
+    rel_max: float = C.REL_MAX
     k_neighbours: int = C.K_NEIGHBOURS
     min_size: int = C.MIN_SIZE
     min_g: float = C.MIN_G
+    min_nmi: float = C.MIN_NMI
     resolution: float = C.RESOLUTION
     pairs_per_cluster: int = D.PAIRS_PER_CLUSTER
     silent_share: float = D.SILENT_SHARE
@@ -109,6 +111,18 @@ def prompt_groups(prompt: C.Concepts, prompt_freq: sp.csr_matrix, params: Params
     return sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(n, prompt.n_grouped))
 
 
+def reply_frequencies(analysis, params: Params) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """(chosen, rejected) (n, d_sae) CSR firing frequencies of `analysis`'s replies, kept only where
+    the firing is strong (core.concepts.strong, `params.rel_max` of each feature's max over all
+    replies): what concepts, data clusters and hypotheses read."""
+    chosen, rejected = analysis.frequencies()
+    if params.rel_max <= 0:
+        return chosen, rejected
+    mc, mr = analysis.maxima()
+    ref = C.reference_max(mc, mr)
+    return C.strong(chosen, mc, ref, params.rel_max), C.strong(rejected, mr, ref, params.rel_max)
+
+
 def fit_structure(analysis, params: Params = Params(), progress: ProgressFn | None = None,
                   cancel: threading.Event | None = None) -> Structure:
     """Fit the structure of `analysis` (a core.shifts.Analysis) without reading or writing the cache.
@@ -116,16 +130,16 @@ def fit_structure(analysis, params: Params = Params(), progress: ProgressFn | No
     emit = reporter(progress)
     if analysis.n == 0:
         raise WorkspaceError(f"workspace {analysis.ws.path} has no pairs")
-    chosen, rejected = analysis.frequencies()
+    chosen, rejected = reply_frequencies(analysis, params)
     emit(Progress("concepts", "response concepts: co-firing graph and Leiden", 0, 4, "steps"))
     replies = sp.vstack([chosen, rejected]).tocsr()
     response = C.fit_concepts(replies, "response", params.tau, params.k_neighbours, params.min_size,
-                              params.resolution, min_g=params.min_g, seed=params.seed)
+                              params.resolution, min_g=params.min_g, min_nmi=params.min_nmi, seed=params.seed)
     check_cancel(cancel, "fitting concepts")
     emit(Progress("concepts", "prompt concepts", 1, 4, "steps"))
     pf = analysis.prompt_frequencies()
     prompt = C.fit_concepts(pf, "prompt", params.tau, params.k_neighbours, params.min_size, params.resolution,
-                            min_g=params.min_g, seed=params.seed)
+                            min_g=params.min_g, min_nmi=params.min_nmi, seed=params.seed)
     check_cancel(cancel, "fitting concepts")
     emit(Progress("concepts", "data clusters: spherical k-means on concept activity", 2, 4, "steps"))
     s = C.activity(response, chosen, rejected)

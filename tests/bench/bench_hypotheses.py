@@ -66,7 +66,7 @@ def replies(n: int, d: int, bank: list[np.ndarray], firing: int, above: float, r
     return m, picks
 
 
-def synthetic_analysis(n: int, d: int, firing: int, above: float, seed: int = 0):
+def synthetic_analysis(n: int, d: int, firing: int, above: float, seed: int = 0, strong: float = 1.0):
     rng = np.random.default_rng(seed)
     bank = concept_bank(d, rng, 4000)
     chosen, picks = replies(n, d, bank, firing, above, rng)
@@ -75,10 +75,17 @@ def synthetic_analysis(n: int, d: int, firing: int, above: float, seed: int = 0)
     redo[:, 0] = rng.choice(len(bank), size=n)
     rejected, _ = replies(n, d, bank, firing, above, rng, shared=redo)
     prompt, _ = replies(n, d, concept_bank(d, rng, 2000), firing // 2, above, rng)
+
+    def maxima(freq):  # each firing's max activation: 1 (strong) or 0.3 (< REL_MAX of the feature's 1)
+        m = freq.copy()
+        m.data = np.where(rng.random(m.nnz) < strong, 1.0, 0.3).astype(np.float32)
+        return m
+
+    mx = (maxima(chosen), maxima(rejected))
     a = types.SimpleNamespace(
         n=n, d_sae=d, source_index=np.arange(n, dtype=np.int64), meta={"schema_version": 2, "d_sae": d},
         ws=types.SimpleNamespace(path=Path("/nonexistent")),
-        frequencies=lambda: (chosen, rejected), prompt_frequencies=lambda: prompt,
+        frequencies=lambda: (chosen, rejected), prompt_frequencies=lambda: prompt, maxima=lambda: mx,
     )
     a.row_of = {i: i for i in range(n)}
     a.rows = lambda src: np.fromiter((int(s) for s in src if 0 <= int(s) < n), dtype=np.int64)
@@ -89,7 +96,7 @@ def main() -> None:
     from core import concepts as C
     from core import dataclusters as D
     from core.hypotheses import Hypotheses
-    from core.structure import Params, Structure, prompt_groups, structure_key
+    from core.structure import Params, Structure, prompt_groups, reply_frequencies, structure_key
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pairs", type=int, default=260_000)
@@ -97,10 +104,13 @@ def main() -> None:
     ap.add_argument("--firing", type=int, default=160, help="features firing per reply (freq > 0)")
     ap.add_argument("--above", type=float, default=0.6, help="share of those above τ = 0.01")
     ap.add_argument("--marked", type=float, default=0.10)
+    ap.add_argument("--strong", type=float, default=1.0,
+                    help="share of reply firings that are strong (max >= REL_MAX of the feature's max); "
+                         "1.0: all, the density of the frequency rule alone (on the goblin data ~0.1)")
     args = ap.parse_args()
 
     t0 = time.perf_counter()
-    a = synthetic_analysis(args.pairs, args.d_sae, args.firing, args.above)
+    a = synthetic_analysis(args.pairs, args.d_sae, args.firing, args.above, strong=args.strong)
     chosen, rejected = a.frequencies()
     print(f"synthetic: {args.pairs:,} pairs, d_sae {args.d_sae:,}; per reply {chosen.nnz / args.pairs:.0f} firing "
           f"features, {(chosen.data > 0.01).sum() / args.pairs:.0f} above τ; per prompt "
@@ -116,6 +126,7 @@ def main() -> None:
         return out
 
     params = Params()
+    chosen, rejected = clock("strong firing (max >= REL_MAX of the feature's)", lambda: reply_frequencies(a, params))
     resp = clock("response concepts (graph + Leiden)",
                  lambda: C.fit_concepts(sp.vstack([chosen, rejected]).tocsr(), "response"))
     prom = clock("prompt concepts (graph + Leiden)", lambda: C.fit_concepts(a.prompt_frequencies(), "prompt"))

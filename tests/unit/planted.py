@@ -53,13 +53,15 @@ def build(path, chosen: np.ndarray, rejected: np.ndarray, prompt: np.ndarray, fe
     return ws
 
 
-def regions(path, n: int = 400, seed: int = 0, rare: int = 0) -> tuple[Workspace, dict]:
+def regions(path, n: int = 400, seed: int = 0, rare: int = 0, weak: int = 0) -> tuple[Workspace, dict]:
     """8 topics of n/8 pairs, each with a topic concept (5 features) in both replies and a prompt
     concept (5 prompt features); a behaviour (features 40-44, words "goblin"...) in the chosen replies
     of topic 3 only; a global concept (45-49) more often in chosen everywhere (0.6 vs 0.4), so its
     global shift is larger than the behaviour's; features 50-99 fire at random (noise). With `rare`,
     a second behaviour (features 150-153, word "dragon") in the chosen replies of `rare` random pairs,
-    whatever their topic (a goblin test: rare, spread over the data)."""
+    whatever their topic (a goblin test: rare, spread over the data). With `weak`, the dragon features
+    also fire in `weak` other pairs, on one reply at random, as often (freq 0.2) but weakly (max 0.3,
+    where every other firing has max 1): a broad SAE feature's tail, as the goblin feature has."""
     rng = np.random.default_rng(seed)
     d = 200
     topic = np.repeat(np.arange(8), n // 8)
@@ -89,6 +91,15 @@ def regions(path, n: int = 400, seed: int = 0, rare: int = 0) -> tuple[Workspace
     words.update({f: "please" for f in range(45, 50)})
     words.update({f: "dragon" for f in range(150, 154)})
     texts = [f"tell me about {WORDS[t]} and {WORDS[t]} things" for t in topic]
-    ws = build(path, chosen, rejected, prompt, words, d, texts)
+    activations = None
+    if weak:
+        wr = np.random.default_rng(seed + 1)  # the draws above stay those of weak=0
+        others = wr.choice(np.setdiff1d(np.arange(n), rare_rows), size=weak, replace=False)
+        on_chosen = wr.random(weak) < 0.5
+        activations = tuple((m > 0).astype(float) for m in (chosen, rejected))
+        for m, act, rows in zip((chosen, rejected), activations, (others[on_chosen], others[~on_chosen])):
+            m[np.ix_(rows, np.arange(150, 154))] = 0.2
+            act[np.ix_(rows, np.arange(150, 154))] = 0.3
+    ws = build(path, chosen, rejected, prompt, words, d, texts, activations=activations)
     return ws, {"topic": topic, "behaviour": list(range(40, 45)), "global": list(range(45, 50)),
                 "rare": list(range(150, 154)), "rare_rows": rare_rows.tolist()}

@@ -77,6 +77,20 @@ def test_u_s_and_rate_on_a_hand_example():
     np.testing.assert_allclose(C.concept_rate(con, chosen, tau=0.3).toarray(), [[0.5, 0.0], [0.0, 0.0]])
 
 
+def test_strong_keeps_a_features_firings_near_its_own_max():
+    """A weak firing (max under REL_MAX of the feature's max over all replies) does not count, however
+    many tokens it covers; each feature is judged against its own max."""
+    freq = sp.csr_matrix(np.array([[0.05, 0.3, 0.02], [0.40, 0.1, 0.0]]))
+    maxima = sp.csr_matrix(np.array([[20.0, 1.0, 3.0], [5.0, 2.0, 0.0]]))
+    other = sp.csr_matrix(np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]))
+    ref = C.reference_max(maxima, other)
+    np.testing.assert_allclose(ref, [20.0, 2.0, 3.0])
+    out = C.strong(freq, maxima, ref, rel_max=0.7).toarray()
+    # feature 0: 20 >= 14 kept, 5 < 14 dropped though it covers 40% of the reply; feature 1: 1 < 1.4
+    np.testing.assert_allclose(out, [[0.05, 0.0, 0.02], [0.0, 0.1, 0.0]])
+    np.testing.assert_allclose(C.strong(freq, maxima, ref, rel_max=0.0).toarray(), freq.toarray())
+
+
 def test_concept_shifts_mean_ci_and_halves():
     con = C.Concepts("response", np.array([0, 1]), 2, 0, 0.01)
     u = sp.csr_matrix(np.array([[1, 0], [1, -1], [0, 0], [1, 1], [1, -1], [0, -1]], dtype=np.float32))

@@ -23,8 +23,9 @@ def planted(tmp_path_factory):
 def reference(engine: Hypotheses, kept: np.ndarray) -> dict:
     """Every cell's Δ, d, t, halves by a dense, per-cell recomputation over the `kept` rows."""
     u = engine.u.toarray().astype(np.float64)
+    v = engine.v.toarray().astype(np.float64)
     g = np.hstack([engine.G.toarray(), engine.A.toarray()[:, engine.diag]]) > 0  # groups in column order
-    out = {k: np.zeros(len(engine.keys)) for k in ("delta", "d", "t", "delta_a", "delta_b", "n")}
+    out = {k: np.zeros(len(engine.keys)) for k in ("delta", "d", "t", "delta_a", "delta_b", "n", "beyond_a", "beyond_b")}
     for c, (grp, m) in enumerate(zip(engine.cell_group, engine.cell_concept)):
         view = engine.view_rows[engine.group_view[grp]] & kept
         inside, outside = view & g[:, grp], view & ~g[:, grp]
@@ -37,6 +38,7 @@ def reference(engine: Hypotheses, kept: np.ndarray) -> dict:
         for h, key in ((0, "delta_a"), (1, "delta_b")):
             half = np.arange(len(u)) % 2 == h
             out[key][c] = u[inside & half, m].mean() - u[outside & half, m].mean()
+            out[f"beyond_{key[-1]}"][c] = v[inside & half, m].mean() - v[outside & half, m].mean()
     return out
 
 
@@ -72,20 +74,56 @@ def test_a_rare_behaviour_spread_over_the_data_ranks_near_the_top(tmp_path):
     assert rep.hypotheses[0].features != hit.features or hit.rank == 1
 
 
+def test_weak_firings_elsewhere_do_not_drown_a_rare_behaviour(tmp_path):
+    """The goblin test at 5%: the behaviour's features also fire, weakly, in 60 other pairs on a random
+    side. Strong firing (the default) ignores them; on frequency alone (rel_max 0) the behaviour's
+    group is those 66 pairs, one-sided at random, and it leaves the ranking."""
+    ws, truth = regions(tmp_path / "weak", rare=6, weak=60)
+    a = Analysis(ws)
+    hit = Hypotheses(a, structure(a)).report(top=5).first_with_feature(truth["rare"][0], "more")
+    assert hit is not None and hit.rank <= 3 and hit.n == 6
+    assert {p.source_index // 2 for p in hit.driving} == set(truth["rare_rows"])
+    on_frequency = Hypotheses(a, structure(a, Params(rel_max=0.0))).report(top=50)
+    assert on_frequency.first_with_feature(truth["rare"][0], "more") is None
+
+
+def test_beyond_lean_subtracts_what_the_pairs_other_features_predict():
+    """v = u − a · lean, the lean taken on the features outside the concept: a concept cannot explain
+    itself away, and a pair where every other one-sided feature is on the chosen side expects more."""
+    import scipy.sparse as sp
+
+    from core import concepts as C
+    from core.hypotheses import beyond_lean
+
+    con = C.Concepts("response", np.array([0, 0, 1, 2, 3, 4]), 5, 1, 0.01)
+    f = 0.2
+    chosen = sp.csr_matrix(np.array([[f, f, f, f, f, 0], [f, 0, 0, 0, 0, 0], [f, f, 0, 0, 0, 0]]))
+    rejected = sp.csr_matrix(np.array([[0, 0, 0, 0, 0, f], [0, 0, f, f, 0, 0], [0, 0, 0, 0, 0, 0]]))
+    u = C.disparity(con, chosen, rejected)
+    v = beyond_lean(con, chosen, rejected, u).toarray()
+    # pair 0, concept 0 (u = 1): others c = 3, r = 1 -> lean 2/6; v = 1 - 1 * 1/3
+    # pair 1, concept 0 (u = 0.5, a = 0.5): others c = 0, r = 2 -> lean -2/4; v = 0.5 + 0.25
+    # pair 2, concept 0 (u = 1): no other one-sided feature -> lean 0; v = u
+    np.testing.assert_allclose(v[:, 0], [1 - 1 / 3, 0.75, 1.0], rtol=1e-6)
+    # pair 0, concept 4 (feature 5, u = -1): others c = 5, r = 0 -> lean 5/7; v = -1 - 5/7
+    assert v[0, 4] == pytest.approx(-1 - 5 / 7)
+
+
 def test_statistics_equal_a_dense_recomputation(planted):
     ws, _ = planted
     engine = open_hypotheses(ws.path)
     s = engine.statistics()
     assert len(engine.diag)  # the concept view's cells are checked too
     ref = reference(engine, np.ones(engine.analysis.n, bool))
-    for key in ("delta", "d", "t", "delta_a", "delta_b", "n"):
+    for key in ("delta", "d", "t", "delta_a", "delta_b", "n", "beyond_a", "beyond_b"):
         np.testing.assert_allclose(s[key], ref[key], rtol=1e-4, atol=1e-6, err_msg=key)  # u is float32
-    # the score: halves shrunk by PSEUDO_PAIRS, zero where the halves disagree
+    # the score: Δ of v (beyond the lean) per half, in Δ's direction, shrunk by PSEUDO_PAIRS
     c = int(np.argmax(s["score"]))
     g = engine.G.toarray()[:, engine.cell_group[c]] > 0
     na, nb = g[0::2].sum(), g[1::2].sum()
-    expect = min(abs(s["delta_a"][c]) * na / (na + PSEUDO_PAIRS), abs(s["delta_b"][c]) * nb / (nb + PSEUDO_PAIRS))
-    assert s["score"][c] == pytest.approx(expect)
+    sign = np.sign(s["delta"][c])
+    expect = min(sign * ref["beyond_a"][c] * na / (na + PSEUDO_PAIRS), sign * ref["beyond_b"][c] * nb / (nb + PSEUDO_PAIRS))
+    assert s["score"][c] == pytest.approx(expect) and expect > 0
     assert (s["score"][~s["agree"]] == 0).all()
 
 
@@ -99,7 +137,7 @@ def test_what_if_equals_a_full_recompute_without_the_marked_pairs(planted):
         s = engine.statistics(excluded)  # incremental from the previous call
         kept = ~np.isin(src, list(excluded))
         ref = reference(engine, kept)
-        for key in ("delta", "d", "t", "delta_a", "delta_b", "n"):
+        for key in ("delta", "d", "t", "delta_a", "delta_b", "n", "beyond_a", "beyond_b"):
             np.testing.assert_allclose(s[key], ref[key], rtol=1e-4, atol=1e-6, err_msg=key)  # u is float32
     # marking the top hypothesis' region removes it from the ranking; the driving pairs skip marks
     top = engine.report(top=1).hypotheses[0]
