@@ -113,16 +113,26 @@ def demo(
     tui: bool = typer.Option(True, help="Then open datadebug-tui on the workspace (only on a terminal)"),
     as_json: bool = JSON,
 ):
-    """The main job on the embedded default: index the bundled sample, print predicted shifts, open the TUI."""
+    """The main job on the embedded default: index the bundled sample, print the ranked hypotheses
+    (what DPO will teach, where, by name) and the per-feature shifts, open the TUI."""
+    from core.cli.hypotheses import format_hypotheses
+    from core.hypotheses import open_hypotheses
     from core.index import index_dataset
-    from core.shifts import Analysis
+    from core.marks import marked_set
     from core.workspace import Workspace
 
     workspace = workspace or locations.cache_dir() / "workspaces" / "demo"
     with ProgressPrinter() as progress:
         index_dataset(locations.sample_data_file(), workspace, progress=progress)
-    report = Analysis(Workspace(workspace)).report(top=top)
-    emit(report.to_json(), as_json, format_shifts(report) + f"\n\nworkspace: {workspace}")
+        ws = Workspace(workspace)
+        excluded = frozenset(marked_set(ws))
+        engine = open_hypotheses(workspace, progress=progress)
+    hyp = engine.report(excluded, top=top)
+    report = engine.analysis.report(top=top, excluded=excluded)
+    emit({**report.to_json(), "hypotheses": hyp.to_json(), "workspace": str(workspace)}, as_json,
+         "hypotheses (datadebug hypotheses -w WS):\n" + format_hypotheses(hyp)
+         + "\n\nper-feature shifts (datadebug shifts -w WS):\n" + format_shifts(report)
+         + f"\n\nworkspace: {workspace}")
     if tui and not as_json and sys.stdin.isatty() and sys.stdout.isatty():
         # exec, not import: core never imports the UI.
         exe = Path(sys.executable).parent / "datadebug-tui"
