@@ -46,11 +46,13 @@ integers (u·|R| is one; v is summed in fixed point, V_SCALE), so leaving pairs 
 back, in any order, gives the very sums a full recompute gives, and so the same statistics bit for
 bit. A call starts from the previous one and adds or subtracts, in place, only the rows of the pairs
 marked or unmarked since (as core.shifts.Analysis.what_if): a sparse product over those rows touches
-only their cells. Every cell's Δ still moves (the outside mean counts every pair), so the ranking
-recomputes the score of every cell, in a few vector operations; Δ's spread, d and t and the driving
-pairs are computed for the rows shown only. Cells are the (group, concept) pairs with MIN_SUPPORT
-supporting pairs over all the data: leaving pairs out can only lower support, so no other cell can
-ever qualify.
+only their cells. Every cell's Δ still moves a little (the outside mean counts every pair), but
+a cell's score is bounded by what it was at the last full pass plus how far the totals, the row
+counts and its group's size have moved since (`_Reference`), so the ranking scores exactly only the
+cells that can reach the top (thousands of 2 million on the 260k-pair benchmark) and the cells whose
+own sums changed; Δ's spread, d and t and the driving pairs are computed for the rows shown only.
+Cells are the (group, concept) pairs with MIN_SUPPORT supporting pairs over all the data: leaving
+pairs out can only lower support, so no other cell can ever qualify.
 """
 
 from __future__ import annotations
