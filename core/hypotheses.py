@@ -188,7 +188,7 @@ class _Reference:
     cells that can reach the top are those whose potential at A plus that bound reaches the `top`-th
     best exact score at B, and the cells whose own sums changed since A."""
 
-    SEEDS = 256  # cells of the best potentials at A, per kind, scored exactly to find that threshold
+    SEEDS = 256  # cells of the best potentials at A, per kind, scored exactly at B to find that threshold
     MAX_SHARE = 0.2  # past this share of cells as candidates, a full pass is cheaper
 
     def __init__(self, engine: "Hypotheses", st: _Sums, potential: np.ndarray):
@@ -220,10 +220,7 @@ class _Reference:
         with np.errstate(divide="ignore", invalid="ignore"):
             grown = v_max * dn * (1 / n + 1 / room[:, engine.group_view] + 2 / (n + PSEUDO_PAIRS))
         group_bound = np.where(dn > 0, grown, 0.0).max(0)  # (group,); inf where a group has no pair left
-        seeds = np.union1d(self.seeds[kind], np.nonzero(self.touched)[0])
-        if kind is not None:
-            seeds = seeds[engine._cell_kind[seeds] == kind]
-        score = np.sort(engine._measures(st, seeds, detail=False)["score"])[::-1]
+        score = np.sort(engine._measures(st, self.seeds[kind], detail=False)["score"])[::-1]
         if len(score) < top or score[top - 1] <= 0:
             return None
         reach = (self.potential + bound[engine._cell_vm] + group_bound[engine.cell_group] >= score[top - 1]) \

@@ -14,7 +14,8 @@ concepts (same prompt) and differ in a few.
     .venv/bin/python tests/bench/bench_hypotheses.py [--pairs 260000] [--d-sae 65536] [--firing 160]
 
 Prints each stage's seconds, then the what-if: a from-scratch recompute with 10% of the pairs marked,
-and the keypress path (marking the next hypothesis' driving pairs on top of those 10%).
+and the keypress path (marking the next hypothesis' driving pairs on top of those 10%, then undoing;
+then one random pair, and 300, each marked and undone).
 """
 
 from __future__ import annotations
@@ -160,6 +161,18 @@ def main() -> None:
     print(f"what-if per keypress (mark / undo a hypothesis' driving pairs on top of {len(marked):,}): "
           f"median {np.median(keys):.0f} ms wall ({np.median(keys_cpu):.0f} ms CPU), max {max(keys):.0f} ms "
           f"over {len(keys)} keypresses; load average {os.getloadavg()[0]:.1f}")
+    for what, size in (("one pair", 1), ("300 pairs", 300)):  # the TUI ranks its top 50 (tui/screens/hypotheses)
+        keys, keys_cpu = [], []
+        for _ in range(10):
+            more = marked | {int(x) for x in rng.choice(args.pairs, size, replace=False)}
+            for excluded in (more, marked):  # mark, then undo
+                t, c = time.perf_counter(), time.process_time()
+                engine.report(excluded, top=50)
+                keys.append(1000 * (time.perf_counter() - t))
+                keys_cpu.append(1000 * (time.process_time() - c))
+        print(f"what-if per keypress (mark / undo {what} on top of {len(marked):,}, top 50): median "
+              f"{np.median(keys):.0f} ms wall ({np.median(keys_cpu):.0f} ms CPU), max {max(keys):.0f} ms over "
+              f"{len(keys)} keypresses; load average {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":
