@@ -223,7 +223,7 @@ class _Reference:
         score = np.sort(engine._measures(st, self.seeds[kind], detail=False)["score"])[::-1]
         if len(score) < top or score[top - 1] <= 0:
             return None
-        reach = (self.potential + bound[engine._cell_vm] + group_bound[engine.cell_group] >= score[top - 1]) \
+        reach = (self.potential + bound[engine._cell_total] + group_bound[engine.cell_group] >= score[top - 1]) \
             | self.touched
         cells = np.nonzero(reach)[0]
         return cells if len(cells) <= self.MAX_SHARE * len(reach) else None
@@ -288,7 +288,7 @@ class Hypotheses:
         self.cell_concept = (self.keys % M).astype(np.int64)
         self.cell_view = self.group_view[self.cell_group]
         sizes = self.st.response.sizes()
-        self._cell_vm = self.cell_view * M + self.cell_concept  # index into a (view, concept) table
+        self._cell_total = self.cell_view * M + self.cell_concept  # index into a (view, concept) table
         self._cell_size = sizes[self.cell_concept].astype(np.float64)
         # integer copies whose sums are exact (module doc, What-if): u·|R|, v·V_SCALE
         self._u_int, self._v_int = _integer(self.u, sizes[self.u.indices]), _integer(self.v, V_SCALE)
@@ -375,7 +375,7 @@ class Hypotheses:
         """Per cell of `c` (an index array, or slice(None): every cell) under the sums `st`: what the
         ranking reads (n, delta, delta_a, delta_b, agree, delta_min, support, score, beyond_a,
         beyond_b) and, with `detail`, Δ's spread: d (NaN where u has none inside and outside) and t."""
-        g, vm, size = self.cell_group[c], self._cell_vm[c], self._cell_size[c]
+        g, vm, size = self.cell_group[c], self._cell_total[c], self._cell_size[c]
         n_in = st.size[:, g]  # (half, cells)
         n_out = st.rows[:, self.cell_view[c]] - n_in
         inv_in, inv_out = 1.0 / np.maximum(n_in, 1), 1.0 / np.maximum(n_out, 1)
