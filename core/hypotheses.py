@@ -205,6 +205,14 @@ class _Reference:
     def candidates(self, engine: "Hypotheses", st: _Sums, kind: int | None, top: int) -> np.ndarray | None:
         """The cells (sorted) that can be among the `top` of `kind` under the sums `st`, or None when
         a full pass is needed (too many, too few seeds, or a group as large as its view)."""
+        score = np.sort(engine._measures(st, self.seeds[kind], detail=False)["score"])[::-1]
+        if len(score) < top or score[top - 1] <= 0:
+            return None
+        return self.reaching(engine, st, score[top - 1])
+
+    def reaching(self, engine: "Hypotheses", st: _Sums, threshold: float) -> np.ndarray | None:
+        """The cells (sorted) whose score under the sums `st` can reach `threshold` (> 0): every other
+        cell scores less. None when a full pass is needed (too many, or a group as large as its view)."""
         largest = np.zeros((2, 2))  # (half, view): the largest group's size, at A or B
         for view in (0, 1):
             groups = engine.group_view == view
@@ -220,10 +228,7 @@ class _Reference:
         with np.errstate(divide="ignore", invalid="ignore"):
             grown = v_max * dn * (1 / n + 1 / room[:, engine.group_view] + 2 / (n + PSEUDO_PAIRS))
         group_bound = np.where(dn > 0, grown, 0.0).max(0)  # (group,); inf where a group has no pair left
-        score = np.sort(engine._measures(st, self.seeds[kind], detail=False)["score"])[::-1]
-        if len(score) < top or score[top - 1] <= 0:
-            return None
-        reach = (self.potential + bound[engine._cell_total] + group_bound[engine.cell_group] >= score[top - 1]) \
+        reach = (self.potential + bound[engine._cell_total] + group_bound[engine.cell_group] >= threshold) \
             | self.touched
         cells = np.nonzero(reach)[0]
         return cells if len(cells) <= self.MAX_SHARE * len(reach) else None
@@ -420,18 +425,36 @@ class Hypotheses:
             self._ref = _Reference(self, st, s.pop("potential"))
             return s
 
+    def standing_without(self, cell: int, excluded=frozenset()) -> tuple[int | None, dict[str, float]]:
+        """The rank `report` gives `cell` (1 = first, all views together) without the `excluded` source
+        indices, None when its score is 0, and the cell's statistics (the keys of `statistics()`, d NaN
+        where undefined). Scores only the cells that could outrank it (module doc, What-if), so a
+        keypress's preview of a hypothesis near the top costs what a ranking does."""
+        excluded = (excluded if isinstance(excluded, frozenset) else frozenset(excluded)) & self._source_set
+        with self._lock:
+            st = self._state(excluded)
+            mine = {k: float(v[0]) for k, v in self._measures(st, np.array([cell])).items()}
+            if mine["score"] <= 0:
+                return None, mine
+            cells, score = self._scored(st, self._ref.reaching(self, st, mine["score"]) if self._ref else None)
+        x, key = mine["score"], self.keys[cell]
+        return int(((score > x) | ((score == x) & (self.keys[cells] < key))).sum()) + 1, mine
+
+    def _scored(self, st: _Sums, cells: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """(cells, their scores) under the sums `st`: of `cells`, or, when None, of every cell (a full
+        pass, kept as the new _Reference)."""
+        if cells is None:
+            s = self._measures(st, slice(None), detail=False, potential=True)
+            self._ref = _Reference(self, st, s["potential"])
+            return np.arange(len(self.keys)), s["score"]
+        return cells, self._measures(st, cells, detail=False)["score"]
+
     def _ranked(self, st: _Sums, kind: str | None, top: int) -> np.ndarray:
         """The cells of the `top` hypotheses under the sums `st` (of `kind`, when given), best first;
         ties go to the lower key. Scores only the cells that can reach the top since the last full
         pass (_Reference), or, when too many could, all of them (a new full pass)."""
         wanted = None if kind is None else KINDS.index(kind)
-        cells = self._ref.candidates(self, st, wanted, top) if self._ref is not None else None
-        if cells is None:
-            s = self._measures(st, slice(None), detail=False, potential=True)
-            self._ref = _Reference(self, st, s["potential"])
-            cells, score = np.arange(len(self.keys)), s["score"]
-        else:
-            score = self._measures(st, cells, detail=False)["score"]
+        cells, score = self._scored(st, self._ref.candidates(self, st, wanted, top) if self._ref else None)
         keep = score > 0
         if wanted is not None:
             keep &= self._cell_kind[cells] == wanted

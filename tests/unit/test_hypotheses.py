@@ -269,3 +269,30 @@ def test_d_is_undefined_where_u_has_no_spread(planted):
     h = undefined[0]
     line = next(x for x in format_hypotheses(rep).splitlines() if x.startswith(f"{h.rank:>3} "))
     assert "—" in line.split(h.sentence[:10])[0]
+
+
+def test_standing_without_marks_equals_the_full_ranking(planted, monkeypatch):
+    """A hypothesis' rank and statistics without some pairs (the TUI's mark preview), scoring only the
+    cells that could outrank it, equal the full ranking's."""
+    from core import hypotheses as H
+
+    ws, _ = planted
+    engine = open_hypotheses(ws.path)
+    fresh = Hypotheses(engine.analysis, engine.st)
+    monkeypatch.setattr(H._Reference, "MAX_SHARE", 1.0)
+    engine.report(top=5)  # the reference
+    rng = np.random.default_rng(9)
+    src = [int(s) for s in engine.analysis.source_index]
+    excluded = frozenset()
+    for _ in range(6):
+        excluded = excluded | {int(x) for x in rng.choice(src, 2, replace=False)}
+        fresh._cache = None
+        s = fresh.statistics(excluded)
+        order = np.lexsort((fresh.keys, -s["score"]))
+        ranked = order[s["score"][order] > 0]
+        for rank in (1, 2, 7, len(ranked)):
+            cell = int(ranked[rank - 1])
+            got, stats = engine.standing_without(cell, excluded)
+            assert got == rank and stats["score"] == s["score"][cell] and stats["delta"] == s["delta"][cell]
+        zero = int(np.nonzero(s["score"] == 0)[0][0])
+        assert engine.standing_without(zero, excluded)[0] is None
