@@ -41,11 +41,18 @@ halves); see README, "Hypotheses", for what this does on the goblin test and on 
 
 What-if. `Hypotheses.report(excluded=...)` recomputes every statistic without the excluded pairs, but
 never refits the structure. Per (group, concept) cell the engine keeps the sums of u, u², v, and the
-counts of positive and negative u per half (a pair's lean does not depend on marks); leaving pairs
-out subtracts their rows' sums (a sparse product over those rows only), and a later call starts from
-the previous one and touches only the pairs marked or unmarked since (as core.shifts.Analysis.what_if). Cells are the (group, concept)
-pairs with MIN_SUPPORT supporting pairs over all the data: leaving pairs out can only lower support,
-so no other cell can ever qualify.
+counts of positive and negative u per half (a pair's lean does not depend on marks). The sums are
+integers (u·|R| is one; v is summed in fixed point, V_SCALE), so leaving pairs out and putting them
+back, in any order, gives the very sums a full recompute gives, and so the same statistics bit for
+bit. A call starts from the previous one and adds or subtracts, in place, only the rows of the pairs
+marked or unmarked since (as core.shifts.Analysis.what_if): a sparse product over those rows touches
+only their cells. Every cell's Δ still moves a little (the outside mean counts every pair), but
+a cell's score is bounded by what it was at the last full pass plus how far the totals, the row
+counts and its group's size have moved since (`_Reference`), so the ranking scores exactly only the
+cells that can reach the top (thousands of 2 million on the 260k-pair benchmark) and the cells whose
+own sums changed; Δ's spread, d and t and the driving pairs are computed for the rows shown only.
+Cells are the (group, concept) pairs with MIN_SUPPORT supporting pairs over all the data: leaving
+pairs out can only lower support, so no other cell can ever qualify.
 """
 
 from __future__ import annotations
@@ -67,6 +74,9 @@ KINDS = ("cluster", "prompt", "concept")
 CONCEPT_VIEW = True
 CONCEPT_MAX_SHARE = 0.1
 LEAN_AWARE = True
+V_SCALE = 2.0**32  # v is summed in fixed point, v·V_SCALE rounded (module doc, What-if)
+REFRESH_ROWS = 1000  # a what-if touching up to this many rows goes on from the last one, not from all pairs
+DRIVING_CACHE = 4096  # (group, concept, direction) orders of driving pairs kept
 EXPRESSES = 0.5  # a reply expresses a concept when this share of its features fire (as prompts: core.structure)
 
 
@@ -91,7 +101,7 @@ class Hypothesis:
     n: int  # pairs in the group (marked ones left out)
     n_support: int  # pairs of the group whose u has Δ's sign
     delta: float
-    d: float
+    d: float | None  # None where u is constant inside and outside (Δ = ±1 or 0): no spread
     t: float
     delta_a: float
     delta_b: float
@@ -137,22 +147,91 @@ class HypothesisReport:
 
 
 class _Sums:
-    """Per half (2) sums over a set of rows: per cell s1, s2, pos, neg; per group its size; per view
-    and concept the totals t1, t2; per view the row count."""
+    """Per half (2) integer sums over a set of rows (module doc, What-if): per cell Σ u·|R|, Σ (u·|R|)²,
+    the counts of u > 0 and of u < 0, Σ v·V_SCALE; per group its size; per view and concept the totals
+    of Σ u·|R|, Σ (u·|R|)², Σ v·V_SCALE; per view the row count."""
 
     def __init__(self, n_cells: int, n_groups: int, n_concepts: int):
-        self.cell = np.zeros((5, 2, n_cells))  # s1, s2, pos, neg of u; s1 of v (beyond the lean)
-        self.size = np.zeros((2, n_groups))
-        self.total = np.zeros((3, 2, 2, n_concepts))  # (t1 | t2 | t1 of v, half, view)
-        self.rows = np.zeros((2, 2))  # (half, view)
+        self.cell = np.zeros((5, 2, n_cells), np.int64)
+        self.size = np.zeros((2, n_groups), np.int64)
+        self.total = np.zeros((3, 2, 2, n_concepts), np.int64)  # (sum, half, view, concept)
+        self.rows = np.zeros((2, 2), np.int64)  # (half, view)
 
-    def combine(self, other: "_Sums", sign: float) -> "_Sums":
+    def copy(self) -> "_Sums":
         out = _Sums.__new__(_Sums)
-        out.cell = self.cell + sign * other.cell
-        out.size = self.size + sign * other.size
-        out.total = self.total + sign * other.total
-        out.rows = self.rows + sign * other.rows
+        out.cell, out.size, out.total, out.rows = (a.copy() for a in (self.cell, self.size, self.total, self.rows))
         return out
+
+
+def _mean_difference(inside, total, inv_in, inv_out):
+    """Mean inside − mean outside from the sums inside and over the view (a side without rows has sum
+    0, so mean 0: the sums are exact integers)."""
+    return inside * inv_in - (total - inside) * inv_out
+
+
+def _integer(m: sp.csr_matrix, factor) -> sp.csr_matrix:
+    """`m` with each stored value times `factor` (a scalar, or one per stored value) rounded to int64."""
+    out = sp.csr_matrix((np.rint(m.data * factor).astype(np.int64), m.indices, m.indptr), shape=m.shape)
+    out.eliminate_zeros()
+    return out
+
+
+class _Reference:
+    """A full pass over every cell at one state A, kept to rank later states B without scoring every
+    cell again (module doc, What-if). A cell's score never exceeds its `potential` (Δ of v shrunk, in
+    whichever direction is larger, every condition met). From A to B a cell whose group holds none of
+    the rows changed keeps its own sums of v, so its shrunk Δ of v in a half, b·n/(n + PSEUDO_PAIRS)
+    with b = Σv/n − (T − Σv)/(N − n), moves only with the view's total T of v, its row count N and the
+    group's size n, by at most
+        (|ΔT| + v̄ |ΔN|) / r  +  v̄ |Δn| (1/n + 1/r + 2/(n + PSEUDO_PAIRS))
+    (v̄ = max |v|, r ≤ N − n at A and at B, n at B): a term per (view, concept) plus one per group. The
+    cells that can reach the top are those whose potential at A plus that bound reaches the `top`-th
+    best exact score at B, and the cells whose own sums changed since A."""
+
+    SEEDS = 256  # cells of the best potentials at A, per kind, scored exactly at B to find that threshold
+    MAX_SHARE = 0.2  # past this share of cells as candidates, a full pass is cheaper
+
+    def __init__(self, engine: "Hypotheses", st: _Sums, potential: np.ndarray):
+        self.potential = potential
+        self.total_v, self.rows, self.size = st.total[2].copy(), st.rows.copy(), st.size.copy()
+        self.touched = np.zeros(len(potential), bool)
+        self.seeds = {}
+        for kind in (None, 0, 1, 2):
+            cells = np.nonzero(engine._cell_kind == kind)[0] if kind is not None else np.arange(len(potential))
+            if len(cells) > self.SEEDS:
+                cells = cells[np.argpartition(-potential[cells], self.SEEDS - 1)[:self.SEEDS]]
+            self.seeds[kind] = cells
+
+    def candidates(self, engine: "Hypotheses", st: _Sums, kind: int | None, top: int) -> np.ndarray | None:
+        """The cells (sorted) that can be among the `top` of `kind` under the sums `st`, or None when
+        a full pass is needed (too many, too few seeds, or a group as large as its view)."""
+        score = np.sort(engine._measures(st, self.seeds[kind], detail=False)["score"])[::-1]
+        if len(score) < top or score[top - 1] <= 0:
+            return None
+        return self.reaching(engine, st, score[top - 1])
+
+    def reaching(self, engine: "Hypotheses", st: _Sums, threshold: float) -> np.ndarray | None:
+        """The cells (sorted) whose score under the sums `st` can reach `threshold` (> 0): every other
+        cell scores less. None when a full pass is needed (too many, or a group as large as its view)."""
+        largest = np.zeros((2, 2))  # (half, view): the largest group's size, at A or B
+        for view in (0, 1):
+            groups = engine.group_view == view
+            if groups.any():
+                largest[:, view] = st.size[:, groups].max(1)
+        room = np.minimum(self.rows, st.rows) - largest  # (half, view): N − n at least, at A and at B
+        if (room <= 0).any():
+            return None
+        v_max = engine._v_max
+        moved = np.abs(st.total[2] - self.total_v) / V_SCALE + v_max * np.abs(st.rows - self.rows)[..., None]
+        bound = (moved / room[..., None]).max(0).ravel() + 1e-9  # (view · concept,), with room for rounding
+        dn, n = np.abs(st.size - self.size), st.size  # (half, group)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            grown = v_max * dn * (1 / n + 1 / room[:, engine.group_view] + 2 / (n + PSEUDO_PAIRS))
+        group_bound = np.where(dn > 0, grown, 0.0).max(0)  # (group,); inf where a group has no pair left
+        reach = (self.potential + bound[engine._cell_total] + group_bound[engine.cell_group] >= threshold) \
+            | self.touched
+        cells = np.nonzero(reach)[0]
+        return cells if len(cells) <= self.MAX_SHARE * len(reach) else None
 
 
 class Hypotheses:
@@ -212,116 +291,178 @@ class Hypotheses:
         self.diag_cells = np.arange(len(self.keys) - len(diag), len(self.keys))
         self.cell_group = (self.keys // M).astype(np.int64)
         self.cell_concept = (self.keys % M).astype(np.int64)
-        self.full = self._sums(np.arange(n))
-        self._cache: tuple[frozenset, _Sums] | None = None
+        self.cell_view = self.group_view[self.cell_group]
+        sizes = self.st.response.sizes()
+        self._cell_total = self.cell_view * M + self.cell_concept  # index into a (view, concept) table
+        self._cell_size = sizes[self.cell_concept].astype(np.float64)
+        # integer copies whose sums are exact (module doc, What-if): u·|R|, v·V_SCALE
+        self._u_int, self._v_int = _integer(self.u, sizes[self.u.indices]), _integer(self.v, V_SCALE)
+        self._G_int, self._A_int = self.G.astype(np.int64), self.A.astype(np.int64)
+        self.full = self._add(_Sums(len(self.keys), self.n_groups, M), np.arange(n), +1)
+        self._cache: tuple[frozenset, _Sums] | None = None  # the last call's excluded pairs and sums
+        self._ref: _Reference | None = None  # the last full pass over every cell, kept as bounds
+        self._cell_kind = self.group_kind[self.cell_group].astype(np.int8)
+        self._v_max = float(np.abs(self._v_int.data).max()) / V_SCALE if self._v_int.nnz else 0.0
+        self._lock = threading.Lock()  # the cached sums change in place
+        self._driving: dict[tuple[int, int, bool], tuple[list, list]] = {}
         self._source_set = frozenset(int(s) for s in analysis.source_index)
 
     # -- sums over rows ---------------------------------------------------------------------------
 
-    def _into_cells(self, m: sp.spmatrix) -> np.ndarray:
+    def _cell_entries(self, m: sp.spmatrix) -> tuple[np.ndarray, np.ndarray]:
+        """(cell index, value) of the entries of a (data and prompt groups, concepts) matrix that are
+        cells. Its rows are below the concept view's groups, so those cells never match."""
         coo = m.tocoo()
+        if not len(self.keys):
+            return np.zeros(0, np.int64), coo.data[:0]
         key = coo.row.astype(np.int64) * self.M + coo.col
-        idx = np.searchsorted(self.keys, key)
-        idx = np.minimum(idx, len(self.keys) - 1) if len(self.keys) else idx
-        hit = (self.keys[idx] == key) if len(self.keys) else np.zeros(len(key), bool)
-        hit &= ~np.isin(idx, self.diag_cells) if len(self.diag_cells) else True
-        return np.bincount(idx[hit], weights=coo.data[hit], minlength=len(self.keys))
+        idx = np.minimum(np.searchsorted(self.keys, key), len(self.keys) - 1)
+        hit = self.keys[idx] == key
+        return idx[hit], coo.data[hit]
 
-    def _sums(self, rows: np.ndarray) -> _Sums:
-        out = _Sums(len(self.keys), self.n_groups, self.M)
+    def _add(self, st: _Sums, rows: np.ndarray, sign: int, touched: np.ndarray | None = None) -> _Sums:
+        """Add (`sign` +1) or subtract (-1) the sums over `rows` to `st`, in place; returns `st`. The
+        cost is that of the rows' entries, not of the number of cells. `touched` (bool, per cell): set
+        where a cell's own sums change (a row of its group moves its concept)."""
         rows = np.asarray(rows, dtype=np.int64)
         for h in (0, 1):
             r = rows[self.half[rows] == h]
             if not len(r):
                 continue
-            g, u, v = self.G[r], self.u[r], self.v[r]
+            g, u, v = self._G_int[r], self._u_int[r], self._v_int[r]
             u2 = u.multiply(u).tocsr()
             gt = g.T.tocsr()
-            a_diag = self.A[r][:, self.diag]
-            n_gp = g.shape[1]
-            for j, m in enumerate((u, u2, (u > 0).astype(np.float32), (u < 0).astype(np.float32), v)):
-                out.cell[j, h] = self._into_cells(gt @ m)
+            a_diag = self._A_int[r][:, self.diag]
+            for j, m in enumerate((u, u2, (u > 0).astype(np.int64), (u < 0).astype(np.int64), v)):
+                idx, val = self._cell_entries(gt @ m)
+                np.add.at(st.cell[j, h], idx, sign * val)
                 # the concept view: each concept's own group, the rows that express it
-                out.cell[j, h, self.diag_cells] = np.asarray(m[:, self.diag].multiply(a_diag).sum(0)).ravel()
-            out.size[h, :n_gp] = np.asarray(g.sum(0)).ravel()
-            out.size[h, n_gp:] = np.asarray(a_diag.sum(0)).ravel()
+                diag = np.asarray(m[:, self.diag].multiply(a_diag).sum(0)).ravel()
+                st.cell[j, h, self.diag_cells] += sign * diag
+                if touched is not None:
+                    touched[idx] = True
+                    touched[self.diag_cells[diag != 0]] = True
+            st.size[h] += sign * np.r_[np.asarray(g.sum(0)).ravel(), np.asarray(a_diag.sum(0)).ravel()]
             for view in (0, 1):
-                inv = self.view_rows[view, r]
-                sel = np.nonzero(inv)[0]
-                out.rows[h, view] = len(sel)
+                sel = np.nonzero(self.view_rows[view, r])[0]
+                st.rows[h, view] += sign * len(sel)
                 if len(sel):
-                    out.total[0, h, view] = np.asarray(u[sel].sum(0)).ravel()
-                    out.total[1, h, view] = np.asarray(u2[sel].sum(0)).ravel()
-                    out.total[2, h, view] = np.asarray(v[sel].sum(0)).ravel()
-        return out
+                    for j, m in enumerate((u, u2, v)):
+                        st.total[j, h, view] += sign * np.asarray(m[sel].sum(0)).ravel()
+        return st
 
     def _state(self, excluded: frozenset) -> _Sums:
-        """The sums without the `excluded` source indices, from the previous call when that is cheaper."""
-        cache = self._cache
+        """The sums without the `excluded` source indices: the previous call's, with the pairs marked
+        and unmarked since subtracted and added in place, when that touches fewer rows than starting
+        from the sums over all pairs."""
+        cache, self._cache = self._cache, None  # changed in place below: if that fails, start over
+        ref, self._ref = self._ref, None
         if cache is not None:
             added, dropped = excluded - cache[0], cache[0] - excluded
-            if len(added) + len(dropped) < len(excluded):
+            if len(added) + len(dropped) <= max(len(excluded), REFRESH_ROWS):
                 st = cache[1]
+                touched = ref.touched if ref is not None else None
                 if added:
-                    st = st.combine(self._sums(self.analysis.rows(added)), -1.0)
+                    self._add(st, self.analysis.rows(added), -1, touched)
                 if dropped:
-                    st = st.combine(self._sums(self.analysis.rows(dropped)), +1.0)
-                self._cache = (excluded, st)
+                    self._add(st, self.analysis.rows(dropped), +1, touched)
+                self._cache, self._ref = (excluded, st), ref
                 return st
-        st = self.full if not excluded else self.full.combine(self._sums(self.analysis.rows(excluded)), -1.0)
+        st = self.full.copy()
+        if excluded:
+            self._add(st, self.analysis.rows(excluded), -1)
         self._cache = (excluded, st)
         return st
 
     # -- statistics -------------------------------------------------------------------------------
 
-    def statistics(self, excluded=frozenset()) -> dict[str, np.ndarray]:
-        """Per cell (aligned with `cell_group`, `cell_concept`): n, delta, d, t, delta_a, delta_b,
-        support (per half and total, in Δ's direction), score (module doc)."""
-        excluded = (excluded if isinstance(excluded, frozenset) else frozenset(excluded)) & self._source_set
-        st = self._state(excluded)
-        view = self.group_view[self.cell_group]
-        g, m = self.cell_group, self.cell_concept
-
-        def moments(s1, s2, n_in, t1, t2, n_all):
-            n_out = n_all - n_in
-            with np.errstate(divide="ignore", invalid="ignore"):
-                mi = np.where(n_in > 0, s1 / np.maximum(n_in, 1), 0.0)
-                mo = np.where(n_out > 0, (t1 - s1) / np.maximum(n_out, 1), 0.0)
-                vi = np.maximum(s2 - n_in * mi**2, 0) / np.maximum(n_in - 1, 1)
-                vo = np.maximum((t2 - s2) - n_out * mo**2, 0) / np.maximum(n_out - 1, 1)
-            return mi - mo, vi, vo, n_out
-
-        halves, beyond = [], []
-        for h in (0, 1):
-            n_in = st.size[h, g]
-            delta_h, *_ = moments(st.cell[0, h], st.cell[1, h], n_in, st.total[0, h, view, m],
-                                  st.total[1, h, view, m], st.rows[h, view])
-            halves.append((delta_h, n_in))
-            beyond.append(moments(st.cell[4, h], st.cell[4, h], n_in, st.total[2, h, view, m],
-                                  st.total[2, h, view, m], st.rows[h, view])[0])
-        s1, s2 = st.cell[0].sum(0), st.cell[1].sum(0)
-        n_in = st.size[:, g].sum(0)
-        delta, vi, vo, n_out = moments(s1, s2, n_in, st.total[0][:, view, m].sum(0), st.total[1][:, view, m].sum(0),
-                                       st.rows[:, view].sum(0))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            pooled = np.sqrt(((n_in - 1) * vi + (n_out - 1) * vo) / np.maximum(n_in + n_out - 2, 1))
-            d = np.where(pooled > 0, delta / pooled, 0.0)
-            se = np.sqrt(vi / np.maximum(n_in, 1) + vo / np.maximum(n_out, 1))
-            t = np.where(se > 0, delta / se, 0.0)
+    def _measures(self, st: _Sums, c, detail: bool = True, potential: bool = False) -> dict[str, np.ndarray]:
+        """Per cell of `c` (an index array, or slice(None): every cell) under the sums `st`: what the
+        ranking reads (n, delta, delta_a, delta_b, agree, delta_min, support, score, beyond_a,
+        beyond_b) and, with `detail`, Δ's spread: d (NaN where u has none inside and outside) and t."""
+        g, vm, size = self.cell_group[c], self._cell_total[c], self._cell_size[c]
+        n_in = st.size[:, g]  # (half, cells)
+        n_out = st.rows[:, self.cell_view[c]] - n_in
+        inv_in, inv_out = 1.0 / np.maximum(n_in, 1), 1.0 / np.maximum(n_out, 1)
+        s1, t1 = st.cell[0][:, c], st.total[0].reshape(2, -1)[:, vm]
+        da, db = _mean_difference(s1, t1, inv_in, inv_out) / size
+        n, n_o = n_in.sum(0), n_out.sum(0)
+        s1, t1 = s1.sum(0), t1.sum(0)
+        delta = _mean_difference(s1, t1, 1.0 / np.maximum(n, 1), 1.0 / np.maximum(n_o, 1)) / size
         sign = np.sign(delta)
-        support_h = np.where(sign >= 0, st.cell[2], st.cell[3])  # (2, cells)
-        (da, na), (db, nb) = halves
+        support_h = np.where(sign >= 0, st.cell[2][:, c], st.cell[3][:, c])  # (half, cells)
         agree = (np.sign(da) == sign) & (np.sign(db) == sign) & (sign != 0)
-        supported = (support_h.sum(0) >= MIN_SUPPORT) & (support_h.min(0) >= 1) & (n_out > 0)
+        supported = (support_h.sum(0) >= MIN_SUPPORT) & (support_h.min(0) >= 1) & (n_o > 0)
         # the ranking reads Δ of v (u beyond each pair's lean) in each half, in Δ's direction
-        va, vb = sign * beyond[0], sign * beyond[1]
-        shrunk = np.maximum(np.minimum(va * na / (na + PSEUDO_PAIRS), vb * nb / (nb + PSEUDO_PAIRS)), 0.0)
-        score = np.where(agree & supported, shrunk, 0.0)
-        return {
-            "n": n_in, "delta": delta, "d": d, "t": t, "delta_a": da, "delta_b": db, "agree": agree,
-            "delta_min": np.minimum(np.abs(da), np.abs(db)), "support": support_h.sum(0), "score": score,
-            "beyond_a": beyond[0], "beyond_b": beyond[1],
+        beyond = _mean_difference(st.cell[4][:, c], st.total[2].reshape(2, -1)[:, vm], inv_in, inv_out) / V_SCALE
+        shrunk_beyond = beyond * (n_in / (n_in + PSEUDO_PAIRS))  # (half, cells)
+        shrunk = np.maximum((sign * shrunk_beyond).min(0), 0.0)
+        out = {
+            "n": n, "delta": delta, "delta_a": da, "delta_b": db, "agree": agree,
+            "delta_min": np.minimum(np.abs(da), np.abs(db)), "support": support_h.sum(0),
+            "score": np.where(agree & supported, shrunk, 0.0), "beyond_a": beyond[0], "beyond_b": beyond[1],
         }
+        if potential:  # the score were Δ's sign either way and every condition met (_Reference)
+            out["potential"] = np.maximum(np.maximum(shrunk_beyond.min(0), -shrunk_beyond.max(0)), 0.0)
+        if detail:
+            s2, t2 = st.cell[1][:, c].sum(0), st.total[1].reshape(2, -1)[:, vm].sum(0)
+            vi, vo = _variance(s1, s2, n, size), _variance(t1 - s1, t2 - s2, n_o, size)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                pooled = np.sqrt(((n - 1) * vi + (n_o - 1) * vo) / np.maximum(n + n_o - 2, 1))
+                out["d"] = np.where(pooled > 0, delta / pooled, np.nan)
+                se = np.sqrt(vi / np.maximum(n, 1) + vo / np.maximum(n_o, 1))
+                out["t"] = np.where(se > 0, delta / se, 0.0)
+        return out
+
+    def statistics(self, excluded=frozenset()) -> dict[str, np.ndarray]:
+        """Per cell (aligned with `cell_group`, `cell_concept`): n, delta, d (NaN where undefined), t,
+        delta_a, delta_b, agree, delta_min, support (in Δ's direction), score, beyond_a, beyond_b
+        (module doc)."""
+        excluded = (excluded if isinstance(excluded, frozenset) else frozenset(excluded)) & self._source_set
+        with self._lock:
+            st = self._state(excluded)
+            s = self._measures(st, slice(None), potential=True)
+            self._ref = _Reference(self, st, s.pop("potential"))
+            return s
+
+    def standing_without(self, cell: int, excluded=frozenset()) -> tuple[int | None, dict[str, float]]:
+        """The rank `report` gives `cell` (1 = first, all views together) without the `excluded` source
+        indices, None when its score is 0, and the cell's statistics (the keys of `statistics()`, d NaN
+        where undefined). Scores only the cells that could outrank it (module doc, What-if), so a
+        keypress's preview of a hypothesis near the top costs what a ranking does."""
+        excluded = (excluded if isinstance(excluded, frozenset) else frozenset(excluded)) & self._source_set
+        with self._lock:
+            st = self._state(excluded)
+            mine = {k: float(v[0]) for k, v in self._measures(st, np.array([cell])).items()}
+            if mine["score"] <= 0:
+                return None, mine
+            cells, score = self._scored(st, self._ref.reaching(self, st, mine["score"]) if self._ref else None)
+        x, key = mine["score"], self.keys[cell]
+        return int(((score > x) | ((score == x) & (self.keys[cells] < key))).sum()) + 1, mine
+
+    def _scored(self, st: _Sums, cells: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """(cells, their scores) under the sums `st`: of `cells`, or, when None, of every cell (a full
+        pass, kept as the new _Reference)."""
+        if cells is None:
+            s = self._measures(st, slice(None), detail=False, potential=True)
+            self._ref = _Reference(self, st, s["potential"])
+            return np.arange(len(self.keys)), s["score"]
+        return cells, self._measures(st, cells, detail=False)["score"]
+
+    def _ranked(self, st: _Sums, kind: str | None, top: int) -> np.ndarray:
+        """The cells of the `top` hypotheses under the sums `st` (of `kind`, when given), best first;
+        ties go to the lower key. Scores only the cells that can reach the top since the last full
+        pass (_Reference), or, when too many could, all of them (a new full pass)."""
+        wanted = None if kind is None else KINDS.index(kind)
+        cells, score = self._scored(st, self._ref.candidates(self, st, wanted, top) if self._ref else None)
+        keep = score > 0
+        if wanted is not None:
+            keep &= self._cell_kind[cells] == wanted
+        cells, score = cells[keep], score[keep]
+        if len(cells) > top:  # the top scores, and every cell tied with the last of them
+            cut = np.partition(score, len(score) - top)[len(score) - top]
+            cells, score = cells[score >= cut], score[score >= cut]
+        return cells[np.lexsort((self.keys[cells], -score))][:top]
 
     # -- the report -------------------------------------------------------------------------------
 
@@ -334,70 +475,83 @@ class Hypotheses:
 
     def driving_pairs(self, group: int, concept: int, sign: float, excluded=frozenset(), n: int = N_DRIVING
                       ) -> tuple[DrivingPair, ...]:
-        """The pairs of `group` whose u on `concept` goes most strongly in direction `sign`."""
-        g = self.G_csc
-        if group >= g.shape[1]:
-            g, group = self.A_csc, concept
-        lo, hi = g.indptr[group], g.indptr[group + 1]
-        rows = g.indices[lo:hi]
-        col = self.u_csc[:, concept]
-        u = np.asarray(col[rows].todense()).ravel() * sign
-        order = [i for i in np.argsort(-u, kind="stable") if u[i] > 0]
-        src = self.analysis.source_index
+        """The pairs of `group` whose u on `concept` goes most strongly in direction `sign`, leaving
+        out the `excluded` source indices."""
+        key = (group, concept, sign > 0)
+        order = self._driving.get(key)
+        if order is None:  # the group's pairs by u in this direction; marks only skip some
+            g, col = (self.G_csc, group) if group < self.G_csc.shape[1] else (self.A_csc, concept)
+            rows = g.indices[g.indptr[col]:g.indptr[col + 1]]
+            lo, hi = self.u_csc.indptr[concept], self.u_csc.indptr[concept + 1]
+            common, _, at = np.intersect1d(rows, self.u_csc.indices[lo:hi], assume_unique=True, return_indices=True)
+            u = self.u_csc.data[lo:hi][at]
+            best = np.argsort(-sign * u, kind="stable")
+            best = best[sign * u[best] > 0]
+            if len(self._driving) >= DRIVING_CACHE:
+                self._driving.clear()
+            order = self._driving[key] = (self.analysis.source_index[common[best]].tolist(), u[best].tolist())
         out = []
-        for i in order:
-            s = int(src[rows[i]])
-            if s in excluded:
-                continue
-            out.append(DrivingPair(s, float(sign * u[i])))
-            if len(out) == n:
-                break
+        for s, u in zip(*order):
+            if s not in excluded:
+                out.append(DrivingPair(s, u))
+                if len(out) == n:
+                    break
         return tuple(out)
 
     def report(self, excluded=frozenset(), top: int = 20, kind: str | None = None, n_driving: int = N_DRIVING
                ) -> HypothesisReport:
         """The `top` hypotheses by score (module doc), without the `excluded` source indices; `kind`
-        "cluster" or "prompt" keeps one view (default: both, in one ranking). Raises UsageError."""
+        "cluster", "prompt" or "concept" keeps one view (default: all, in one ranking). Ties go to
+        the lower cell key. Raises UsageError."""
         if kind is not None and kind not in KINDS:
             raise UsageError(f"unknown hypothesis kind {kind!r}: expected one of {', '.join(KINDS)}")
         excluded = (excluded if isinstance(excluded, frozenset) else frozenset(excluded)) & self._source_set
-        s = self.statistics(excluded)
-        score = s["score"].copy()
-        if kind is not None:
-            score[self.group_kind[self.cell_group] != KINDS.index(kind)] = 0
-        cand = np.nonzero(score > 0)[0]
-        if len(cand) > top:
-            cand = cand[np.argpartition(-score[cand], top - 1)[:top]]
-        cand = cand[np.lexsort((self.keys[cand], -score[cand]))]
-        hyps = []
-        for rank, c in enumerate(cand, start=1):
-            hyps.append(self._hypothesis(rank, int(c), s, excluded, n_driving))
+        with self._lock:
+            st = self._state(excluded)
+            cand = self._ranked(st, kind, top)
+            shown = self._measures(st, cand)
+        hyps = tuple(self._hypothesis(rank, int(c), shown, excluded, n_driving, at=i)
+                     for i, (rank, c) in enumerate(enumerate(cand, start=1)))
         return HypothesisReport(
             n_pairs=self.analysis.n - len(excluded), n_excluded=len(excluded),
             n_silent=int((self.st.clusters < 0).sum()), k=self.st.k, n_concepts=self.M,
             n_grouped=self.st.response.n_grouped, n_prompt_groups=self.st.prompt_groups.shape[1],
-            n_cells=len(self.keys), structure_key=self.st.key, hypotheses=tuple(hyps),
+            n_cells=len(self.keys), structure_key=self.st.key, hypotheses=hyps,
         )
 
-    def _hypothesis(self, rank: int, c: int, s: dict, excluded: frozenset, n_driving: int) -> Hypothesis:
+    def _hypothesis(self, rank: int, c: int, s: dict, excluded: frozenset, n_driving: int, at: int | None = None
+                    ) -> Hypothesis:
+        """Cell `c` as a Hypothesis; its statistics are at `at` in `s` (default: at `c`, as
+        `statistics()` gives them)."""
+        at = c if at is None else at
         group, concept = int(self.cell_group[c]), int(self.cell_concept[c])
         kind, gid = self.kind_of(group)
-        sign = 1.0 if s["delta"][c] >= 0 else -1.0
+        sign = 1.0 if s["delta"][at] >= 0 else -1.0
         names = self.names
         group_name = names.group(kind, gid) if names is not None and kind != "concept" else ""
         concept_name = names.concept(concept) if names is not None else ""
+        d = float(s["d"][at])
         h = dict(
             rank=rank, kind=kind, group=gid, group_name=group_name, concept=concept, concept_name=concept_name,
-            direction="more" if sign > 0 else "less", n=int(s["n"][c]), n_support=int(s["support"][c]),
-            delta=float(s["delta"][c]), d=float(s["d"][c]), t=float(s["t"][c]), delta_a=float(s["delta_a"][c]),
-            delta_b=float(s["delta_b"][c]), halves_agree=bool(s["agree"][c]), delta_min=float(s["delta_min"][c]),
-            score=float(s["score"][c]),
+            direction="more" if sign > 0 else "less", n=int(s["n"][at]), n_support=int(s["support"][at]),
+            delta=float(s["delta"][at]), d=d if np.isfinite(d) else None, t=float(s["t"][at]),
+            delta_a=float(s["delta_a"][at]), delta_b=float(s["delta_b"][at]), halves_agree=bool(s["agree"][at]),
+            delta_min=float(s["delta_min"][at]), score=float(s["score"][at]),
         )
         return Hypothesis(
             **h, sentence=sentence(**h),
             driving=self.driving_pairs(group, concept, sign, excluded, n_driving),
             features=tuple(int(f) for f in self.st.response.features(concept)),
         )
+
+
+def _variance(s1, s2, n, size):
+    """Sample variance of u from Σ u·|R| (`s1`), Σ (u·|R|)² (`s2`) over `n` rows: exactly 0 where every
+    u is the same (n·s2 = s1², in integers), so that d is undefined there rather than huge."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean = s1 / np.maximum(n, 1)
+        var = np.maximum(s2 - n * mean**2, 0) / np.maximum(n - 1, 1) / size**2
+    return np.where(n * s2 == s1 * s1, 0.0, var)
 
 
 def beyond_lean(concepts, chosen: sp.csr_matrix, rejected: sp.csr_matrix, u: sp.csr_matrix) -> sp.csr_matrix:
@@ -427,7 +581,7 @@ def beyond_lean(concepts, chosen: sp.csr_matrix, rejected: sp.csr_matrix, u: sp.
 
 
 def sentence(kind: str, group: int, group_name: str, concept: int, concept_name: str, direction: str, n: int,
-             delta: float, d: float, **_) -> str:
+             delta: float, d: float | None, **_) -> str:
     """A hypothesis as a person reads it."""
     what = f"concept {concept}" + (f" «{concept_name}»" if concept_name else "")
     if kind == "concept":
@@ -436,7 +590,12 @@ def sentence(kind: str, group: int, group_name: str, concept: int, concept_name:
         where = f"in data cluster {group}" + (f" «{group_name}»" if group_name else "")
     else:
         where = f"when the prompt is about prompt concept {group}" + (f" «{group_name}»" if group_name else "")
-    return f"{where}, chosen replies have {direction} {what} ({n} pairs, Δ {delta:+.2f}, d {d:+.2f})"
+    return f"{where}, chosen replies have {direction} {what} ({n} pairs, Δ {delta:+.2f}, d {effect_size(d)})"
+
+
+def effect_size(d: float | None) -> str:
+    """Cohen's d as text: +0.42, or — where it is undefined (None: u has no spread, Δ = ±1)."""
+    return "—" if d is None else f"{d:+.2f}"
 
 
 # -- the facade both front ends call ----------------------------------------------------------------

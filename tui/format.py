@@ -18,8 +18,11 @@ from core.textsafe import one_line, visible
 _SPACES = re.compile(r"[ \t\r\n]+")
 
 
-def number(x: float, sign: bool = False) -> str:
-    """`x` with three significant digits: 0.687, 1.00, 12.3, 1,234, 3.4e-04 (sign: +0.687)."""
+def number(x: float | None, sign: bool = False) -> str:
+    """`x` with three significant digits: 0.687, 1.00, 12.3, 1,234, 3.4e-04 (sign: +0.687); — for None
+    (undefined, as Cohen's d where u has no spread)."""
+    if x is None:
+        return "—"
     x = float(x)
     plus = "+" if sign else ""
     if x == 0:

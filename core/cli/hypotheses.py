@@ -21,6 +21,8 @@ def _marked(workspace: Path, exclude_marked: bool) -> frozenset:
 
 
 def format_hypotheses(rep) -> str:
+    from core.hypotheses import effect_size
+
     lines = [
         f"{rep.n_pairs} pairs ({rep.n_excluded} marked left out, {rep.n_silent} silent); {rep.k} data clusters, "
         f"{rep.n_concepts} concepts ({rep.n_grouped} of >= 4 features), {rep.n_prompt_groups} prompt concepts",
@@ -28,7 +30,7 @@ def format_hypotheses(rep) -> str:
     ]
     for h in rep.hypotheses:
         halves = f"{h.delta_a:+.2f}/{h.delta_b:+.2f}{'✓' if h.halves_agree else ' '}"
-        lines.append(f"{h.rank:>3} {h.score:>6.3f} {h.delta:>+6.2f} {h.d:>+6.2f} {halves:>13}  {h.sentence}")
+        lines.append(f"{h.rank:>3} {h.score:>6.3f} {h.delta:>+6.2f} {effect_size(h.d):>6} {halves:>13}  {h.sentence}")
         lines.append(f"{'':>39}pairs: {' '.join(f'#{p.source_index}' for p in h.driving[:8])}")
     if not rep.hypotheses:
         lines.append("  (no hypothesis has both halves agreeing and enough supporting pairs)")

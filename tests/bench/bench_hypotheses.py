@@ -14,7 +14,8 @@ concepts (same prompt) and differ in a few.
     .venv/bin/python tests/bench/bench_hypotheses.py [--pairs 260000] [--d-sae 65536] [--firing 160]
 
 Prints each stage's seconds, then the what-if: a from-scratch recompute with 10% of the pairs marked,
-and the keypress path (marking the next hypothesis' driving pairs on top of those 10%).
+and the keypress path (marking the next hypothesis' driving pairs on top of those 10%, then undoing;
+then one random pair, and 300, each marked and undone).
 """
 
 from __future__ import annotations
@@ -150,17 +151,25 @@ def main() -> None:
     rep = engine.report(marked, top=20)
     print(f"what-if from scratch, {len(marked):,} pairs marked: {1000 * (time.perf_counter() - t):.0f} ms wall, "
           f"{1000 * (time.process_time() - c):.0f} ms CPU")
+    driving = [marked | {p.source_index for p in h.driving} for h in rep.hypotheses[:10]]
+    keypresses(engine, marked, driving, 20, "a hypothesis' driving pairs")
+    for what, size in (("one pair", 1), ("300 pairs", 300)):  # the TUI ranks its top 50 (tui/screens/hypotheses)
+        more = [marked | {int(x) for x in rng.choice(args.pairs, size, replace=False)} for _ in range(10)]
+        keypresses(engine, marked, more, 50, what)
+
+
+def keypresses(engine, marked: frozenset, marks: list[frozenset], top: int, what: str) -> None:
+    """Time the what-if of each set of `marks` and of its undo (back to `marked`), and print them."""
     keys, keys_cpu = [], []
-    for h in rep.hypotheses[:10]:
-        for excluded in (marked | {p.source_index for p in h.driving}, marked):  # mark, then undo
+    for more in marks:
+        for excluded in (more, marked):  # mark, then undo
             t, c = time.perf_counter(), time.process_time()
-            engine.report(excluded, top=20)
+            engine.report(excluded, top=top)
             keys.append(1000 * (time.perf_counter() - t))
             keys_cpu.append(1000 * (time.process_time() - c))
-    print(f"what-if per keypress (mark / undo a hypothesis' driving pairs on top of {len(marked):,}): "
-          f"median {np.median(keys):.0f} ms wall ({np.median(keys_cpu):.0f} ms CPU), max {max(keys):.0f} ms "
-          f"over {len(keys)} keypresses; load average {os.getloadavg()[0]:.1f}")
-
+    print(f"what-if per keypress (mark / undo {what} on top of {len(marked):,}, top {top}): median "
+          f"{np.median(keys):.0f} ms wall ({np.median(keys_cpu):.0f} ms CPU), max {max(keys):.0f} ms over "
+          f"{len(keys)} keypresses; load average {os.getloadavg()[0]:.1f}")
 
 if __name__ == "__main__":
     main()

@@ -32,8 +32,9 @@ def reference(engine: Hypotheses, kept: np.ndarray) -> dict:
         a, b = u[inside, m], u[outside, m]
         out["delta"][c] = a.mean() - b.mean()
         pooled = np.sqrt(((len(a) - 1) * a.var(ddof=1) + (len(b) - 1) * b.var(ddof=1)) / (len(a) + len(b) - 2))
-        out["d"][c] = out["delta"][c] / pooled if pooled > 0 else 0.0
-        out["t"][c] = stats.ttest_ind(a, b, equal_var=False).statistic if pooled > 0 else 0.0
+        spread = np.ptp(a) > 0 or np.ptp(b) > 0  # else d is undefined (NaN), t 0
+        out["d"][c] = out["delta"][c] / pooled if spread else np.nan
+        out["t"][c] = stats.ttest_ind(a, b, equal_var=False).statistic if spread else 0.0
         out["n"][c] = len(a)
         for h, key in ((0, "delta_a"), (1, "delta_b")):
             half = np.arange(len(u)) % 2 == h
@@ -207,3 +208,91 @@ def test_cli_on_a_real_workspace(small_workspace):
     assert any(row["name"] for row in rows)
     text = CliRunner().invoke(app, ["hypotheses", "-w", str(small_workspace), "--top", "3"]).stdout
     assert "data clusters" in text
+
+
+def test_the_keypress_path_equals_a_full_recompute_bit_for_bit(planted, monkeypatch):
+    """The TUI's path: one report after another, each from the last (in-place sums, then only the cells
+    that can reach the top scored). Every statistic equals that of an engine computing from all pairs
+    (integer sums: the same bits, in any order of marks), and so does the ranking of each view."""
+    from core import hypotheses as H
+
+    ws, _ = planted
+    engine = open_hypotheses(ws.path)
+    fresh = Hypotheses(engine.analysis, engine.st)
+    monkeypatch.setattr(H._Reference, "MAX_SHARE", 1.0)  # take the bounded path however many cells it scores
+    src = [int(s) for s in engine.analysis.source_index]
+    rng = np.random.default_rng(5)
+    excluded, bounded = frozenset(), 0
+    engine.report(top=5)  # a full pass: the reference
+    for step in range(12):
+        if step % 3 == 2:  # unmark one pair, or mark the top hypothesis' driving pairs
+            excluded = excluded - {min(excluded)} if excluded else excluded
+        elif step % 3 == 1:
+            excluded = excluded | {p.source_index for p in engine.report(excluded, top=1).hypotheses[0].driving[:3]}
+        else:
+            excluded = excluded | {int(rng.choice(src))}
+        for kind in (None, "cluster", "prompt", "concept"):
+            st = engine._state(excluded)
+            bounded += engine._ref.candidates(engine, st, None if kind is None else H.KINDS.index(kind), 5) is not None
+            rep = engine.report(excluded, top=5, kind=kind)
+            fresh._cache = None  # from the sums over all pairs
+            s = fresh.statistics(excluded)
+            ok = np.nonzero((s["score"] > 0) & ((fresh.group_kind[fresh.cell_group] == H.KINDS.index(kind))
+                                                  if kind else True))[0]
+            best = ok[np.lexsort((fresh.keys[ok], -s["score"][ok]))][:5]
+            assert [(h.kind, h.group, h.concept) for h in rep.hypotheses] == \
+                [(*fresh.kind_of(int(fresh.cell_group[c])), int(fresh.cell_concept[c])) for c in best]
+            assert [h.score for h in rep.hypotheses] == [float(s["score"][c]) for c in best]
+        mine = engine.statistics(excluded)
+        for key in s:
+            np.testing.assert_array_equal(mine[key], s[key], err_msg=key)
+    assert bounded >= 30  # most rankings came from the bounded path
+
+
+def test_d_is_undefined_where_u_has_no_spread(planted):
+    """Where u is the same for every pair inside and for every pair outside (as when all pairs of a
+    group move the concept fully one way, Δ = ±1, and none outside does) d is None (JSON null, "—" in
+    text), not 0."""
+    from core.cli.hypotheses import format_hypotheses
+    from core.hypotheses import effect_size
+
+    engine = open_hypotheses(planted[0].path)
+    s = engine.statistics()
+    assert np.isnan(s["d"]).any()  # positions: test_statistics_equal_a_dense_recomputation
+    assert effect_size(None) == "—" and effect_size(0.5) == "+0.50"
+    rep = engine.report(top=len(engine.keys))
+    undefined = [h for h in rep.hypotheses if h.d is None]
+    assert undefined
+    assert json.loads(json.dumps(undefined[0].to_json()))["d"] is None
+    worded = [h for h in undefined if h.kind != "concept"]
+    assert all("d —" in h.sentence for h in worded)
+    h = undefined[0]
+    line = next(x for x in format_hypotheses(rep).splitlines() if x.startswith(f"{h.rank:>3} "))
+    assert "—" in line.split(h.sentence[:10])[0]
+
+
+def test_standing_without_marks_equals_the_full_ranking(planted, monkeypatch):
+    """A hypothesis' rank and statistics without some pairs (the TUI's mark preview), scoring only the
+    cells that could outrank it, equal the full ranking's."""
+    from core import hypotheses as H
+
+    ws, _ = planted
+    engine = open_hypotheses(ws.path)
+    fresh = Hypotheses(engine.analysis, engine.st)
+    monkeypatch.setattr(H._Reference, "MAX_SHARE", 1.0)
+    engine.report(top=5)  # the reference
+    rng = np.random.default_rng(9)
+    src = [int(s) for s in engine.analysis.source_index]
+    excluded = frozenset()
+    for _ in range(6):
+        excluded = excluded | {int(x) for x in rng.choice(src, 2, replace=False)}
+        fresh._cache = None
+        s = fresh.statistics(excluded)
+        order = np.lexsort((fresh.keys, -s["score"]))
+        ranked = order[s["score"][order] > 0]
+        for rank in (1, 2, 7, len(ranked)):
+            cell = int(ranked[rank - 1])
+            got, stats = engine.standing_without(cell, excluded)
+            assert got == rank and stats["score"] == s["score"][cell] and stats["delta"] == s["delta"][cell]
+        zero = int(np.nonzero(s["score"] == 0)[0][0])
+        assert engine.standing_without(zero, excluded)[0] is None
