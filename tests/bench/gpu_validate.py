@@ -172,9 +172,11 @@ def prepare(args) -> None:
     shutil.rmtree(inputs, ignore_errors=True)
     (a / "model").mkdir(parents=True)
     b.mkdir(parents=True)
-    for name in ("gguf", "platformdirs"):  # pure-python packages the GPU image may lack
-        src = Path(__import__(name).__file__).parent
+    for name in ("gguf", "platformdirs"):  # pure-python packages the GPU image may lack, with
+        src = Path(__import__(name).__file__).parent  # their dist-info: transformers reads versions
         shutil.copytree(src, a / "site" / name, ignore=shutil.ignore_patterns("__pycache__"))
+        for info in src.parent.glob(f"{name}-*.dist-info"):
+            shutil.copytree(info, a / "site" / info.name)
     store = model_dir(catalog.model(None))
     for name in MODEL_FILES:
         if (store / name).exists():
@@ -315,7 +317,10 @@ def run(args) -> dict:
                                                              "goblin_ap", "rate", "sae_quality")}}
     save()
 
-    model, tok = timed("load", lambda: load_model(inputs, device, args.model_dir))
+    loaded = timed("load", lambda: load_model(inputs, device, args.model_dir))
+    if loaded is None:
+        return results
+    model, tok = loaded
     sae = TopKSAE(inputs / "a" / "sae", device)
     pairs = read_pairs(inputs / "b" / "pairs.jsonl").pairs
     heldout_set = set(meta["heldout"])
@@ -374,6 +379,7 @@ def run(args) -> dict:
         return results
     prediction, flagged = got
     log("predicted:", json.dumps(results["predict"]))
+    arms_only = os.environ.get("GV_ARMS")  # e.g. "shape": the goblin phase with just these arms
 
     # -- r2 ---------------------------------------------------------------------------------------------
     sets = {
@@ -424,8 +430,9 @@ def run(args) -> dict:
 
     results["r2"] = {"seeds": {}}
     durations = []
-    for seed in s["seeds"]:
-        if durations and budget.left < 2.5 * max(durations) + 240:
+    only = os.environ.get("GV_SEEDS")  # e.g. "1,2": just these seeds, no guard, no goblin phase
+    for seed in ([int(x) for x in only.split(",")] if only else [] if arms_only else s["seeds"]):
+        if durations and not only and budget.left < 2.5 * max(durations) + 240:
             results["r2"]["skipped_seed"] = seed
             break
         t = time.monotonic()
@@ -470,7 +477,9 @@ def run(args) -> dict:
         return out_
 
     results["r2"]["summary"] = timed("summary", summary)
-    if budget.left > 2.5 * (max(durations) if durations else 60) + 200:
+    if only:
+        return results
+    if not arms_only and budget.left > 2.5 * (max(durations) if durations else 60) + 200:
         def quarter():  # data size: a quarter of the training pairs, its own prediction
             part = train[: max(8, len(train) // 4)]
             chosen, rejected = read([p.prompt for p in part], [p.chosen for p in part], [p.rejected for p in part])
@@ -526,12 +535,12 @@ def run(args) -> dict:
         del gen
         return r
 
-    for name, m in (("base", model), ("sft", sft_model)):
+    for name, m in (() if arms_only else (("base", model), ("sft", sft_model))):
         gob["models"][name] = timed(f"goblin-{name}", lambda m=m: measure(m))
         save()
     g = meta["goblin_feature"]
     arm_durations = []
-    for arm in s["arms"]:
+    for arm in (arms_only.split(",") if arms_only else s["arms"]):
         if arm_durations and budget.left < 1.5 * max(arm_durations) + 30:
             gob.setdefault("skipped", []).append(arm)
             continue
