@@ -31,9 +31,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 
-from tests.bench.synthetic import synthetic_workspace
+from tests.bench.synthetic import finish_index, synthetic_workspace
 
 TIMES: dict[str, list[float]] = defaultdict(list)  # component -> seconds of each call
 FRAMES: list[tuple[float, float]] = []  # (perf_counter(), UI thread's CPU time) of each frame drawn
@@ -118,15 +117,9 @@ def build(path: Path, n: int, marked: float, ops: int, seed: int = 0):
     """The synthetic workspace with its features table (the app opens only a complete index) and
     `marked` of its pairs marked in `ops` operations."""
     from core.marks import Marks
-    from core.workspace import FEATURES_SCHEMA
 
     t = time.perf_counter()
-    ws = synthetic_workspace(path, n)
-    d_sae = int(ws.meta()["d_sae"])
-    ws.write_features(
-        pa.table({"feature": np.arange(d_sae, dtype=np.int32), "promoted": [[]] * d_sae,
-                  "label": [""] * d_sae}, schema=FEATURES_SCHEMA)
-    )
+    ws = finish_index(synthetic_workspace(path, n))
     print(f"built {n:,} pairs in {time.perf_counter() - t:.1f}s")
     t = time.perf_counter()
     rng = np.random.default_rng(seed)
