@@ -196,6 +196,10 @@ class Hypotheses:
         self.diag_cells = np.arange(len(self.keys) - len(diag), len(self.keys))
         self.cell_group = (self.keys // M).astype(np.int64)
         self.cell_concept = (self.keys % M).astype(np.int64)
+        # Per cell, its view and where its (view, concept) total sits in a flattened (view, M) array:
+        # statistics gathers with these on every keypress.
+        self.cell_view = self.group_view[self.cell_group]
+        self._cell_total = self.cell_view * M + self.cell_concept
         self.full = self._sums(np.arange(n))
         self._cache: tuple[frozenset, _Sums] | None = None
         self._source_set = frozenset(int(s) for s in analysis.source_index)
@@ -261,28 +265,30 @@ class Hypotheses:
         support (per half and total, in Δ's direction), score (module doc)."""
         excluded = (excluded if isinstance(excluded, frozenset) else frozenset(excluded)) & self._source_set
         st = self._state(excluded)
-        view = self.group_view[self.cell_group]
-        g, m = self.cell_group, self.cell_concept
+        g, at, view = self.cell_group, self._cell_total, self.cell_view
+        # (t1 | t2, half) -> per cell: its concept's total over its view, one flat gather each
+        t = [[np.take(st.total[i, h].reshape(-1), at) for h in (0, 1)] for i in (0, 1)]
+        n_rows = [np.take(st.rows[h], view) for h in (0, 1)]
 
-        def moments(s1, s2, n_in, t1, t2, n_all):
+        def moments(s1, s2, n_in, t1, t2, n_all, spread: bool = True):
             n_out = n_all - n_in
             with np.errstate(divide="ignore", invalid="ignore"):
                 mi = np.where(n_in > 0, s1 / np.maximum(n_in, 1), 0.0)
                 mo = np.where(n_out > 0, (t1 - s1) / np.maximum(n_out, 1), 0.0)
+                if not spread:  # a half's Δ alone
+                    return mi - mo, None, None, n_out
                 vi = np.maximum(s2 - n_in * mi**2, 0) / np.maximum(n_in - 1, 1)
                 vo = np.maximum((t2 - s2) - n_out * mo**2, 0) / np.maximum(n_out - 1, 1)
             return mi - mo, vi, vo, n_out
 
         halves = []
         for h in (0, 1):
-            n_in = st.size[h, g]
-            delta_h, *_ = moments(st.cell[0, h], st.cell[1, h], n_in, st.total[0, h, view, m],
-                                  st.total[1, h, view, m], st.rows[h, view])
+            n_in = np.take(st.size[h], g)
+            delta_h, *_ = moments(st.cell[0, h], st.cell[1, h], n_in, t[0][h], t[1][h], n_rows[h], spread=False)
             halves.append((delta_h, n_in))
-        s1, s2 = st.cell[0].sum(0), st.cell[1].sum(0)
-        n_in = st.size[:, g].sum(0)
-        delta, vi, vo, n_out = moments(s1, s2, n_in, st.total[0][:, view, m].sum(0), st.total[1][:, view, m].sum(0),
-                                       st.rows[:, view].sum(0))
+        s1, s2 = st.cell[0, 0] + st.cell[0, 1], st.cell[1, 0] + st.cell[1, 1]
+        n_in = halves[0][1] + halves[1][1]
+        delta, vi, vo, n_out = moments(s1, s2, n_in, t[0][0] + t[0][1], t[1][0] + t[1][1], n_rows[0] + n_rows[1])
         with np.errstate(divide="ignore", invalid="ignore"):
             pooled = np.sqrt(((n_in - 1) * vi + (n_out - 1) * vo) / np.maximum(n_in + n_out - 2, 1))
             d = np.where(pooled > 0, delta / pooled, 0.0)
