@@ -473,6 +473,32 @@ class Hypotheses:
             return "cluster", group
         return ("prompt", group - k) if group < k + p else ("concept", int(self.diag[group - k - p]))
 
+    def cell_of(self, kind: str, group: int, concept: int) -> int | None:
+        """The cell (index into `keys` and `statistics()`) of a hypothesis' (kind, group, concept),
+        None when that cell is not ranked (too little support). The inverse of `kind_of`."""
+        k, p = self.st.k, self.st.prompt_groups.shape[1]
+        if kind == "concept":
+            hit = np.nonzero(self.diag == concept)[0]
+            if not len(hit):
+                return None
+            column = k + p + int(hit[0])
+        elif kind in ("cluster", "prompt"):
+            column = group + (k if kind == "prompt" else 0)
+        else:
+            raise UsageError(f"unknown hypothesis kind {kind!r}: expected one of {', '.join(KINDS)}")
+        key = np.int64(column) * self.M + concept
+        i = int(np.searchsorted(self.keys, key))
+        return i if i < len(self.keys) and self.keys[i] == key else None
+
+    def standing(self, cell: int, s: dict) -> int | None:
+        """The rank `report` gives `cell` (1 = first) under the statistics `s` (of `statistics()`),
+        None when its score is 0 (it is not ranked)."""
+        score = s["score"]
+        if score[cell] <= 0:
+            return None
+        ahead = (score > score[cell]) | ((score == score[cell]) & (self.keys < self.keys[cell]))
+        return int(ahead.sum()) + 1
+
     def driving_pairs(self, group: int, concept: int, sign: float, excluded=frozenset(), n: int = N_DRIVING
                       ) -> tuple[DrivingPair, ...]:
         """The pairs of `group` whose u on `concept` goes most strongly in direction `sign`, leaving
@@ -603,17 +629,23 @@ def effect_size(d: float | None) -> str:
 
 def open_hypotheses(workspace, params=None, progress: ProgressFn | None = None,
                     cancel: threading.Event | None = None) -> Hypotheses:
-    """The hypothesis engine of a workspace folder, with keyword names: the structure and names are
-    read from the workspace's cache, or fitted and cached on first use (core.structure, core.naming).
+    """The hypothesis engine of a workspace folder (or of a core.shifts.Analysis already loaded), with
+    keyword names: the structure and names are read from the workspace's cache, or fitted and cached on first use (core.structure, core.naming).
     Raises WorkspaceError (not a workspace, an old schema, no pairs), Cancelled."""
     from core.naming import load_names
     from core.shifts import Analysis
     from core.structure import Params, structure
     from core.workspace import Workspace
 
-    analysis = Analysis(Workspace(workspace))
+    from core.progress import Progress, reporter
+
+    analysis = workspace if isinstance(workspace, Analysis) else Analysis(Workspace(workspace))
     st = structure(analysis, params or Params(), progress=progress, cancel=cancel)
-    return Hypotheses(analysis, st, load_names(analysis, st))
+    emit = reporter(progress)
+    emit(Progress("names", "keyword names of concepts and clusters", 0, 2, "steps"))
+    names = load_names(analysis, st)
+    emit(Progress("hypotheses", "per-(group, concept) sums", 1, 2, "steps"))
+    return Hypotheses(analysis, st, names)
 
 
 @dataclass(frozen=True)

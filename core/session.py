@@ -26,7 +26,14 @@ from core.views import (
     CatalogChoices,
     CompareRow,
     CompareView,
+    ConceptFeature,
+    ConceptFeatures,
+    ConceptInPair,
+    ConceptsView,
     FeaturePairs,
+    HypothesisChange,
+    HypothesisKey,
+    HypothesisPairs,
     ModelRow,
     ModelsView,
     PairDelta,
@@ -42,6 +49,7 @@ from core.views import (
 from core.workspace import Workspace
 
 N_EXAMPLES = 5  # pairs shown in a preview
+N_CHANGES = 4  # features whose shift a preview shows before -> after
 N_POINT_LOOKUPS = 32  # up to this many pairs are read one by one; more read three text columns at once
 
 
@@ -79,6 +87,10 @@ class Session:
         self._clusterings: dict[tuple[str, int], object] = {}
         self._k: int | None = None
         self._lock = threading.RLock()
+        self._engine = None  # core.hypotheses.Hypotheses, once fitted or read
+        self._concepts_before: dict[int, float] | None = None
+        # The engine keeps its last what-if state: one caller at a time (and one fit).
+        self._engine_lock = threading.RLock()
 
     # -- what is open ---------------------------------------------------------------------------
 
@@ -176,13 +188,20 @@ class Session:
         by: str = "sae",
         k: int | None = None,
         skip_marked: bool = False,
+        hypothesis: HypothesisKey | None = None,
     ) -> Selection:
         """The pairs a mark names: source indices, a feature's `top` pairs (largest delta in its
-        direction), a cluster's pairs (clustered `by` with this workspace's k unless `k` is given),
-        or any union of them. With skip_marked, a feature's top pairs are found among the pairs not
-        marked yet (its next drivers). Raises UsageError when nothing is named or a cluster is unknown.
+        direction), a cluster's pairs (clustered `by` with this workspace's k unless `k` is given), a
+        hypothesis' `top` driving pairs not marked yet, or any union of them. With skip_marked, a
+        feature's top pairs are found among the pairs not marked yet (its next drivers). Raises
+        UsageError when nothing is named, a cluster is unknown or a hypothesis is not ranked.
         """
         chosen, scopes, features = {int(s) for s in pairs}, [], []
+        if hypothesis is not None:
+            drivers = self.driving_pairs(hypothesis, top)
+            chosen |= {p.source_index for p in drivers}
+            scopes.append(f"hypothesis {hypothesis}")
+            features.extend(self.concept_of(hypothesis.concept))
         if pairs:
             scopes.append("pair" if len(chosen) == 1 else "pairs")
         if feature is not None:
@@ -203,7 +222,7 @@ class Session:
             features.extend(f.feature for f in match[0].top_features[:3] if f.feature not in features)
         if not chosen and not scopes:
             raise UsageError("name pairs (source indices), --feature F [--top N] or --cluster C")
-        return Selection(tuple(sorted(chosen)), ", ".join(scopes), tuple(features))
+        return Selection(tuple(sorted(chosen)), ", ".join(scopes), tuple(features), hypothesis)
 
     def preview(self, selection: Selection) -> Preview:
         """What marking `selection` would do: how many pairs are new, a few of them, and how the
@@ -214,9 +233,12 @@ class Session:
             with_it = self.analysis.shifts_without(now.marked | set(new))
         changes = tuple(
             ShiftChange(f, self.label(f), float(now.after.shift[f]), float(with_it.shift[f]))
-            for f in selection.features
+            for f in selection.features[:N_CHANGES]
             if 0 <= f < len(now.after.shift)
         )
+        hypothesis = None
+        if selection.hypothesis is not None:
+            hypothesis = self.hypothesis_change(selection.hypothesis, now.marked, now.marked | set(new))
         return Preview(
             selection=selection,
             n_new=len(new),
@@ -224,6 +246,7 @@ class Session:
             n_kept_after=with_it.n_kept,
             examples=self.pair_rows(selection.source_indices[:N_EXAMPLES]),
             changes=changes,
+            hypothesis=hypothesis,
         )
 
     # -- marks ----------------------------------------------------------------------------------
@@ -311,10 +334,12 @@ class Session:
             PairRow(s, None, *(c[analysis.row_of[s]].as_py() for c in cols)) for s in indices
         )
 
-    def pair(self, source_index: int, feature: int | None = None, n_deltas: int = 12) -> PairView:
+    def pair(self, source_index: int, feature: int | None = None, n_deltas: int = 12,
+             concept: int | None = None) -> PairView:
         """One pair: texts, reply tokens, where each feature fires, and its `n_deltas` largest feature
-        deltas (`feature` first when given, whatever its delta here). Raises WorkspaceError when the
-        pair is not indexed."""
+        deltas (`feature` first when given, whatever its delta here). With `concept`, also the
+        concept's firing in each reply (ConceptInPair), and its features that fire here first among
+        the deltas. Raises WorkspaceError when the pair is not indexed."""
         analysis = self.analysis
         s = int(source_index)
         if s not in analysis.row_of:
@@ -322,7 +347,13 @@ class Session:
         r = analysis.row_of[s]
         delta = analysis.delta[r]  # (1, d_sae) CSR: the features firing in either reply
         order = np.argsort(-np.abs(delta.data), kind="stable")
-        top = [int(f) for f in delta.indices[order][:n_deltas]]
+        ranked = [int(f) for f in delta.indices[order]]
+        in_pair = None
+        if concept is not None:
+            in_pair = self._concept_in_pair(concept, r)
+            members = set(in_pair.features)
+            ranked = [f for f in ranked if f in members] + [f for f in ranked if f not in members]
+        top = ranked[:n_deltas]
         if feature is not None:
             top = [int(feature)] + [f for f in top if f != feature][: n_deltas - 1]
         chosen = analysis.chosen[r].toarray().ravel()  # (d_sae,)
@@ -347,7 +378,170 @@ class Session:
             rejected_tokens=tuple(row["rejected_tokens"]),
             firings=firings,
             top_deltas=deltas,
+            concept=in_pair,
         )
+
+    def _concept_in_pair(self, concept: int, row: int) -> ConceptInPair:
+        from core.concepts import concept_rate
+
+        engine = self.hypotheses_engine()
+        chosen, rejected = self.analysis.frequencies()
+        concepts = engine.st.response
+        rates = [float(concept_rate(concepts, m[row])[0, concept]) for m in (chosen, rejected)]
+        return ConceptInPair(concept, self.concept_name(concept), self.concept_of(concept),
+                             rates[0], rates[1], rates[0] - rates[1])
+
+    # -- hypotheses and concepts ----------------------------------------------------------------
+
+    def hypotheses_engine(self, progress: ProgressFn | None = None,
+                          cancel: threading.Event | None = None):
+        """The workspace's hypothesis engine (core.hypotheses.Hypotheses), loaded once: its structure
+        and names are read from the workspace's cache, or fitted and cached the first time (seconds to
+        minutes; reports progress). Raises WorkspaceError, Cancelled."""
+        with self._engine_lock:
+            if self._engine is None:
+                from core.hypotheses import open_hypotheses
+
+                self._engine = open_hypotheses(self.analysis, progress=progress, cancel=cancel)
+            return self._engine
+
+    @property
+    def has_hypotheses(self) -> bool:
+        """Whether the hypothesis engine is loaded (calls that need it return at once)."""
+        return self._engine is not None
+
+    def hypotheses(self, top: int = 50, kind: str | None = None, excluded=None):
+        """The `top` hypotheses (core.hypotheses.HypothesisReport), ranked without the marked pairs
+        (or without the `excluded` source indices when given); `kind` "cluster", "prompt" or
+        "concept" keeps one view. Raises UsageError for top < 1 or an unknown kind."""
+        if top < 1:
+            raise UsageError(f"top {top}: must be at least 1")
+        engine = self.hypotheses_engine()
+        excluded = self.marked() if excluded is None else frozenset(excluded)
+        with self._engine_lock:
+            return engine.report(excluded, top=top, kind=kind)
+
+    def concept_of(self, concept: int) -> tuple[int, ...]:
+        """The SAE features of response concept `concept`. Raises UsageError for an unknown one."""
+        engine = self.hypotheses_engine()
+        if not 0 <= concept < engine.st.response.n_concepts:
+            raise UsageError(f"no concept {concept} (there are {engine.st.response.n_concepts})")
+        return tuple(int(f) for f in engine.st.response.features(concept))
+
+    def concept_name(self, concept: int) -> str:
+        engine = self.hypotheses_engine()
+        return engine.names.concept(concept) if engine.names is not None else ""
+
+    def _cell(self, key: HypothesisKey) -> int:
+        cell = self.hypotheses_engine().cell_of(key.kind, key.group, key.concept)
+        if cell is None:
+            raise UsageError(f"hypothesis {key} is not ranked in this workspace")
+        return cell
+
+    def driving_pairs(self, key: HypothesisKey, top: int = 10, excluded=None):
+        """The `top` pairs that drive hypothesis `key` most, among those not marked (not in
+        `excluded` when given): core.hypotheses.DrivingPair records, strongest first."""
+        engine = self.hypotheses_engine()
+        excluded = self.marked() if excluded is None else frozenset(excluded)
+        with self._engine_lock:
+            cell = self._cell(key)
+            sign = 1.0 if engine.standing_without(cell, excluded)[1]["delta"] >= 0 else -1.0
+            group = int(engine.cell_group[cell])
+            return engine.driving_pairs(group, key.concept, sign, excluded, top)
+
+    def hypothesis_change(self, key: HypothesisKey, now, after) -> HypothesisChange:
+        """Hypothesis `key`'s n, Δ, d, score and rank without the source indices `now`, then without
+        `after` (a what-if: nothing is marked)."""
+        from core.hypotheses import sentence
+
+        engine = self.hypotheses_engine()
+        with self._engine_lock:
+            cell = self._cell(key)
+            # one cell's standing rescoring only the cells that could outrank it (not a full pass)
+            standings = [engine.standing_without(cell, frozenset(x)) for x in (now, after)]
+        ranks = tuple(rank for rank, _ in standings)
+        n, delta, d, score = (
+            tuple(float(st[name]) for _, st in standings) for name in ("n", "delta", "d", "score")
+        )
+        d = tuple(None if x != x else x for x in d)  # NaN: undefined (u has no spread)
+        names = engine.names
+        group_name = names.group(key.kind, key.group) if names is not None and key.kind != "concept" else ""
+        text = sentence(
+            kind=key.kind, group=key.group, group_name=group_name, concept=key.concept,
+            concept_name=self.concept_name(key.concept), direction="more" if delta[0] >= 0 else "less",
+            n=int(n[0]), delta=delta[0], d=d[0],
+        )
+        return HypothesisChange(key, text, (int(n[0]), int(n[1])), delta, d, score, ranks)
+
+    def hypothesis_pairs(self, h) -> HypothesisPairs:
+        """The driving pairs of a ranked hypothesis (core.hypotheses.Hypothesis), with their texts
+        and each pair's u on its concept."""
+        u = {p.source_index: p.u for p in h.driving}
+        rows = tuple(
+            PairRow(r.source_index, u[r.source_index], r.prompt, r.chosen, r.rejected)
+            for r in self.pair_rows([p.source_index for p in h.driving])
+        )
+        return HypothesisPairs(HypothesisKey.of(h), h.sentence, h.concept_name, tuple(h.features), rows)
+
+    def concepts(self, top: int = 100, grouped_only: bool = False, excluded=None) -> ConceptsView:
+        """The `top` response concepts by |global shift| (mean u) without the marked pairs (or the
+        `excluded` ones), each with its shift over all pairs beside it."""
+        from core.hypotheses import concept_report
+
+        engine = self.hypotheses_engine()
+        excluded = self.marked() if excluded is None else frozenset(excluded)
+        if self._concepts_before is None:
+            everyone = concept_report(engine, frozenset(), top=engine.M)
+            self._concepts_before = {c.shift.concept: c.shift.shift for c in everyone}
+        rows = concept_report(engine, excluded, top=top, grouped_only=grouped_only)
+        n_excluded = len(self.analysis.rows(excluded))
+        return ConceptsView(
+            rows=rows,
+            before=self._concepts_before,
+            n_pairs=self.analysis.n - n_excluded,
+            n_excluded=n_excluded,
+            n_concepts=engine.M,
+            n_grouped=engine.st.response.n_grouped,
+        )
+
+    def concept_features(self, concept: int) -> ConceptFeatures:
+        """The features of response concept `concept`, each with its shift before and after the
+        marks, largest |shift| now first."""
+        features = self.concept_of(concept)
+        t = self.triage()
+        b, a = t.before, t.after
+        rows = sorted(
+            (
+                ConceptFeature(
+                    f, self.label(f),
+                    (float(b.shift[f]), float(a.shift[f])),
+                    (float(b.effect[f]), float(a.effect[f])),
+                    (int(b.n_firing[f]), int(a.n_firing[f])),
+                )
+                for f in features
+            ),
+            key=lambda r: -abs(r.shift[1]),
+        )
+        return ConceptFeatures(concept, self.concept_name(concept), tuple(rows))
+
+    # -- intervention plans (issue 11: train-dpo --plan WS applies the saved one) ----------------
+
+    def plan(self):
+        """The workspace's saved intervention plan (core.interventions.Plan), or None."""
+        from core.interventions import load_plan
+
+        return load_plan(self.ws)
+
+    def save_plan(self, kind: str, features, strength: float | None = None, label: str = "",
+                  source: str = "", text: str = ""):
+        """Save an intervention plan on the concept made of `features` in the workspace, replacing
+        any earlier one (core.interventions.make_plan, save_plan). Returns the Plan; raises UsageError
+        as make_plan does."""
+        from core.interventions import make_plan, save_plan
+
+        plan = make_plan(self.ws, kind, features, strength, label=label, source=source, text=text)
+        save_plan(self.ws, plan)
+        return plan
 
     # -- clusters -------------------------------------------------------------------------------
 
@@ -520,6 +714,14 @@ def index(data: Path | str, workspace: Path | str, model: str | None = None, sae
 
     return index_dataset(Path(data), Path(workspace), model=model or None, sae=sae or None,
                          limit=limit, progress=progress, cancel=cancel)
+
+
+def intervention_kinds() -> dict[str, float]:
+    """Each intervention kind a plan can take (core.interventions.KINDS) and its default strength.
+    Imports torch."""
+    from core.interventions import DEFAULT_STRENGTH, KINDS
+
+    return {kind: DEFAULT_STRENGTH[kind] for kind in KINDS}
 
 
 def demo_paths() -> tuple[Path, Path]:

@@ -64,12 +64,31 @@ class TriageState:
 
 
 @dataclass(frozen=True)
+class HypothesisKey:
+    """Which hypothesis: its kind ("cluster" | "prompt" | "concept"), group and response concept
+    (core.hypotheses.Hypothesis has the same three fields). Stable across marks."""
+
+    kind: str
+    group: int
+    concept: int
+
+    @classmethod
+    def of(cls, h) -> HypothesisKey:
+        return cls(h.kind, int(h.group), int(h.concept))
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.group}:{self.concept}"
+
+
+@dataclass(frozen=True)
 class Selection:
-    """Pairs named together for a mark: by source index, a feature's top pairs, or a cluster."""
+    """Pairs named together for a mark: by source index, a feature's top pairs, a cluster, or a
+    hypothesis' driving pairs."""
 
     source_indices: tuple[int, ...]
     scope: str  # how they were named: "pair", "feature 812 top 20", "cluster sae:3", ...
     features: tuple[int, ...] = ()  # features that flagged them
+    hypothesis: HypothesisKey | None = None  # the hypothesis whose driving pairs they are
 
     def __len__(self) -> int:
         return len(self.source_indices)
@@ -97,6 +116,20 @@ class ShiftChange:
 
 
 @dataclass(frozen=True)
+class HypothesisChange:
+    """One hypothesis' statistics now and with a selection marked too (rank None: not ranked, its
+    halves disagree or too few pairs support it)."""
+
+    key: HypothesisKey
+    sentence: str
+    n: tuple[int, int]  # (now, after) pairs of its group
+    delta: tuple[float, float]
+    d: tuple[float, float]
+    score: tuple[float, float]
+    rank: tuple[int | None, int | None]
+
+
+@dataclass(frozen=True)
 class Preview:
     """What marking a selection would do, shown before it is done."""
 
@@ -106,6 +139,7 @@ class Preview:
     n_kept_after: int
     examples: tuple[PairRow, ...]  # the first few pairs of the selection
     changes: tuple[ShiftChange, ...]  # the selection's features
+    hypothesis: HypothesisChange | None = None  # the selection's hypothesis, when it has one
 
 
 @dataclass(frozen=True)
@@ -128,6 +162,19 @@ class PairDelta:
 
 
 @dataclass(frozen=True)
+class ConceptInPair:
+    """A concept (a set of SAE features) in one pair: the share of its features firing above τ in each
+    reply (core.concepts.concept_rate) and their difference u (core.concepts.disparity)."""
+
+    concept: int
+    name: str
+    features: tuple[int, ...]
+    chosen: float
+    rejected: float
+    u: float
+
+
+@dataclass(frozen=True)
 class PairView:
     """One pair with what the Pair screen highlights."""
 
@@ -140,6 +187,7 @@ class PairView:
     # side -> feature -> ((token position, activation), ...), for every feature firing in the reply
     firings: Mapping[str, Mapping[int, tuple[tuple[int, float], ...]]]
     top_deltas: tuple[PairDelta, ...]
+    concept: ConceptInPair | None = None  # the concept the pair was opened for, when it was
 
 
 @dataclass(frozen=True)
@@ -185,3 +233,46 @@ class CatalogChoices:
     saes: tuple[str, ...]
     default_model: str
     default_sae: Mapping[str, str]  # model -> its catalogue SAE
+
+
+@dataclass(frozen=True)
+class HypothesisPairs:
+    """The pairs that drive one hypothesis (not marked when it was ranked), strongest first: each
+    row's `delta` is the pair's u on the hypothesis' concept."""
+
+    key: HypothesisKey
+    sentence: str
+    concept_name: str
+    features: tuple[int, ...]
+    rows: tuple[PairRow, ...]
+
+
+@dataclass(frozen=True)
+class ConceptsView:
+    """Response concepts by |global shift| without the marked pairs (core.hypotheses'
+    NamedConceptShift rows), with each concept's shift over all pairs."""
+
+    rows: tuple  # core.hypotheses.NamedConceptShift, largest |shift| (after marks) first
+    before: Mapping[int, float]  # concept -> shift over all pairs
+    n_pairs: int  # pairs counted (marked ones left out)
+    n_excluded: int
+    n_concepts: int
+    n_grouped: int  # concepts that are communities of >= 4 features
+
+
+@dataclass(frozen=True)
+class ConceptFeature:
+    """One feature of a concept with its predicted shift before (all pairs) and after (kept pairs)."""
+
+    feature: int
+    label: str
+    shift: tuple[float, float]
+    effect: tuple[float, float]
+    n_firing: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class ConceptFeatures:
+    concept: int
+    name: str
+    features: tuple[ConceptFeature, ...]  # largest |shift| (after) first

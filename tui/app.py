@@ -2,7 +2,7 @@
 
     datadebug-tui [WORKSPACE] [--data FILE] [--model M] [--sae S] [--limit N]
 
-An indexed workspace opens on Shifts. A missing or partly indexed one opens on Index (and starts when
+An indexed workspace opens on Hypotheses. A missing or partly indexed one opens on Index (and starts when
 a dataset is known: --data, or the one it was indexed from). With no workspace, the demo workspace is
 used, indexing the bundled sample first if needed.
 """
@@ -33,6 +33,8 @@ from tui.keymap import keymap_file, load_keymap
 from tui.messages import (
     Exported,
     MarkRequested,
+    PlanChanged,
+    PlanChoicesReady,
     PreviewReady,
     TriageChanged,
     WorkerFailed,
@@ -42,8 +44,19 @@ from tui.messages import (
 from tui.screens.base import DataScreen, FormInput
 from tui.screens.clusters import ClustersScreen
 from tui.screens.compare import CompareScreen
-from tui.screens.dialogs import ConfirmDialog, ErrorDialog, ExportDialog, HelpScreen, MarkDialog
+from tui.screens.concepts import ConceptFeaturesScreen, ConceptsScreen
+from tui.screens.dialogs import (
+    ConfirmDialog,
+    ErrorDialog,
+    ExportDialog,
+    HelpScreen,
+    MarkDialog,
+    PlanAnswer,
+    PlanDialog,
+    PlanTarget,
+)
 from tui.screens.goblin import GoblinScreen
+from tui.screens.hypotheses import HypothesesScreen, PromptHypothesesScreen
 from tui.screens.index import IndexScreen
 from tui.screens.models import ModelsScreen
 from tui.screens.pair import PairScreen
@@ -77,7 +90,11 @@ class DataDebugApp(App):
     CSS_PATH = "app.tcss"
     TITLE = "datadebug"
     COMMANDS = App.COMMANDS | {ActionsProvider}
+    # In the order of the number keys (1-9).
     MODES: ClassVar[dict[str, type]] = {
+        "hypotheses": HypothesesScreen,
+        "concepts": ConceptsScreen,
+        "prompts": PromptHypothesesScreen,
         "shifts": ShiftsScreen,
         "clusters": ClustersScreen,
         "compare": CompareScreen,
@@ -90,12 +107,15 @@ class DataDebugApp(App):
         Binding("u", "undo", "Undo", id="triage.undo"),
         Binding("ctrl+r", "redo", "Redo", show=False, id="triage.redo"),
         Binding("x", "export", "Export", id="triage.export"),
-        Binding("1", "go('shifts')", "Shifts screen", show=False, id="go.shifts"),
-        Binding("2", "go('clusters')", "Clusters screen", show=False, id="go.clusters"),
-        Binding("3", "go('compare')", "Compare screen", show=False, id="go.compare"),
-        Binding("4", "go('goblin')", "Goblin test screen", show=False, id="go.goblin"),
-        Binding("5", "go('models')", "Models screen", show=False, id="go.models"),
-        Binding("6", "go('index')", "Index screen", show=False, id="go.index"),
+        Binding("1", "go('hypotheses')", "Hypotheses screen", show=False, id="go.hypotheses"),
+        Binding("2", "go('concepts')", "Concepts screen", show=False, id="go.concepts"),
+        Binding("3", "go('prompts')", "Prompt hypotheses screen", show=False, id="go.prompts"),
+        Binding("4", "go('shifts')", "Shifts screen (per feature)", show=False, id="go.shifts"),
+        Binding("5", "go('clusters')", "Clusters screen", show=False, id="go.clusters"),
+        Binding("6", "go('compare')", "Compare screen", show=False, id="go.compare"),
+        Binding("7", "go('goblin')", "Goblin test screen", show=False, id="go.goblin"),
+        Binding("8", "go('models')", "Models screen", show=False, id="go.models"),
+        Binding("9", "go('index')", "Index screen", show=False, id="go.index"),
         Binding("q", "quit", "Quit", show=False, id="app.quit"),
     ]
 
@@ -103,6 +123,8 @@ class DataDebugApp(App):
     triage: reactive[TriageState | None] = reactive(None, always_update=True)
     # What the last mark change did, shown in the status line beside the counts (not over them).
     note: reactive[str] = reactive("")
+    # The workspace's intervention plan (core.interventions.Plan) that train-dpo --plan applies.
+    plan = reactive(None, always_update=True)
 
     def __init__(
         self,
@@ -162,9 +184,11 @@ class DataDebugApp(App):
         if self.info is not None:
             await self._reset_modes()
         self.note = ""
+        self.plan = None
         self.info = event.info
         self.triage = event.triage
-        await self.switch_mode("shifts")
+        await self.switch_mode("hypotheses")
+        self._read_plan()
 
     async def _reset_modes(self) -> None:
         """Drop every screen of the previous workspace (drill-downs included), except the one in view."""
@@ -271,6 +295,69 @@ class DataDebugApp(App):
 
         self.push_screen(MarkDialog(p, ask_reason=event.ask_reason, unmark=unmark), answered)
 
+    # -- intervention plans ---------------------------------------------------------------------
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="plan", description="reading the plan")
+    def _read_plan(self) -> None:
+        # Also imports core.interventions (torch) now, so the plan dialog opens at once later.
+        plan = self.session.plan()
+        self.post_message(PlanChanged(plan))
+
+    @on(PlanChanged)
+    def _plan_changed(self, event: PlanChanged) -> None:
+        self.plan = event.plan
+        p = event.plan
+        if event.saved and p is not None:
+            self.notify(
+                visible(
+                    f"{p.kind} on «{p.label}» ({len(p.features)} features), strength {p.strength:g}\n"
+                    f"saved in {self.services.workspace_path.name}/plan.json; apply with:\n"
+                    f"datadebug train-dpo {self._data_name()} --out DIR --plan {self.services.workspace_path}",
+                    keep_newlines=True,
+                ),
+                title="plan saved",
+                timeout=10,
+                markup=False,
+            )
+
+    def _data_name(self) -> str:
+        return str(self.session.dataset_path) if self.services.is_open else "DATA"
+
+    def propose_plan(self, target: PlanTarget) -> None:
+        """Open the plan dialog for a concept, then save the plan when accepted."""
+        if not self.services.is_open:
+            self.notify("open a workspace first", severity="warning")
+            return
+        self._plan_choices(target)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="plan", description="reading the plan")
+    def _plan_choices(self, target: PlanTarget) -> None:
+        kinds = self.services.intervention_kinds()
+        self.post_message(PlanChoicesReady(kinds, self.session.plan(), target))
+
+    @on(PlanChoicesReady)
+    def _plan_dialog(self, event: PlanChoicesReady) -> None:
+        target = event.target
+
+        def answered(answer: PlanAnswer | None) -> None:
+            if answer is not None:
+                self._save_plan(target, answer)
+
+        # Names, not paths, in the dialog (the notice after saving has the whole command).
+        self.push_screen(
+            PlanDialog(target, event.kinds, event.current, workspace=self.services.workspace_path.name,
+                       data=self.session.dataset_path.name),
+            answered,
+        )
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="plan", description="saving the plan")
+    def _save_plan(self, target: PlanTarget, answer: PlanAnswer) -> None:
+        plan = self.session.save_plan(
+            answer.kind, target.features, answer.strength, label=target.name or f"concept {target.concept}",
+            source=target.source, text=answer.text,
+        )
+        self.post_message(PlanChanged(plan, saved=True))
+
     # -- export ---------------------------------------------------------------------------------
 
     def action_export(self) -> None:
@@ -329,6 +416,9 @@ class DataDebugApp(App):
 
 HELP_SECTIONS = [
     ("anywhere", DataDebugApp),
+    ("Hypotheses", HypothesesScreen),
+    ("Concepts", ConceptsScreen),
+    ("Concept", ConceptFeaturesScreen),
     ("Shifts", ShiftsScreen),
     ("Pairs", PairsScreen),
     ("Pair", PairScreen),
@@ -340,6 +430,7 @@ HELP_SECTIONS = [
     ("tables", KeyTable),
     ("forms", FormInput),
     ("dialogs", MarkDialog),
+    ("Plan", PlanDialog),
     ("dialogs", ConfirmDialog),
     ("dialogs", ErrorDialog),
 ]

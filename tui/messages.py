@@ -14,7 +14,10 @@ from core.progress import Progress
 from core.views import (
     CatalogChoices,
     CompareView,
+    ConceptFeatures,
+    ConceptsView,
     FeaturePairs,
+    HypothesisPairs,
     ModelsView,
     PairRow,
     PairView,
@@ -168,3 +171,51 @@ class Exported(Message):
     def __init__(self, result) -> None:
         super().__init__()
         self.result = result
+
+
+class HypothesesReady(Message):
+    """A ranking of hypotheses (core.hypotheses.HypothesisReport) without the `excluded` (marked) pairs."""
+
+    def __init__(self, report, excluded: frozenset[int]) -> None:
+        super().__init__()
+        self.report = report
+        self.excluded = excluded
+
+
+class HypothesisPairsReady(Message):
+    def __init__(self, pairs: HypothesisPairs) -> None:
+        super().__init__()
+        self.pairs = pairs
+
+
+class ConceptsReady(Message):
+    def __init__(self, concepts: ConceptsView, excluded: frozenset[int]) -> None:
+        super().__init__()
+        self.concepts = concepts
+        self.excluded = excluded
+
+
+class ConceptFeaturesReady(Message):
+    def __init__(self, features: ConceptFeatures) -> None:
+        super().__init__()
+        self.features = features
+
+
+class PlanChoicesReady(Message):
+    """What the plan dialog offers: each kind's default strength, the plan saved now (or None), and
+    the concept (`target`: a tui.screens.dialogs.PlanTarget) it was asked for."""
+
+    def __init__(self, kinds: dict[str, float], current, target) -> None:
+        super().__init__()
+        self.kinds = kinds
+        self.current = current
+        self.target = target
+
+
+class PlanChanged(Message):
+    """The workspace's intervention plan (core.interventions.Plan) was read or saved (None: none)."""
+
+    def __init__(self, plan, saved: bool = False) -> None:
+        super().__init__()
+        self.plan = plan
+        self.saved = saved

@@ -35,6 +35,7 @@ class Services:
     remove = staticmethod(core_session.remove)
     train_sae = staticmethod(core_session.train_sae)
     catalog_choices = staticmethod(core_session.catalog_choices)
+    intervention_kinds = staticmethod(core_session.intervention_kinds)
     index = staticmethod(core_session.index)
 
     def __init__(

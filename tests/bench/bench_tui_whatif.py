@@ -1,9 +1,12 @@
 """What-if keypress speed on the TUI's own path: keypress -> marks written -> what-if -> tables refilled
--> a frame drawn, on a synthetic 260k-pair workspace with 10% of its pairs marked.
+-> a frame drawn, on a synthetic 260k-pair workspace (65,536-feature SAE) with 10% of its pairs marked.
 
 The real App runs headless under a Pilot; a headless app computes every frame but sends it nowhere,
 so each frame is also rendered to terminal bytes here (what a terminal would receive). Timed:
 
+    y      in the preview that `m` opened on Hypotheses (the landing screen): mark the hypothesis'
+           driving pairs; timed to the first frame that shows the ranking re-done without them
+    u      undo (on Hypotheses), to the re-ranked frame
     m      on a feature's pairs list: mark the pair under the cursor (no dialog)
     y      in the mark preview that `t` opened on Shifts: mark the feature's next top pairs; Shifts
            redraws every before -> after cell
@@ -13,7 +16,10 @@ Each is timed from just before the key is sent to the first frame drawn after th
 new marks, and broken down into: marks write (the log append, persisted before the state is shown),
 what-if (Analysis.shifts_without), triage (the session's new state: marks snapshot + what-if),
 screens (every mounted screen redrawing its marks: tables, captions, status line) and frame (the
-compositor's update rendered to bytes).
+compositor's update rendered to bytes); on Hypotheses also rank (Session.hypotheses: the engine's
+incremental what-if and the ranking, in a worker) and the preview (m -> the dialog with the hypothesis'
+Δ, score and rank before -> after). The first open fits the workspace's structure (concepts, data
+clusters, names) and caches it; its time is printed.
 
     .venv/bin/python -m tests.bench.bench_tui_whatif [--pairs 260000] [--marked 0.1] [--ops 260]
 """
@@ -31,13 +37,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 
-from tests.bench.synthetic import synthetic_workspace
+from tests.bench.synthetic import finish_index, synthetic_workspace
 
 TIMES: dict[str, list[float]] = defaultdict(list)  # component -> seconds of each call
 FRAMES: list[tuple[float, float]] = []  # (perf_counter(), UI thread's CPU time) of each frame drawn
 APPLIED: list[float] = []  # perf_counter() of each triage state the app applied
+RANKED: list[tuple[float, frozenset]] = []  # (perf_counter(), marks left out) of each ranking shown
 
 
 def timed(owner, name: str, component: str) -> None:
@@ -89,6 +95,8 @@ def instrument(app) -> None:
     timed(Analysis, "shifts_without" if hasattr(Analysis, "shifts_without") else "what_if", "what-if")
     timed(Session, "triage" if hasattr(Session, "triage") else "triage_state", "triage")
     timed(Services, "apply", "apply")
+    timed(Session, "hypotheses", "rank")
+    timed(Session, "preview", "preview")
     timed(DataScreen, "_triage_watch", "screens")
     timed(Screen, "_refresh_layout", "layout")
     timed(Screen, "_compositor_refresh", "compose")
@@ -108,26 +116,31 @@ def instrument(app) -> None:
 
     app._display = draw
 
+    from tui.screens.hypotheses import HypothesesScreen
+
+    fill = HypothesesScreen._fill  # (the @on handler is bound at class creation: wrap what it calls)
+
+    def ranked(screen):
+        result = fill(screen)
+        RANKED.append((time.perf_counter(), screen._ranked_without))
+        return result
+
+    HypothesesScreen._fill = ranked
+
 
 def watch_triage(app) -> None:
     """Note when the app applies a new triage state (watchers run as the reactive is set)."""
     app.watch(app, "triage", lambda _: APPLIED.append(time.perf_counter()), init=False)
 
 
-def build(path: Path, n: int, marked: float, ops: int, seed: int = 0):
+def build(path: Path, n: int, marked: float, ops: int, seed: int = 0, d_sae: int = 65_536):
     """The synthetic workspace with its features table (the app opens only a complete index) and
     `marked` of its pairs marked in `ops` operations."""
     from core.marks import Marks
-    from core.workspace import FEATURES_SCHEMA
 
     t = time.perf_counter()
-    ws = synthetic_workspace(path, n)
-    d_sae = int(ws.meta()["d_sae"])
-    ws.write_features(
-        pa.table({"feature": np.arange(d_sae, dtype=np.int32), "promoted": [[]] * d_sae,
-                  "label": [""] * d_sae}, schema=FEATURES_SCHEMA)
-    )
-    print(f"built {n:,} pairs in {time.perf_counter() - t:.1f}s")
+    ws = finish_index(synthetic_workspace(path, n, d_sae=d_sae))
+    print(f"built {n:,} pairs ({d_sae:,}-feature SAE) in {time.perf_counter() - t:.1f}s")
     t = time.perf_counter()
     rng = np.random.default_rng(seed)
     chosen = rng.choice(n, size=int(n * marked), replace=False)
@@ -180,8 +193,28 @@ async def press_and_wait_frame(pilot, key: str, label: str, rows: list) -> None:
     await pilot.pause()
 
 
+async def press_and_wait_ranked(pilot, key: str, label: str, rows: list) -> None:
+    """Press `key` on Hypotheses; done at the first frame drawn after the ranking without the marks
+    the key left was shown."""
+    app = pilot.app
+    with window(label, rows) as result:
+        start, n_applied = time.perf_counter(), len(APPLIED)
+        await pilot.press(key)
+        await until(pilot, lambda: len(APPLIED) > n_applied)
+        marked = app.session.marked()
+        await until(pilot, lambda: any(t >= start and ex == marked for t, ex in RANKED))
+        shown = next(t for t, ex in RANKED if t >= start and ex == marked)
+        await until(pilot, lambda: FRAMES and FRAMES[-1][0] >= shown)
+        frame = next(f for f, _ in FRAMES if f >= shown)
+    result["total"] = frame - start  # to the re-ranked frame, not the first frame after the marks
+    await app.workers.wait_for_complete()
+    await pilot.pause()
+
+
 async def drive(workspace: Path, presses: int, freeze: bool = False) -> list:
     from tui.app import DataDebugApp
+    from tui.screens.dialogs import MarkDialog
+    from tui.screens.hypotheses import HypothesesScreen
     from tui.screens.pairs import PairsScreen
     from tui.screens.shifts import ShiftsScreen
     from tui.services import Services
@@ -191,31 +224,41 @@ async def drive(workspace: Path, presses: int, freeze: bool = False) -> list:
     rows: list = []
     async with app.run_test(size=(120, 40)) as pilot:
         t = time.perf_counter()
-        await until(pilot, lambda: isinstance(app.screen, ShiftsScreen) and app.screen.report is not None)
+        await until(pilot, lambda: isinstance(app.screen, HypothesesScreen) and app.screen.report is not None,
+                    timeout=3600)
         await app.workers.wait_for_complete()
         watch_triage(app)
+        print(f"app open, structure fitted (first open) and Hypotheses ranked in {time.perf_counter() - t:.1f}s")
+        await pilot.pause()
+        for i in range(presses):
+            t = time.perf_counter()
+            await pilot.press("m")
+            await until(pilot, lambda: isinstance(app.screen, MarkDialog))
+            await pilot.pause()
+            TIMES["hypothesis preview (m -> dialog)"].append(time.perf_counter() - t)
+            await press_and_wait_ranked(pilot, "y", "y: mark drivers on Hypotheses", rows)
+            await press_and_wait_ranked(pilot, "u", "u: undo on Hypotheses", rows)
+            await press_and_wait_ranked(pilot, "ctrl+r", "ctrl+r: redo on Hypotheses", rows)
+            await pilot.press("j")
+        t = time.perf_counter()
+        await pilot.press("4")
+        await until(pilot, lambda: isinstance(app.screen, ShiftsScreen) and app.screen.report is not None)
+        await app.workers.wait_for_complete()
         if freeze:
             import gc
 
             gc.collect()
             gc.freeze()
-        print(f"app open and Shifts ranked in {time.perf_counter() - t:.1f}s "
+        print(f"Shifts ranked in {time.perf_counter() - t:.1f}s "
               f"({app.triage.n_marked:,} of {app.triage.n_total:,} pairs marked)")
         await pilot.pause()
-        try:
-            from tui.screens.dialogs import MarkDialog
-        except ImportError:  # the TUI before the preview (a baseline run): t marks at once
-            MarkDialog = None
         for i in range(presses):
-            if MarkDialog is None:
-                await press_and_wait_frame(pilot, "t", "t: mark top pairs on Shifts", rows)
-            else:
-                t = time.perf_counter()
-                await pilot.press("t")
-                await until(pilot, lambda: isinstance(app.screen, MarkDialog))
-                await pilot.pause()
-                TIMES["preview (t -> dialog)"].append(time.perf_counter() - t)
-                await press_and_wait_frame(pilot, "y", "y: mark top pairs on Shifts", rows)
+            t = time.perf_counter()
+            await pilot.press("t")
+            await until(pilot, lambda: isinstance(app.screen, MarkDialog))
+            await pilot.pause()
+            TIMES["preview (t -> dialog)"].append(time.perf_counter() - t)
+            await press_and_wait_frame(pilot, "y", "y: mark top pairs on Shifts", rows)
             await press_and_wait_frame(pilot, "u", "u: undo on Shifts", rows)
             await press_and_wait_frame(pilot, "ctrl+r", "ctrl+r: redo on Shifts", rows)
             await pilot.press("j")
@@ -232,15 +275,16 @@ async def drive(workspace: Path, presses: int, freeze: bool = False) -> list:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pairs", type=int, default=260_000)
+    ap.add_argument("--d-sae", type=int, default=65_536)
     ap.add_argument("--marked", type=float, default=0.1, help="share of pairs marked before the keypresses")
     ap.add_argument("--ops", type=int, default=260, help="mark operations that marked them (log length)")
     ap.add_argument("--presses", type=int, default=5, help="presses of each key")
     ap.add_argument("--freeze", action="store_true", help="gc.freeze() once the workspace is open")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        ws = build(Path(tmp) / "ws", args.pairs, args.marked, args.ops)
+        ws = build(Path(tmp) / "ws", args.pairs, args.marked, args.ops, d_sae=args.d_sae)
         rows = asyncio.run(drive(ws.path, args.presses, args.freeze))
-    parts = ["UI cpu", "apply cpu", "marks write", "what-if", "triage", "apply", "screens",
+    parts = ["UI cpu", "apply cpu", "marks write", "what-if", "triage", "apply", "rank", "screens",
              "compose", "frame", "@applied"]
     print(f"\nkeypress -> frame drawn, median of {args.presses} (ms); components overlap: triage "
           "includes what-if, the keypress total includes all and the event loop")
@@ -256,10 +300,12 @@ def main() -> None:
     import resource
 
     print(f"peak memory {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GiB")
-    previews = TIMES.get("preview (t -> dialog)", [])
-    if previews:
-        print(f"\npreview (t -> the dialog with counts, examples, shift before->after): median "
-              f"{1e3 * statistics.median(previews):.0f} ms")
+    for name, what in (("hypothesis preview (m -> dialog)", "m on Hypotheses -> the dialog with the"
+                        " drivers and the hypothesis' Δ, score, rank before->after"),
+                       ("preview (t -> dialog)", "t on Shifts -> the dialog with counts, examples,"
+                        " shift before->after")):
+        if TIMES.get(name):
+            print(f"preview ({what}): median {1e3 * statistics.median(TIMES[name]):.0f} ms")
 
 
 if __name__ == "__main__":

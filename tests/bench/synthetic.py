@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from core.workspace import EMBED_DIM, PAIRS_SCHEMA, SCHEMA_VERSION, Workspace
+from core.workspace import EMBED_DIM, FEATURES_SCHEMA, PAIRS_SCHEMA, SCHEMA_VERSION, Workspace
 
 CHUNK = 20_000  # pairs per LanceDB append
 
@@ -98,4 +98,17 @@ def synthetic_workspace(path: Path | str, n: int, d_sae: int = 65_536, nnz: int 
             emb_prompt=_fixed(prompt_emb / np.linalg.norm(prompt_emb, axis=1, keepdims=True)),
         )
         ws.add_pairs(pa.table({k: cols[k] for k in PAIRS_SCHEMA.names}, schema=PAIRS_SCHEMA))
+    return ws
+
+
+def finish_index(ws: Workspace, dataset: str = "") -> Workspace:
+    """Write what a finished index run writes last (a features table without labels; the dataset's
+    name in meta when given), so the app opens a built workspace as an indexed one."""
+    d_sae = int(ws.meta()["d_sae"])
+    ws.write_features(
+        pa.table({"feature": np.arange(d_sae, dtype=np.int32), "promoted": [[]] * d_sae,
+                  "label": [""] * d_sae}, schema=FEATURES_SCHEMA)
+    )
+    if dataset:
+        ws.write_meta({"dataset": dataset})
     return ws

@@ -17,17 +17,62 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@pytest.fixture
-def workspace(small_workspace, tmp_path) -> Path:
-    """A fresh copy of the session's small workspace, always named `hh` (snapshots show the name)."""
+@pytest.fixture(scope="session")
+def fitted_workspace(small_workspace, tmp_path_factory) -> Path:
+    """The small workspace with its hypothesis structure and names fitted and cached, as after a first
+    open (the app lands on Hypotheses: without this every test would fit it again)."""
+    from core.hypotheses import open_hypotheses
+
+    dest = tmp_path_factory.mktemp("fitted") / "hh"
+    shutil.copytree(small_workspace, dest)
+    open_hypotheses(dest)
+    return dest
+
+
+def private_copy(source: Path, tmp_path: Path, name: str) -> Path:
+    """A copy of a session workspace for one test, always named `name` (snapshots show the name)."""
     from core.marks import Marks
     from core.workspace import Workspace
 
-    dest = tmp_path / "hh"
-    shutil.copytree(small_workspace, dest)
+    dest = tmp_path / name
+    shutil.copytree(source, dest)
     # Snapshots show the undo state: a test elsewhere that marks the shared workspace must copy it first.
-    assert not Marks(Workspace(dest)).history(), "the session's small workspace was marked by another test"
+    assert not Marks(Workspace(dest)).history(), f"the session's workspace {source} was marked by a test"
     return dest
+
+
+@pytest.fixture
+def workspace(fitted_workspace, tmp_path) -> Path:
+    """A fresh copy of the session's small workspace (structure cached), named `hh`."""
+    return private_copy(fitted_workspace, tmp_path, "hh")
+
+
+@pytest.fixture
+def unfitted_workspace(small_workspace, tmp_path) -> Path:
+    """A fresh copy of the small workspace as indexing leaves it: no structure fitted yet."""
+    return private_copy(small_workspace, tmp_path, "hh")
+
+
+@pytest.fixture(scope="session")
+def planted_session_workspace(tmp_path_factory) -> tuple[Path, dict]:
+    """400 constructed pairs in 8 topics with a goblin behaviour planted in the chosen replies of one
+    topic and a dragon one in 6 random pairs (tests/unit/planted.py: real LanceDB, firing frequencies
+    and token firings set by hand), finished as an index run leaves it and its structure fitted: a
+    workspace with grouped concepts and prompt-conditioned hypotheses whose truth is known."""
+    from core.hypotheses import open_hypotheses
+    from tests.bench.synthetic import finish_index
+    from tests.unit.planted import regions
+
+    ws, truth = regions(tmp_path_factory.mktemp("planted") / "planted", rare=6)
+    finish_index(ws, dataset="planted.jsonl")
+    open_hypotheses(ws.path)
+    return ws.path, truth
+
+
+@pytest.fixture
+def planted_workspace(planted_session_workspace, tmp_path) -> tuple[Path, dict]:
+    path, truth = planted_session_workspace
+    return private_copy(path, tmp_path, "planted"), truth
 
 
 def make_app(workspace: Path, **kw):
@@ -71,10 +116,26 @@ async def settle(pilot) -> None:
             break
 
 
+async def landed(pilot) -> None:
+    """Wait for the landing screen, Hypotheses, with its ranking."""
+    from tui.screens.hypotheses import HypothesesScreen
+
+    app = pilot.app
+    await wait_until(
+        pilot,
+        lambda: type(app.screen) is HypothesesScreen and app.screen.report is not None,
+        what="the Hypotheses screen with its ranking",
+    )
+    await settle(pilot)
+
+
 async def shifts_loaded(pilot) -> None:
+    """Wait for the app to land, then go to Shifts (4) and wait for its ranking."""
     from tui.screens.shifts import ShiftsScreen
 
     app = pilot.app
+    await landed(pilot)
+    await pilot.press("4")
     await wait_until(
         pilot,
         lambda: isinstance(app.screen, ShiftsScreen) and app.screen.report is not None,
@@ -117,5 +178,7 @@ def hostile_workspace(workspace) -> Path:
     ws.write_features(features)
     dataset = Path(ws.meta()["dataset"])
     ws.write_meta({"dataset": str(dataset.with_name("data\x1b[2J\u202e.jsonl"))})
+    for names in (workspace / "structure").glob("*.names.json"):  # named again from the hostile text
+        names.unlink()
     Marks(ws).mark([int(cols["source_index"][0])], reason=HOSTILE + "reason")
     return workspace

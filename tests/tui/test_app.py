@@ -306,7 +306,7 @@ async def test_clusters_drill_into_a_cluster_and_mark_it(workspace):
     app = make_app(workspace)
     async with app.run_test(size=(120, 40)) as pilot:
         await shifts_loaded(pilot)
-        await pilot.press("2")
+        await pilot.press("5")
         await wait_until(
             pilot,
             lambda: isinstance(app.screen, ClustersScreen) and app.screen.clustering,
@@ -341,7 +341,7 @@ async def test_clusters_drill_into_a_cluster_and_mark_it(workspace):
             what="embedding clusters",
         )
 
-        await pilot.press("3")
+        await pilot.press("6")
         await wait_until(
             pilot,
             lambda: isinstance(app.screen, CompareScreen) and app.screen.compare,
@@ -358,7 +358,7 @@ async def test_models_screen_lists_the_catalogue(workspace):
     app = make_app(workspace)
     async with app.run_test(size=(120, 40)) as pilot:
         await shifts_loaded(pilot)
-        await pilot.press("5")
+        await pilot.press("8")
         await wait_until(
             pilot, lambda: isinstance(app.screen, ModelsScreen) and app.screen.models, what="models"
         )
@@ -394,7 +394,7 @@ async def test_opening_another_workspace_drops_the_old_drill_downs(workspace, tm
         await wait_until(
             pilot, lambda: isinstance(app.screen, PairsScreen) and app.screen.rows, what="pairs"
         )
-        await pilot.press("5")
+        await pilot.press("8")
         await wait_until(pilot, lambda: isinstance(app.screen, ModelsScreen), what="models")
         app.open_workspace(other)
         await wait_until(pilot, lambda: app.info.name == "hh2", what="the other workspace")
@@ -409,7 +409,7 @@ async def test_goblin_screen_checks_its_inputs(workspace):
     app = make_app(workspace)
     async with app.run_test(size=(120, 40)) as pilot:
         await shifts_loaded(pilot)
-        await pilot.press("4")
+        await pilot.press("7")
         await wait_until(pilot, lambda: isinstance(app.screen, GoblinScreen), what="goblin")
         await settle(pilot)
         rate = app.screen.query_one("#goblin-rate")
@@ -437,20 +437,29 @@ async def test_missing_workspace_opens_the_index_screen(tmp_path):
 
 
 @pytest.mark.slow
-async def test_index_a_dataset_then_land_on_shifts(tmp_path, hh_small, tiny_sae):
-    """The real pipeline from the TUI: autostart with --data, progress, then Shifts on the new workspace."""
+async def test_index_a_dataset_then_land_on_hypotheses(tmp_path, hh_small, tiny_sae):
+    """The real pipeline from the TUI: autostart with --data, progress, then Hypotheses on the new
+    workspace (its structure fitted on first open), and Shifts one key away."""
     from tui.messages import JobProgressed
+    from tui.screens.hypotheses import HypothesesScreen
 
     seen = []
     app = make_app(tmp_path / "new", data=hh_small, sae=tiny_sae, limit=4, autostart_index=True)
     async with app.run_test(size=(100, 30), message_hook=lambda m: seen.append(m)) as pilot:
         await wait_until(
             pilot,
-            lambda: isinstance(app.screen, ShiftsScreen) and app.screen.report is not None,
+            lambda: isinstance(app.screen, ErrorDialog)
+            or (isinstance(app.screen, HypothesesScreen) and app.screen.report is not None),
             timeout=240,
-            what="indexing, then Shifts",
+            what="indexing, then Hypotheses",
         )
+        assert isinstance(app.screen, HypothesesScreen), getattr(app.screen, "cause", "")
         assert app.info.n_pairs == 4 and app.info.sae == tiny_sae
+        await pilot.press("4")
+        await wait_until(
+            pilot, lambda: isinstance(app.screen, ShiftsScreen) and app.screen.report is not None,
+            what="Shifts",
+        )
     stages = {m.progress.stage for m in seen if isinstance(m, JobProgressed)}
     assert "index" in stages
 

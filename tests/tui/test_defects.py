@@ -10,7 +10,8 @@ from rich.console import Console
 
 from core.marks import Marks
 from core.workspace import Workspace
-from tests.tui.conftest import HOSTILE, goto, make_app, settle, shifts_loaded, wait_until
+from tests.tui.conftest import HOSTILE, goto, landed, make_app, settle, shifts_loaded, wait_until
+from tui.screens.concepts import ConceptFeaturesScreen
 from tui.screens.dialogs import ErrorDialog, ExportDialog, HelpScreen, MarkDialog
 from tui.screens.pair import PairScreen
 from tui.screens.pairs import PairsScreen
@@ -56,7 +57,7 @@ async def test_a_reason_for_a_marked_pair_or_a_partly_marked_cluster_is_kept(wor
         await settle(pilot)
         assert reasons_on_disk(workspace) == {first: "dup"}
 
-        await goto(pilot, "2", ClustersScreen, "clustering")
+        await goto(pilot, "5", ClustersScreen, "clustering")
         cluster = app.screen._current()
         assert first in cluster.source_indices  # the cluster is partly marked
         await pilot.press("C")
@@ -126,13 +127,13 @@ async def test_compare_opens_a_cluster_on_enter_with_the_k_clusters_shows(worksp
     app = make_app(workspace)
     async with app.run_test(size=(120, 40)) as pilot:
         await shifts_loaded(pilot)
-        k_sae = (await goto(pilot, "2", ClustersScreen, "clustering")).clustering.k
+        k_sae = (await goto(pilot, "5", ClustersScreen, "clustering")).clustering.k
         await pilot.press("e")
         await wait_until(
             pilot, lambda: app.screen.clustering and app.screen.clustering.by == "embedding"
         )
         assert app.screen.clustering.k == k_sae
-        compare = await goto(pilot, "3", CompareScreen, "compare")
+        compare = await goto(pilot, "6", CompareScreen, "compare")
         assert compare.compare.k == k_sae
         row = compare.compare.rows[0]
         pairs = await to_pairs(pilot)
@@ -148,11 +149,11 @@ async def test_form_fields_leave_on_escape_and_nothing_starts_by_accident(worksp
     app = make_app(workspace)
     async with app.run_test(size=(120, 40)) as pilot:
         await shifts_loaded(pilot)
-        await goto(pilot, "4", GoblinScreen)
+        await goto(pilot, "7", GoblinScreen)
         await settle(pilot)
         assert app.focused is None or not hasattr(app.focused, "value")  # not in a field
-        await goto(pilot, "5", ModelsScreen)  # a digit switches screens
-        await goto(pilot, "4", GoblinScreen)
+        await goto(pilot, "8", ModelsScreen)  # a digit switches screens
+        await goto(pilot, "7", GoblinScreen)
         rate = app.screen.query_one("#goblin-rate")
         rate.focus()
         rate.value = ""
@@ -165,8 +166,8 @@ async def test_form_fields_leave_on_escape_and_nothing_starts_by_accident(worksp
         rate.focus()
         await pilot.press("escape")  # leaves the field; a digit switches screens again
         assert app.focused is None
-        await goto(pilot, "1", ShiftsScreen)
-        await goto(pilot, "6", IndexScreen)
+        await goto(pilot, "4", ShiftsScreen)
+        await goto(pilot, "9", IndexScreen)
         await settle(pilot)
         app.screen.query_one("#index-limit").focus()
         await pilot.press("3", "enter")
@@ -251,15 +252,15 @@ async def test_the_pairs_header_shows_the_shift_before_and_after(workspace):
         assert f"shift {t.before.shift[f]:+#.3g}→{t.after.shift[f]:+#.3g}" in str(caption.render())
 
 
-async def test_1_returns_to_shifts_itself(workspace):
+async def test_a_digit_returns_to_its_screen_itself(workspace):
     app = make_app(workspace)
     async with app.run_test(size=(120, 40)) as pilot:
         await shifts_loaded(pilot)
         await to_pairs(pilot)
         await goto(pilot, "enter", PairScreen)
-        await pilot.press("2")
+        await pilot.press("5")
         await pilot.pause()
-        await goto(pilot, "1", ShiftsScreen)
+        await goto(pilot, "4", ShiftsScreen)
         assert len(app.screen_stack) == 1
 
 
@@ -300,12 +301,15 @@ async def test_every_column_header_is_explained_on_its_screen(workspace):
         await shifts_loaded(pilot)
         await to_pairs(pilot)
         seen = {"Pair": await goto(pilot, "enter", PairScreen, "pair_view")}
-        for key in "123":
+        for key in "123456":
             await pilot.press(key)
             await pilot.pause(0.2)
             await settle(pilot)
             seen[type(app.screen).__name__] = app.screen
-        for key, mode in (("escape", None), ("5", "models")):
+        await pilot.press("1")
+        seen["ConceptFeatures"] = await goto(pilot, "f", ConceptFeaturesScreen, "features")
+        await pilot.press("escape", "6")
+        for key, mode in (("escape", None), ("8", "models")):
             await pilot.press(key)
             await settle(pilot)
         seen["Models"] = app.screen
@@ -317,7 +321,7 @@ async def test_every_column_header_is_explained_on_its_screen(workspace):
                     generic = re.sub(r"\d+$", "j", name)
                     assert name in explained or generic in explained, (type(screen).__name__, name)
         assert {"shifts", "clusters", "compare", "models"} <= set(DataDebugApp.MODES)
-        await pilot.press("1", "question_mark")
+        await pilot.press("4", "question_mark")
         help_screen = await dialog(pilot, HelpScreen)
         assert help_screen.legend == ShiftsScreen.LEGEND
         assert "score" in dict(help_screen.legend)
@@ -361,6 +365,8 @@ async def test_hostile_text_is_shown_never_executed(hostile_workspace):
 
     app = make_app(hostile_workspace)
     async with app.run_test(size=(120, 40)) as pilot:
+        await landed(pilot)  # names fitted from the hostile text
+        assert "data<ESC>[2J<U+202E>.jsonl" in assert_safe(app, "Hypotheses")
         await shifts_loaded(pilot)
         await pilot.press("s")  # a sort that puts a published (hostile) label on top
         await settle(pilot)
@@ -381,7 +387,7 @@ async def test_hostile_text_is_shown_never_executed(hostile_workspace):
         await dialog(pilot)
         assert "[red]x[/red]" in assert_safe(app, "the mark preview")
         await pilot.press("escape")
-        await goto(pilot, "2", ClustersScreen, "clustering")
+        await goto(pilot, "5", ClustersScreen, "clustering")
         assert_safe(app, "Clusters")
         app.push_screen(ErrorDialog("reading a pair failed", HOSTILE + "cause"))
         await pilot.pause()

@@ -11,19 +11,29 @@ from pathlib import Path
 
 import pytest
 
-from tests.tui.conftest import goto, make_app, settle, shifts_loaded
+from tests.tui.conftest import goto, landed, make_app, settle, shifts_loaded, wait_until
 
 SIZES = [pytest.param((80, 24), id="80x24"), pytest.param((120, 40), id="120x40")]
 
 
 async def _quiet(pilot) -> None:
+    from textual.widgets import DataTable
+
     await settle(pilot)
     pilot.app.clear_notifications()
+    # A cell that grew re-measures its column on the table's next idle: on a busy machine the picture
+    # could be taken before it (half-updated columns). Wait for it.
+    await wait_until(
+        pilot,
+        lambda: not any(t._require_update_dimensions for t in pilot.app.screen.query(DataTable)),
+        what="the tables' column widths",
+    )
     await pilot.pause()
 
 
-def steps(*moves):
-    """A run_before: Shifts loaded, then each (keys, screen class name, attribute to wait for)."""
+def steps(*moves, start=shifts_loaded):
+    """A run_before: Shifts loaded (or the landing screen, with start=landed), then each (keys, screen
+    class name, attribute to wait for)."""
 
     async def run_before(pilot):
         from tui import app as tui_app
@@ -31,7 +41,7 @@ def steps(*moves):
 
         screens = {**{c.__name__: c for c in tui_app.DataDebugApp.MODES.values()}, **vars(dialogs)}
         screens.update(PairsScreen=tui_app.PairsScreen, PairScreen=tui_app.PairScreen)
-        await shifts_loaded(pilot)
+        await start(pilot)
         for keys, screen, ready in moves:
             if screen is None:
                 await pilot.press(*keys)
@@ -58,11 +68,31 @@ SCREENS = {
     "pair": (TO_PAIRS, ("enter", "PairScreen", "pair_view")),
     # the header shows the feature's shift before -> after.
     "feature_pairs_after_marking_one": (TO_PAIRS, ("m", None, "")),
-    "clusters": (("2", "ClustersScreen", "clustering"),),
+    "clusters": (("5", "ClustersScreen", "clustering"),),
     # the same k as Clusters on both sides; Enter is offered (it opens the cluster's pairs).
-    "compare": (("3", "CompareScreen", "compare"),),
+    "compare": (("6", "CompareScreen", "compare"),),
     # no field focused (digits switch screens); ctrl+g is the only way to start.
-    "goblin_form": (("4", "GoblinScreen", ""),),
+    "goblin_form": (("7", "GoblinScreen", ""),),
+}
+
+
+# name -> the moves after the app lands on Hypotheses (its ranking computed).
+LANDING = {
+    # the ranked sentences' parts readable: Δ, d, ✓, n, the concept's and the group's names.
+    "hypotheses": (),
+    # m asks first: the driving pairs, and how the hypothesis' Δ, score and rank would move.
+    "hypothesis_mark_preview": (("m", "MarkDialog", ""),),
+    # Enter, Enter: a driving pair with the concept's row on top and its tokens highlighted.
+    "hypothesis_pair": (TO_PAIRS, ("enter", "PairScreen", "pair_view")),
+    "concepts": (("2", "ConceptsScreen", "view"),),
+    # the kinds, the default strength of the first, and the command that applies the plan.
+    "plan_dialog": (("i", "PlanDialog", ""),),
+}
+
+# name -> the moves after the app lands on the planted workspace (grouped concepts, prompt groups).
+PLANTED = {
+    "hypotheses": (),
+    "prompts": (("3", "PromptHypothesesScreen", "report"),),
 }
 
 
@@ -72,6 +102,19 @@ def test_screen(snap_compare, workspace, size, name, monkeypatch):
     monkeypatch.setattr("tui.app.keymap_file", lambda: Path("/config/datadebug/keymap.toml"))
     run_before = steps(*SCREENS[name])
     assert snap_compare(make_app(workspace), terminal_size=size, run_before=run_before)
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("name", list(LANDING))
+def test_landing(snap_compare, workspace, size, name):
+    assert snap_compare(make_app(workspace), terminal_size=size, run_before=steps(*LANDING[name], start=landed))
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("name", list(PLANTED))
+def test_planted(snap_compare, planted_workspace, size, name):
+    app = make_app(planted_workspace[0])
+    assert snap_compare(app, terminal_size=size, run_before=steps(*PLANTED[name], start=landed))
 
 
 @pytest.mark.parametrize("size", SIZES)

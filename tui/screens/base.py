@@ -16,7 +16,7 @@ from textual.widgets import Footer, Input, Label
 from textual.worker import Worker, WorkerState
 
 from core.session import Session
-from core.views import Selection, TriageState, WorkspaceInfo
+from core.views import HypothesisKey, Selection, TriageState, WorkspaceInfo
 from tui.messages import MarkRequested, WorkerFailed
 from tui.widgets.status import StatusLine
 
@@ -48,6 +48,7 @@ class DataScreen(Screen):
         self.watch(self.app, "info", self._info_watch, init=True)
         self.watch(self.app, "triage", self._triage_watch, init=True)
         self.watch(self.app, "note", self._note_watch, init=True)
+        self.watch(self.app, "plan", self._plan_watch, init=True)
 
     def _info_watch(self, info: WorkspaceInfo | None) -> None:
         self.query_one(StatusLine).info = info
@@ -67,6 +68,9 @@ class DataScreen(Screen):
 
     def _note_watch(self, note: str) -> None:
         self.query_one(StatusLine).note = note
+
+    def _plan_watch(self, plan) -> None:
+        self.query_one(StatusLine).plan = plan
 
     def info_changed(self, info: WorkspaceInfo | None) -> None:
         """The open workspace changed (None: none open yet)."""
@@ -106,10 +110,11 @@ class DataScreen(Screen):
         self.app.propose_marks(select, ask_reason)
 
     def propose_pairs(
-        self, source_indices: Iterable[int], scope: str, features=(), ask_reason: bool = False
+        self, source_indices: Iterable[int], scope: str, features=(), ask_reason: bool = False,
+        hypothesis: HypothesisKey | None = None,
     ) -> None:
-        """`propose` for pairs already listed on screen."""
-        selection = Selection(tuple(int(s) for s in source_indices), scope, tuple(features))
+        """`propose` for pairs already listed on screen (the preview shows how `hypothesis` moves)."""
+        selection = Selection(tuple(int(s) for s in source_indices), scope, tuple(features), hypothesis)
         self.propose(lambda session: selection, ask_reason)
 
 

@@ -1,4 +1,5 @@
-"""Modal dialogs: an error with its cause, yes/no, a preview of marks to confirm, the export, help.
+"""Modal dialogs: an error with its cause, yes/no, a preview of marks to confirm, the export, an
+intervention plan, help.
 
 Every string that may come from a dataset, a path or an exception is shown as plain text, never as
 markup, with its control characters made visible.
@@ -6,6 +7,7 @@ markup, with its control characters made visible.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -15,10 +17,10 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Button, Input, Label, Static
+from textual.widgets import Button, DataTable, Input, Label, Static
 
 from core.views import Preview
-from tui.format import before_after, count, line, safe, signed
+from tui.format import before_after, count, line, number, safe, signed
 from tui.widgets.tables import KeyTable
 
 
@@ -115,6 +117,15 @@ class MarkDialog(ModalScreen[str | None]):
                 out.append(f"#{c.feature} ", style="bold")
                 out.append_text(line(c.label, 32))
                 out.append(f"  shift {before_after(c.before, c.after, signed)}\n")
+        h = p.hypothesis
+        if h is not None:
+            out.append_text(line(h.sentence, style="bold"))
+            out.append("\n")
+            rank = before_after(*(r if r is not None else 0 for r in h.rank), fmt=_rank)
+            out.append(
+                f"  Δ {before_after(*h.delta)} · d {before_after(*h.d)} · n {before_after(*h.n, fmt=count)}"
+                f" · score {before_after(*h.score, fmt=number)} · rank {rank}\n"
+            )
         for r in p.examples:
             out.append(f"#{r.source_index:<6}", style="bold")
             out.append_text(line(r.prompt, 60, style="dim"))
@@ -136,6 +147,141 @@ class MarkDialog(ModalScreen[str | None]):
             self.dismiss(self.query_one("#reason", Input).value.strip())
         else:
             self.dismiss("")
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+def _rank(r: float) -> str:
+    return f"{int(r)}" if r else "unranked"
+
+
+@dataclass(frozen=True)
+class PlanTarget:
+    """The concept a plan is asked for: its number, name, SAE features, and where it was picked."""
+
+    concept: int
+    name: str
+    features: tuple[int, ...]
+    source: str  # "hypothesis 3 (cluster:0:147)", "concept 12"
+
+
+@dataclass(frozen=True)
+class PlanAnswer:
+    kind: str
+    strength: float
+    text: str
+
+
+# What each intervention does in a few words, then in full, and what its strength means
+# (core.interventions has the maths).
+PLAN_KINDS = {
+    "shape": ("reward shaping", "the DPO logit gets λ·(s(chosen) − s(rejected)), s the concept's z-scored"
+              " projection read from the frozen model before training", "λ"),
+    "steer": ("training-time steering", "α·SD·v, the concept's direction, is added to the residual stream"
+              " at the SAE layer while training only", "α"),
+    "mask": ("token-level filtering", "the reply words where the concept fires above the threshold leave"
+             " the loss", "threshold"),
+    "inoculate": ("inoculation prompting", "the logit is offset by the frozen model's gain from a system"
+                  " prompt naming the behaviour (the text below)", "λ"),
+}
+
+
+class PlanDialog(ModalScreen[PlanAnswer | None]):
+    """Pick an intervention on a concept (j/k), its strength (prefilled with the kind's default) and,
+    for inoculation, the system prompt; Enter or ctrl+s saves it in the workspace, Escape cancels.
+    `datadebug train-dpo DATA --out DIR --plan WS` applies the saved plan."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("ctrl+s", "save", "Save the plan", id="plan.save"),
+        Binding("escape", "cancel", "Cancel", id="plan.cancel"),
+    ]
+
+    def __init__(self, target: PlanTarget, kinds: dict[str, float], current=None,
+                 workspace: str = "WS", data: str = "DATA") -> None:
+        super().__init__()
+        self.target = target
+        self.kinds = dict(kinds)  # kind -> default strength
+        self.current = current  # the plan saved now (core.interventions.Plan), or None
+        self.workspace = workspace
+        self.data = data
+        self.kind = next(iter(self.kinds))
+
+    def compose(self) -> ComposeResult:
+        t = self.target
+        n = len(t.features)
+        with Vertical(classes="dialog -plan"):
+            yield Label(
+                line(f"Plan an intervention on concept {t.concept} «{t.name or '-'}» ({n} feature{'s' * (n != 1)})"),
+                classes="dialog-title",
+            )
+            yield KeyTable("kind", "default", "what it does", id="plan-kinds")
+            yield Static("", id="plan-about", classes="dialog-body")
+            with Horizontal(classes="form-row"):
+                yield Label("strength", classes="form-label")
+                yield Input(id="plan-strength", compact=True)
+                yield Label("", id="plan-strength-unit")
+            with Horizontal(classes="form-row"):
+                yield Label("text", classes="form-label")
+                yield Input(placeholder="inoculate: the system prompt naming the behaviour", id="plan-text",
+                            compact=True)
+            yield Static(self._now(), id="plan-now", classes="dialog-body")
+            yield Label(line(f"enter / ctrl+s: save in {self.workspace} · esc: cancel"), classes="dialog-hint")
+
+    def _now(self) -> Text:
+        out = Text("from ", style="dim")
+        out.append_text(line(self.target.source))
+        c = self.current
+        out.append(" · saved now: ", style="dim")
+        if c is None:
+            out.append("no plan")
+        else:
+            out.append_text(line(f"{c.kind} on «{c.label or '-'}» ({len(c.features)} features), strength {c.strength:g}"
+                                 f" (replaced when you save)"))
+        out.append("\napplies with: ", style="dim")
+        out.append_text(line(f"datadebug train-dpo {self.data} --out DIR --plan {self.workspace}"))
+        return out
+
+    def on_mount(self) -> None:
+        table = self.query_one("#plan-kinds", KeyTable)
+        table.refill((kind, (kind, f"{default:g}", PLAN_KINDS.get(kind, ("", "", ""))[0]))
+                     for kind, default in self.kinds.items())
+        table.focus()
+        self._picked(self.kind, force=True)
+
+    def _picked(self, kind: str, force: bool = False) -> None:
+        box = self.query_one("#plan-strength", Input)
+        if force or box.value.strip() in ("", f"{self.kinds[self.kind]:g}"):  # not edited: the new default
+            box.value = f"{self.kinds[kind]:g}"
+        self.kind = kind
+        _, about, unit = PLAN_KINDS.get(kind, ("", "", ""))
+        self.query_one("#plan-strength-unit", Label).update(f" {unit}")
+        self.query_one("#plan-about", Static).update(Text(f"{kind}: {about}" if about else kind))
+
+    @on(DataTable.RowHighlighted, "#plan-kinds")
+    def _kind_moved(self, event: DataTable.RowHighlighted) -> None:
+        if event.row_key is not None and event.row_key.value in self.kinds:
+            self._picked(event.row_key.value)
+
+    @on(DataTable.RowSelected, "#plan-kinds")
+    @on(Input.Submitted)
+    def action_save(self) -> None:
+        raw = self.query_one("#plan-strength", Input).value.strip()
+        try:
+            strength = float(raw) if raw else self.kinds[self.kind]
+        except ValueError:
+            self.notify(f"strength {raw!r} is not a number", severity="warning", markup=False)
+            return
+        if strength < 0:
+            self.notify(f"strength {strength:g} must be >= 0", severity="warning", markup=False)
+            return
+        text = self.query_one("#plan-text", Input).value.strip()
+        if self.kind == "inoculate" and not text:
+            self.notify("inoculation needs the system prompt that names the behaviour (text)",
+                        severity="warning", markup=False)
+            self.query_one("#plan-text", Input).focus()
+            return
+        self.dismiss(PlanAnswer(self.kind, strength, text))
 
     def action_cancel(self) -> None:
         self.dismiss(None)

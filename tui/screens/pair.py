@@ -1,5 +1,5 @@
-"""Pair: the prompt, then chosen and rejected side by side (stacked when narrow), with a feature's firing
-tokens highlighted in both replies, and the pair's largest feature deltas."""
+"""Pair: the prompt, then chosen and rejected side by side (stacked when narrow), with a feature's (or a
+concept's) firing tokens highlighted in both replies, and the pair's largest feature deltas."""
 
 from __future__ import annotations
 
@@ -21,12 +21,29 @@ from tui.widgets.reply import highlight
 from tui.widgets.tables import KeyTable
 
 
+CONCEPT_ROW = "concept"  # the key of the concept's row in the deltas table
+
+
+def merged_firings(firings, features) -> tuple[tuple[int, float], ...]:
+    """(token position, activation) where any of `features` fires, the strongest per position."""
+    best: dict[int, float] = {}
+    for f in features:
+        for pos, val in firings.get(f, ()):
+            if val > best.get(pos, float("-inf")):
+                best[pos] = val
+    return tuple(sorted(best.items()))
+
+
 class PairScreen(DataScreen):
-    """One pair. j/k in the deltas table picks the feature whose firing is highlighted."""
+    """One pair. j/k in the deltas table picks the feature whose firing is highlighted; opened for a
+    concept, its first row is the concept: all its features' firings highlighted at once."""
 
     SCREEN_TITLE = "Pair"
     LEGEND = (
         ("feature", "SAE feature id; the one under the cursor is highlighted above"),
+        ("C n", "the concept the pair was opened for: every firing of its features highlighted;"
+                " chosen / rejected: the share of its features firing (> 1% of the reply's tokens),"
+                " delta: u, their difference"),
         ("delta", "its mean activation, chosen minus rejected reply"),
         ("chosen", "its mean activation over the chosen reply's tokens"),
         ("rejected", "its mean activation over the rejected reply's tokens"),
@@ -41,11 +58,16 @@ class PairScreen(DataScreen):
     ]
 
     def __init__(
-        self, source_index: int, feature: int | None = None, pair_list: tuple[int, ...] = ()
+        self,
+        source_index: int,
+        feature: int | None = None,
+        pair_list: tuple[int, ...] = (),
+        concept: int | None = None,
     ) -> None:
         super().__init__()
         self.source_index = source_index
         self.feature = feature
+        self.concept = concept  # a response concept whose features are highlighted together
         self.pair_list = pair_list or (source_index,)
         self.pair_view: PairView | None = None
 
@@ -72,7 +94,7 @@ class PairScreen(DataScreen):
         self.pair_view = None
         self._title()
         self.query_one("#deltas", KeyTable).loading = True
-        self._load(source_index, self.feature)
+        self._load(source_index, self.feature, self.concept)
 
     @work(
         thread=True,
@@ -81,8 +103,8 @@ class PairScreen(DataScreen):
         group="pair",
         description="reading the pair",
     )
-    def _load(self, source_index: int, feature: int | None) -> None:
-        view = self.app.session.pair(source_index, feature)
+    def _load(self, source_index: int, feature: int | None, concept: int | None) -> None:
+        view = self.app.session.pair(source_index, feature, concept=concept)
         if not get_current_worker().is_cancelled:
             self.post_message(PairReady(view))
 
@@ -92,7 +114,20 @@ class PairScreen(DataScreen):
         self.query_one("#prompt", Static).update(safe(v.prompt))
         table = self.query_one("#deltas", KeyTable)
         table.loading = False
-        table.refill(
+        rows = []
+        if v.concept is not None:
+            c = v.concept
+            rows.append((
+                CONCEPT_ROW,
+                (
+                    Text(f"C{c.concept}", style="bold"),
+                    signed(c.u),
+                    number(c.chosen),
+                    number(c.rejected),
+                    line(f"concept: {c.name or len(c.features)}", 40, style="bold"),
+                ),
+            ))
+        rows += [
             (
                 str(d.feature),
                 (
@@ -104,9 +139,10 @@ class PairScreen(DataScreen):
                 ),
             )
             for d in v.top_deltas
-        )
+        ]
+        table.refill(rows)
         if self.feature is not None:
-            keys = [str(d.feature) for d in v.top_deltas]
+            keys = [key for key, _ in rows]
             if str(self.feature) in keys:
                 table.move_cursor(row=keys.index(str(self.feature)), animate=False)
         table.focus()
@@ -126,19 +162,25 @@ class PairScreen(DataScreen):
             mark = " · MARKED" + (f" ({reason})" if reason else "")
         self.set_title(line(f"Pair #{self.source_index}{where}{mark}"))
 
+    def _on_concept(self) -> bool:
+        """Whether the cursor is on the concept's row."""
+        return self.query_one("#deltas", KeyTable).current_key() == CONCEPT_ROW
+
     def _selected_feature(self) -> int | None:
         key = self.query_one("#deltas", KeyTable).current_key()
+        if key == CONCEPT_ROW:
+            return None
         return int(key) if key is not None else self.feature
 
     def _highlight(self) -> None:
         v = self.pair_view
         if v is None:
             return
+        concept = v.concept if self._on_concept() else None
         f = self._selected_feature()
-        firing = {
-            side: v.firings[side].get(f, ()) if f is not None else ()
-            for side in ("chosen", "rejected")
-        }
+        features = concept.features if concept is not None else ((f,) if f is not None else ())
+        firing = {side: merged_firings(v.firings[side], features) for side in ("chosen", "rejected")}
+        what = f"C{concept.concept}" if concept is not None else f"#{f}"
         peak = max((val for side in firing.values() for _, val in side), default=0.0)
         for side, tokens, text in (
             ("chosen", v.chosen_tokens, v.chosen),
@@ -148,13 +190,19 @@ class PairScreen(DataScreen):
             n = len(firing[side])
             box = self.query_one(f"#{side}-box")
             box.border_subtitle = Text(
-                f"#{f} on {n} token{'s' * (n != 1)}"
+                f"{what} on {n} token{'s' * (n != 1)}"
                 if n
-                else (f"#{f} not stored here" if f is not None else "")
+                else (f"{what} not firing here" if features else "")
             )
         delta = next((d for d in v.top_deltas if d.feature == f), None)
         caption = line("deltas: j/k picks the feature highlighted above")
-        if delta is not None:
+        if concept is not None:
+            n = len(concept.features)
+            caption = line(
+                f"C{concept.concept} «{concept.name}» ({n} feature{'s' * (n != 1)}): share firing in chosen"
+                f" {number(concept.chosen)}, in rejected {number(concept.rejected)}, u {signed(concept.u)}"
+            )
+        elif delta is not None:
             caption = line(
                 f"#{f}: chosen {number(delta.chosen)} - rejected {number(delta.rejected)} = "
                 f"{signed(delta.delta)} · {delta.label}"
@@ -170,12 +218,14 @@ class PairScreen(DataScreen):
         """Enter on a feature: the pairs that drive it."""
         from tui.screens.pairs import PairsScreen
 
+        v = self.pair_view
+        if v is not None and v.concept is not None and self._on_concept():
+            from tui.screens.concepts import ConceptFeaturesScreen
+
+            self.app.push_screen(ConceptFeaturesScreen(v.concept.concept, v.concept.name))
+            return
         f = self._selected_feature()
-        delta = (
-            next((d for d in self.pair_view.top_deltas if d.feature == f), None)
-            if self.pair_view
-            else None
-        )
+        delta = next((d for d in v.top_deltas if d.feature == f), None) if v else None
         if delta is not None:
             self.app.push_screen(PairsScreen.for_feature(f, delta.label))
 
@@ -184,13 +234,19 @@ class PairScreen(DataScreen):
 
     # -- actions --------------------------------------------------------------------------------
 
-    def action_mark(self) -> None:
+    def _flagging(self) -> tuple[int, ...]:
+        """The features a mark here is for: the concept's, or the one under the cursor."""
+        v = self.pair_view
+        if v is not None and v.concept is not None and self._on_concept():
+            return v.concept.features
         f = self._selected_feature()
-        self.toggle_mark(self.source_index, (f,) if f is not None else ())
+        return (f,) if f is not None else ()
+
+    def action_mark(self) -> None:
+        self.toggle_mark(self.source_index, self._flagging())
 
     def action_mark_reason(self) -> None:
-        f = self._selected_feature()
-        self.propose_pairs([self.source_index], "pair", (f,) if f is not None else (), ask_reason=True)
+        self.propose_pairs([self.source_index], "pair", self._flagging(), ask_reason=True)
 
     def action_step(self, step: int) -> None:
         if self.source_index not in self.pair_list or len(self.pair_list) < 2:

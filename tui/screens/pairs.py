@@ -1,4 +1,4 @@
-"""A list of pairs: the pairs that drive one feature, or the pairs of one cluster."""
+"""A list of pairs: the pairs that drive one feature or one hypothesis, or the pairs of one cluster."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from textual.binding import Binding, BindingType
 from textual.widgets import DataTable, Label
 from textual.worker import get_current_worker
 
-from core.views import PairRow, TriageState
+from core.views import HypothesisKey, PairRow, TriageState
 from tui.format import before_after, count, line, signed
-from tui.messages import FeaturePairsReady, PairRowsReady
+from tui.messages import FeaturePairsReady, HypothesisPairsReady, PairRowsReady
 from tui.screens.base import DataScreen
 from tui.widgets.tables import KeyTable
 
@@ -21,13 +21,15 @@ N_FEATURE_PAIRS = 20
 
 
 class PairsScreen(DataScreen):
-    """Pairs in a table; Enter opens one. Built with `for_feature` or `for_cluster`."""
+    """Pairs in a table; Enter opens one. Built with `for_feature`, `for_hypothesis` or `for_cluster`."""
 
     SCREEN_TITLE = "Pairs"
     LEGEND = (
         ("pair", "source index: the record's position in the dataset file"),
         ("✗", "marked for removal"),
-        ("delta", "the feature's mean activation, chosen minus rejected reply"),
+        ("delta", "a feature's pairs: its mean activation, chosen minus rejected reply;"
+                  " a hypothesis' pairs: u, the share of the concept's features firing in the chosen"
+                  " reply minus in the rejected one"),
     )
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "app.pop_screen", "Back", id="pairs.back"),
@@ -52,18 +54,25 @@ class PairsScreen(DataScreen):
         feature: int | None = None,
         cluster=None,
         by: str = "sae",
+        hypothesis=None,
     ) -> None:
         super().__init__()
         self.title_text = title
         self.feature = feature
         self.cluster = cluster  # a core.clusters.Cluster
         self.by = by
+        self.hypothesis = hypothesis  # a core.hypotheses.Hypothesis
         self.direction = ""
         self.rows: tuple[PairRow, ...] = ()
 
     @classmethod
     def for_feature(cls, feature: int, label: str) -> PairsScreen:
         return cls(f"Pairs driving feature #{feature} · {label}", feature=feature)
+
+    @classmethod
+    def for_hypothesis(cls, h) -> PairsScreen:
+        """The driving pairs of a ranked hypothesis (core.hypotheses.Hypothesis)."""
+        return cls(f"Pairs driving hypothesis {h.rank} · {h.sentence}", hypothesis=h)
 
     @classmethod
     def for_cluster(cls, cluster, by: str) -> PairsScreen:
@@ -96,6 +105,10 @@ class PairsScreen(DataScreen):
             result = session.feature_pairs(self.feature, top=N_FEATURE_PAIRS)
             if not get_current_worker().is_cancelled:
                 self.post_message(FeaturePairsReady(result))
+        elif self.hypothesis is not None:
+            pairs = session.hypothesis_pairs(self.hypothesis)
+            if not get_current_worker().is_cancelled:
+                self.post_message(HypothesisPairsReady(pairs))
         else:
             rows = session.pair_rows(self.cluster.source_indices)
             if not get_current_worker().is_cancelled:
@@ -110,6 +123,10 @@ class PairsScreen(DataScreen):
     def _cluster_pairs(self, event: PairRowsReady) -> None:
         self._show(event.rows)
 
+    @on(HypothesisPairsReady)
+    def _hypothesis_pairs(self, event: HypothesisPairsReady) -> None:
+        self._show(event.pairs.rows)
+
     def _show(self, rows: tuple[PairRow, ...]) -> None:
         self.rows = rows
         table = self.query_one("#pairs", KeyTable)
@@ -118,6 +135,13 @@ class PairsScreen(DataScreen):
         self._fill()
 
     def _caption(self) -> Text:
+        h = self.hypothesis
+        if h is not None:
+            name = h.concept_name or f"concept {h.concept}"
+            return line(
+                f"the {len(self.rows)} pairs that move «{name}» most in Δ's direction (not marked when"
+                f" ranked) · enter: the pair with the concept's tokens highlighted"
+            )
         if self.feature is None:
             feats = "; ".join(f"#{f.feature} {f.label}" for f in self.cluster.top_features[:3])
             return line(f"top features: {feats or '(none)'}")
@@ -158,12 +182,16 @@ class PairsScreen(DataScreen):
     def _scope(self) -> str:
         if self.feature is not None:
             return f"feature {self.feature} top {len(self.rows)}"
+        if self.hypothesis is not None:
+            return f"hypothesis {HypothesisKey.of(self.hypothesis)} drivers"
         return f"cluster {self.by}:{self.cluster.id}"
 
     @property
     def _features(self) -> tuple[int, ...]:
         if self.feature is not None:
             return (self.feature,)
+        if self.hypothesis is not None:
+            return tuple(self.hypothesis.features)
         return tuple(f.feature for f in self.cluster.top_features[:3])
 
     # -- actions --------------------------------------------------------------------------------
@@ -175,10 +203,13 @@ class PairsScreen(DataScreen):
         current = self._current()
         if current is None:
             return
+        siblings = tuple(r.source_index for r in self.rows)
+        if self.hypothesis is not None:
+            self.app.push_screen(PairScreen(current, pair_list=siblings, concept=self.hypothesis.concept))
+            return
         feature = self.feature
         if feature is None and self.cluster.top_features:
             feature = self.cluster.top_features[0].feature
-        siblings = tuple(r.source_index for r in self.rows)
         self.app.push_screen(PairScreen(current, feature, siblings))
 
     def action_mark_pair(self) -> None:
@@ -191,10 +222,14 @@ class PairsScreen(DataScreen):
         if current is not None:
             self.propose_pairs([current], "pair", self._features[:1], ask_reason=True)
 
+    def _propose_all(self, ask_reason: bool) -> None:
+        key = HypothesisKey.of(self.hypothesis) if self.hypothesis is not None else None
+        self.propose_pairs(
+            [r.source_index for r in self.rows], self._scope, self._features, ask_reason, key
+        )
+
     def action_mark_all(self) -> None:
-        self.propose_pairs([r.source_index for r in self.rows], self._scope, self._features)
+        self._propose_all(False)
 
     def action_mark_all_reason(self) -> None:
-        self.propose_pairs(
-            [r.source_index for r in self.rows], self._scope, self._features, ask_reason=True
-        )
+        self._propose_all(True)

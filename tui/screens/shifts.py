@@ -104,7 +104,7 @@ class ShiftsScreen(DataScreen):
     def info_changed(self, info: WorkspaceInfo | None) -> None:
         if info is None:
             self.query_one("#shifts-caption", Label).update(
-                "no workspace open: press 6 to index a dataset"
+                "no workspace open: press 9 to index a dataset"
             )
             return
         self.report = None

@@ -1,5 +1,5 @@
-"""The status line under every screen: kept / marked / total pairs, what the last change did, and the
-workspace, in that order, so a narrow terminal cuts the model name before the counts."""
+"""The status line under every screen: kept / marked / total pairs, what the last change did, the saved
+intervention plan, and the workspace, in that order, so a narrow terminal cuts the model name first."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from tui.format import count
 
 
 class StatusLine(Static):
-    """One line: how triage stands and what is open. Set `info`, `triage`, `note`; it redraws itself."""
+    """One line: how triage stands, the plan, and what is open. Set `info`, `triage`, `note`, `plan`;
+    it redraws itself."""
 
     DEFAULT_CSS = """
     StatusLine { height: 1; padding: 0 1; }
@@ -22,6 +23,7 @@ class StatusLine(Static):
     info: reactive[WorkspaceInfo | None] = reactive(None, always_update=True)
     triage: reactive[TriageState | None] = reactive(None, always_update=True)
     note: reactive[str] = reactive("")
+    plan = reactive(None, always_update=True)  # core.interventions.Plan saved in the workspace
 
     def render(self) -> Text:
         if self.info is None:
@@ -39,6 +41,11 @@ class StatusLine(Static):
             if self.note:
                 line.append("  │  ")
                 line.append(one_line(self.note), style="italic")
+            if self.plan is not None:
+                p = self.plan
+                line.append("  │  ")
+                line.append("plan ", style="dim")
+                line.append(one_line(f"{p.kind} «{p.label}» {p.strength:g}", 40), style="bold magenta")
             line.append("  │  ")
         line.append(one_line(i.name), style="bold")
         line.append(one_line(f"  {i.model} / {i.sae} L{i.layer}"), style="dim")

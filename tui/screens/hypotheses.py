@@ -1,0 +1,282 @@
+"""Hypotheses (the landing screen) and the prompt-conditioned view: "in this region of the data, the
+preference labels select for (against) this concept", ranked, with Δ, d and the split-half check.
+
+The first time a workspace opens its structure (concepts, data clusters, prompt groups) and names are
+fitted and cached in the workspace (the job panel shows the stages; Escape cancels); later opens read
+them back. Marks re-rank at once through the engine's incremental what-if: nothing is refitted.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.widgets import DataTable, Label, Static
+from textual.worker import get_current_worker
+
+from core.views import HypothesisKey, TriageState, WorkspaceInfo
+from tui.format import count, line, number, safe, signed
+from tui.messages import HypothesesReady
+from tui.screens.base import DataScreen
+from tui.widgets.job import JobPanel
+from tui.widgets.tables import KeyTable
+
+TOP = 50  # hypotheses ranked
+N_DRIVING = 10  # driving pairs a mark takes (the engine lists 10)
+NARROW = 100  # below: shorter name columns
+COLUMNS = ("#", "Δ", "d", "✓", "n", "concept", "where")
+WIDTHS = {"-narrow": (22, 26), "-wide": (40, 48)}  # (concept, where) characters
+
+LEGEND = (
+    ("#", "rank: by the smaller |Δ| of the two split halves, shrunk for small groups"),
+    ("Δ", "mean u inside the group minus outside; u = share of the concept's features firing in"
+          " the chosen reply minus in the rejected one (> 0: DPO is predicted to amplify it there)"),
+    ("d", "Cohen's d: Δ over the pooled SD of u"),
+    ("✓", "split-half agreement: Δ on the even and on the odd pairs both have Δ's sign"),
+    ("n", "pairs in the group (marked pairs left out)"),
+    ("concept", "↑ chosen replies have more of it, ↓ less; its keyword name"),
+    ("where", "the group: a data cluster, the prompts that express a prompt concept, or wherever"
+              " the concept appears at all"),
+    ("plan", "i saves an intervention on the concept in the workspace;"
+             " datadebug train-dpo DATA --out DIR --plan WS applies it"),
+)
+
+
+def where_text(h) -> str:
+    """The group of a hypothesis in a few words."""
+    if h.kind == "cluster":
+        return f"cluster {h.group}" + (f" · {h.group_name}" if h.group_name else "")
+    if h.kind == "prompt":
+        return f"prompt concept {h.group}" + (f" · {h.group_name}" if h.group_name else "")
+    return "wherever it appears"
+
+
+def concept_text(h, width: int) -> Text:
+    """↑/↓ and the concept's name (its number when it has none)."""
+    up = h.direction == "more"
+    out = Text("↑ " if up else "↓ ", style="bold green" if up else "bold red")
+    out.append_text(line(h.concept_name or f"concept {h.concept}", width - 2))
+    return out
+
+
+class HypothesesScreen(DataScreen):
+    """Ranked hypotheses; Enter opens the driving pairs, m marks them, f lists the concept's features,
+    i plans an intervention on the concept."""
+
+    SCREEN_TITLE = "Hypotheses"
+    KIND: ClassVar[str | None] = None  # one view of the engine (None: every kind in one ranking)
+    WHAT = "what DPO is predicted to teach, and where"
+    HORIZONTAL_BREAKPOINTS: ClassVar[list[tuple[int, str]]] = [(0, "-narrow"), (NARROW, "-wide")]
+    LEGEND = LEGEND
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("enter", "open_pairs", "Open the driving pairs", show=False, id="hypotheses.open"),
+        Binding("m", "mark", "Mark drivers", id="hypotheses.mark"),
+        Binding(
+            "M", "mark_reason", "Mark drivers with reason", show=False,
+            id="hypotheses.mark_reason",
+        ),
+        Binding("f", "features", "Features", id="hypotheses.features"),
+        Binding("i", "plan", "Plan", id="hypotheses.plan"),
+        Binding("r", "reload", "Reload", show=False, id="hypotheses.reload"),
+        Binding("escape", "cancel", "Cancel the fit", show=False, id="hypotheses.cancel"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.report = None  # core.hypotheses.HypothesisReport
+        self._ranked_without: frozenset[int] = frozenset()
+
+    def compose_body(self) -> ComposeResult:
+        yield JobPanel(id="hypotheses-job")
+        yield Label("", id="hypotheses-caption")
+        yield KeyTable(*COLUMNS, id="hypotheses")
+        yield Static("", id="hypothesis-detail")
+
+    # -- data -----------------------------------------------------------------------------------
+
+    def info_changed(self, info: WorkspaceInfo | None) -> None:
+        self.report = None
+        if info is None:
+            self.query_one("#hypotheses-caption", Label).update("no workspace open: press 9 to index a dataset")
+            return
+        self.set_title(line(f"{self.SCREEN_TITLE} · {self.WHAT} · {info.dataset_name}"))
+        self.action_reload()
+
+    def action_reload(self) -> None:
+        """Load the engine (fitting the structure the first time, with progress), then rank."""
+        if self.app.info is None:
+            return
+        session, kind = self.app.session, self.KIND
+        if session.has_hypotheses:
+            self._rank()
+            return
+        self.query_one("#hypotheses-caption", Label).update(
+            "first open of this workspace: fitting concepts, data clusters and names (cached after)"
+        )
+
+        def job(progress, cancel):
+            session.hypotheses_engine(progress, cancel)
+            excluded = session.marked()
+            return session.hypotheses(top=TOP, kind=kind, excluded=excluded), excluded
+
+        self.query_one(JobPanel).run("reading the hypotheses", job, self._loaded)
+
+    def _loaded(self, result) -> None:
+        self.post_message(HypothesesReady(*result))
+
+    def action_cancel(self) -> None:
+        self.query_one(JobPanel).cancel()
+
+    def triage_changed(self, triage: TriageState | None) -> None:
+        if self.report is not None and triage is not None and triage.marked != self._ranked_without:
+            self._rank()
+        elif self.report is not None:
+            self._fill()
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="hypotheses",
+          description="ranking hypotheses")
+    def _rank(self) -> None:
+        session = self.app.session
+        excluded = session.marked()
+        report = session.hypotheses(top=TOP, kind=self.KIND, excluded=excluded)
+        if not get_current_worker().is_cancelled:
+            self.post_message(HypothesesReady(report, excluded))
+
+    @on(HypothesesReady)
+    def _ready(self, event: HypothesesReady) -> None:
+        self.report = event.report
+        self._ranked_without = event.excluded
+        table = self.query_one("#hypotheses", KeyTable)
+        if not isinstance(self.focused, KeyTable):
+            table.focus()
+        self._fill()
+        t = self.triage
+        if t is not None and t.marked != event.excluded:  # marks changed while it ranked
+            self._rank()
+
+    # -- rendering ------------------------------------------------------------------------------
+
+    def _fill(self) -> None:
+        rep = self.report
+        if rep is None:
+            return
+        concept_w, where_w = WIDTHS["-narrow" if self.has_class("-narrow") else "-wide"]
+        marked = self.triage.marked if self.triage else frozenset()
+
+        def cells(h):
+            return (
+                str(h.rank),
+                Text(signed(h.delta), style="green" if h.delta > 0 else "red"),
+                signed(h.d),
+                "✓" if h.halves_agree else "",
+                count(h.n),
+                concept_text(h, concept_w),
+                line(where_text(h), where_w),
+            )
+
+        self.query_one("#hypotheses", KeyTable).refill(
+            (str(HypothesisKey.of(h)), cells(h)) for h in rep.hypotheses
+        )
+        basis = (
+            f"ranked on {count(rep.n_pairs)} kept pairs ({count(rep.n_excluded)} marked left out)"
+            if rep.n_excluded
+            else f"ranked on all {count(rep.n_pairs)} pairs"
+        )
+        parts = [basis, f"{rep.k} data clusters", f"{count(rep.n_concepts)} concepts ({rep.n_grouped} of ≥ 4 features)",
+                 f"{rep.n_prompt_groups} prompt concepts"]
+        if not rep.hypotheses:
+            parts.insert(1, self.EMPTY)
+        self.query_one("#hypotheses-caption", Label).update(line(" · ".join(parts)))
+        self._detail(marked)
+
+    EMPTY = "no hypothesis has agreeing halves and enough supporting pairs"
+
+    def on_resize(self) -> None:
+        self.call_after_refresh(self._fill)
+
+    def current(self):
+        """The hypothesis under the cursor, None when there is none."""
+        if self.report is None:
+            return None
+        key = self.query_one("#hypotheses", KeyTable).current_key()
+        return next((h for h in self.report.hypotheses if str(HypothesisKey.of(h)) == key), None)
+
+    def _detail(self, marked=frozenset()) -> None:
+        h = self.current()
+        out = Text()
+        if h is not None:
+            out.append_text(safe(h.sentence))  # wraps: the whole sentence is the point
+            out.append("\n")
+            agree = "✓" if h.halves_agree else "✗"
+            n_feats = len(h.features)
+            out.append(
+                f"score {number(h.score)} · halves {signed(h.delta_a)} / {signed(h.delta_b)} {agree} · "
+                f"t {signed(h.t)} · {count(h.n_support)}/{count(h.n)} pairs move it · "
+                f"{n_feats} feature{'s' * (n_feats != 1)}\n"
+            )
+            out.append("driving pairs: ", style="dim")
+            for p in h.driving:
+                gone = p.source_index in marked
+                out.append(f"#{p.source_index}" + ("✗" if gone else ""), style="red" if gone else "")
+                out.append(f"({signed(p.u)}) ", style="dim")
+        self.query_one("#hypothesis-detail", Static).update(out)
+
+    @on(DataTable.RowHighlighted)
+    def _highlighted(self) -> None:
+        self._detail(self.triage.marked if self.triage else frozenset())
+
+    @on(DataTable.RowSelected)
+    def _selected(self) -> None:
+        self.action_open_pairs()
+
+    # -- actions --------------------------------------------------------------------------------
+
+    def action_open_pairs(self) -> None:
+        from tui.screens.pairs import PairsScreen
+
+        h = self.current()
+        if h is not None:
+            self.app.push_screen(PairsScreen.for_hypothesis(h))
+
+    def _propose(self, ask_reason: bool) -> None:
+        h = self.current()
+        if h is not None:
+            key = HypothesisKey.of(h)
+            self.propose(lambda session: session.select(hypothesis=key, top=N_DRIVING), ask_reason)
+
+    def action_mark(self) -> None:
+        """Preview the hypothesis' driving pairs not marked yet (and how its Δ and rank would move),
+        mark them when accepted."""
+        self._propose(False)
+
+    def action_mark_reason(self) -> None:
+        self._propose(True)
+
+    def action_features(self) -> None:
+        from tui.screens.concepts import ConceptFeaturesScreen
+
+        h = self.current()
+        if h is not None:
+            self.app.push_screen(ConceptFeaturesScreen(h.concept, h.concept_name))
+
+    def action_plan(self) -> None:
+        from tui.screens.dialogs import PlanTarget
+
+        h = self.current()
+        if h is not None:
+            self.app.propose_plan(
+                PlanTarget(h.concept, h.concept_name, tuple(h.features),
+                           f"hypothesis {h.rank} ({HypothesisKey.of(h)})")
+            )
+
+
+class PromptHypothesesScreen(HypothesesScreen):
+    """The prompt-conditioned view alone: "when the prompt is about A, chosen replies have more R"."""
+
+    SCREEN_TITLE = "Prompts"
+    KIND = "prompt"
+    WHAT = "hypotheses conditioned on what the prompt is about"
+    EMPTY = "no prompt-conditioned hypothesis (prompt concepts need ≥ 4 co-firing prompt features)"
