@@ -124,7 +124,7 @@ class HypothesisChange:
     sentence: str
     n: tuple[int, int]  # (now, after) pairs of its group
     delta: tuple[float, float]
-    d: tuple[float, float]
+    d: tuple[float | None, float | None]  # None: undefined (u has no spread)
     score: tuple[float, float]
     rank: tuple[int | None, int | None]
 
