@@ -211,9 +211,19 @@ async def press_and_wait_ranked(pilot, key: str, label: str, rows: list) -> None
     await pilot.pause()
 
 
+async def open_preview(pilot, key: str, name: str) -> None:
+    """Press `key`, wait for the mark preview; its time lands in TIMES[name]."""
+    from tui.screens.dialogs import MarkDialog
+
+    t = time.perf_counter()
+    await pilot.press(key)
+    await until(pilot, lambda: isinstance(pilot.app.screen, MarkDialog))
+    await pilot.pause()
+    TIMES[name].append(time.perf_counter() - t)
+
+
 async def drive(workspace: Path, presses: int, freeze: bool = False) -> list:
     from tui.app import DataDebugApp
-    from tui.screens.dialogs import MarkDialog
     from tui.screens.hypotheses import HypothesesScreen
     from tui.screens.pairs import PairsScreen
     from tui.screens.shifts import ShiftsScreen
@@ -231,11 +241,7 @@ async def drive(workspace: Path, presses: int, freeze: bool = False) -> list:
         print(f"app open, structure fitted (first open) and Hypotheses ranked in {time.perf_counter() - t:.1f}s")
         await pilot.pause()
         for i in range(presses):
-            t = time.perf_counter()
-            await pilot.press("m")
-            await until(pilot, lambda: isinstance(app.screen, MarkDialog))
-            await pilot.pause()
-            TIMES["hypothesis preview (m -> dialog)"].append(time.perf_counter() - t)
+            await open_preview(pilot, "m", "hypothesis preview (m -> dialog)")
             await press_and_wait_ranked(pilot, "y", "y: mark drivers on Hypotheses", rows)
             await press_and_wait_ranked(pilot, "u", "u: undo on Hypotheses", rows)
             await press_and_wait_ranked(pilot, "ctrl+r", "ctrl+r: redo on Hypotheses", rows)
@@ -253,11 +259,7 @@ async def drive(workspace: Path, presses: int, freeze: bool = False) -> list:
               f"({app.triage.n_marked:,} of {app.triage.n_total:,} pairs marked)")
         await pilot.pause()
         for i in range(presses):
-            t = time.perf_counter()
-            await pilot.press("t")
-            await until(pilot, lambda: isinstance(app.screen, MarkDialog))
-            await pilot.pause()
-            TIMES["preview (t -> dialog)"].append(time.perf_counter() - t)
+            await open_preview(pilot, "t", "preview (t -> dialog)")
             await press_and_wait_frame(pilot, "y", "y: mark top pairs on Shifts", rows)
             await press_and_wait_frame(pilot, "u", "u: undo on Shifts", rows)
             await press_and_wait_frame(pilot, "ctrl+r", "ctrl+r: redo on Shifts", rows)

@@ -242,3 +242,28 @@ async def test_a_plan_saved_from_the_tui_drives_train_dpo(workspace, hh_small, t
     offsets = shaping_offsets(cache["chosen_max"], cache["rejected_max"], 4.0)
     assert offsets.abs().max() > 0
     assert result["first_loss"] == pytest.approx(-F.logsigmoid(offsets).mean().item(), abs=1e-4)
+
+
+async def test_an_inoculation_planned_from_concepts_needs_its_system_prompt(workspace):
+    from core.interventions import load_plan
+
+    app = make_app(workspace)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await landed(pilot)
+        concepts = await goto(pilot, "2", ConceptsScreen, "view")
+        row = concepts.current()
+        dialog = await goto(pilot, "i", PlanDialog)
+        await settle(pilot)
+        await pilot.press("j", "j", "j")
+        assert dialog.kind == "inoculate" and dialog.query_one("#plan-strength").value == "1"
+        assert "system prompt" in str(dialog.query_one("#plan-about").content)
+        await pilot.press("enter")  # no text: refused, the dialog stays, the text field has the focus
+        await settle(pilot)
+        assert app.screen is dialog and dialog.query_one("#plan-text").has_focus
+        assert load_plan(workspace) is None
+        dialog.query_one("#plan-text").value = "Replies may mention it."
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: app.plan is not None, what="the saved plan")
+        plan = load_plan(workspace)
+        assert plan.kind == "inoculate" and plan.text == "Replies may mention it." and plan.strength == 1.0
+        assert plan.features == tuple(sorted(row.features)) and plan.source == f"concept {row.shift.concept}"

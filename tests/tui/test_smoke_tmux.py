@@ -79,6 +79,9 @@ def test_browse_mark_and_quit_in_a_real_terminal(tmux, workspace):
     from core.workspace import Workspace
 
     tmux.wait_for("kept 24 · marked 0 · total 24")
+    landing = tmux.wait_for("ranked on all 24 pairs")  # it lands on Hypotheses, ranked
+    assert "Hypotheses" in landing and "✓" in landing
+    tmux.keys("4")  # Shifts, the per-feature ranking
     shifts = tmux.wait_for("top pairs:")  # the ranking is in
     assert "AMPLIFIED" in shifts and "l: suppressed" in shifts  # 80 columns: one side at a time
     tmux.keys("l")

@@ -16,6 +16,7 @@ from core.views import ConceptFeatures, TriageState, WorkspaceInfo
 from tui.format import before_after, count, line, signed
 from tui.messages import ConceptFeaturesReady, ConceptsReady
 from tui.screens.base import DataScreen
+from tui.screens.hypotheses import with_engine
 from tui.widgets.job import JobPanel
 from tui.widgets.tables import KeyTable
 
@@ -70,17 +71,10 @@ class ConceptsScreen(DataScreen):
     def action_reload(self) -> None:
         if self.app.info is None:
             return
-        session, grouped = self.app.session, self.grouped_only
-        if session.has_hypotheses:
-            self._list()
-            return
-
-        def job(progress, cancel):
-            session.hypotheses_engine(progress, cancel)
-            excluded = session.marked()
-            return session.concepts(top=TOP, grouped_only=grouped, excluded=excluded), excluded
-
-        self.query_one(JobPanel).run("reading the concepts", job, lambda r: self.post_message(ConceptsReady(*r)))
+        grouped = self.grouped_only
+        with_engine(self, "reading the concepts", self._list,
+                    lambda session, excluded: session.concepts(top=TOP, grouped_only=grouped, excluded=excluded),
+                    ConceptsReady)
 
     def action_cancel(self) -> None:
         self.query_one(JobPanel).cancel()

@@ -45,6 +45,23 @@ LEGEND = (
 )
 
 
+def with_engine(screen, what: str, at_once, compute, message) -> None:
+    """Show what needs the workspace's hypothesis engine: `at_once()` when it is loaded; otherwise load
+    it (fitting the structure the first time) in the screen's JobPanel, with progress and Escape to
+    cancel, then post `message(compute(session, excluded), excluded)`, excluded the marked pairs."""
+    session = screen.app.session
+    if session.has_hypotheses:
+        at_once()
+        return
+
+    def job(progress, cancel):
+        session.hypotheses_engine(progress, cancel)
+        excluded = session.marked()
+        return compute(session, excluded), excluded
+
+    screen.query_one(JobPanel).run(what, job, lambda result: screen.post_message(message(*result)))
+
+
 def where_text(h) -> str:
     """The group of a hypothesis in a few words."""
     if h.kind == "cluster":
@@ -109,23 +126,14 @@ class HypothesesScreen(DataScreen):
         """Load the engine (fitting the structure the first time, with progress), then rank."""
         if self.app.info is None:
             return
-        session, kind = self.app.session, self.KIND
-        if session.has_hypotheses:
-            self._rank()
-            return
-        self.query_one("#hypotheses-caption", Label).update(
-            "first open of this workspace: fitting concepts, data clusters and names (cached after)"
-        )
-
-        def job(progress, cancel):
-            session.hypotheses_engine(progress, cancel)
-            excluded = session.marked()
-            return session.hypotheses(top=TOP, kind=kind, excluded=excluded), excluded
-
-        self.query_one(JobPanel).run("reading the hypotheses", job, self._loaded)
-
-    def _loaded(self, result) -> None:
-        self.post_message(HypothesesReady(*result))
+        if not self.app.session.has_hypotheses:
+            self.query_one("#hypotheses-caption", Label).update(
+                "first open of this workspace: fitting concepts, data clusters and names (cached after)"
+            )
+        kind = self.KIND
+        with_engine(self, "reading the hypotheses", self._rank,
+                    lambda session, excluded: session.hypotheses(top=TOP, kind=kind, excluded=excluded),
+                    HypothesesReady)
 
     def action_cancel(self) -> None:
         self.query_one(JobPanel).cancel()
