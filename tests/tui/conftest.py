@@ -49,8 +49,11 @@ def workspace(fitted_workspace, tmp_path) -> Path:
 
 @pytest.fixture
 def unfitted_workspace(small_workspace, tmp_path) -> Path:
-    """A fresh copy of the small workspace as indexing leaves it: no structure fitted yet."""
-    return private_copy(small_workspace, tmp_path, "hh")
+    """A fresh copy of the small workspace as indexing leaves it: no structure fitted yet (other tests
+    may have fitted and cached one in the shared workspace: the copy drops it)."""
+    ws = private_copy(small_workspace, tmp_path, "hh")
+    shutil.rmtree(ws / "structure", ignore_errors=True)
+    return ws
 
 
 @pytest.fixture(scope="session")
