@@ -630,14 +630,14 @@ def effect_size(d: float | None) -> str:
 def open_hypotheses(workspace, params=None, progress: ProgressFn | None = None,
                     cancel: threading.Event | None = None) -> Hypotheses:
     """The hypothesis engine of a workspace folder (or of a core.shifts.Analysis already loaded), with
-    keyword names: the structure and names are read from the workspace's cache, or fitted and cached on first use (core.structure, core.naming).
+    keyword names: the structure and names are read from the workspace's cache, or fitted and cached
+    on first use (core.structure, core.naming).
     Raises WorkspaceError (not a workspace, an old schema, no pairs), Cancelled."""
     from core.naming import load_names
+    from core.progress import Progress, reporter
     from core.shifts import Analysis
     from core.structure import Params, structure
     from core.workspace import Workspace
-
-    from core.progress import Progress, reporter
 
     analysis = workspace if isinstance(workspace, Analysis) else Analysis(Workspace(workspace))
     st = structure(analysis, params or Params(), progress=progress, cancel=cancel)

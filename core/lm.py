@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from core.errors import UsageError
-from core.rollout import chat_prompt_ids  # noqa: F401  (the one chat-template helper; indexing reads prompts with it)
+from core.rollout import chat_prompt_ids  # the one chat-template helper
 
 if TYPE_CHECKING:
     from core.catalog import ModelEntry

@@ -421,6 +421,21 @@ class Session:
         with self._engine_lock:
             return engine.report(excluded, top=top, kind=kind)
 
+    def name_with_llm(self, top: int = 50, kind: str | None = None, excluded=None):
+        """Ask the configured LLM namer (core.naming.namer_from_config) for names of the concepts and
+        groups of the `top` hypotheses that have none yet, cache them, and return the report again
+        with them (as `hypotheses`). Without a configured namer, the report as it is."""
+        from core.naming import name_with_llm, namer_from_config
+
+        report = self.hypotheses(top, kind, excluded)
+        namer = namer_from_config()
+        if namer is None:
+            return report
+        engine = self.hypotheses_engine()
+        with self._engine_lock:
+            engine.names = name_with_llm(engine.analysis, engine.st, engine.names, report, namer)
+        return self.hypotheses(top, kind, excluded)
+
     def concept_of(self, concept: int) -> tuple[int, ...]:
         """The SAE features of response concept `concept`. Raises UsageError for an unknown one."""
         engine = self.hypotheses_engine()

@@ -11,15 +11,6 @@ import typer
 from core.cli.app import JSON, ProgressPrinter, app, emit
 
 
-def _marked(workspace: Path, exclude_marked: bool) -> frozenset:
-    if not exclude_marked:
-        return frozenset()
-    from core.marks import marked_set
-    from core.workspace import Workspace
-
-    return frozenset(marked_set(Workspace(workspace)))
-
-
 def format_hypotheses(rep) -> str:
     from core.hypotheses import effect_size
 
@@ -47,18 +38,13 @@ def hypotheses(
     as_json: bool = JSON,
 ):
     """Ranked hypotheses: within a data cluster or prompt concept, which concept the labels select for."""
-    from core.hypotheses import open_hypotheses
-    from core.naming import name_with_llm, namer_from_config
+    from core.session import Session
 
+    session = Session(workspace)
     with ProgressPrinter() as progress:
-        engine = open_hypotheses(workspace, progress=progress)
-    excluded = _marked(workspace, exclude_marked)
-    rep = engine.report(excluded, top=top, kind=kind)
-    if llm:
-        namer = namer_from_config()
-        if namer is not None:
-            engine.names = name_with_llm(engine.analysis, engine.st, engine.names, rep, namer)
-            rep = engine.report(excluded, top=top, kind=kind)
+        session.hypotheses_engine(progress)  # fitted and cached on first use
+    excluded = None if exclude_marked else frozenset()
+    rep = (session.name_with_llm if llm else session.hypotheses)(top=top, kind=kind, excluded=excluded)
     emit(rep.to_json(), as_json, format_hypotheses(rep))
 
 
@@ -80,9 +66,10 @@ def concepts(
     as_json: bool = JSON,
 ):
     """Concepts (co-firing SAE features) by global predicted shift: mean over pairs of u."""
-    from core.hypotheses import concept_report, open_hypotheses
+    from core.session import Session
 
+    session = Session(workspace)
     with ProgressPrinter() as progress:
-        engine = open_hypotheses(workspace, progress=progress)
-    rows = concept_report(engine, _marked(workspace, exclude_marked), top=top, grouped_only=grouped)
+        session.hypotheses_engine(progress)
+    rows = session.concepts(top=top, grouped_only=grouped, excluded=None if exclude_marked else frozenset()).rows
     emit([asdict(r) for r in rows], as_json, format_concepts(rows))

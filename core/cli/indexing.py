@@ -116,19 +116,15 @@ def demo(
     """The main job on the embedded default: index the bundled sample, print the ranked hypotheses
     (what DPO will teach, where, by name) and the per-feature shifts, open the TUI."""
     from core.cli.hypotheses import format_hypotheses
-    from core.hypotheses import open_hypotheses
     from core.index import index_dataset
-    from core.marks import marked_set
-    from core.workspace import Workspace
+    from core.session import Session
 
     workspace = workspace or locations.cache_dir() / "workspaces" / "demo"
     with ProgressPrinter() as progress:
         index_dataset(locations.sample_data_file(), workspace, progress=progress)
-        ws = Workspace(workspace)
-        excluded = frozenset(marked_set(ws))
-        engine = open_hypotheses(workspace, progress=progress)
-    hyp = engine.report(excluded, top=top)
-    report = engine.analysis.report(top=top, excluded=excluded)
+        session = Session(workspace)
+        session.hypotheses_engine(progress)
+    hyp, report = session.hypotheses(top=top), session.report(top=top)
     emit({**report.to_json(), "hypotheses": hyp.to_json(), "workspace": str(workspace)}, as_json,
          "hypotheses (datadebug hypotheses -w WS):\n" + format_hypotheses(hyp)
          + "\n\nper-feature shifts (datadebug shifts -w WS):\n" + format_shifts(report)

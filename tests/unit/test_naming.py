@@ -117,6 +117,22 @@ def test_llm_names_are_cached_beside_the_keywords(chat_server, planted):
     assert len(_Chat.seen) == asked and again.llm == names.llm
 
 
+def test_cli_llm_names_the_hypotheses_it_shows(chat_server, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from core.cli import app
+
+    ws, truth = regions(tmp_path / "ws")  # its own workspace: no names cached by another test
+    without = CliRunner().invoke(app, ["hypotheses", "-w", str(ws.path), "--top", "2", "--json"])
+    assert not any(h["concept_name"].startswith("Goblin") for h in json.loads(without.stdout)["hypotheses"])
+    monkeypatch.setenv("DATADEBUG_NAMER_URL", chat_server)
+    monkeypatch.setenv("DATADEBUG_NAMER_MODEL", "m")
+    r = CliRunner().invoke(app, ["hypotheses", "-w", str(ws.path), "--top", "2", "--llm", "--json"])
+    assert r.exit_code == 0, r.output
+    shown = json.loads(r.stdout)["hypotheses"]
+    assert shown and all(h["concept_name"].startswith("Goblin folklore asides (") for h in shown)
+
+
 def test_unreachable_endpoint_and_bad_answers_are_usage_errors(chat_server):
     with pytest.raises(UsageError, match="naming endpoint"):
         OpenAINamer("http://127.0.0.1:9/v1", "m", timeout_s=2).name(["x"], [])
