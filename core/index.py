@@ -158,6 +158,7 @@ def index_dataset(
     prepare_sae(sae_choice, catalog, data, device=device, progress=progress, cancel=cancel)
 
     meta["sae_sha256"] = sae_sha256(s_entry)
+    meta["sae_path"] = str(sae_dir(s_entry).expanduser().resolve())  # core.store.recorded_sae
     _check_meta(ws, meta)
     ws.write_meta(meta)
     done = set(ws.indexed_source_indices().tolist())

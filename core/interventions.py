@@ -62,6 +62,8 @@ class Plan:
     sae: str = ""
     layer: int = -1
     created: str = ""  # ISO time the plan was made
+    sae_path: str = ""  # the SAE's folder and weights hash as the workspace recorded them
+    sae_sha256: str = ""  # (core.store.recorded_sae: found without a catalogue entry)
 
     @classmethod
     def from_json(cls, raw: dict) -> "Plan":
@@ -110,7 +112,8 @@ def make_plan(
         raise UsageError("an inoculation plan needs --text: the system prompt naming the behaviour")
     return Plan(kind, feats, strength, label=label, source=source, text=text,
                 model=str(meta.get("model", "")), sae=str(meta.get("sae", "")),
-                layer=int(meta.get("layer", -1)), created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+                layer=int(meta.get("layer", -1)), created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                sae_path=str(meta.get("sae_path") or ""), sae_sha256=str(meta.get("sae_sha256") or ""))
 
 
 def save_plan(ws, plan: Plan) -> Path:
@@ -412,19 +415,18 @@ INTERVENTIONS = {c.kind: c for c in (Shaping, Steering, TokenMask, Inoculation)}
 
 def intervention_for(plan: Plan, sae=None, tokenizer=None, *, catalog=None, device: str = "cpu",
                      max_prompt_length: int = 256):
-    """The `core.dpo.Intervention` that carries out `plan`. Its SAE is `sae` or, when None, the
-    catalogue SAE the plan names (loaded on `device`). Raises UsageError for an unknown kind,
-    CatalogError for an unknown SAE."""
+    """The `core.dpo.Intervention` that carries out `plan`. Its SAE is `sae` or, when None, the one
+    the plan recorded (`core.store.recorded_sae`: its folder, else the catalogue entry; loaded on
+    `device`). Raises UsageError for an unknown kind, CatalogError for an SAE found nowhere."""
     if plan.kind not in INTERVENTIONS:
         raise UsageError(f"unknown intervention {plan.kind!r}; expected one of {', '.join(KINDS)}")
     if plan.kind == "inoculate":
         return Inoculation(plan, sae, tokenizer, max_prompt_length)
     if sae is None:
-        from core.catalog import load_catalog
         from core.sae import load_sae
-        from core.store import sae_dir
+        from core.store import recorded_sae, sae_dir
 
-        sae = load_sae(sae_dir((catalog or load_catalog()).sae(plan.sae)), device=device)
+        sae = load_sae(sae_dir(recorded_sae(plan.sae, plan.sae_path, plan.sae_sha256, catalog)), device=device)
     return INTERVENTIONS[plan.kind](plan, sae, tokenizer)
 
 

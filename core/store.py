@@ -235,6 +235,32 @@ def sae_sha256(entry: SAEEntry) -> str:
     return digest
 
 
+def recorded_sae(name: str, path: str | None = None, sha256: str | None = None,
+                 catalog: Catalog | None = None) -> SAEEntry:
+    """The SAE a workspace or a plan recorded when it was made (`core.index` writes its meta's "sae",
+    "sae_path" and "sae_sha256"): its folder `path` while that still holds the weights of `sha256`,
+    else the catalogue's entry `name`. A run-local SAE (a goblin run's, one named in a temporary
+    catalogue) thus resolves without a catalogue entry, and a folder overwritten since does not pass
+    for the one the numbers came from. Raises CatalogError when neither is found."""
+    if path:
+        entry = SAEEntry(name=name, model="", layer=-1, source="local", path=path)
+        if (Path(path) / "cfg.json").is_file() and (Path(path) / "sae_weights.safetensors").is_file():
+            if not sha256 or sae_sha256(entry) == sha256:
+                return entry
+    if catalog is None:
+        from core.catalog import load_catalog
+
+        catalog = load_catalog()
+    try:
+        return catalog.sae(name)
+    except CatalogError:
+        where = f" and its folder {path} is gone or holds other weights" if path else ""
+        raise CatalogError(
+            f"SAE {name!r} is not in the catalogue{where}; add it to "
+            f"{locations.user_catalog_file()} (source = \"local\", path = its folder)"
+        ) from None
+
+
 def trained_variants(recipe: SAEEntry) -> list[SAEEntry]:
     """The SAEs trained with the "train" entry `recipe` for some corpus ("RECIPE@KEY" folders in the
     store that are whole), newest first. Empty for any other entry."""

@@ -564,7 +564,7 @@ def validate(
     )
     from core.sae import encode, load_sae
     from core.shifts import Analysis
-    from core.store import sae_dir
+    from core.store import recorded_sae, sae_dir
     from core.training import read_train_record
     from core.workspace import Workspace
 
@@ -645,7 +645,8 @@ def validate(
             del lm
     emit(Progress("encode", "reading replies through the original model + SAE"))
     reader = ResidualReader(base, tokenizer, int(meta["layer"]))
-    sae = load_sae(sae_dir(catalog.sae(meta["sae"])), device=str(reader.device))
+    sae_entry = recorded_sae(meta["sae"], meta.get("sae_path"), meta.get("sae_sha256"), catalog)
+    sae = load_sae(sae_dir(sae_entry), device=str(reader.device))
     flat_ids = [ids[i] for i in range(len(ids)) for _ in range(per_prompt)]
     flat_before = [r for rs in replies["before"] for r in rs]
     flat_after = [r for rs in replies["after"] for r in rs]

@@ -4,6 +4,7 @@ plan saved through the core API (the one the TUI calls) driving a real train-dpo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import asdict
@@ -262,3 +263,38 @@ def test_a_saved_plan_drives_train_dpo(small_workspace, hh_small, tmp_path):
     offsets = shaping_offsets(cache["chosen_max"], cache["rejected_max"], 4.0)
     assert r.first_loss == pytest.approx(-F.logsigmoid(offsets).mean().item(), abs=1e-4)
     assert clear_plan(ws) and not clear_plan(ws)
+
+
+def test_a_plan_finds_its_sae_without_a_catalogue_entry(small_workspace, config_dir, tmp_path):
+    """A run-local SAE (a goblin run's, one named in a temporary catalogue) is found from the folder the
+    workspace recorded at indexing; weights changed since are refused, with the SAE's name."""
+    import shutil
+
+    from core.catalog import _cached
+    from core.errors import CatalogError
+    from core.interventions import intervention_for, make_plan
+    from core.store import recorded_sae, sae_dir
+    from core.workspace import Workspace
+
+    meta = Workspace(small_workspace).meta()
+    plan_ = make_plan(small_workspace, "steer", [1, 2], label="two features")
+    assert plan_.sae == meta["sae"] and plan_.sae_path == meta["sae_path"] and plan_.sae_sha256 == meta["sae_sha256"]
+    folder = tmp_path / "sae"
+    shutil.copytree(meta["sae_path"], folder)
+    catalogue = config_dir / "models.toml"
+    saved = catalogue.read_text()
+    catalogue.write_text("")  # the catalogue forgets the SAE; the recorded folder is what is left
+    _cached.cache_clear()
+    try:
+        moved = dataclasses.replace(plan_, sae_path=str(folder))
+        steer = intervention_for(moved)
+        assert torch.equal(steer.sae.W_dec, intervention_for(plan_).sae.W_dec)
+        assert sae_dir(recorded_sae(plan_.sae, str(folder), plan_.sae_sha256)) == folder
+        weights = folder / "sae_weights.safetensors"
+        weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)  # other weights, same size
+        with pytest.raises(CatalogError, match=f"{plan_.sae}.*not in the catalogue.*other weights"):
+            intervention_for(moved)
+    finally:
+        catalogue.write_text(saved)
+        _cached.cache_clear()
+    assert recorded_sae(plan_.sae, str(folder), plan_.sae_sha256).source == "local"  # the catalogue's entry again
