@@ -208,7 +208,7 @@ def run_goblin_loop(
     # detect: plant, index, find the goblin feature and its pairs from the data alone
     ws = work / "ws"
     def detect() -> dict:
-        from core.clusters import precision_recall
+        from core.recovery import precision_recall
         from core.shifts import Analysis
 
         r = run_goblin(data, ws, s.rate, seed=s.seed, limit=s.limit, max_tokens=s.max_tokens,

@@ -89,6 +89,19 @@ class TrainResult:
     seconds: float
 
 
+def _same_plan(a: dict | None, b: dict | None) -> bool:
+    """Whether two recorded plans make the same run: the same kind, concept, strength, text and SAE
+    weights, whenever, from wherever and under whichever label they were made (a plan made again for
+    a resumed run differs in its time stamp)."""
+    if a is None or b is None:
+        return a is b
+    a, b = json.loads(json.dumps(a)), json.loads(json.dumps(b))  # as recorded: tuples become lists
+    ignore = {"created", "label", "source", "sae_path"}
+    if not (a.get("sae_sha256") and b.get("sae_sha256")):  # a record from before plans carried it
+        ignore.add("sae_sha256")
+    return {k: v for k, v in a.items() if k not in ignore} == {k: v for k, v in b.items() if k not in ignore}
+
+
 def split_holdout(source_indices: Sequence[int], holdout: float, seed: int = 0) -> tuple[list[int], list[int]]:
     """(kept, held out) source indices, each ascending: a seeded random `holdout` share held out
     (round(holdout * n), at least 1 when holdout > 0 and n > 1). The draw depends only on the
@@ -229,7 +242,9 @@ def train_on_dataset(
     if (out_dir / TRAIN_RECORD).is_file():
         old = read_train_record(out_dir)
         for key in ("dataset_sha256", "model", "source_indices", "heldout_indices", "init_model", "plan"):
-            if getattr(old, key) != getattr(record, key):
+            same = (_same_plan(old.plan, record.plan) if key == "plan"
+                    else getattr(old, key) == getattr(record, key))
+            if not same:
                 raise ValidationError(
                     f"{out_dir} holds a run with another {key.replace('_', ' ')}; use a new --out"
                 )

@@ -419,6 +419,77 @@ def summarise_seeds(values: Sequence[float]) -> dict:
             "min": float(v.min()), "max": float(v.max()), "n": int(len(v)), "values": [float(x) for x in values]}
 
 
+SEED_METRICS = {  # (section of the report JSON, metric) -> what the summary calls it
+    ("concepts", "r2"): "concepts R² (fit)",
+    ("concepts", "r2_scaled"): "concepts R² (y = s·x)",
+    ("concepts", "spearman"): "concepts Spearman",
+    ("concepts", "slope"): "concepts slope",
+    ("concepts", "null_r2"): "concepts null R²",
+    ("concepts", "null_p"): "concepts null p",
+    ("thresholded_features", "r2"): "features R² (fit)",
+    ("thresholded_features", "r2_scaled"): "features R² (y = s·x)",
+    ("thresholded_features", "spearman"): "features Spearman",
+    ("significant", "r2"): "mean activation R²",
+    ("significant", "spearman"): "mean activation Spearman",
+}
+
+
+def seed_summary(reports: Sequence[dict]) -> dict:
+    """Mean, SD, min and max over runs (data-order seeds) of each SEED_METRICS number of their
+    validation reports (`ValidationReport.to_json`), which must validate one workspace with one
+    decoding and prompt source and come from distinct runs: {"n_runs", "workspace", "decoding",
+    "prompts_source", "runs", "metrics": {name: summarise_seeds}}. Raises ValidationError for fewer
+    than two reports, or reports that do not compare."""
+    if len(reports) < 2:
+        raise ValidationError("a seed summary needs the reports of at least two runs")
+    first = reports[0]
+    for key in ("workspace", "decoding", "prompts_source", "tau"):
+        for r in reports[1:]:
+            if r.get(key) != first.get(key):
+                raise ValidationError(f"the reports differ in {key} ({first.get(key)!r} vs {r.get(key)!r}): "
+                                      "summarise runs validated the same way")
+    runs = [r.get("trained") for r in reports]
+    if len(set(runs)) < len(runs):
+        raise ValidationError(f"run {next(x for x in runs if runs.count(x) > 1)} is given twice")
+
+    def value(r: dict, section: str, metric: str):
+        part = r.get(section)
+        if not part:
+            return None
+        if section == "significant":
+            return part.get(metric)
+        if metric in ("null_r2", "null_p"):
+            null = part.get("null") or {}
+            return null.get("r2_mean" if metric == "null_r2" else "p_value")
+        return (part.get("fit") or {}).get(metric)
+
+    metrics = {}
+    for (section, metric), name in SEED_METRICS.items():
+        values = [value(r, section, metric) for r in reports]
+        metrics[name] = summarise_seeds([float("nan") if v is None else float(v) for v in values])
+    return {"n_runs": len(reports), "workspace": first.get("workspace"), "decoding": first.get("decoding"),
+            "prompts_source": first.get("prompts_source"), "runs": runs, "metrics": nan_to_none(metrics)}
+
+
+def read_report(path: Path | str) -> dict:
+    """A validation report: the JSON file, or a train-dpo folder's default one (validation.json).
+    Raises ValidationError when there is none or it is no report."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "validation.json"
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except OSError:
+        raise ValidationError(f"{path}: no validation report (run datadebug validate first)") from None
+    except json.JSONDecodeError as e:
+        raise ValidationError(f"{path}:{e.lineno}: not JSON ({e.msg})") from None
+    except ValueError as e:  # bytes that are no UTF-8
+        raise ValidationError(f"{path}: not a text file ({e})") from None
+    if not isinstance(raw, dict) or "trained" not in raw or "concepts" not in raw:
+        raise ValidationError(f"{path}: not a validation report (no 'trained' or 'concepts' field)")
+    return raw
+
+
 # -- prompts ------------------------------------------------------------------------------------------
 
 

@@ -195,6 +195,31 @@ def validate(
     emit(report.to_json(), as_json, format_report(report))
 
 
+@app.command("validate-seeds")
+def validate_seeds(
+    reports: list[Path] = typer.Argument(..., help="Validation reports (JSON) or train-dpo folders, one per seed"),
+    as_json: bool = JSON,
+):
+    """Mean ± SD and range over data-order seeds of each agreement number of their validation reports."""
+    from core.validate import read_report, seed_summary
+
+    summary = seed_summary([read_report(p) for p in reports])
+    emit(summary, as_json, format_seed_summary(summary))
+
+
+def format_seed_summary(s: dict) -> str:
+    d = s["decoding"] or {}
+    how = "greedy" if not d.get("temperature") else f"T = {d['temperature']:g}, {d.get('samples')} per prompt"
+    lines = [f"{s['n_runs']} runs validated on {s['prompts_source']} ({how})", "",
+             f"{'':<26} {'mean':>8} {'± SD':>7} {'min':>8} {'max':>8}"]
+    for name, m in s["metrics"].items():
+        if not m["n"]:
+            continue
+        lines.append(f"{name:<26} {_num(m['mean']):>8} {_num(m['sd']):>7} {_num(m['min']):>8} {_num(m['max']):>8}"
+                     + (f"  ({m['n']} of {s['n_runs']} defined)" if m["n"] < s["n_runs"] else ""))
+    return "\n".join(lines)
+
+
 @app.command("plan")
 def plan_cmd(
     workspace: Path = typer.Option(..., "--workspace", "-w", help="The workspace the concept comes from"),

@@ -146,6 +146,50 @@ def test_validate_text_summary(resumed, small_workspace, tmp_path):
     assert "concepts" in result.stdout and "features (CI clear)" in result.stdout
 
 
+def test_validate_seeds_summarises_real_reports_and_refuses_what_does_not_compare(resumed, small_workspace,
+                                                                                 tmp_path):
+    concepts = tmp_path / "concepts.json"
+    concepts.write_text(json.dumps([list(range(i, i + 8)) for i in range(0, 512, 8)]))
+    r = runner.invoke(app, ["validate", "-w", str(small_workspace), "--trained", str(resumed[0]), "--n-prompts",
+                            "4", "--max-new-tokens", "6", "--paper", "--samples", "2", "--plot",
+                            str(tmp_path / "s0.png"), "--concepts", str(concepts), "--json"])
+    assert r.exit_code == 0, r.output
+    real = json.loads((tmp_path / "s0.json").read_text())
+    assert real["trained"] == str(resumed[0]) and real["concepts"] is not None
+    # two more "seeds": the same report under other runs, their concept R² moved by known amounts
+    paths = [tmp_path / "s0.json"]
+    r2 = real["concepts"]["fit"]["r2"]
+    for i, d in ((1, 0.1), (2, -0.1)):
+        other = json.loads(json.dumps(real))
+        other["trained"] = f"{real['trained']}-seed{i}"
+        other["concepts"]["fit"]["r2"] = r2 + d
+        paths.append(tmp_path / f"s{i}.json")
+        paths[-1].write_text(json.dumps(other))
+    r = runner.invoke(app, ["validate-seeds", *map(str, paths), "--json"])
+    assert r.exit_code == 0, r.output
+    s = json.loads(r.stdout)
+    c = s["metrics"]["concepts R² (fit)"]
+    assert s["n_runs"] == 3 and c["n"] == 3 and c["mean"] == pytest.approx(r2) and c["sd"] == pytest.approx(0.1)
+    assert c["min"] == pytest.approx(r2 - 0.1) and c["max"] == pytest.approx(r2 + 0.1)
+    sp = s["metrics"]["features Spearman"]
+    assert sp["sd"] == pytest.approx(0, abs=1e-12) or sp["n"] == 0  # unchanged across the copies
+    text = runner.invoke(app, ["validate-seeds", *map(str, paths)])
+    assert text.exit_code == 0 and "3 runs validated on" in text.stdout and "concepts R² (fit)" in text.stdout
+
+    greedy = json.loads(paths[1].read_text())
+    greedy["decoding"]["temperature"] = 0.0
+    (tmp_path / "greedy.json").write_text(json.dumps(greedy))
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"trained": "x",\n "concepts": oops}')
+    for args, why in (([paths[0], tmp_path / "greedy.json"], "differ in decoding"),
+                      ([paths[0], paths[0]], "given twice"),
+                      ([paths[0]], "at least two"),
+                      ([paths[0], broken], "broken.json:2: not JSON"),
+                      ([paths[0], tmp_path / "nothing"], "no validation report")):
+        r = runner.invoke(app, ["validate-seeds", *map(str, args)])
+        assert r.exit_code == 2 and why in r.stderr and "Traceback" not in r.output, r.output
+
+
 def test_errors_are_one_line_with_status_2(resumed, small_workspace, tmp_path):
     r = runner.invoke(app, ["validate", "-w", str(small_workspace), "--trained", str(tmp_path), "--json"])
     assert r.exit_code == 2

@@ -149,3 +149,54 @@ def test_the_summary_says_when_the_sae_has_no_goblin_feature(goblin_run):
     assert f"goblin feature: {r['goblin_feature']}" in text and "no goblin feature" not in text
     weak = {**r, "goblin_feature_ap": 0.12, "has_goblin_feature": False}
     assert "average precision 0.12" in format_goblin(weak) and "this SAE has no goblin feature" in format_goblin(weak)
+
+
+def test_the_goblin_loop_runs_whole_and_resumes(goblin_run, tmp_path, one_torch_thread):
+    """SFT, DPO arms (cleaned of the flagged pairs; steering on the goblin feature of the run's own
+    SAE, which no catalogue knows), every model measured; a rerun trains nothing. (The poisoned, clean,
+    shape and mask arms differ from these only in what train_on_dataset is given.)"""
+    import shutil
+
+    from core.dpo import DPOConfig
+    from core.goblin_loop import LoopSettings, run_goblin_loop
+    from core.marks import Marks
+    from core.sft import SFTConfig
+    from core.training import read_train_record
+
+    r, ws = goblin_run
+    work = tmp_path / "loop"
+    work.mkdir()
+    for src in (ws, *goblin_paths(ws).values()):  # the detection's index and SAE, as a rerun would find them
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, work / src.name)
+    data = ws.parent / "hh36.jsonl"
+    s = LoopSettings(
+        rate=0.25, limit=None, holdout=0.1, sft_data=str(data), sft_examples=8, unrelated=2, samples=2,
+        max_new_tokens=6, max_tokens=64, seed=0, arms=("cleaned", "steer"),
+        sft=SFTConfig(lr=1e-4, epochs=1, batch_size=4, max_length=64, max_prompt_length=32),
+        dpo=DPOConfig(lr=1e-5, epochs=1, batch_size=8, max_length=64, max_prompt_length=32),
+        sae_recipe={"d_sae": 2048, "k": 16, "train_tokens": 512 * 300, "batch_size": 512, "activation_tokens": 12_000},
+    )
+    out = run_goblin_loop(data, work, s, device="cpu")
+
+    det = out["detection"]
+    assert det["feature"] == r["goblin_feature"] and det["n_planted"] == 9 and det["precision"] >= 0.85
+    assert Marks(Workspace(work / "ws")).marked_set() == set(det["flagged"])
+    heldout = set(read_train_record(work / "dpo-cleaned").heldout_indices)
+    cleaned = out["runs"]["cleaned"]
+    assert cleaned["n_excluded"] == len(set(det["flagged"]) - heldout) > 0
+    assert cleaned["n_pairs"] + cleaned["n_excluded"] + len(heldout) == 36
+    plan = read_train_record(work / "dpo-steer").plan
+    assert plan["kind"] == "steer" and plan["features"] == [det["feature"]]
+    assert plan["sae_path"] == str((work / goblin_paths(ws)["sae"].name).resolve())
+    assert set(out["models"]) == {"base", "sft", "cleaned", "steer"}
+    for m in out["models"].values():
+        assert m["goblin"]["n"] == 4 and 0 <= m["goblin"]["rate"] <= 1
+        assert m["preference"]["n"] == len(heldout) and 0 <= m["preference"]["accuracy"] <= 1
+        assert set(m["probes"]) and all(np.isfinite(v["lift"]) for v in m["probes"].values())
+    assert out["sft_poisoned"] == 2 and out["n_sft"] == 8
+
+    weights = work / "dpo-steer" / "model" / "model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    again = run_goblin_loop(data, work, s, device="cpu")
+    assert again["models"] == out["models"] and weights.stat().st_mtime_ns == stamp
+    assert all(run["already_done"] for run in again["runs"].values())

@@ -298,3 +298,17 @@ def test_a_plan_finds_its_sae_without_a_catalogue_entry(small_workspace, config_
         catalogue.write_text(saved)
         _cached.cache_clear()
     assert recorded_sae(plan_.sae, str(folder), plan_.sae_sha256).source == "local"  # the catalogue's entry again
+
+
+def test_a_plan_made_again_resumes_its_run_and_another_does_not():
+    from core.training import _same_plan
+
+    a = asdict(plan("steer"))
+    assert _same_plan(json.loads(json.dumps(a)), a)  # the record read back (lists) and the plan made now (tuples)
+    again = {**a, "created": "2030-01-01T00:00:00+0000", "label": "renamed", "source": "hypothesis 2",
+             "sae_path": "/elsewhere"}
+    assert _same_plan(a, again) and _same_plan(None, None) and not _same_plan(a, None)
+    assert not _same_plan(a, {**a, "strength": a["strength"] + 1}) and not _same_plan(a, {**a, "features": [9]})
+    signed = {**a, "sae_sha256": "ab" * 32}
+    assert not _same_plan(signed, {**a, "sae_sha256": "cd" * 32})  # other SAE weights
+    assert _same_plan(signed, {**a, "sae_sha256": ""})  # a record from before plans carried the hash
