@@ -8,7 +8,6 @@ The path is taken as written (`~` expanded); a relative path is relative to the 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from core.catalog import SAEEntry
@@ -31,13 +30,10 @@ def read_labels(path: Path | str, d_sae: int) -> list[str]:
     """The labels of a JSON object {feature_id: label} as a list of `d_sae` strings ("" where the file
     has none). Feature ids are integers (or their decimal strings, as JSON keys must be) in
     0..d_sae-1; labels are strings. Raises CatalogError naming the file and the bad entry."""
+    from core.jsonfile import read_json_file
+
     path = Path(path)
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise CatalogError(f"{path}: cannot read the published labels ({exc.strerror or exc})") from None
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
-        raise CatalogError(f"{path}: published labels are not valid JSON ({exc})") from None
+    raw = read_json_file(path, "the published labels", CatalogError)
     if not isinstance(raw, dict):
         raise CatalogError(f"{path}: published labels must be a JSON object {{feature_id: label}}")
     out = [""] * d_sae

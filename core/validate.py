@@ -226,8 +226,10 @@ class ConceptGroups:
 
 def read_concepts(path: Path | str) -> ConceptGroups:
     """Concepts from a JSON file: a list of feature lists, or {"concepts": [{"id", "features"}, ...]}.
-    Raises ValidationError when it holds neither."""
-    raw = json.loads(Path(path).read_text())
+    Raises ValidationError when it cannot be read or holds neither."""
+    from core.jsonfile import read_json_file
+
+    raw = read_json_file(path, "the concepts file", ValidationError)
     if isinstance(raw, dict):
         raw = raw.get("concepts")
     if not isinstance(raw, list):
@@ -419,18 +421,18 @@ def summarise_seeds(values: Sequence[float]) -> dict:
             "min": float(v.min()), "max": float(v.max()), "n": int(len(v)), "values": [float(x) for x in values]}
 
 
-SEED_METRICS = {  # (section of the report JSON, metric) -> what the summary calls it
-    ("concepts", "r2"): "concepts R² (fit)",
-    ("concepts", "r2_scaled"): "concepts R² (y = s·x)",
-    ("concepts", "spearman"): "concepts Spearman",
-    ("concepts", "slope"): "concepts slope",
-    ("concepts", "null_r2"): "concepts null R²",
-    ("concepts", "null_p"): "concepts null p",
-    ("thresholded_features", "r2"): "features R² (fit)",
-    ("thresholded_features", "r2_scaled"): "features R² (y = s·x)",
-    ("thresholded_features", "spearman"): "features Spearman",
-    ("significant", "r2"): "mean activation R²",
-    ("significant", "spearman"): "mean activation Spearman",
+SEED_METRICS = {  # what the summary calls a number -> where it is in a report's JSON
+    "concepts R² (fit)": ("concepts", "fit", "r2"),
+    "concepts R² (y = s·x)": ("concepts", "fit", "r2_scaled"),
+    "concepts Spearman": ("concepts", "fit", "spearman"),
+    "concepts slope": ("concepts", "fit", "slope"),
+    "concepts null R²": ("concepts", "null", "r2_mean"),
+    "concepts null p": ("concepts", "null", "p_value"),
+    "features R² (fit)": ("thresholded_features", "fit", "r2"),
+    "features R² (y = s·x)": ("thresholded_features", "fit", "r2_scaled"),
+    "features Spearman": ("thresholded_features", "fit", "spearman"),
+    "mean activation R²": ("significant", "r2"),
+    "mean activation Spearman": ("significant", "spearman"),
 }
 
 
@@ -452,21 +454,12 @@ def seed_summary(reports: Sequence[dict]) -> dict:
     if len(set(runs)) < len(runs):
         raise ValidationError(f"run {next(x for x in runs if runs.count(x) > 1)} is given twice")
 
-    def value(r: dict, section: str, metric: str):
-        part = r.get(section)
-        if not part:
-            return None
-        if section == "significant":
-            return part.get(metric)
-        if metric in ("null_r2", "null_p"):
-            null = part.get("null") or {}
-            return null.get("r2_mean" if metric == "null_r2" else "p_value")
-        return (part.get("fit") or {}).get(metric)
+    def value(r: dict, where: tuple[str, ...]) -> float:
+        for key in where:  # a report without concepts (or a null) holds None there
+            r = r.get(key) if isinstance(r, dict) else None
+        return float("nan") if r is None else float(r)
 
-    metrics = {}
-    for (section, metric), name in SEED_METRICS.items():
-        values = [value(r, section, metric) for r in reports]
-        metrics[name] = summarise_seeds([float("nan") if v is None else float(v) for v in values])
+    metrics = {name: summarise_seeds([value(r, where) for r in reports]) for name, where in SEED_METRICS.items()}
     return {"n_runs": len(reports), "workspace": first.get("workspace"), "decoding": first.get("decoding"),
             "prompts_source": first.get("prompts_source"), "runs": runs, "metrics": nan_to_none(metrics)}
 
@@ -474,17 +467,14 @@ def seed_summary(reports: Sequence[dict]) -> dict:
 def read_report(path: Path | str) -> dict:
     """A validation report: the JSON file, or a train-dpo folder's default one (validation.json).
     Raises ValidationError when there is none or it is no report."""
+    from core.jsonfile import read_json_file
+
     path = Path(path)
     if path.is_dir():
         path = path / "validation.json"
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except OSError:
-        raise ValidationError(f"{path}: no validation report (run datadebug validate first)") from None
-    except json.JSONDecodeError as e:
-        raise ValidationError(f"{path}:{e.lineno}: not JSON ({e.msg})") from None
-    except ValueError as e:  # bytes that are no UTF-8
-        raise ValidationError(f"{path}: not a text file ({e})") from None
+    if not path.is_file():
+        raise ValidationError(f"{path}: no validation report (run datadebug validate first)")
+    raw = read_json_file(path, "the validation report", ValidationError)
     if not isinstance(raw, dict) or "trained" not in raw or "concepts" not in raw:
         raise ValidationError(f"{path}: not a validation report (no 'trained' or 'concepts' field)")
     return raw

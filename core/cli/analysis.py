@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -93,12 +92,9 @@ def trace(
 
 def read_truth(path: Path) -> set[int]:
     """The planted source indices of a truth file {"planted": [source_index, ...]}. Raises UsageError."""
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read the truth file ({exc.strerror or exc})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-        raise UsageError(f"{path}: not valid JSON: {exc}") from None
+    from core.jsonfile import read_json_file
+
+    raw = read_json_file(path, "the truth file", UsageError)
     planted = raw.get("planted") if isinstance(raw, dict) else None
     if not isinstance(planted, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in planted):
         raise UsageError(f"{path}: field 'planted': expected a list of source indices (integers)")

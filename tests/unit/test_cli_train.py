@@ -184,7 +184,7 @@ def test_validate_seeds_summarises_real_reports_and_refuses_what_does_not_compar
     for args, why in (([paths[0], tmp_path / "greedy.json"], "differ in decoding"),
                       ([paths[0], paths[0]], "given twice"),
                       ([paths[0]], "at least two"),
-                      ([paths[0], broken], "broken.json:2: not JSON"),
+                      ([paths[0], broken], "broken.json:2: the validation report is not valid JSON"),
                       ([paths[0], tmp_path / "nothing"], "no validation report")):
         r = runner.invoke(app, ["validate-seeds", *map(str, args)])
         assert r.exit_code == 2 and why in r.stderr and "Traceback" not in r.output, r.output
