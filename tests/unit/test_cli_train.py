@@ -194,6 +194,12 @@ def test_errors_are_one_line_with_status_2(resumed, small_workspace, tmp_path):
     r = runner.invoke(app, ["validate", "-w", str(small_workspace), "--trained", str(tmp_path), "--json"])
     assert r.exit_code == 2
     assert json.loads(r.stdout)["type"] == "ValidationError"
+    broken = tmp_path / "concepts.json"
+    broken.write_text("[[1, 2],\n [3,")
+    r = runner.invoke(app, ["validate", "-w", str(small_workspace), "--trained", str(resumed[0]), "--concepts",
+                            str(broken)])
+    assert r.exit_code == 2 and "concepts.json:2: the concepts file is not valid JSON" in r.stderr
+    assert "Traceback" not in r.output
     r = runner.invoke(app, ["train-dpo", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "o")])
     assert r.exit_code == 2 and "missing.jsonl" in r.stderr and "Traceback" not in r.output
 
