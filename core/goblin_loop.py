@@ -150,6 +150,29 @@ class LoopSettings:
                                                              max_prompt_length=128, save_every=20))
     sae_recipe: dict | None = None  # overrides of the goblin SAE recipe (see core.goblin.run_goblin)
 
+    @classmethod
+    def from_options(cls, *, arms: str | Sequence[str] = ARMS, epochs: int | None = None, lr: float | None = None,
+                     sft_epochs: int | None = None, sft_lr: float | None = None, max_length: int | None = None,
+                     **fields) -> "LoopSettings":
+        """Settings from flat options as a command line gives them (None: the default): `epochs`/`lr`
+        for DPO, `sft_epochs`/`sft_lr` for SFT, `max_length` tokens per training example for both
+        (prompts keep at most half of them), `arms` comma-separated or a sequence, and any other
+        field by name. Raises ValidationError for lengths or epochs the trainers refuse."""
+        base = cls()
+        lengths = {} if max_length is None else {"max_length": max_length,
+                                                 "max_prompt_length": min(base.dpo.max_prompt_length, max_length // 2)}
+        if isinstance(arms, str):
+            arms = [a.strip() for a in arms.split(",") if a.strip()]
+        seed = fields.get("seed", base.seed)
+        return cls(arms=tuple(arms), **fields,
+                   sft=dataclasses.replace(base.sft, seed=seed, **_given(epochs=sft_epochs, lr=sft_lr), **lengths),
+                   dpo=dataclasses.replace(base.dpo, seed=seed, **_given(epochs=epochs, lr=lr), **lengths))
+
+
+def _given(**options) -> dict:
+    """The options that are not None."""
+    return {k: v for k, v in options.items() if v is not None}
+
 
 def _cached(path: Path, compute):
     if path.is_file():

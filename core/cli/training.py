@@ -302,6 +302,10 @@ def goblin_loop_cmd(
                              help="DPO runs: poisoned, cleaned, clean (planted pairs removed), shape, steer, mask"),
     epochs: int = typer.Option(1, help="DPO epochs"),
     lr: float = typer.Option(2e-5, help="DPO learning rate"),
+    sft_epochs: int | None = typer.Option(None, help="SFT epochs (default: the loop's, 2)"),
+    sft_lr: float | None = typer.Option(None, help="SFT learning rate (default: the loop's, 5e-5)"),
+    max_length: int | None = typer.Option(None, help="Tokens per SFT and DPO example (default: the loop's, 256)"),
+    max_new_tokens: int = typer.Option(48, help="Tokens per sampled reply for the goblin rate"),
     seed: int = typer.Option(0),
     device: str | None = typer.Option(None, help="cpu | cuda (default: cuda when available)"),
     threads: int | None = THREADS,
@@ -309,17 +313,13 @@ def goblin_loop_cmd(
 ):
     """The goblin loop, whole: SFT and DPO on planted goblins, found from the data, then removed by
     cleaning and by each intervention; goblin rate, probe lifts and held-out preference accuracy."""
-    import dataclasses
-
     from core.goblin_loop import LoopSettings, run_goblin_loop
 
     set_threads(threads)
-    base = LoopSettings()
-    settings = LoopSettings(
+    settings = LoopSettings.from_options(
         rate=rate, limit=limit, sft_data=str(sft_data) if sft_data else None, sft_examples=sft_examples,
-        unrelated=unrelated, samples=samples, seed=seed,
-        arms=tuple(a.strip() for a in arms.split(",") if a.strip()),
-        dpo=dataclasses.replace(base.dpo, epochs=epochs, lr=lr, seed=seed),
+        unrelated=unrelated, samples=samples, seed=seed, max_new_tokens=max_new_tokens, arms=arms,
+        epochs=epochs, lr=lr, sft_epochs=sft_epochs, sft_lr=sft_lr, max_length=max_length,
     )
     with ctrl_c_cancels("goblin loop (rerun to resume)") as cancel, ProgressPrinter() as progress:
         result = run_goblin_loop(data, work, settings, device=device, progress=progress, cancel=cancel)

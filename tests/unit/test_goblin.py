@@ -200,3 +200,26 @@ def test_the_goblin_loop_runs_whole_and_resumes(goblin_run, tmp_path, one_torch_
     again = run_goblin_loop(data, work, s, device="cpu")
     assert again["models"] == out["models"] and weights.stat().st_mtime_ns == stamp
     assert all(run["already_done"] for run in again["runs"].values())
+
+
+def test_goblin_loop_options_reach_the_trainers(tmp_path):
+    """The command line's flat options land in the SFT and DPO configs; ones the trainers refuse end
+    the command with one line, before any work."""
+    from typer.testing import CliRunner
+
+    from core.cli import app
+    from core.goblin_loop import LoopSettings
+
+    s = LoopSettings.from_options(arms="poisoned, steer", epochs=2, lr=1e-4, sft_epochs=5, sft_lr=2e-4,
+                                  max_length=128, max_new_tokens=96, seed=3, limit=64)
+    assert s.arms == ("poisoned", "steer") and s.limit == 64 and s.max_new_tokens == 96
+    assert (s.sft.epochs, s.sft.lr, s.sft.max_length, s.sft.max_prompt_length, s.sft.seed) == (5, 2e-4, 128, 64, 3)
+    assert (s.dpo.epochs, s.dpo.lr, s.dpo.max_length, s.dpo.max_prompt_length, s.dpo.seed) == (2, 1e-4, 128, 64, 3)
+    d = LoopSettings.from_options()
+    assert (d.sft, d.dpo, d.arms) == (LoopSettings().sft, LoopSettings().dpo, LoopSettings().arms)
+
+    runner = CliRunner()
+    for flags in (["--max-length", "1"], ["--sft-epochs", "0"]):
+        r = runner.invoke(app, ["goblin-loop", str(tmp_path / "none.jsonl"), "--work", str(tmp_path / "w"), *flags])
+        assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.output, r.output
+    assert not (tmp_path / "w").exists()
