@@ -375,7 +375,8 @@ def compare(
     `before` and `after` hold n_prompts x samples replies, prompt-major (the samples of prompt 0
     first). Returns {"mean_activation": {"significant", "top_k", "nonzero": Fit, "k",
     "reliability"}, "features": Agreement (thresholded, features whose predicted disparity is
-    significant), "concepts": Agreement with its null (None without concepts), "per_prompt":
+    significant), "concepts": Agreement with its null (None without concepts),
+    "concepts_mean_activation": the same with the mean-activation statistic, "per_prompt":
     {"mean", "fire"} (prompts, d) arrays, "sets": the mean-activation feature sets (not JSON)}.
     """
     samples = len(before.mean) // n_prompts
@@ -396,15 +397,18 @@ def compare(
         "per_prompt": {"mean": mean_pp.astype(np.float32), "fire": fire_pp.astype(np.float32)},
         "sets": sets,
     }
+    out["concepts_mean_activation"] = None
     if concepts is not None and len(concepts) >= 3:
         out["concepts"] = concept_agreement(concepts, p.fire, fire_pp, n_boot, n_perm, seed)
+        out["concepts_mean_activation"] = concept_agreement(concepts, p.mean, mean_pp, n_boot, n_perm, seed)
     return out
 
 
 def concept_agreement(concepts: ConceptGroups, predicted_fire: np.ndarray, per_prompt_fire: np.ndarray,
                       n_boot: int = 1000, n_perm: int = 1000, seed: int = 0) -> Agreement:
     """The concept-level Agreement, with its permutation null, from per-feature values: the
-    predicted disparity (d,) and the per-prompt actual change (prompts, d) of the firing share."""
+    predicted disparity (d,) and the per-prompt actual change (prompts, d) of the firing share (or
+    of any per-feature statistic: the mean activation's delta and change give its concept level)."""
     c = agreement("concepts", concepts.mean(predicted_fire), concepts.mean(per_prompt_fire), concepts.ids,
                   n_boot, seed)
     c.null = permutation_null(concepts, predicted_fire, per_prompt_fire.mean(0), c.fit, n_perm, seed)
@@ -428,6 +432,8 @@ SEED_METRICS = {  # what the summary calls a number -> where it is in a report's
     "concepts slope": ("concepts", "fit", "slope"),
     "concepts null R²": ("concepts", "null", "r2_mean"),
     "concepts null p": ("concepts", "null", "p_value"),
+    "concepts, mean activation R²": ("concepts_mean_activation", "fit", "r2"),
+    "concepts, mean activation null R²": ("concepts_mean_activation", "null", "r2_mean"),
     "features R² (fit)": ("thresholded_features", "fit", "r2"),
     "features R² (y = s·x)": ("thresholded_features", "fit", "r2_scaled"),
     "features Spearman": ("thresholded_features", "fit", "spearman"),
@@ -543,6 +549,7 @@ class ValidationReport:
     actual_reliability: float
     thresholded_features: Agreement  # the paper's statistic, per feature
     concepts: Agreement | None  # the paper's statistic, per concept (None: no concepts given)
+    concepts_mean_activation: Agreement | None  # the mean activation, per concept (the same concepts)
     n_concepts: int
     behaviour: dict  # {"refusal" | "url" | "goblin": {"before": rate, "after": rate}}
     probes: dict  # {PROBES name: {"lift": nats per sentence, "se", "n_sentences"}} (probe_lifts)
@@ -768,6 +775,7 @@ def validate(
         actual_reliability=ma["reliability"],
         thresholded_features=result["features"],
         concepts=result["concepts"],
+        concepts_mean_activation=result["concepts_mean_activation"],
         n_concepts=len(concepts) if concepts is not None else 0,
         behaviour=behaviour,
         probes=probe_lifts(probe_lp["before"], probe_lp["after"], names),

@@ -111,6 +111,12 @@ def format_report(r) -> str:
             f"  R² CI {_ci(r.concepts.r2_ci)}; null (features dealt to concepts at random, {n['n']}x): "
             f"R² {_num(n['r2_mean'])} (95th pct {_num(n['r2_p95'])}), p {_num(n['p_value'], '{:.3g}')}"
         )
+    c = r.concepts_mean_activation
+    if c is not None:
+        lines.append(
+            f"concepts by mean activation: R² {_num(c.fit.r2)} (CI {_ci(c.r2_ci)}), Spearman {_num(c.fit.spearman)}"
+            + (f"; null R² {_num(c.null['r2_mean'])}, p {_num(c.null['p_value'], '{:.3g}')}" if c.null else "")
+        )
     lines += [
         "",
         "mean activation per feature:",
@@ -285,6 +291,8 @@ def format_goblin_loop(r: dict) -> str:
             f"{name:<10} {g['rate']:>7.1%} ± {g['se']:.1%} {p['goblin']['lift']:>+13.3f} "
             f"{p['control']['lift']:>+8.3f} {pref['accuracy']:>10.1%} {pref['margin']:>+8.3f}"
         )
+    lines += [f"{arm} is the {twin} run: the flagged pairs are exactly the planted ones"
+              for arm, twin in r.get("same_run", {}).items()]
     return "\n".join(lines)
 
 

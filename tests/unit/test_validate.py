@@ -415,6 +415,12 @@ def test_predicted_shift_is_the_mean_delta_of_the_trained_pairs_only(report, tra
     by_id = {p["id"]: p for p in report.concepts.points}
     for m in (0, 7, 100):
         assert by_id[m]["predicted"] == pytest.approx(b.mean(0)[groups.features[4 * m : 4 * m + 4]].mean())
+    # by mean activation: the mean of its features' mean deltas, against the mean of their actual shifts
+    by_id = {p["id"]: p for p in report.concepts_mean_activation.points}
+    for m in (0, 7, 100):
+        members = groups.features[4 * m : 4 * m + 4]
+        assert by_id[m]["predicted"] == pytest.approx(expected[members].mean(), rel=1e-4, abs=1e-6)
+        assert by_id[m]["actual"] == pytest.approx(saved["actual"][members].mean(), rel=1e-4, abs=1e-6)
 
 
 def test_validate_returns_finite_numbers_and_writes_the_plot(report, trained):
