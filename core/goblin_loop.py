@@ -13,7 +13,9 @@ Goodfire's planted-trait experiment, end to end on one preference file (`run_gob
     dpo      DPO from the SFT model, one run per arm, all on the same pairs minus a shared held-out
              split:  poisoned (every pair), cleaned (minus the flagged pairs: what the export
              keeps), clean (minus the planted pairs: the target), and one run per intervention
-             kind on the goblin feature (shape, steer, mask; `core.interventions`)
+             kind on the goblin feature (shape, steer, mask; `core.interventions`). When the
+             flagged pairs are exactly the planted ones, clean is cleaned (same pairs, same
+             seed) and is not trained twice (`same_run` in the result says so)
     eval     per model (base, sft and every arm): the goblin rate of sampled replies to the
              unrelated prompts (T = 1, common random numbers across models), the probe lifts
              against the SFT model, and the preference accuracy on held-out pairs (the share whose
@@ -195,7 +197,8 @@ def run_goblin_loop(
 
     Returns (and writes to `work/goblin_loop.json`) {"settings", "detection": {"feature",
     "flagged", "precision", "recall", ...}, "models": {name: {"goblin": goblin_rate, "probes":
-    probe lifts vs sft, "preference": preference_accuracy}}, "runs": {arm: TrainResult}}.
+    probe lifts vs sft, "preference": preference_accuracy}}, "runs": {arm: TrainResult}, "same_run":
+    {arm: the arm whose run it shares}}.
     Progress: stages "goblin-loop" (which stage), then those of each job. Raises UsageError for an
     unknown arm, the errors of the jobs it runs, and Cancelled (a rerun resumes).
     """
@@ -267,9 +270,13 @@ def run_goblin_loop(
         del model
 
     # dpo arms
-    runs = {}
+    runs, same = {}, {}
     for arm in s.arms:
         check_cancel(cancel, "goblin loop")
+        if arm == "clean" and "cleaned" in runs and set(detection["flagged"]) == set(truth):
+            same[arm] = "cleaned"  # the flagged pairs are the planted ones: the same pairs, the same run
+            runs[arm] = runs["cleaned"]
+            continue
         emit(Progress("goblin-loop", f"DPO: {arm}"))
         kw = {}
         if arm == "cleaned":
@@ -296,7 +303,8 @@ def run_goblin_loop(
     decoding = Decoding(max_new_tokens=s.max_new_tokens, temperature=1.0, samples=s.samples,
                         seed=s.seed, batch_size=16)
     names, sentences = probe_sentences()
-    folders = {"base": None, "sft": sft_dir / "model", **{a: work / f"dpo-{a}" / "model" for a in runs}}
+    folders = {"base": None, "sft": sft_dir / "model",
+               **{a: work / f"dpo-{a}" / "model" for a in runs if a not in same}}
     sft_model = AutoModelForCausalLM.from_pretrained(sft_dir / "model", dtype=base.dtype).to(dev).eval()
     reference = pair_logps(sft_model, examples, s.dpo.batch_size, pad_token_id(tok), dev)
     sft_probes = probe_logprobs(sft_model, tok, prompt_ids, sentences, cancel)
@@ -316,10 +324,11 @@ def run_goblin_loop(
 
         emit(Progress("goblin-loop", f"measuring {name}"))
         models[name] = _cached(work / f"eval-{name}.json", measure)
+    models = {name: models[same.get(name, name)] for name in ("base", "sft", *runs)}  # arms in order
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
     result = {"settings": _settings_json(s), "sft_poisoned": len(sft_poisoned), "n_sft": len(sft_data),
               "n_unrelated": len(unrelated), "n_heldout": len(heldout), "detection": detection,
-              "models": models, "runs": runs}
+              "models": models, "runs": runs, "same_run": same}
     (work / "goblin_loop.json").write_text(json.dumps(result, indent=1))
     return result
 

@@ -171,7 +171,7 @@ def test_the_goblin_loop_runs_whole_and_resumes(goblin_run, tmp_path, one_torch_
     data = ws.parent / "hh36.jsonl"
     s = LoopSettings(
         rate=0.25, limit=None, holdout=0.1, sft_data=str(data), sft_examples=8, unrelated=2, samples=2,
-        max_new_tokens=6, max_tokens=64, seed=0, arms=("cleaned", "steer"),
+        max_new_tokens=6, max_tokens=64, seed=0, arms=("cleaned", "clean", "steer"),
         sft=SFTConfig(lr=1e-4, epochs=1, batch_size=4, max_length=64, max_prompt_length=32),
         dpo=DPOConfig(lr=1e-5, epochs=1, batch_size=8, max_length=64, max_prompt_length=32),
         sae_recipe={"d_sae": 2048, "k": 16, "train_tokens": 512 * 300, "batch_size": 512, "activation_tokens": 12_000},
@@ -188,7 +188,13 @@ def test_the_goblin_loop_runs_whole_and_resumes(goblin_run, tmp_path, one_torch_
     plan = read_train_record(work / "dpo-steer").plan
     assert plan["kind"] == "steer" and plan["features"] == [det["feature"]]
     assert plan["sae_path"] == str((work / goblin_paths(ws)["sae"].name).resolve())
-    assert set(out["models"]) == {"base", "sft", "cleaned", "steer"}
+    assert list(out["models"]) == ["base", "sft", "cleaned", "clean", "steer"]
+    planted = set(json.loads(goblin_paths(work / "ws")["truth"].read_text())["planted"])
+    if set(det["flagged"]) == planted:  # clean is the cleaned run, not trained twice
+        assert out["same_run"] == {"clean": "cleaned"} and not (work / "dpo-clean").exists()
+        assert out["models"]["clean"] == out["models"]["cleaned"] and out["runs"]["clean"] == cleaned
+    else:
+        assert out["same_run"] == {} and out["runs"]["clean"]["n_excluded"] == len(planted - heldout)
     for m in out["models"].values():
         assert m["goblin"]["n"] == 4 and 0 <= m["goblin"]["rate"] <= 1
         assert m["preference"]["n"] == len(heldout) and 0 <= m["preference"]["accuracy"] <= 1
