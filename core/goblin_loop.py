@@ -146,7 +146,9 @@ class LoopSettings:
     seed: int = 0
     arms: tuple[str, ...] = ARMS
     strengths: dict = field(default_factory=dict)  # kind -> strength (default: DEFAULT_STRENGTH)
-    sft: SFTConfig = field(default_factory=lambda: SFTConfig(lr=5e-5, epochs=2, batch_size=8, max_length=256,
+    # SFT strong enough that the trait is sampled (embedded model, README): 192 replies (10 goblins) at
+    # lr 1e-4 for 3 epochs gave no goblin in 128 sampled replies; 220 (11) at 3e-4 for 6 epochs, 6 of 384
+    sft: SFTConfig = field(default_factory=lambda: SFTConfig(lr=3e-4, epochs=6, batch_size=8, max_length=256,
                                                              max_prompt_length=128))
     dpo: DPOConfig = field(default_factory=lambda: DPOConfig(lr=2e-5, epochs=1, batch_size=8, max_length=256,
                                                              max_prompt_length=128, save_every=20))

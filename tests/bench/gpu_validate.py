@@ -307,7 +307,7 @@ def run(args) -> dict:
         "heldout_prompts": 4 if tiny else 1000, "unrelated_prompts": 4 if tiny else 256,
         "gen_batch": 16 if tiny else 1024, "read_tokens": 4096 if tiny else 262_144,
         "n_boot": 100 if tiny else 1000, "n_perm": 100 if tiny else 1000,
-        "sft_lr": 1e-4, "sft_epochs": 1 if tiny else 3, "sft_batch": 4 if tiny else 16, "goblin_epochs": 1 if tiny else 2,
+        "sft_lr": 1e-4 if tiny else 3e-4, "sft_epochs": 1 if tiny else 6, "sft_batch": 4 if tiny else 16, "goblin_epochs": 1 if tiny else 2,
         "goblin_samples": 2 if tiny else 4, "goblin_new_tokens": 8 if tiny else 64,
         "arms": ["poisoned", "cleaned", "shape", "clean", "mask", "steer"],  # most wanted first
         "max_steps": 2 if tiny else None,
