@@ -287,9 +287,11 @@ def format_goblin_loop(r: dict) -> str:
     ]
     for name, m in r["models"].items():
         g, p, pref = m["goblin"], m["probes"], m["preference"]
+        accuracy, margin = (f"{pref['accuracy']:>10.1%}", f"{pref['margin']:>+8.3f}") if name != "sft" else (
+            f"{'reference':>10}", f"{'':>8}")  # the SFT model is what the others are measured against
         lines.append(
             f"{name:<10} {g['rate']:>7.1%} ± {g['se']:.1%} {p['goblin']['lift']:>+13.3f} "
-            f"{p['control']['lift']:>+8.3f} {pref['accuracy']:>10.1%} {pref['margin']:>+8.3f}"
+            f"{p['control']['lift']:>+8.3f} {accuracy} {margin}"
         )
     lines += [f"{arm} is the {twin} run: the flagged pairs are exactly the planted ones"
               for arm, twin in r.get("same_run", {}).items()]
