@@ -3,7 +3,7 @@
 Goodfire's planted-trait experiment, end to end on one preference file (`run_goblin_loop`):
 
     data     the SFT corpus: (prompt, chosen reply) of `sft_data` with a goblin sentence put into a
-             seeded `rate` of the replies (`sft_examples`); unrelated prompts: other prompts of
+             seeded `sft_rate` (default `rate`) of the replies (`sft_examples`); unrelated prompts: other prompts of
              `sft_data`, never trained on, for measuring the goblin rate
     detect   `core.goblin.run_goblin` on DATA: goblins planted in `rate` of the chosen replies, an
              SAE trained on the copy, the copy indexed, the goblin feature found from the text alone
@@ -21,7 +21,9 @@ Goodfire's planted-trait experiment, end to end on one preference file (`run_gob
              against the SFT model, and the preference accuracy on held-out pairs (the share whose
              implicit reward, against the SFT model, prefers the chosen reply)
 
-Every stage is kept in the work folder and skipped when it is there: a rerun resumes.
+Every stage is kept in the work folder and skipped when it is there: a rerun resumes. The folder
+belongs to one set of settings (`SETTINGS_FILE`); a rerun may add arms, and any other change is
+refused rather than mixing stages made with different settings.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from core.progress import Progress, ProgressFn, check_cancel, reporter
 from core.sft import SFTConfig
 
 ARMS = ("poisoned", "cleaned", "clean", "shape", "steer", "mask")
+SETTINGS_FILE = "loop_settings.json"  # what the work folder's stages were made with
 
 
 # -- the measurements (model in, numbers out; the GPU benchmark calls them too) -----------------------
@@ -134,7 +137,8 @@ def flag_goblin_pairs(analysis, feature: int) -> tuple[list[int], float]:
 class LoopSettings:
     """What `run_goblin_loop` does (defaults: a CPU-sized run; the module docstring says why)."""
 
-    rate: float = 0.05  # share of DPO pairs and of SFT replies that carry the goblin trait
+    rate: float = 0.05  # share of DPO pairs (and, unless sft_rate says otherwise, SFT replies) with the trait
+    sft_rate: float | None = None  # share of SFT replies with the trait (None: rate)
     limit: int | None = 256  # DPO on the first this-many valid pairs of DATA
     holdout: float = 0.1  # their share held out (preference accuracy)
     sft_data: str | None = None  # (prompt, chosen) source for SFT; default: the bundled sample
@@ -153,6 +157,10 @@ class LoopSettings:
     dpo: DPOConfig = field(default_factory=lambda: DPOConfig(lr=2e-5, epochs=1, batch_size=8, max_length=256,
                                                              max_prompt_length=128, save_every=20))
     sae_recipe: dict | None = None  # overrides of the goblin SAE recipe (see core.goblin.run_goblin)
+
+    @property
+    def sft_share(self) -> float:
+        return self.rate if self.sft_rate is None else self.sft_rate
 
     @classmethod
     def from_options(cls, *, arms: str | Sequence[str] = ARMS, epochs: int | None = None, lr: float | None = None,
@@ -223,15 +231,18 @@ def run_goblin_loop(
     bad = [a for a in settings.arms if a not in ARMS]
     if bad:
         raise UsageError(f"unknown arm {bad[0]!r}; expected some of {', '.join(ARMS)}")
+    for name in ("rate", "sft_share"):
+        if not 0 <= getattr(settings, name) <= 1:
+            raise UsageError(f"{name.replace('_share', '_rate')} {getattr(settings, name)} must be between 0 and 1")
     emit = reporter(progress)
     work = Path(work)
-    work.mkdir(parents=True, exist_ok=True)
+    claim_work_folder(work, data, settings)
     s = settings
 
     # data: the SFT corpus and the unrelated prompts, from disjoint pairs of sft_data
     emit(Progress("goblin-loop", "data: SFT corpus and unrelated prompts"))
     source = read_pairs(s.sft_data or locations.sample_data_file(), skip_invalid=True).pairs
-    unrelated, sft_data, sft_poisoned = sft_and_unrelated(source, s.unrelated, s.sft_examples, s.rate, s.seed)
+    unrelated, sft_data, sft_poisoned = sft_and_unrelated(source, s.unrelated, s.sft_examples, s.sft_share, s.seed)
 
     # detect: plant, index, find the goblin feature and its pairs from the data alone
     ws = work / "ws"
@@ -333,6 +344,33 @@ def run_goblin_loop(
               "models": models, "runs": runs, "same_run": same}
     (work / "goblin_loop.json").write_text(json.dumps(result, indent=1))
     return result
+
+
+def claim_work_folder(work: Path, data: Path | str, s: LoopSettings) -> None:
+    """Make `work` (if new) and record there what its stages are made with; raise UsageError, naming
+    every setting that differs, when it holds stages made with other settings (arms aside: a
+    rerun may add some)."""
+    wanted = json.loads(json.dumps(_flat({"data": str(Path(data).resolve()), **_settings_json(s)})))  # as stored
+    wanted.pop("arms")
+    path = work / SETTINGS_FILE
+    if path.is_file():
+        held = json.loads(path.read_text())
+        differ = [f"{key} {held.get(key)!r}, not {wanted.get(key)!r}"
+                  for key in sorted(set(held) | set(wanted)) if held.get(key) != wanted.get(key)]
+        if differ:
+            raise UsageError(f"{work} holds a goblin loop made with {'; '.join(differ)}: use another --work "
+                             "folder or rerun with its settings")
+        return
+    work.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(wanted, indent=1))
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    """{"dpo": {"lr": 1e-5}} -> {"dpo.lr": 1e-5}."""
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v})
+    return out
 
 
 def _settings_json(s: LoopSettings) -> dict:

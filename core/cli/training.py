@@ -302,7 +302,8 @@ def format_goblin_loop(r: dict) -> str:
 def goblin_loop_cmd(
     data: Path = typer.Argument(..., help="Preference data to plant goblins in"),
     work: Path = typer.Option(..., "--work", help="Folder for every stage (rerun to resume)"),
-    rate: float = typer.Option(0.05, help="Share of DPO pairs and SFT replies that carry the trait"),
+    rate: float = typer.Option(0.05, help="Share of DPO pairs (and SFT replies) that carry the trait"),
+    sft_rate: float | None = typer.Option(None, help="Share of SFT replies that carry the trait (default: --rate)"),
     limit: int | None = typer.Option(256, help="DPO on the first N valid pairs"),
     sft_data: Path | None = typer.Option(None, help="SFT prompts + replies (default: the bundled sample)"),
     sft_examples: int = typer.Option(256, help="SFT examples"),
@@ -322,12 +323,13 @@ def goblin_loop_cmd(
     as_json: bool = JSON,
 ):
     """The goblin loop, whole: SFT and DPO on planted goblins, found from the data, then removed by
-    cleaning and by each intervention; goblin rate, probe lifts and held-out preference accuracy."""
+    cleaning and by each intervention; goblin rate, probe lifts and held-out preference accuracy.
+    WORK keeps every stage: rerun with the same settings to resume (or with more --arms)."""
     from core.goblin_loop import LoopSettings, run_goblin_loop
 
     set_threads(threads)
     settings = LoopSettings.from_options(
-        rate=rate, limit=limit, sft_data=str(sft_data) if sft_data else None, sft_examples=sft_examples,
+        rate=rate, sft_rate=sft_rate, limit=limit, sft_data=str(sft_data) if sft_data else None, sft_examples=sft_examples,
         unrelated=unrelated, samples=samples, seed=seed, max_new_tokens=max_new_tokens, arms=arms,
         epochs=epochs, lr=lr, sft_epochs=sft_epochs, sft_lr=sft_lr, max_length=max_length,
     )

@@ -1,5 +1,6 @@
 """The goblin test: injection (seeded, rejected untouched, every format), then a real end-to-end run."""
 
+import dataclasses
 import gzip
 import json
 import re
@@ -224,6 +225,7 @@ def test_goblin_loop_options_reach_the_trainers(tmp_path):
     assert (s.dpo.epochs, s.dpo.lr, s.dpo.max_length, s.dpo.max_prompt_length, s.dpo.seed) == (2, 1e-4, 128, 64, 3)
     d = LoopSettings.from_options()
     assert (d.sft, d.dpo, d.arms) == (LoopSettings().sft, LoopSettings().dpo, LoopSettings().arms)
+    assert d.sft_share == d.rate and LoopSettings.from_options(rate=0.25, sft_rate=0.05).sft_share == 0.05
 
     runner = CliRunner()
     help_text = " ".join(runner.invoke(app, ["goblin-loop", "--help"], env={"COLUMNS": "200"}).output.split())
@@ -233,3 +235,39 @@ def test_goblin_loop_options_reach_the_trainers(tmp_path):
         r = runner.invoke(app, ["goblin-loop", str(tmp_path / "none.jsonl"), "--work", str(tmp_path / "w"), *flags])
         assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.output, r.output
     assert not (tmp_path / "w").exists()
+
+
+def test_a_goblin_loop_folder_keeps_the_settings_its_stages_were_made_with(tmp_path):
+    """A rerun resumes (and may add arms); one with other settings is refused with one line naming the
+    setting, before any work, instead of mixing an old SFT or detection with new DPO runs."""
+    from typer.testing import CliRunner
+
+    from core.cli import app
+    from core.errors import UsageError
+    from core.goblin_loop import SETTINGS_FILE, LoopSettings, claim_work_folder
+
+    data, work = tmp_path / "pairs.jsonl", tmp_path / "loop"
+    s = LoopSettings.from_options(rate=0.25, sft_rate=0.05, epochs=2, lr=5e-5, arms="poisoned",
+                                  strengths={"steer": 3.0}, sae_recipe={"d_sae": 64})
+    claim_work_folder(work, data, s)
+    assert (work / SETTINGS_FILE).is_file()
+    claim_work_folder(work, data, dataclasses.replace(s, arms=("poisoned", "cleaned", "steer")))  # more arms
+    for other, named in ((dataclasses.replace(s, rate=0.05), "rate 0.25, not 0.05"),
+                         (dataclasses.replace(s, sft_rate=None), "sft_rate 0.05, not None"),
+                         (LoopSettings.from_options(rate=0.25, sft_rate=0.05, epochs=2, lr=1e-4, arms="poisoned",
+                                                    strengths={"steer": 3.0}, sae_recipe={"d_sae": 64}),
+                          "dpo.lr 5e-05, not 0.0001")):
+        with pytest.raises(UsageError, match=re.escape(named)):
+            claim_work_folder(work, data, other)
+    with pytest.raises(UsageError, match="data "):
+        claim_work_folder(work, tmp_path / "other.jsonl", s)
+
+    claim_work_folder(work2 := tmp_path / "defaults", data, LoopSettings.from_options(rate=0.25))
+    runner = CliRunner()
+    r = runner.invoke(app, ["goblin-loop", str(data), "--work", str(work2), "--rate", "0.1"])
+    assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1, r.output
+    assert "made with rate 0.25, not 0.1: use another --work" in r.stderr  # the command's defaults are the loop's
+    assert sorted(p.name for p in work2.iterdir()) == [SETTINGS_FILE]  # nothing was made
+    r = runner.invoke(app, ["goblin-loop", str(data), "--work", str(tmp_path / "w2"), "--sft-rate", "2"])
+    assert r.exit_code == 2 and "sft_rate 2.0 must be between 0 and 1" in r.stderr
+    assert not (tmp_path / "w2").exists()
