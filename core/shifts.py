@@ -397,7 +397,7 @@ class Analysis:
             toks = tokens[(r, side)]
             if p >= len(toks):
                 continue
-            fired_on[toks[p].strip() or repr(toks[p])] += 1
+            fired_on[token_name(toks[p])] += 1
             if len(contexts) < n_contexts:
                 left = "".join(toks[max(0, p - 6) : p])
                 right = "".join(toks[p + 1 : p + 4])
@@ -410,6 +410,17 @@ class Analysis:
         if promoted:
             label += " → " + ", ".join(p for p in promoted if p)
         return contexts, label
+
+
+def token_name(token: str) -> str:
+    """A stored reply token as a label shows it: stripped; whitespace as its repr; a piece of a
+    multi-byte character (which decodes alone to U+FFFD, e.g. one byte of an emoji) as ‹byte›."""
+    name = token.strip()
+    if not name:
+        return repr(token)
+    if set(name) == {"\ufffd"}:
+        return "‹byte›"
+    return name.replace("\ufffd", "")
 
 
 class FiringIndex:

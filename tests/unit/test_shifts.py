@@ -89,3 +89,12 @@ def test_real_workspace_report(small_workspace):
         assert (f.shift > 0) == (f.direction == "amplified")
         assert f.ci[0] <= f.shift <= f.ci[1]
         assert f.label and f.top_pairs
+
+
+def test_label_tokens_show_pieces_of_a_character_as_bytes_not_replacement_marks():
+    """A byte-level token that is part of an emoji decodes alone to U+FFFD; a label names it."""
+    from core.shifts import token_name
+
+    emoji_bytes = [bytes([b]).decode("utf-8", errors="replace") for b in "🙂".encode()]
+    assert {token_name(t) for t in emoji_bytes} == {"‹byte›"}
+    assert token_name(" goblin") == "goblin" and token_name("\n") == "'\\n'" and token_name("x\ufffd") == "x"
