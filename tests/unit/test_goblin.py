@@ -229,8 +229,9 @@ def test_goblin_loop_options_reach_the_trainers(tmp_path):
 
     runner = CliRunner()
     help_text = " ".join(runner.invoke(app, ["goblin-loop", "--help"], env={"COLUMNS": "200"}).output.split())
-    stated = [float(v) for v in re.findall(r"the loop's, ([0-9.e+-]+)\)", help_text)]  # epochs, lr, max length
-    assert stated == [d.sft.epochs, d.sft.lr, d.sft.max_length] and d.dpo.max_length == d.sft.max_length
+    stated = [float(v) for v in re.findall(r"the loop's, ([0-9.e+-]+)\)", help_text)]  # DPO's, SFT's, length
+    assert stated == [d.dpo.epochs, d.dpo.lr, d.sft.epochs, d.sft.lr, d.sft.max_length]
+    assert d.dpo.max_length == d.sft.max_length
     for flags in (["--max-length", "1"], ["--sft-epochs", "0"]):
         r = runner.invoke(app, ["goblin-loop", str(tmp_path / "none.jsonl"), "--work", str(tmp_path / "w"), *flags])
         assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.output, r.output
