@@ -233,9 +233,9 @@ def run_goblin_loop(
     bad = [a for a in settings.arms if a not in ARMS]
     if bad:
         raise UsageError(f"unknown arm {bad[0]!r}; expected some of {', '.join(ARMS)}")
-    for name in ("rate", "sft_share"):
-        if not 0 <= getattr(settings, name) <= 1:
-            raise UsageError(f"{name.replace('_share', '_rate')} {getattr(settings, name)} must be between 0 and 1")
+    for name, value in (("rate", settings.rate), ("sft_rate", settings.sft_share)):
+        if not 0 <= value <= 1:
+            raise UsageError(f"{name} {value} must be between 0 and 1")
     emit = reporter(progress)
     work = Path(work)
     claim_work_folder(work, data, settings)

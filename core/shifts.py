@@ -404,7 +404,7 @@ class Analysis:
                 contexts.append(f"{left}[[{toks[p]}]]{right}".replace("\n", " "))
         if published:
             return contexts, published
-        promoted = [t.strip() for t in (self.feature_info().get(feature, {}).get("promoted") or [])[:3]]
+        promoted = [token_name(t) for t in (self.feature_info().get(feature, {}).get("promoted") or [])[:3] if t.strip()]
         on = ", ".join(tok for tok, _ in fired_on.most_common(3))
         label = on or "(no stored firings)"
         if promoted:
