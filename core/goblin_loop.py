@@ -18,8 +18,11 @@ Goodfire's planted-trait experiment, end to end on one preference file (`run_gob
              seed) and is not trained twice (`same_run` in the result says so)
     eval     per model (base, sft and every arm): the goblin rate of sampled replies to the
              unrelated prompts (T = 1, common random numbers across models), the probe lifts
-             against the SFT model, and the preference accuracy on held-out pairs (the share whose
-             implicit reward, against the SFT model, prefers the chosen reply)
+             against the SFT model, and the preference accuracy (the share of pairs whose implicit
+             reward, against the SFT model, prefers the chosen reply) on `accuracy_pairs` pairs no
+             arm trained on: the held-out split and further pairs of DATA, as DATA has them (no
+             planted goblin), so that it measures what the rest of the data taught; each arm's
+             difference from the poisoned run is paired over the same pairs, with its 95% interval
 
 Every stage is kept in the work folder and skipped when it is there: a rerun resumes. The folder
 belongs to one set of settings (`SETTINGS_FILE`); a rerun may add arms, and any other change is
@@ -99,13 +102,46 @@ def preference_accuracy(model, examples: list[dict], reference: tuple, batch_siz
                         device=None) -> dict:
     """On held-out `examples` (`core.dpo.build_examples`): the share of pairs whose implicit reward
     log pi(chosen) - log pi_ref(chosen) exceeds the rejected reply's, against `reference` (the
-    reference model's `core.dpo.pair_logps`), and the mean margin of those rewards (nats)."""
+    reference model's `core.dpo.pair_logps`), its binomial standard error, the mean margin of those
+    rewards (nats) and whether each pair was right (for paired comparisons)."""
     from core.dpo import pair_logps
 
     chosen, rejected = pair_logps(model, examples, batch_size, pad_id, device)
     margin = (chosen - reference[0]) - (rejected - reference[1])  # (pairs,)
-    return {"accuracy": float((margin > 0).float().mean()), "margin": float(margin.mean()),
-            "n": len(examples)}
+    right = (margin > 0).cpu().numpy()  # (pairs,)
+    n = len(examples)
+    accuracy = float(right.mean()) if n else float("nan")
+    return {"accuracy": accuracy, "se": float(np.sqrt(accuracy * (1 - accuracy) / n)) if n else float("nan"),
+            "margin": float(margin.mean()) if n else float("nan"), "n": n, "right": right.astype(int).tolist()}
+
+
+def paired_difference(right: Sequence[int], baseline: Sequence[int]) -> dict:
+    """Accuracy of one model minus another's on the same pairs (each a 0/1 list, `right` of
+    `preference_accuracy`), with the paired standard error sd(d)/sqrt(n) of the per-pair
+    differences d and its normal 95% interval: {"difference", "se", "ci"}. Pairs both models get
+    right or both get wrong add nothing to the error, so this resolves far smaller differences
+    than the two accuracies' own errors would."""
+    if len(right) != len(baseline) or not len(right):
+        raise UsageError(f"paired difference needs the same pairs: {len(right)} against {len(baseline)}")
+    d = np.asarray(right, dtype=float) - np.asarray(baseline, dtype=float)  # (pairs,)
+    mean = float(d.mean())
+    se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+    return {"difference": mean, "se": se, "ci": [mean - 1.96 * se, mean + 1.96 * se]}
+
+
+def preference_pairs(data: Path | str, heldout: Sequence[int], n_copied: int, n: int, seed: int = 0) -> list:
+    """The pairs preference accuracy is measured on, as `data` has them (no planted goblin): those
+    of the held-out split (`heldout`: indices into the goblin copy, whose i-th pair is the i-th
+    valid pair of `data`), then a seeded choice of the valid pairs past the `n_copied` the copy
+    took, up to `n` in all (at least the whole split)."""
+    from core.ingest import read_pairs
+
+    valid = read_pairs(data, skip_invalid=True).pairs
+    split = [valid[i] for i in sorted(heldout)]
+    rest = valid[n_copied:]
+    extra = max(0, min(n - len(split), len(rest)))
+    chosen = sorted(np.random.default_rng(seed).permutation(len(rest))[:extra].tolist())
+    return split + [rest[i] for i in chosen]
 
 
 def flag_goblin_pairs(analysis, feature: int) -> tuple[list[int], float]:
@@ -141,6 +177,7 @@ class LoopSettings:
     sft_rate: float | None = None  # share of SFT replies with the trait (None: rate)
     limit: int | None = 256  # DPO on the first this-many valid pairs of DATA
     holdout: float = 0.1  # their share held out (preference accuracy)
+    accuracy_pairs: int = 200  # preference accuracy on the held-out split and untrained pairs of DATA, this many
     sft_data: str | None = None  # (prompt, chosen) source for SFT; default: the bundled sample
     sft_examples: int = 256
     unrelated: int = 48  # prompts of sft_data kept out of SFT, for the goblin rate
@@ -209,8 +246,9 @@ def run_goblin_loop(
 
     Returns (and writes to `work/goblin_loop.json`) {"settings", "detection": {"feature",
     "flagged", "precision", "recall", ...}, "models": {name: {"goblin": goblin_rate, "probes":
-    probe lifts vs sft, "preference": preference_accuracy}}, "runs": {arm: TrainResult}, "same_run":
-    {arm: the arm whose run it shares}}.
+    probe lifts vs sft, "preference": preference_accuracy (None for the SFT model, the reference) and, for the
+    arms other than poisoned, its "vs_poisoned": paired_difference}}, "n_scored": pairs preference accuracy
+    is measured on, "runs": {arm: TrainResult}, "same_run": {arm: the arm whose run it shares}}.
     Progress: stages "goblin-loop" (which stage), then those of each job. Raises UsageError for an
     unknown arm, the errors of the jobs it runs, and Cancelled (a rerun resumes).
     """
@@ -311,38 +349,59 @@ def run_goblin_loop(
     emit(Progress("goblin-loop", "measuring every model"))
     base, tok = load_full_model(entry, device=device)
     dev = next(base.parameters()).device
-    heldout_ids = set(read_train_record(work / f"dpo-{s.arms[0]}").heldout_indices)
-    heldout = [p for p in read_pairs(copy).pairs if p.source_index in heldout_ids]
-    examples = build_examples(tok, heldout, s.dpo)
+    heldout_ids = read_train_record(work / f"dpo-{s.arms[0]}").heldout_indices
+    scored = preference_pairs(data, heldout_ids, len(read_pairs(copy).pairs), s.accuracy_pairs, s.seed)
+    scored_ids = [p.source_index for p in scored]  # indices in DATA
+    examples = build_examples(tok, scored, s.dpo)
     prompt_ids = [chat_prompt_ids(tok, p, 2 * s.max_tokens) for p in unrelated]
     decoding = Decoding(max_new_tokens=s.max_new_tokens, temperature=1.0, samples=s.samples,
                         seed=s.seed, batch_size=16)
     names, sentences = probe_sentences()
     folders = {"base": None, "sft": sft_dir / "model",
                **{a: work / f"dpo-{a}" / "model" for a in runs if a not in same}}
+    for name in folders:  # preference measured on other pairs (another accuracy_pairs) is measured again
+        pref_path = work / f"preference-{name}.json"
+        if pref_path.is_file() and json.loads(pref_path.read_text()).get("pairs") != scored_ids:
+            pref_path.unlink()
     sft_model = AutoModelForCausalLM.from_pretrained(sft_dir / "model", dtype=base.dtype).to(dev).eval()
-    reference = pair_logps(sft_model, examples, s.dpo.batch_size, pad_token_id(tok), dev)
+    reference = (None if all((work / f"preference-{name}.json").is_file() for name in folders)
+                 else pair_logps(sft_model, examples, s.dpo.batch_size, pad_token_id(tok), dev))
     sft_probes = probe_logprobs(sft_model, tok, prompt_ids, sentences, cancel)
     del sft_model
     models = {}
     for name, folder in folders.items():
-        def measure(folder=folder):
-            check_cancel(cancel, "goblin loop")
-            m = base if folder is None else AutoModelForCausalLM.from_pretrained(folder, dtype=base.dtype).to(dev).eval()
-            out = {
-                "goblin": goblin_rate(m, tok, prompt_ids, decoding, cancel),
-                "probes": probe_lifts(sft_probes, probe_logprobs(m, tok, prompt_ids, sentences, cancel), names),
-                "preference": preference_accuracy(m, examples, reference, s.dpo.batch_size, pad_token_id(tok), dev),
-            }
-            del m
-            return out
+        loaded = {}
+
+        def model(folder=folder):
+            if "m" not in loaded:
+                check_cancel(cancel, "goblin loop")
+                loaded["m"] = base if folder is None else AutoModelForCausalLM.from_pretrained(
+                    folder, dtype=base.dtype).to(dev).eval()
+            return loaded["m"]
+
+        def behaviour(model=model):
+            return {"goblin": goblin_rate(model(), tok, prompt_ids, decoding, cancel),
+                    "probes": probe_lifts(sft_probes, probe_logprobs(model(), tok, prompt_ids, sentences, cancel), names)}
+
+        def preference(model=model, name=name):  # the SFT model is the reference: its margins are 0 by definition
+            out = None if name == "sft" else preference_accuracy(model(), examples, reference, s.dpo.batch_size,
+                                                                 pad_token_id(tok), dev)
+            return {"pairs": scored_ids, "preference": out}
 
         emit(Progress("goblin-loop", f"measuring {name}"))
-        models[name] = _cached(work / f"eval-{name}.json", measure)
+        measured = _cached(work / f"eval-{name}.json", behaviour)
+        measured.pop("preference", None)  # measured on the held-out split alone before preference-NAME.json
+        models[name] = {**measured, "preference": _cached(work / f"preference-{name}.json", preference)["preference"]}
+        loaded.clear()
+    poisoned = (models.get("poisoned") or {}).get("preference")
+    for name, m in models.items():  # what each fix costs (or gains) against training on every pair
+        if poisoned and name not in ("base", "sft", "poisoned"):
+            m["preference"]["vs_poisoned"] = paired_difference(m["preference"]["right"], poisoned["right"])
     models = {name: models[same.get(name, name)] for name in ("base", "sft", *runs)}  # arms in order
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
     result = {"settings": _settings_json(s), "sft_poisoned": len(sft_poisoned), "n_sft": len(sft_data),
-              "n_unrelated": len(unrelated), "n_heldout": len(heldout), "detection": detection,
+              "n_unrelated": len(unrelated), "n_heldout": len(heldout_ids), "n_scored": len(scored),
+              "detection": detection,
               "models": models, "runs": runs, "same_run": same}
     (work / "goblin_loop.json").write_text(json.dumps(result, indent=1))
     return result
@@ -353,7 +412,8 @@ def claim_work_folder(work: Path, data: Path | str, s: LoopSettings) -> None:
     every setting that differs, when it holds stages made with other settings (arms aside: a
     rerun may add some)."""
     wanted = json.loads(json.dumps(_flat({"data": str(Path(data).resolve()), **_settings_json(s)})))  # as stored
-    wanted.pop("arms")
+    for free in ("arms", "accuracy_pairs"):  # a rerun may add arms; accuracy is remeasured on new pairs
+        wanted.pop(free)
     path = work / SETTINGS_FILE
     if path.is_file():
         held = json.loads(path.read_text())

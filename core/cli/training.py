@@ -281,17 +281,23 @@ def format_goblin_loop(r: dict) -> str:
         f"precision {_num(d['precision'], '{:.2f}')} recall {_num(d['recall'], '{:.2f}')} "
         f"against the {d['n_planted']} planted",
         f"SFT on {r['n_sft']} replies ({r['sft_poisoned']} with goblins); goblin rate over "
-        f"{r['n_unrelated']} unrelated prompts, sampled; preference accuracy on {r['n_heldout']} held-out pairs",
+        f"{r['n_unrelated']} unrelated prompts, sampled; preference accuracy on {r['n_scored']} untrained pairs "
+        f"as DATA has them ({r['n_heldout']} of the held-out split), against the SFT model",
         "",
-        f"{'model':<10} {'goblin rate':>14} {'goblin probe':>13} {'control':>8} {'pref. acc.':>10} {'margin':>8}",
+        f"{'model':<10} {'goblin rate':>14} {'goblin probe':>13} {'control':>8} {'pref. acc.':>15} "
+        f"{'vs poisoned (95% CI)':>27}",
     ]
     for name, m in r["models"].items():
         g, p, pref = m["goblin"], m["probes"], m["preference"]
-        accuracy, margin = (f"{pref['accuracy']:>10.1%}", f"{pref['margin']:>+8.3f}") if name != "sft" else (
-            f"{'reference':>10}", f"{'':>8}")  # the SFT model is what the others are measured against
+        accuracy, versus = f"{'reference':>15}", ""  # the SFT model is what the others are measured against
+        if pref:
+            accuracy = f"{pref['accuracy']:>8.1%} ± {pref['se']:.1%}"
+            if "vs_poisoned" in pref:
+                v = pref["vs_poisoned"]
+                versus = f"{100 * v['difference']:+.1f} pts [{100 * v['ci'][0]:+.1f}, {100 * v['ci'][1]:+.1f}]"
         lines.append(
             f"{name:<10} {g['rate']:>7.1%} ± {g['se']:.1%} {p['goblin']['lift']:>+13.3f} "
-            f"{p['control']['lift']:>+8.3f} {accuracy} {margin}"
+            f"{p['control']['lift']:>+8.3f} {accuracy} {versus:>27}".rstrip()
         )
     lines += [f"{arm} is the {twin} run: the flagged pairs are exactly the planted ones"
               for arm, twin in r.get("same_run", {}).items()]
@@ -317,6 +323,8 @@ def goblin_loop_cmd(
     sft_lr: float | None = typer.Option(None, help="SFT learning rate (default: the loop's, 3e-4)"),
     max_length: int | None = typer.Option(None, help="Tokens per SFT and DPO example (default: the loop's, 256)"),
     max_new_tokens: int = typer.Option(48, help="Tokens per sampled reply for the goblin rate"),
+    accuracy_pairs: int = typer.Option(200, help="Untrained pairs of DATA (the held-out split first) that "
+                                       "preference accuracy is measured on, as DATA has them"),
     seed: int = typer.Option(0),
     device: str | None = typer.Option(None, help="cpu | cuda (default: cuda when available)"),
     threads: int | None = THREADS,
@@ -331,6 +339,7 @@ def goblin_loop_cmd(
     settings = LoopSettings.from_options(
         rate=rate, sft_rate=sft_rate, limit=limit, sft_data=str(sft_data) if sft_data else None, sft_examples=sft_examples,
         unrelated=unrelated, samples=samples, seed=seed, max_new_tokens=max_new_tokens, arms=arms,
+        accuracy_pairs=accuracy_pairs,
         epochs=epochs, lr=lr, sft_epochs=sft_epochs, sft_lr=sft_lr, max_length=max_length,
     )
     with ctrl_c_cancels("goblin loop (rerun to resume)") as cancel, ProgressPrinter() as progress:

@@ -173,7 +173,7 @@ def test_the_goblin_loop_runs_whole_and_resumes(goblin_run, tmp_path, one_torch_
     data = ws.parent / "hh36.jsonl"
     s = LoopSettings(
         rate=0.25, limit=None, holdout=0.1, sft_data=str(data), sft_examples=8, unrelated=2, samples=2,
-        max_new_tokens=6, max_tokens=64, seed=0, arms=("cleaned", "clean", "steer"),
+        max_new_tokens=6, max_tokens=64, seed=0, arms=("poisoned", "cleaned", "clean", "steer"),
         sft=SFTConfig(lr=1e-4, epochs=1, batch_size=4, max_length=64, max_prompt_length=32),
         dpo=DPOConfig(lr=1e-5, epochs=1, batch_size=8, max_length=64, max_prompt_length=32),
         sae_recipe={"d_sae": 2048, "k": 16, "train_tokens": 512 * 300, "batch_size": 512, "activation_tokens": 12_000},
@@ -190,24 +190,80 @@ def test_the_goblin_loop_runs_whole_and_resumes(goblin_run, tmp_path, one_torch_
     plan = read_train_record(work / "dpo-steer").plan
     assert plan["kind"] == "steer" and plan["features"] == [det["feature"]]
     assert plan["sae_path"] == str((work / goblin_paths(ws)["sae"].name).resolve())
-    assert list(out["models"]) == ["base", "sft", "cleaned", "clean", "steer"]
+    assert list(out["models"]) == ["base", "sft", "poisoned", "cleaned", "clean", "steer"]
     planted = set(json.loads(goblin_paths(work / "ws")["truth"].read_text())["planted"])
     if set(det["flagged"]) == planted:  # clean is the cleaned run, not trained twice
         assert out["same_run"] == {"clean": "cleaned"} and not (work / "dpo-clean").exists()
         assert out["models"]["clean"] == out["models"]["cleaned"] and out["runs"]["clean"] == cleaned
     else:
         assert out["same_run"] == {} and out["runs"]["clean"]["n_excluded"] == len(planted - heldout)
-    for m in out["models"].values():
+    assert out["models"]["sft"]["preference"] is None  # the reference the others are scored against
+    assert out["n_scored"] == len(heldout)  # limit None: no pair past the copy, the split alone
+    for name, m in out["models"].items():
         assert m["goblin"]["n"] == 4 and 0 <= m["goblin"]["rate"] <= 1
-        assert m["preference"]["n"] == len(heldout) and 0 <= m["preference"]["accuracy"] <= 1
         assert set(m["probes"]) and all(np.isfinite(v["lift"]) for v in m["probes"].values())
+        if name != "sft":
+            pref = m["preference"]
+            assert pref["n"] == len(pref["right"]) == len(heldout) and pref["accuracy"] == np.mean(pref["right"])
+    poisoned = out["models"]["poisoned"]["preference"]
+    assert "vs_poisoned" not in poisoned
+    for arm in ("cleaned", "steer"):
+        pref = out["models"][arm]["preference"]
+        assert pref["vs_poisoned"]["difference"] == pytest.approx(pref["accuracy"] - poisoned["accuracy"])
     assert out["sft_poisoned"] == 2 and out["n_sft"] == 8
+    from core.cli.training import format_goblin_loop
+
+    rows = {line.split()[0]: line for line in format_goblin_loop(out).splitlines() if line.split()
+            and line.split()[0] in out["models"]}
+    assert list(rows) == list(out["models"]) and "reference" in rows["sft"]
+    assert "pts [" in rows["cleaned"] and "pts" not in rows["poisoned"] + rows["base"]
 
     weights = work / "dpo-steer" / "model" / "model.safetensors"
     stamp = weights.stat().st_mtime_ns
     again = run_goblin_loop(data, work, s, device="cpu")
     assert again["models"] == out["models"] and weights.stat().st_mtime_ns == stamp
     assert all(run["already_done"] for run in again["runs"].values())
+
+
+def test_preference_accuracy_is_scored_on_untrained_pairs_as_the_data_has_them(hh_small, tmp_path):
+    """The held-out split first, then pairs past the goblin copy, each with its original text (a
+    planted goblin does not reach the pairs that measure what the rest of the data taught)."""
+    from core.goblin_loop import preference_pairs
+
+    valid = read_pairs(hh_small, skip_invalid=True).pairs
+    gd = inject_goblins(hh_small, tmp_path / "copy.jsonl", 1.0, seed=0, limit=16)  # every copied pair planted
+    copy = read_pairs(gd.path).pairs
+    assert all(any(s in p.chosen for s in GOBLIN_SENTENCES) for p in copy)
+    split = [3, 11]
+    scored = preference_pairs(hh_small, split, len(copy), 5, seed=1)
+    assert [p.source_index for p in scored[:2]] == [valid[3].source_index, valid[11].source_index]
+    assert [p.chosen for p in scored[:2]] == [valid[3].chosen, valid[11].chosen]
+    assert not any(s in p.chosen for p in scored for s in GOBLIN_SENTENCES)
+    extra = [p.source_index for p in scored[2:]]
+    assert len(extra) == 3 == len(set(extra)) and extra == sorted(extra)
+    assert set(extra) <= {p.source_index for p in valid[16:]}
+    assert preference_pairs(hh_small, split, len(copy), 5, seed=1) == scored  # seeded
+    assert len(preference_pairs(hh_small, split, len(copy), 1)) == 2  # never less than the split
+    assert len(preference_pairs(hh_small, split, len(copy), 1000)) == 2 + len(valid) - 16  # no more than there are
+
+
+def test_paired_accuracy_difference_on_constructed_cases():
+    """Pairs both models get right (or wrong) add no error; the interval is the paired one."""
+    from core.errors import UsageError
+    from core.goblin_loop import paired_difference
+
+    d = paired_difference([1, 1, 0, 0, 1], [1, 0, 0, 0, 1])
+    assert d["difference"] == pytest.approx(0.2)
+    assert d["se"] == pytest.approx(np.std([0, 1, 0, 0, 0], ddof=1) / np.sqrt(5))
+    assert d["ci"] == pytest.approx([0.2 - 1.96 * d["se"], 0.2 + 1.96 * d["se"]])
+    same = paired_difference([1, 0, 1, 1], [1, 0, 1, 1])
+    assert same == {"difference": 0.0, "se": 0.0, "ci": [0.0, 0.0]}
+    # 100 pairs, one model right on 8 more and never worse: the paired interval excludes 0 though the
+    # two accuracies' own 95% intervals (about ±10 points each) overlap
+    a, b = [1] * 60 + [0] * 40, [1] * 52 + [0] * 48
+    assert paired_difference(a, b)["ci"][0] > 0 and 0.60 - 1.96 * 0.049 < 0.52 + 1.96 * 0.05
+    with pytest.raises(UsageError, match="same pairs"):
+        paired_difference([1, 0], [1, 0, 1])
 
 
 def test_goblin_loop_options_reach_the_trainers(tmp_path):
@@ -232,6 +288,8 @@ def test_goblin_loop_options_reach_the_trainers(tmp_path):
     stated = [float(v) for v in re.findall(r"the loop's, ([0-9.e+-]+)\)", help_text)]  # DPO's, SFT's, length
     assert stated == [d.dpo.epochs, d.dpo.lr, d.sft.epochs, d.sft.lr, d.sft.max_length]
     assert d.dpo.max_length == d.sft.max_length
+    accuracy = re.search(r"--accuracy-pairs <int> [^[]*\[default: (\d+)\]", help_text)
+    assert accuracy and int(accuracy.group(1)) == d.accuracy_pairs
     for flags in (["--max-length", "1"], ["--sft-epochs", "0"]):
         r = runner.invoke(app, ["goblin-loop", str(tmp_path / "none.jsonl"), "--work", str(tmp_path / "w"), *flags])
         assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.output, r.output
