@@ -214,6 +214,12 @@ class ConceptGroups:
         ends = np.append(self.starts[1:], len(self.features))
         return [self.features[a:b].tolist() for a, b in zip(self.starts, ends)]
 
+    def restricted(self, keep: np.ndarray) -> "ConceptGroups":
+        """The same concepts with only the members in `keep` (feature indices); concepts left empty
+        are dropped with their ids."""
+        keep = set(np.asarray(keep).tolist())
+        return ConceptGroups.of([[f for f in c if f in keep] for c in self.lists()], self.ids)
+
     def mean(self, per_feature: np.ndarray, features: np.ndarray | None = None) -> np.ndarray:
         """Per concept, the mean of `per_feature` (..., d) over its members: (..., concepts).
         `features` replaces the member list (a permutation of it, for the null)."""
@@ -376,8 +382,10 @@ def compare(
     first). Returns {"mean_activation": {"significant", "top_k", "nonzero": Fit, "k",
     "reliability"}, "features": Agreement (thresholded, features whose predicted disparity is
     significant), "concepts": Agreement with its null (None without concepts),
-    "concepts_mean_activation": the same with the mean-activation statistic, "per_prompt":
-    {"mean", "fire"} (prompts, d) arrays, "sets": the mean-activation feature sets (not JSON)}.
+    "concepts_mean_activation": the same with the mean-activation statistic, "concepts_clear" and
+    "concepts_clear_mean_activation": the two again over each concept's members whose predicted
+    shift is CI-clear (None with fewer than 3 such concepts), "per_prompt": {"mean", "fire"}
+    (prompts, d) arrays, "sets": the mean-activation feature sets (not JSON)}.
     """
     samples = len(before.mean) // n_prompts
     mean_pp = (after.mean - before.mean).reshape(n_prompts, samples, -1).mean(1)  # (prompts, d)
@@ -397,10 +405,17 @@ def compare(
         "per_prompt": {"mean": mean_pp.astype(np.float32), "fire": fire_pp.astype(np.float32)},
         "sets": sets,
     }
-    out["concepts_mean_activation"] = None
+    for key in ("concepts_mean_activation", "concepts_clear", "concepts_clear_mean_activation"):
+        out[key] = None
     if concepts is not None and len(concepts) >= 3:
         out["concepts"] = concept_agreement(concepts, p.fire, fire_pp, n_boot, n_perm, seed)
         out["concepts_mean_activation"] = concept_agreement(concepts, p.mean, mean_pp, n_boot, n_perm, seed)
+        # a concept's members that predict nothing clear of noise only dilute its average
+        for key, clear, predicted, actual in (("concepts_clear", feats, p.fire, fire_pp),
+                                              ("concepts_clear_mean_activation", significant, p.mean, mean_pp)):
+            kept = concepts.restricted(clear)
+            if len(kept) >= 3:
+                out[key] = concept_agreement(kept, predicted, actual, n_boot, n_perm, seed)
     return out
 
 
@@ -434,6 +449,10 @@ SEED_METRICS = {  # what the summary calls a number -> where it is in a report's
     "concepts null p": ("concepts", "null", "p_value"),
     "concepts, mean activation R²": ("concepts_mean_activation", "fit", "r2"),
     "concepts, mean activation null R²": ("concepts_mean_activation", "null", "r2_mean"),
+    "concepts of CI-clear members R²": ("concepts_clear", "fit", "r2"),
+    "concepts of CI-clear members null R²": ("concepts_clear", "null", "r2_mean"),
+    "concepts of CI-clear members, mean activation R²": ("concepts_clear_mean_activation", "fit", "r2"),
+    "concepts of CI-clear members, mean activation null R²": ("concepts_clear_mean_activation", "null", "r2_mean"),
     "features R² (fit)": ("thresholded_features", "fit", "r2"),
     "features R² (y = s·x)": ("thresholded_features", "fit", "r2_scaled"),
     "features Spearman": ("thresholded_features", "fit", "spearman"),
@@ -550,6 +569,8 @@ class ValidationReport:
     thresholded_features: Agreement  # the paper's statistic, per feature
     concepts: Agreement | None  # the paper's statistic, per concept (None: no concepts given)
     concepts_mean_activation: Agreement | None  # the mean activation, per concept (the same concepts)
+    concepts_clear: Agreement | None  # per concept, over its members with a CI-clear prediction
+    concepts_clear_mean_activation: Agreement | None
     n_concepts: int
     behaviour: dict  # {"refusal" | "url" | "goblin": {"before": rate, "after": rate}}
     probes: dict  # {PROBES name: {"lift": nats per sentence, "se", "n_sentences"}} (probe_lifts)
@@ -776,6 +797,8 @@ def validate(
         thresholded_features=result["features"],
         concepts=result["concepts"],
         concepts_mean_activation=result["concepts_mean_activation"],
+        concepts_clear=result["concepts_clear"],
+        concepts_clear_mean_activation=result["concepts_clear_mean_activation"],
         n_concepts=len(concepts) if concepts is not None else 0,
         behaviour=behaviour,
         probes=probe_lifts(probe_lp["before"], probe_lp["after"], names),

@@ -111,12 +111,15 @@ def format_report(r) -> str:
             f"  R² CI {_ci(r.concepts.r2_ci)}; null (features dealt to concepts at random, {n['n']}x): "
             f"R² {_num(n['r2_mean'])} (95th pct {_num(n['r2_p95'])}), p {_num(n['p_value'], '{:.3g}')}"
         )
-    c = r.concepts_mean_activation
-    if c is not None:
-        lines.append(
-            f"concepts by mean activation: R² {_num(c.fit.r2)} (CI {_ci(c.r2_ci)}), Spearman {_num(c.fit.spearman)}"
-            + (f"; null R² {_num(c.null['r2_mean'])}, p {_num(c.null['p_value'], '{:.3g}')}" if c.null else "")
-        )
+    for name, c in (("concepts by mean activation", r.concepts_mean_activation),
+                    ("concepts of CI-clear members", r.concepts_clear),
+                    ("  the same by mean activation", r.concepts_clear_mean_activation)):
+        if c is not None:
+            lines.append(
+                f"{name}: {c.fit.n_features} concepts, R² {_num(c.fit.r2)} (CI {_ci(c.r2_ci)}), "
+                f"Spearman {_num(c.fit.spearman)}"
+                + (f"; null R² {_num(c.null['r2_mean'])}, p {_num(c.null['p_value'], '{:.3g}')}" if c.null else "")
+            )
     lines += [
         "",
         "mean activation per feature:",

@@ -121,7 +121,8 @@ def test_validate_json_shape(resumed, small_workspace, tmp_path):
     r = json.loads(result.stdout)
     for key in ("r2", "pearson_r2", "spearman", "n_features", "n_prompts", "plot", "significant",
                 "top_k", "nonzero", "behaviour", "features", "actual_reliability",
-                "thresholded_features", "concepts", "tau"):
+                "thresholded_features", "concepts", "concepts_mean_activation", "concepts_clear",
+                "concepts_clear_mean_activation", "tau"):
         assert key in r
     assert r["n_prompts"] == 4 and r["n_pairs_predicted"] == 2 and r["plot"] == str(plot)
     assert r["n_replies"] == 8 and r["decoding"]["temperature"] == 1.0  # --paper: sampled

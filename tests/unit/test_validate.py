@@ -190,6 +190,43 @@ def test_concepts_beat_the_permutation_null_only_when_their_features_share_a_sig
     assert null["p_value"] > 0.05
 
 
+def test_concepts_of_their_ci_clear_members_leave_out_members_that_predict_nothing():
+    """A concept's members whose predicted shift is noise dilute its average; over its CI-clear
+    members only, the concept keeps the prediction its clear members make."""
+    from core.rollout import ReplyStats
+    from core.validate import compare, predict
+
+    c = ConceptGroups.of([[0, 2], [1, 3, 4], [5]], ids=["a", "b", "c"])
+    kept = c.restricted(np.array([2, 3, 4]))
+    assert kept.ids == ("a", "b") and kept.lists() == [[2], [3, 4]]
+
+    rng = np.random.default_rng(3)
+    n_concepts, pairs, prompts, samples = 12, 60, 8, 2
+    members = rng.permutation(5 * n_concepts).reshape(n_concepts, 5)  # the first two of each carry its signal
+    signal = np.linspace(-1, 1, n_concepts)
+    delta = rng.normal(0, 0.05, (pairs, 5 * n_concepts))  # (pairs, d): chosen - rejected
+    delta -= delta.mean(0)  # the other members predict nothing (their mean delta is 0, never CI-clear)
+    moved = np.zeros(5 * n_concepts)  # what DPO does to each feature
+    for m, f in enumerate(members):
+        delta[:, f[:2]] += signal[m]
+        moved[f[:2]] = 0.5 * signal[m]
+        moved[f[2:]] = rng.normal(0, 1, 3)  # moved by something the pairs do not predict
+    rejected = np.abs(rng.normal(0, 1, delta.shape))
+    chosen = rejected + delta
+    prediction = predict(ReplyStats(chosen, np.clip(chosen, 0, 1), None), ReplyStats(rejected, np.clip(rejected, 0, 1), None))
+    before = np.abs(rng.normal(0, 1, (prompts * samples, 5 * n_concepts)))
+    after = before + moved + rng.normal(0, 0.05, before.shape)
+    out = compare(prediction, ReplyStats(before, np.clip(before, 0, 1), None),
+                  ReplyStats(after, np.clip(after, 0, 1), None), prompts, ConceptGroups.of(members.tolist()),
+                  n_boot=50, n_perm=50)
+    whole, clear = out["concepts_mean_activation"], out["concepts_clear_mean_activation"]
+    assert clear.fit.r2 > 0.95 and whole.fit.r2 < clear.fit.r2 - 0.3
+    significant = set(out["sets"]["significant"].tolist())
+    for point, f in zip(clear.points, members):
+        kept = [x for x in f if x in significant]
+        assert set(f[:2]) <= set(kept) and point["predicted"] == pytest.approx(prediction.mean[kept].mean())
+
+
 def test_bootstrap_cis_over_prompts_cover_the_truth_and_narrow_with_more_prompts():
     rng = np.random.default_rng(7)
     predicted = rng.normal(0, 1, 60)
