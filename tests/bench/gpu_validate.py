@@ -514,7 +514,9 @@ def run(args) -> dict:
     sft_model = timed("sft", sft_phase)
     if sft_model is None:
         return results
-    held_examples = build_examples(tok, heldout, dpo_cfg(0))
+    planted = set(meta["planted"])
+    # preference accuracy on the held-out pairs without a planted goblin: what the rest of the data taught
+    held_examples = build_examples(tok, [p for p in heldout if p.source_index not in planted], dpo_cfg(0))
     gob_decoding = Decoding(max_new_tokens=s["goblin_new_tokens"], temperature=1.0, samples=s["goblin_samples"],
                             seed=1, batch_size=s["gen_batch"])
     names, sentences = probe_sentences()
@@ -522,7 +524,6 @@ def run(args) -> dict:
     sft_gen = inference_copy(sft_model, device)
     sft_probe = probe_logprobs(sft_gen, tok, ids["unrelated"], sentences)
     del sft_gen
-    planted = set(meta["planted"])
     gob = {"models": {}, "n_flagged": len(flagged), "sft_examples": len(sft_data),
            "sft_poisoned": len(meta["sft_poisoned"]), "unrelated_prompts": len(ids["unrelated"])}
     results["goblin"] = gob
