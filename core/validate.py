@@ -29,6 +29,12 @@ with a bootstrap CI over prompts (prompts resampled with their samples), and for
 the same R² for concepts whose features were dealt out at random (same sizes; `permutation_null`),
 which says how much of the concept-level agreement is merely the averaging of many features.
 
+Both sides are estimates, and noise in either caps the agreement: the actual shifts' split-half
+reliability over prompts, the prediction's over training pairs (`half_means`, Spearman-Brown
+corrected), and their product, the noise ceiling: about the best R² a perfect prediction could
+show with this many prompts and pairs. R² far under the ceiling says the prediction misses
+something systematic; R² near a low ceiling says more data (pairs or prompts) is what would lift it.
+
 Replies are sampled with common random numbers (`core.rollout.generate_replies`): the before and
 after replies to a prompt share their sampling noise, so an unchanged distribution gives the same
 reply and the difference isolates what training changed.
@@ -115,30 +121,57 @@ def top_k_features(mean: np.ndarray, k: int) -> np.ndarray:
     return nonzero[np.argsort(-np.abs(mean[nonzero]), kind="stable")[:k]]
 
 
+def halves_reliability(halves: np.ndarray) -> float:
+    """Split-half reliability from `halves` (splits, 2, points): per split, the Pearson r between
+    the two halves' values over the points, averaged over splits (constant halves skipped), then
+    Spearman-Brown corrected to the whole: 2r / (1 + r). NaN with fewer than 3 points or no usable
+    split."""
+    if halves is None or halves.shape[-1] < 3:
+        return float("nan")
+    rs = [np.corrcoef(a, b)[0, 1] for a, b in halves if np.ptp(a) > 0 and np.ptp(b) > 0]
+    if not rs:
+        return float("nan")
+    r = float(np.mean(rs))
+    return 2 * r / (1 + r) if r > -1 else float("nan")
+
+
+def half_means(x, n_splits: int = 20, seed: int = 0) -> np.ndarray | None:
+    """Column means of `x` (n, d), dense or scipy-sparse, over the two halves of `n_splits` random
+    splits of its rows: (n_splits, 2, d) float32, or None for fewer than 4 rows. One product with a
+    (2 n_splits, n) weight matrix, so a large sparse `x` is never densified or copied."""
+    n = x.shape[0]
+    if n < 4:
+        return None
+    rng = np.random.default_rng(seed)
+    w = np.zeros((2 * n_splits, n), dtype=np.float32)
+    for s in range(n_splits):
+        order = rng.permutation(n)
+        w[2 * s, order[: n // 2]] = 1 / (n // 2)
+        w[2 * s + 1, order[n // 2 :]] = 1 / (n - n // 2)
+    means = (x.T @ w.T).T if hasattr(x, "tocsr") else w @ np.asarray(x, dtype=np.float32)  # (2 splits, d)
+    return np.asarray(means, dtype=np.float32).reshape(n_splits, 2, -1)
+
+
 def split_half_reliability(
     diffs: np.ndarray, features: np.ndarray, n_splits: int = 50, seed: int = 0
 ) -> float:
     """How reproducible the actual shifts are across prompts.
 
-    `diffs` is (prompts, points): after - before per prompt. For random halves of the prompts, the
-    Pearson r between the two halves' mean shifts over `features`, averaged, then Spearman-Brown
-    corrected to the full count: 2r / (1 + r). NaN for fewer than 4 prompts or 3 points.
+    `diffs` is (prompts, points): after - before per prompt. `halves_reliability` of random halves
+    of the prompts, over `features`. NaN for fewer than 4 prompts or 3 points.
     """
     if len(diffs) < 4 or len(features) < 3:
         return float("nan")
-    rng = np.random.default_rng(seed)
-    sub = diffs[:, features]
-    rs = []
-    for _ in range(n_splits):
-        order = rng.permutation(len(sub))
-        a = sub[order[: len(sub) // 2]].mean(0)
-        b = sub[order[len(sub) // 2 :]].mean(0)
-        if np.ptp(a) > 0 and np.ptp(b) > 0:
-            rs.append(np.corrcoef(a, b)[0, 1])
-    if not rs:
+    return halves_reliability(half_means(np.asarray(diffs)[:, features], n_splits, seed))
+
+
+def noise_ceiling(predicted_reliability: float, actual_reliability: float) -> float:
+    """The R² a perfect prediction could show through this much noise on both sides: the product of
+    the two reliabilities (classical attenuation: an observed r is the true r times the square root
+    of both), each clipped to [0, 1]. NaN when either is unknown."""
+    if not (math.isfinite(predicted_reliability) and math.isfinite(actual_reliability)):
         return float("nan")
-    r = float(np.mean(rs))
-    return 2 * r / (1 + r) if r > -1 else float("nan")
+    return float(min(max(predicted_reliability, 0.0), 1.0) * min(max(actual_reliability, 0.0), 1.0))
 
 
 # -- the thresholded statistic and concepts -----------------------------------------------------------
@@ -276,6 +309,8 @@ class Agreement:
     reliability: float  # split-half reliability of the actual values over prompts
     null: dict | None = None  # {"r2_mean", "r2_p95", "r2_scaled_mean", "p_value", "n"}
     points: list[dict] = field(default_factory=list)  # {"id", "predicted", "actual", "actual_se"}
+    predicted_reliability: float = float("nan")  # split-half reliability of the predicted values over pairs
+    ceiling: float = float("nan")  # noise_ceiling of the two: about the best R² this much data allows
 
 
 def agreement(
@@ -285,10 +320,14 @@ def agreement(
     ids: Sequence | None = None,
     n_boot: int = 1000,
     seed: int = 0,
+    predicted_halves: np.ndarray | None = None,
 ) -> Agreement:
     """`fit` of the prompts' mean of `per_prompt` (prompts, points) against `predicted` (points,),
     with 95% bootstrap CIs over prompts (n_boot multinomial resamples, `bootstrap_ci`) of R²,
-    the scaled R², Spearman and the slope, the split-half reliability, and each point's numbers."""
+    the scaled R², Spearman and the slope, the split-half reliability, and each point's numbers.
+    With `predicted_halves` (splits, 2, points: the prediction from random halves of the training
+    pairs, `Prediction.fire_halves` mapped to the points) also the prediction's reliability and the
+    noise ceiling on R² that the two reliabilities set."""
     per_prompt = np.asarray(per_prompt, dtype=np.float64)
     actual = per_prompt.mean(0)
     n = len(per_prompt)
@@ -308,10 +347,10 @@ def agreement(
               for i in range(len(actual))]
     cis = [bootstrap_ci(boots[:, i], v, cap) for i, (v, cap) in
            enumerate(((f.r2, 1.0), (f.r2_scaled, 1.0), (f.spearman, 1.0), (f.slope, None)))]
-    return Agreement(
-        level, f, *cis,
-        split_half_reliability(per_prompt, np.arange(per_prompt.shape[1]), seed=seed), None, points,
-    )
+    reliability = split_half_reliability(per_prompt, np.arange(per_prompt.shape[1]), seed=seed)
+    predicted_reliability = halves_reliability(predicted_halves)
+    return Agreement(level, f, *cis, reliability, None, points, predicted_reliability,
+                     noise_ceiling(predicted_reliability, reliability))
 
 
 def permutation_null(
@@ -346,21 +385,35 @@ def permutation_null(
 @dataclass
 class Prediction:
     """What the training pairs predict, per feature: the mean-activation delta's mean and SD, and
-    the thresholded disparity's mean and SD, over `n` pairs."""
+    the thresholded disparity's mean and SD, over `n` pairs, and both again from random halves of
+    the pairs (how reproducible the prediction is at this data size: `halves_reliability`)."""
 
     n: int
     mean: np.ndarray  # (d,)
     sd: np.ndarray
     fire: np.ndarray  # (d,) mean of b
     fire_sd: np.ndarray
+    mean_halves: np.ndarray | None = None  # (splits, 2, d) `half_means` of the deltas; None: < 4 pairs
+    fire_halves: np.ndarray | None = None  # (splits, 2, d) the same of b
 
 
-def predict(chosen: ReplyStats, rejected: ReplyStats, tau: float = TAU) -> Prediction:
+def predict(chosen: ReplyStats, rejected: ReplyStats, tau: float = TAU, n_splits: int = 20,
+            seed: int = 0) -> Prediction:
     """The Prediction from per-reply stats (`mean` and `freq`) of the training pairs, dense or
-    scipy-sparse (n, d)."""
-    mean, sd = column_moments(chosen.mean - rejected.mean)
-    fire, fire_sd = column_moments(disparity(chosen.freq, rejected.freq, tau))
-    return Prediction(chosen.mean.shape[0], mean, sd, fire, fire_sd)
+    scipy-sparse (n, d); the halves from `n_splits` seeded random splits of the pairs."""
+    delta = chosen.mean - rejected.mean  # (pairs, d)
+    b = disparity(chosen.freq, rejected.freq, tau)  # (pairs, d) in {-1, 0, 1}
+    mean, sd = column_moments(delta)
+    fire, fire_sd = column_moments(b)
+    return Prediction(chosen.mean.shape[0], mean, sd, fire, fire_sd,
+                      half_means(delta, n_splits, seed), half_means(b, n_splits, seed))
+
+
+def _halves(halves: np.ndarray | None, index) -> np.ndarray | None:
+    """`halves` (splits, 2, d) at feature `index`, or mapped by a callable (a concepts' mean)."""
+    if halves is None:
+        return None
+    return index(halves) if callable(index) else halves[..., index]
 
 
 def compare(
@@ -396,7 +449,14 @@ def compare(
     sets = {"significant": significant, "top_k": top_k_features(p.mean, top_k),
             "nonzero": np.nonzero(p.mean)[0]}
     mean_activation = {name: asdict(fit(p.mean[idx], mean_actual[idx])) for name, idx in sets.items()}
-    mean_activation.update(k=top_k, reliability=split_half_reliability(mean_pp, significant, seed=seed))
+    # the ceiling over the features with predicted != 0, not a set the prediction picked: picking by
+    # the full prediction favours features whose noise agrees in both halves (reliability inflated)
+    nonzero = sets["nonzero"]
+    nonzero_reliability = split_half_reliability(mean_pp, nonzero, seed=seed)
+    predicted_reliability = halves_reliability(_halves(p.mean_halves, nonzero))
+    mean_activation.update(k=top_k, reliability=split_half_reliability(mean_pp, significant, seed=seed),
+                           nonzero_reliability=nonzero_reliability, predicted_reliability=predicted_reliability,
+                           ceiling=noise_ceiling(predicted_reliability, nonzero_reliability))
     feats = significant_features(p.fire, p.fire_sd, p.n)
     out = {
         "mean_activation": mean_activation,
@@ -408,9 +468,11 @@ def compare(
     for key in ("concepts_mean_activation", "concepts_clear", "concepts_clear_mean_activation"):
         out[key] = None
     if concepts is not None and len(concepts) >= 3:
-        out["concepts"] = concept_agreement(concepts, p.fire, fire_pp, n_boot, n_perm, seed)
-        out["concepts_mean_activation"] = concept_agreement(concepts, p.mean, mean_pp, n_boot, n_perm, seed)
-        # a concept's members that predict nothing clear of noise only dilute its average
+        out["concepts"] = concept_agreement(concepts, p.fire, fire_pp, n_boot, n_perm, seed, p.fire_halves)
+        out["concepts_mean_activation"] = concept_agreement(concepts, p.mean, mean_pp, n_boot, n_perm, seed,
+                                                            p.mean_halves)
+        # a concept's members that predict nothing clear of noise only dilute its average (no
+        # ceiling for these: their members were picked by the prediction, see above)
         for key, clear, predicted, actual in (("concepts_clear", feats, p.fire, fire_pp),
                                               ("concepts_clear_mean_activation", significant, p.mean, mean_pp)):
             kept = concepts.restricted(clear)
@@ -420,12 +482,14 @@ def compare(
 
 
 def concept_agreement(concepts: ConceptGroups, predicted_fire: np.ndarray, per_prompt_fire: np.ndarray,
-                      n_boot: int = 1000, n_perm: int = 1000, seed: int = 0) -> Agreement:
+                      n_boot: int = 1000, n_perm: int = 1000, seed: int = 0,
+                      predicted_halves: np.ndarray | None = None) -> Agreement:
     """The concept-level Agreement, with its permutation null, from per-feature values: the
     predicted disparity (d,) and the per-prompt actual change (prompts, d) of the firing share (or
-    of any per-feature statistic: the mean activation's delta and change give its concept level)."""
+    of any per-feature statistic: the mean activation's delta and change give its concept level);
+    `predicted_halves` (splits, 2, d) gives the prediction's reliability and the noise ceiling."""
     c = agreement("concepts", concepts.mean(predicted_fire), concepts.mean(per_prompt_fire), concepts.ids,
-                  n_boot, seed)
+                  n_boot, seed, _halves(predicted_halves, concepts.mean))
     c.null = permutation_null(concepts, predicted_fire, per_prompt_fire.mean(0), c.fit, n_perm, seed)
     return c
 
@@ -447,6 +511,9 @@ SEED_METRICS = {  # what the summary calls a number -> where it is in a report's
     "concepts slope": ("concepts", "fit", "slope"),
     "concepts null R²": ("concepts", "null", "r2_mean"),
     "concepts null p": ("concepts", "null", "p_value"),
+    "concepts reliability, predicted": ("concepts", "predicted_reliability"),
+    "concepts reliability, actual": ("concepts", "reliability"),
+    "concepts R² noise ceiling": ("concepts", "ceiling"),
     "concepts, mean activation R²": ("concepts_mean_activation", "fit", "r2"),
     "concepts, mean activation null R²": ("concepts_mean_activation", "null", "r2_mean"),
     "concepts of CI-clear members R²": ("concepts_clear", "fit", "r2"),
@@ -458,6 +525,8 @@ SEED_METRICS = {  # what the summary calls a number -> where it is in a report's
     "features Spearman": ("thresholded_features", "fit", "spearman"),
     "mean activation R²": ("significant", "r2"),
     "mean activation Spearman": ("significant", "spearman"),
+    "mean activation R², all predicted != 0": ("nonzero", "r2"),
+    "mean activation R² noise ceiling, all predicted != 0": ("ceiling",),
 }
 
 
@@ -565,7 +634,12 @@ class ValidationReport:
     top_k: Fit
     k: int
     nonzero: Fit
-    actual_reliability: float
+    actual_reliability: float  # split-half over prompts, mean activation, the CI-clear features
+    # mean activation over the features with predicted != 0 (`nonzero`): the split-half reliability
+    # of the actual shifts (over prompts) and of the prediction (over pairs), and their noise_ceiling
+    nonzero_reliability: float
+    predicted_reliability: float
+    ceiling: float
     thresholded_features: Agreement  # the paper's statistic, per feature
     concepts: Agreement | None  # the paper's statistic, per concept (None: no concepts given)
     concepts_mean_activation: Agreement | None  # the mean activation, per concept (the same concepts)
@@ -794,6 +868,9 @@ def validate(
         k=top_k,
         nonzero=Fit(**ma["nonzero"]),
         actual_reliability=ma["reliability"],
+        nonzero_reliability=ma["nonzero_reliability"],
+        predicted_reliability=ma["predicted_reliability"],
+        ceiling=ma["ceiling"],
         thresholded_features=result["features"],
         concepts=result["concepts"],
         concepts_mean_activation=result["concepts_mean_activation"],

@@ -94,7 +94,7 @@ def format_report(r) -> str:
         "",
         f"the paper's statistic (fires on > {r.tau:g} of a reply's tokens):",
         f"{'':<22} {'n':>5} {'R² fit':>7} {'R² y=sx':>8} {'Spearman':>9} {'95% CI':>14} {'slope':>8}"
-        f" {'reliability':>11}",
+        f" {'reliability pred/act':>20} {'ceiling':>7}",
     ]
     for name, a in (("concepts", r.concepts), ("features (CI clear)", r.thresholded_features)):
         if a is None:
@@ -103,7 +103,9 @@ def format_report(r) -> str:
         f = a.fit
         lines.append(
             f"{name:<22} {f.n_features:>5} {_num(f.r2):>7} {_num(f.r2_scaled):>8} {_num(f.spearman):>9}"
-            f" {_ci(a.spearman_ci):>14} {_num(f.slope, '{:.3g}'):>8} {_num(a.reliability):>11}"
+            f" {_ci(a.spearman_ci):>14} {_num(f.slope, '{:.3g}'):>8}"
+            f" {_num(a.predicted_reliability, '{:.2f}') + ' / ' + _num(a.reliability, '{:.2f}'):>20}"
+            f" {_num(a.ceiling, '{:.2f}'):>7}"
         )
     if r.concepts is not None and r.concepts.null:
         n = r.concepts.null
@@ -134,8 +136,11 @@ def format_report(r) -> str:
             f"{name:<34} {f.n_features:>6} {_num(f.r2):>7} {_num(f.spearman):>9} {_num(f.slope, '{:.3g}'):>9}"
         )
     lines += [
-        f"split-half reliability of the actual shifts: {_num(r.actual_reliability)} "
-        "(about the best R² this many prompts allows)",
+        f"split-half reliability of the actual shifts (CI-clear features): {_num(r.actual_reliability)}",
+        f"all with predicted != 0: reliability predicted {_num(r.predicted_reliability)} (over training "
+        f"pairs) / actual {_num(r.nonzero_reliability)} (over prompts), noise ceiling on R² {_num(r.ceiling)}",
+        "ceiling: about the best R² a perfect prediction could show through this much noise (n/a for sets the",
+        "prediction picked); R² far below it is a systematic miss, near a low one a call for more pairs or prompts",
         "",
         f"{'behaviour':<10} {'before':>8} {'after':>8}",
     ]

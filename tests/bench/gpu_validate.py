@@ -414,7 +414,8 @@ def run(args) -> dict:
         by_resolution = {}
         for r, groups in groupings.items():
             if len(groups) >= 3:
-                a = asdict(concept_agreement(groups, pred.fire, c["per_prompt"]["fire"], s["n_boot"], s["n_perm"]))
+                a = asdict(concept_agreement(groups, pred.fire, c["per_prompt"]["fire"], s["n_boot"], s["n_perm"],
+                                             predicted_halves=pred.fire_halves))
                 a.pop("points")
                 by_resolution[r] = a
         out_ = {"features": asdict(c["features"]), "concepts": asdict(c["concepts"]) if c["concepts"] else None,
@@ -452,8 +453,8 @@ def run(args) -> dict:
         if r is not None:
             results["r2"]["seeds"][str(seed)] = r
             c = r["heldout"]["concepts"]
-            log(f"seed {seed}: concepts R² {c and c['fit']['r2']}, scaled {c and c['fit']['r2_scaled']}; "
-                f"features R² {r['heldout']['features']['fit']['r2']}")
+            log(f"seed {seed}: concepts R² {c and c['fit']['r2']}, scaled {c and c['fit']['r2_scaled']}, "
+                f"noise ceiling {c and c['ceiling']}; features R² {r['heldout']['features']['fit']['r2']}")
         save()
 
     def summary():
@@ -463,6 +464,8 @@ def run(args) -> dict:
                 fits = [v[which][level]["fit"] for v in results["r2"]["seeds"].values() if v[which].get(level)]
                 for key in ("r2", "r2_scaled", "spearman", "slope"):
                     out_[f"{which}/{level}/{key}"] = summarise_seeds([f[key] for f in fits])
+            ceilings = [v[which]["concepts"]["ceiling"] for v in results["r2"]["seeds"].values() if v[which].get("concepts")]
+            out_[f"{which}/concepts/ceiling"] = summarise_seeds(ceilings)
             for r in groupings:
                 fits = [v[which]["concepts_by_resolution"][r]["fit"] for v in results["r2"]["seeds"].values()
                         if r in v[which].get("concepts_by_resolution", {})]
@@ -471,9 +474,14 @@ def run(args) -> dict:
                 nulls = [v[which]["concepts_by_resolution"][r]["null"] for v in results["r2"]["seeds"].values()
                          if r in v[which].get("concepts_by_resolution", {})]
                 out_[f"{which}/concepts@{r}/null_r2"] = summarise_seeds([n["r2_mean"] for n in nulls])
+                out_[f"{which}/concepts@{r}/ceiling"] = summarise_seeds(
+                    [v[which]["concepts_by_resolution"][r]["ceiling"] for v in results["r2"]["seeds"].values()
+                     if r in v[which].get("concepts_by_resolution", {})])
             mean = [v[which]["mean_activation"]["significant"] for v in results["r2"]["seeds"].values()]
             out_[f"{which}/mean_activation/r2"] = summarise_seeds([f["r2"] for f in mean])
             out_[f"{which}/mean_activation/spearman"] = summarise_seeds([f["spearman"] for f in mean])
+            out_[f"{which}/mean_activation/ceiling_nonzero"] = summarise_seeds(
+                [v[which]["mean_activation"]["ceiling"] for v in results["r2"]["seeds"].values()])
         return out_
 
     results["r2"]["summary"] = timed("summary", summary)

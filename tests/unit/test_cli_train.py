@@ -121,6 +121,7 @@ def test_validate_json_shape(resumed, small_workspace, tmp_path):
     r = json.loads(result.stdout)
     for key in ("r2", "pearson_r2", "spearman", "n_features", "n_prompts", "plot", "significant",
                 "top_k", "nonzero", "behaviour", "features", "actual_reliability",
+                "predicted_reliability", "nonzero_reliability", "ceiling",
                 "thresholded_features", "concepts", "concepts_mean_activation", "concepts_clear",
                 "concepts_clear_mean_activation", "tau"):
         assert key in r

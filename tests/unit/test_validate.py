@@ -129,6 +129,51 @@ def test_split_half_reliability_separates_signal_from_noise():
     assert math.isnan(split_half_reliability(strong[:3], features))
 
 
+def test_half_means_split_the_rows_and_read_sparse_as_dense():
+    import scipy.sparse as sp
+
+    from core.validate import half_means
+
+    x = np.random.default_rng(0).normal(0, 1, (9, 4))
+    x[x < 0.3] = 0  # sparse-looking
+    h = half_means(x, n_splits=5, seed=1)
+    assert h.shape == (5, 2, 4)
+    np.testing.assert_allclose(half_means(sp.csr_matrix(x), n_splits=5, seed=1), h, rtol=1e-5, atol=1e-6)
+    # halves of 4 and 5 rows: their size-weighted mean is the whole mean, and they differ
+    np.testing.assert_allclose((4 * h[:, 0] + 5 * h[:, 1]) / 9, np.broadcast_to(x.mean(0), (5, 4)), atol=1e-5)
+    assert not np.allclose(h[:, 0], h[:, 1])
+    assert half_means(x[:3]) is None
+
+
+def test_a_perfect_prediction_reaches_the_noise_ceiling_and_no_higher():
+    """The ceiling is the product of the two split-half reliabilities: a prediction that is the
+    truth, estimated from noisy pairs and measured on noisy prompts, shows R² at about the ceiling;
+    the ceiling rises with the number of pairs."""
+    from core.rollout import ReplyStats
+    from core.validate import compare, noise_ceiling, predict
+
+    rng = np.random.default_rng(11)
+    d, prompts, samples = 600, 40, 2
+    truth = rng.normal(0, 1, d)
+    ceilings = {}
+    for pairs in (20, 400):
+        delta = truth + rng.normal(0, 4, (pairs, d))  # chosen - rejected per pair, (pairs, d)
+        rejected = np.abs(rng.normal(0, 1, (pairs, d)))
+        chosen = rejected + delta
+        p = predict(ReplyStats(chosen, np.clip(chosen, 0, 1), None), ReplyStats(rejected, np.clip(rejected, 0, 1), None))
+        before = rng.normal(0, 1, (prompts * samples, d))
+        after = before + 0.3 * truth + rng.normal(0, 1.5, before.shape)
+        out = compare(p, ReplyStats(before, before, None), ReplyStats(after, after, None), prompts, n_boot=20)
+        ma = out["mean_activation"]
+        sig = out["sets"]["nonzero"]
+        r2 = fit(p.mean[sig], (after - before).mean(0)[sig]).r2
+        assert ma["ceiling"] == pytest.approx(noise_ceiling(ma["predicted_reliability"], ma["nonzero_reliability"]))
+        assert 0 < ma["ceiling"] < 1 and abs(r2 - ma["ceiling"]) < 0.08, (pairs, r2, ma)
+        ceilings[pairs] = ma["ceiling"]
+    assert ceilings[400] > ceilings[20] + 0.2
+    assert math.isnan(noise_ceiling(float("nan"), 0.9)) and noise_ceiling(1.3, -0.2) == 0.0
+
+
 def test_the_thresholded_disparity_follows_the_paper():
     import scipy.sparse as sp
 
