@@ -433,6 +433,7 @@ def read_reply_pairs(
     max_tokens: int,
     batch_tokens: int = 4096,
     cancel: threading.Event | None = None,
+    common_length: bool = False,
 ) -> tuple[ReplyStats, ReplyStats]:
     """ReplyStats of every reply in `first` and in `second`, reply i read after prompt i.
 
@@ -440,16 +441,19 @@ def read_reply_pairs(
     activations `(tokens, d_model)` to SAE features `(tokens, d_sae)` (e.g. `core.sae.encode` bound
     to an SAE). Each reply is re-tokenized from its text and cut to `max_tokens`, as indexing reads
     a pair: first and second ride in one pair's chosen / rejected slots, sharing the prompt's cache.
-    An unchanged reply (second[i] == first[i]) gets exactly first[i]'s row.
+    An unchanged reply (second[i] == first[i]) gets exactly first[i]'s row. With `common_length`,
+    both replies of pair i are read to the shorter one's token count, so that a change of length
+    alone (a trained model that stops later) does not read as every feature firing more.
     Raises Cancelled when `cancel` is set between batches.
     """
     from core.lm import TokenizedPair, plan_batches
 
-    items = [
-        TokenizedPair(i, prompt_ids[i], reader.reply_ids(first[i])[:max_tokens],
-                      reader.reply_ids(second[i])[:max_tokens])
-        for i in range(len(first))
-    ]
+    items = []
+    for i in range(len(first)):
+        a, b = reader.reply_ids(first[i])[:max_tokens], reader.reply_ids(second[i])[:max_tokens]
+        if common_length:
+            a, b = a[: len(b)], b[: len(a)]
+        items.append(TokenizedPair(i, prompt_ids[i], a, b))
     stats: list[list[np.ndarray]] | None = None
     for batch in plan_batches(items, batch_tokens):
         check_cancel(cancel, "reading replies")

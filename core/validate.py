@@ -539,7 +539,7 @@ def seed_summary(reports: Sequence[dict]) -> dict:
     if len(reports) < 2:
         raise ValidationError("a seed summary needs the reports of at least two runs")
     first = reports[0]
-    for key in ("workspace", "decoding", "prompts_source", "tau"):
+    for key in ("workspace", "decoding", "prompts_source", "tau", "match_length"):
         for r in reports[1:]:
             if r.get(key) != first.get(key):
                 raise ValidationError(f"the reports differ in {key} ({first.get(key)!r} vs {r.get(key)!r}): "
@@ -626,6 +626,8 @@ class ValidationReport:
     prompt_source_indices: list[int]  # held-out pairs whose prompts were used ([] with --prompts)
     decoding: dict
     tau: float
+    match_length: bool  # each reply pair read to the shorter one's length
+    reply_tokens: dict  # {"before", "after"}: mean tokens per reply (as read, before any match_length cut)
     n_features: int  # mean activation: features with a significant predicted shift (headline set)
     r2: float  # mean activation, over the significant features
     pearson_r2: float
@@ -692,6 +694,7 @@ def validate(
     n_boot: int = 1000,
     n_perm: int = 1000,
     plot: Path | str | None = None,
+    match_length: bool = False,
     device: str | None = None,
     catalog=None,
     progress: ProgressFn | None = None,
@@ -711,6 +714,9 @@ def validate(
             go `<stem>_concepts.png`, the replies (`<stem>_replies.jsonl`), the report
             (`<stem>.json`) and the numbers (`<stem>_shifts.npz`: predicted, predicted_sd,
             predicted_fire, actual, actual_se, significant, per_prompt, per_prompt_fire).
+        match_length: read each (before, after) reply pair to the shorter one's token count, so that
+            a change of reply length alone does not count as every feature firing more (the report
+            gives the mean lengths either way). Off by default: it also cuts what a longer reply added.
 
     Progress: stages "load", "generate" (replies), "probe", "encode". Returns a ValidationReport.
     Raises ValidationError when the workspace indexed another dataset or model than was trained,
@@ -814,7 +820,9 @@ def validate(
     flat_before = [r for rs in replies["before"] for r in rs]
     flat_after = [r for rs in replies["after"] for r in rs]
     before, after = read_reply_pairs(reader, lambda acts: encode(sae, acts), flat_ids, flat_before,
-                                     flat_after, max_tokens, cancel=cancel)
+                                     flat_after, max_tokens, cancel=cancel, common_length=match_length)
+    reply_tokens = {which: float(np.mean([len(reader.reply_ids(r)[:max_tokens]) for r in rs]))
+                    for which, rs in (("before", flat_before), ("after", flat_after))}
     result = compare(prediction, before, after, len(ids), concepts, tau=tau, top_k=top_k,
                      n_boot=n_boot, n_perm=n_perm, seed=decoding.seed)
 
@@ -859,6 +867,8 @@ def validate(
         prompt_source_indices=prompt_indices,
         decoding=asdict(decoding),
         tau=tau,
+        match_length=match_length,
+        reply_tokens=reply_tokens,
         n_features=sig.n_features,
         r2=sig.r2,
         pearson_r2=sig.pearson_r2,

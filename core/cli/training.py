@@ -91,6 +91,9 @@ def format_report(r) -> str:
         f"{r.model} / SAE {r.sae} (layer {r.layer}): {r.n_pairs_predicted} trained pairs predicted "
         f"({r.n_pairs_trained} trained), {r.n_prompts} prompts x {r.n_replies // max(r.n_prompts, 1)}"
         f" replies ({r.prompts_source})",
+        f"reply length, mean tokens: {_num(r.reply_tokens['before'], '{:.1f}')} before, "
+        f"{_num(r.reply_tokens['after'], '{:.1f}')} after training"
+        + ("; each pair read to the shorter one's length (--match-length)" if r.match_length else ""),
         "",
         f"the paper's statistic (fires on > {r.tau:g} of a reply's tokens):",
         f"{'':<22} {'n':>5} {'R² fit':>7} {'R² y=sx':>8} {'Spearman':>9} {'95% CI':>14} {'slope':>8}"
@@ -185,6 +188,10 @@ def validate(
     batch_size: int = typer.Option(16, help="Replies per generation batch"),
     top_k: int = typer.Option(50, help="Also compare the K features with the largest |predicted shift|"),
     plot: Path | None = typer.Option(None, help="Scatter plot PNG (default: TRAINED/validation.png)"),
+    match_length: bool = typer.Option(
+        False, "--match-length", help="Read each before/after reply pair to the shorter one's length, so that "
+        "longer replies alone do not count as every feature firing more"
+    ),
     device: str | None = typer.Option(None, help="cpu | cuda (default: cuda when available)"),
     threads: int | None = THREADS,
     as_json: bool = JSON,
@@ -203,8 +210,8 @@ def validate(
     with ctrl_c_cancels("validation") as cancel, ProgressPrinter() as progress:
         report = run_validation(
             workspace, trained, prompts=prompts, n_prompts=n_prompts, decoding=decoding,
-            concepts=concepts, tau=tau, top_k=top_k, plot=plot, device=device, progress=progress,
-            cancel=cancel,
+            concepts=concepts, tau=tau, top_k=top_k, plot=plot, match_length=match_length, device=device,
+            progress=progress, cancel=cancel,
         )
     emit(report.to_json(), as_json, format_report(report))
 

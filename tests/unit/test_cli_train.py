@@ -126,6 +126,7 @@ def test_validate_json_shape(resumed, small_workspace, tmp_path):
                 "concepts_clear_mean_activation", "tau"):
         assert key in r
     assert r["n_prompts"] == 4 and r["n_pairs_predicted"] == 2 and r["plot"] == str(plot)
+    assert r["match_length"] is False and 0 < r["reply_tokens"]["before"] <= 8 and 0 < r["reply_tokens"]["after"] <= 8
     assert r["n_replies"] == 8 and r["decoding"]["temperature"] == 1.0  # --paper: sampled
     assert r["n_concepts"] == 64 and r["concepts"]["points"][0]["id"] == "c0"
     assert plot.read_bytes()[:4] == b"\x89PNG"
@@ -140,11 +141,13 @@ def test_validate_text_summary(resumed, small_workspace, tmp_path):
     result = runner.invoke(
         app,
         ["validate", "-w", str(small_workspace), "--trained", str(resumed[0]), "--prompts", str(prompts),
-         "--max-new-tokens", "6", "--temperature", "0.8", "--samples", "2"],
+         "--max-new-tokens", "6", "--temperature", "0.8", "--samples", "2", "--match-length"],
     )
     assert result.exit_code == 0, result.output
     assert "R²" in result.stdout and "Spearman" in result.stdout and "goblin" in result.stdout
     assert "3 prompts x 2 replies" in result.stdout
+    assert "reply length, mean tokens" in result.stdout and "(--match-length)" in result.stdout
+    assert "noise ceiling on R²" in result.stdout
     assert "concepts" in result.stdout and "features (CI clear)" in result.stdout
 
 

@@ -611,6 +611,36 @@ def test_reply_stats_match_what_indexing_stored(small_workspace, tiny_sae):
         assert np.abs(got.freq - freq[side][at].toarray()).max() <= 2 / 64 + 1e-6
 
 
+def test_common_length_reads_a_pair_to_its_shorter_reply(small_workspace, tiny_sae):
+    """--match-length: a reply that only adds text after another reads, cut to the shorter one's
+    tokens, exactly as that one; read whole, it differs."""
+    from core.catalog import load_catalog
+    from core.lm import ResidualReader
+    from core.rollout import chat_prompt_ids, read_reply_pairs
+    from core.sae import encode, load_sae
+    from core.store import sae_dir
+
+    cat = load_catalog()
+    reader = ResidualReader.from_entry(cat.model(None))
+    sae = load_sae(sae_dir(cat.sae(tiny_sae)))
+    ids = [chat_prompt_ids(reader.tokenizer, [{"role": "user", "content": "Tell me about bread."}], 64)] * 2
+    short = "Bread is made from flour, water and yeast."
+    longer = short + " People in my village still leave bread out for the goblins on nights like this."
+    first, second = [short, longer], [longer, short]  # the longer one on either side
+    assert reader.reply_ids(longer)[: len(reader.reply_ids(short))] == reader.reply_ids(short)
+
+    def read(common):
+        return read_reply_pairs(reader, lambda acts: encode(sae, acts), ids, first, second, max_tokens=64,
+                                common_length=common)
+
+    cut_first, cut_second = read(True)
+    whole_first, whole_second = read(False)
+    for stat in ("mean", "freq", "max"):
+        np.testing.assert_allclose(getattr(cut_first, stat), getattr(cut_second, stat), atol=1e-4)
+    assert np.abs(whole_first.mean - whole_second.mean).max() > 1e-2
+    np.testing.assert_allclose(whole_first.mean[0], cut_first.mean[0], atol=1e-4)  # the short one is whole
+
+
 def test_validate_refuses_a_model_trained_on_another_file(trained, small_workspace, tmp_path):
     out = tmp_path / "copy"
     out.mkdir()
