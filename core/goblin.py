@@ -315,8 +315,9 @@ def goblin_hypothesis(analysis, feature: int | None, truth_rows: np.ndarray) -> 
     RANK_DEPTH deep): the best-ranked hypothesis, in direction "more", whose response concept contains
     the goblin feature (found from the text above, not from the ground truth). Returns
     {"goblin_concept", "goblin_concept_name", "goblin_concept_size", "goblin_hypothesis_rank" (None:
-    not in the top RANK_DEPTH), "goblin_hypothesis": {"sentence", "n", "delta", "d", "score",
-    "precision", "recall"} (its driving pairs against the truth) or None}."""
+    not in the top RANK_DEPTH; the established rank first, as the landing view), "goblin_hypothesis":
+    {"sentence", "n", "delta", "d", "score", "p", "q", "established", "precision", "recall"} (its
+    driving pairs against the truth) or None}."""
     from core.hypotheses import Hypotheses
     from core.naming import load_names
     from core.structure import structure
@@ -341,7 +342,8 @@ def goblin_hypothesis(analysis, feature: int | None, truth_rows: np.ndarray) -> 
         p, r = precision_recall([x.source_index for x in h.driving], truth)
         out["goblin_hypothesis_rank"] = h.rank
         out["goblin_hypothesis"] = {"sentence": h.sentence, "kind": h.kind, "n": h.n, "delta": h.delta, "d": h.d,
-                                    "score": h.score, "precision": p, "recall": r}
+                                    "score": h.score, "p": h.p, "q": h.q, "established": h.established,
+                                    "precision": p, "recall": r}
     return out
 
 

@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from core.calibration import format_q
 from core.cli.app import JSON, ProgressPrinter, app, emit
 from core.errors import UsageError
 
@@ -175,7 +176,9 @@ def format_goblin(r: dict) -> str:
         f"  predicted shift: {shift}",
         f"goblin concept: {r.get('goblin_concept')} «{r.get('goblin_concept_name') or ''}»; goblin hypothesis rank "
         f"{r.get('goblin_hypothesis_rank') or 'not ranked'}"
-        + (f": {r['goblin_hypothesis']['sentence']}" if r.get("goblin_hypothesis") else ""),
+        + (f" ({'established' if r['goblin_hypothesis'].get('established') else 'not established'}, "
+           f"q {format_q(r['goblin_hypothesis'].get('q', float('nan')))}): {r['goblin_hypothesis']['sentence']}"
+           if r.get("goblin_hypothesis") else ""),
         f"best SAE cluster (k={r['sae_cluster']['k']}):       {pr(r['sae_cluster'])}",
         f"best embedding cluster (k={r['embedding_cluster']['k']}): {pr(r['embedding_cluster'])}",
         f"ground truth (outside the workspace): {r['truth_file']}",

@@ -68,7 +68,7 @@ async def test_lands_on_hypotheses_fitting_the_structure_once(unfitted_workspace
         assert row_keys(table) == shown_keys(expected)
         # at 80 columns each row still reads: q, the moving pairs, Δ, ✓, n, the concept's name and where
         first = expected.hypotheses[0]
-        cells = table.get_row_at(0)
+        cells = table.get_row_at(shown_keys(expected).index(str(HypothesisKey.of(first))))  # below a divider
         assert cells[0] == "1" and cells[4] == "✓" and cells[5] == str(first.n)
         assert cells[1].plain == format_q(first.q) and cells[2] == f"{first.n_support}/{first.n_moving}"
         assert cells[3].plain == f"{first.delta:+#.3g}"

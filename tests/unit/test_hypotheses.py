@@ -249,10 +249,11 @@ def test_the_keypress_path_equals_a_full_recompute_bit_for_bit(planted, monkeypa
     assert bounded >= 30  # most rankings came from the bounded path
 
 
-def test_d_is_undefined_where_u_has_no_spread(planted):
+def test_d_is_undefined_where_u_has_no_spread_and_the_text_shows_counts_instead(planted):
     """Where u is the same for every pair inside and for every pair outside (as when all pairs of a
-    group move the concept fully one way, Δ = ±1, and none outside does) d is None (JSON null, "—" in
-    text), not 0."""
+    group move the concept fully one way, Δ = ±1, and none outside does) d is None in JSON, not 0; the
+    text shows an effect that is always defined instead: how many of the pairs where the concept
+    differs go Δ's way."""
     from core.cli.hypotheses import format_hypotheses
     from core.hypotheses import effect_size
 
@@ -264,11 +265,12 @@ def test_d_is_undefined_where_u_has_no_spread(planted):
     undefined = [h for h in rep.hypotheses if h.d is None]
     assert undefined
     assert json.loads(json.dumps(undefined[0].to_json()))["d"] is None
-    worded = [h for h in undefined if h.kind != "concept"]
-    assert all("d —" in h.sentence for h in worded)
+    for h in rep.hypotheses:
+        assert " d " not in h.sentence and f"{h.n_support} of {h.n_moving} that differ go this way" in h.sentence
+        assert 0 < h.n_support <= h.n_moving <= h.n
     h = undefined[0]
     line = next(x for x in format_hypotheses(rep).splitlines() if x.startswith(f"{h.rank:>3} "))
-    assert "—" in line.split(h.sentence[:10])[0]
+    assert f" {h.n_support}/{h.n_moving} " in line
 
 
 def test_standing_without_marks_equals_the_full_ranking(planted, monkeypatch):
