@@ -652,6 +652,22 @@ class Session:
         self.last_export = Path(out)
         return result
 
+    # -- the report ------------------------------------------------------------------------------
+
+    def default_report_dir(self) -> Path:
+        """Where the report goes unless told: `<workspace>-report` beside the workspace folder."""
+        return self.path.parent / f"{self.path.name}-report"
+
+    def write_report(self, out: Path | str | None = None, validation: Path | str | None = None,
+                     progress: ProgressFn | None = None, cancel: threading.Event | None = None):
+        """Write the workspace's report (Markdown, self-contained HTML, PNG plots) into the folder `out`
+        (default `default_report_dir()`); `validation` adds a validation report's scatter. Returns
+        core.report.ReportFiles; raises as core.report.write_report."""
+        from core.report import write_report
+
+        return write_report(self, out or self.default_report_dir(), validation=validation,
+                            progress=progress, cancel=cancel)
+
     def goblin_workspace(self, rate: float, seed: int) -> Path:
         """Where the goblin test indexes its planted copy of the dataset (beside this workspace)."""
         return self.path.parent / f"{self.path.name}.goblin-{rate:g}-{seed}"

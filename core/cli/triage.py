@@ -118,3 +118,4 @@ def export(
         text += f"\n(cleaned up {r.n_stale_removed} temporary files of an interrupted export)"
     emit({"out": str(r.out), "manifest": str(r.manifest), "n_kept": r.n_kept, "n_removed": r.n_removed,
           "n_records": r.n_records, "n_stale_removed": r.n_stale_removed}, as_json, text)
+
