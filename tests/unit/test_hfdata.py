@@ -12,7 +12,7 @@ import pytest
 
 datasets = pytest.importorskip("datasets")
 
-from core.errors import ExportError, IngestError, WorkspaceError  # noqa: E402
+from core.errors import ExportError, IngestError, UsageError, WorkspaceError  # noqa: E402
 from core.hfdata import HFSource, open_source  # noqa: E402
 from core.ingest import read_pairs  # noqa: E402
 
@@ -178,5 +178,12 @@ def test_bad_rows_and_folders_are_named_in_one_line(tmp_path):
         open_source(tmp_path / "saved", split="dev")
     # a file is not a Hugging Face dataset; a name that is no path and looks like owner/name is a hub id
     assert open_source(tmp_path / "missing.jsonl") is None
-    assert open_source("HuggingFaceH4/ultrafeedback_binarized", split="train_prefs") == HFSource(
-        "hub", "HuggingFaceH4/ultrafeedback_binarized", "train_prefs")
+    hub = open_source("HuggingFaceH4/ultrafeedback_binarized", split="train_prefs", config="default")
+    assert hub == HFSource("hub", "HuggingFaceH4/ultrafeedback_binarized", "train_prefs", "default")
+    # offline (as every test runs) the hub loader is reached and says so in one line
+    with pytest.raises(IngestError, match=r"^HuggingFaceH4/ultrafeedback_binarized \[train_prefs\]: cannot load "
+                                          r"the hub dataset: .*Offline") as offline:
+        read_pairs(hub)
+    assert "\n" not in str(offline.value)
+    with pytest.raises(UsageError, match="apply to hub datasets"):
+        open_source(tmp_path / "saved", config="default")
