@@ -252,7 +252,13 @@ def _files(source: HFSource) -> list[Path]:
     folder = Path(source.location)
     if (folder / "dataset_dict.json").is_file():
         folder = folder / source.split
-    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    # The files state.json names, not every file there: `datasets` writes cache-*.arrow files beside
+    # them when a loaded dataset is mapped, which changes no row.
+    try:
+        named = [f["filename"] for f in json.loads((folder / "state.json").read_text())["_data_files"]]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise _error(folder / "state.json", f"not a saved Dataset: {_first_line(e)}") from e
+    return [folder / "state.json", folder / "dataset_info.json", *(folder / name for name in named)]
 
 
 def _stamp(files: list[Path], root: Path) -> str:
