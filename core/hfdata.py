@@ -89,6 +89,8 @@ def open_source(data: Path | str, split: str | None = None, config: str | None =
     revision given to a local folder.
     """
     path = Path(data)
+    if path.name.lower().endswith(_FILE_SUFFIXES):  # a file's name, even on a folder: core.ingest says
+        return None
     if path.is_dir():
         if config or revision:
             raise UsageError(f"{path}: --config and --revision apply to hub datasets, not a local folder")
@@ -97,7 +99,7 @@ def open_source(data: Path | str, split: str | None = None, config: str | None =
             return HFSource("saved", location, _saved_split_name(path, split))
         splits = _shard_splits(path)
         return HFSource("shards", location, _pick_split(path, list(splits), split))
-    if path.exists() or path.name.lower().endswith(_FILE_SUFFIXES) or not _HUB_ID.match(str(data)):
+    if path.exists() or not _HUB_ID.match(str(data)):
         return None
     return HFSource("hub", str(data), split or "train", config or None, revision or None)
 
@@ -157,12 +159,13 @@ def _shard_splits(folder: Path) -> dict[str, list[Path]]:
     try:
         patterns = get_data_patterns(str(folder.resolve()))
         found = DataFilesDict.from_patterns(patterns, base_path=str(folder.resolve()))
-    except Exception as e:  # datasets raises its own EmptyDatasetError, FileNotFoundError, ...
-        raise _error(folder, f"no dataset here: {_first_line(e)}") from e
+    except Exception:  # datasets raises its own EmptyDatasetError, FileNotFoundError, ...
+        found = {}
     splits = {str(name): [Path(f) for f in files if _shard_suffix(Path(f).name)] for name, files in found.items()}
     splits = {name: files for name, files in splits.items() if files}
     if not splits:
-        raise _error(folder, f"a folder with no save_to_disk dataset and no shards ({', '.join(SHARD_BUILDERS)})")
+        raise _error(folder, "is a directory with no save_to_disk dataset and no data files "
+                             f"({', '.join(SHARD_BUILDERS)})")
     builders = {SHARD_BUILDERS[_shard_suffix(f.name)] for files in splits.values() for f in files}
     if len(builders) > 1:
         raise _error(folder, "holds both Parquet and JSON shards; one folder holds one kind")

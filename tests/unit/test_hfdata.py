@@ -172,8 +172,10 @@ def test_bad_rows_and_folders_are_named_in_one_line(tmp_path):
     assert str(raised.value) == f"{source}:3: field 'chosen': empty reply"
     assert len(read_pairs(source, skip_invalid=True).pairs) == 4
     (tmp_path / "empty").mkdir()
-    with pytest.raises(IngestError, match="no save_to_disk dataset and no shards|no dataset here"):
+    with pytest.raises(IngestError, match="empty: is a directory with no save_to_disk dataset and no data files"):
         open_source(tmp_path / "empty")
+    (tmp_path / "dir.jsonl").mkdir()  # a file's name on a folder is a file to core.ingest, which refuses it
+    assert open_source(tmp_path / "dir.jsonl") is None
     with pytest.raises(IngestError, match="no split 'dev'"):
         open_source(tmp_path / "saved", split="dev")
     # a file is not a Hugging Face dataset; a name that is no path and looks like owner/name is a hub id
