@@ -69,7 +69,8 @@ class HFSource:
         elif self.kind == "shards":
             number = 0
             for path in shard_files(self):
-                for number, record in _numbered(_shard_rows(path), str(path), number):
+                # a shard that cannot be parsed is named as a whole: its parser's message says where
+                for number, record in _numbered(_shard_rows(path), str(path), number, whole=True):
                     yield number, record
         else:
             yield from _numbered(iter(_hub_split(self)), str(self))
@@ -185,7 +186,7 @@ def _quiet() -> None:
     import datasets
 
     datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # a bad shard is logged at ERROR too
 
 
 def _rows(batch: dict) -> Iterator[dict]:
@@ -204,8 +205,9 @@ def _drop_nulls(value: object) -> object:
     return value
 
 
-def _numbered(rows, where: str, start: int = 0) -> Iterator[tuple[int, object]]:
-    """(number, record) from `start` + 1 on; a read error becomes an IngestError naming the row."""
+def _numbered(rows, where: str, start: int = 0, whole: bool = False) -> Iterator[tuple[int, object]]:
+    """(number, record) from `start` + 1 on; a read error becomes an IngestError naming the row (or,
+    `whole`, `where` as a whole)."""
     number = start
     try:
         for row in rows:
@@ -214,7 +216,7 @@ def _numbered(rows, where: str, start: int = 0) -> Iterator[tuple[int, object]]:
     except IngestError:
         raise
     except Exception as e:  # pyarrow, datasets, fsspec and OS errors alike
-        raise _error(where, f"cannot read the dataset: {_first_line(e)}", number + 1) from e
+        raise _error(where, f"cannot read the dataset: {_first_line(e)}", 0 if whole else number + 1) from e
 
 
 def _saved_split(source: HFSource):

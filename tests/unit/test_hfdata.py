@@ -174,6 +174,11 @@ def test_bad_rows_and_folders_are_named_in_one_line(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(IngestError, match="empty: is a directory with no save_to_disk dataset and no data files"):
         open_source(tmp_path / "empty")
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "a.jsonl").write_text(json.dumps(records[0]) + "\n{not json\n")
+    with pytest.raises(IngestError, match=r"shards/a\.jsonl: cannot read the dataset: JSON parse error"):
+        read_pairs(open_source(shards))
     (tmp_path / "dir.jsonl").mkdir()  # a file's name on a folder is a file to core.ingest, which refuses it
     assert open_source(tmp_path / "dir.jsonl") is None
     with pytest.raises(IngestError, match="no split 'dev'"):
