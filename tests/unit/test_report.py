@@ -18,22 +18,26 @@ HOSTILE = ('<script>alert(1)</script> [click](http://evil.example/x) ![pic](http
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
+# Short enough that the replies it opens are still read (and rank hypotheses) after it.
+IN_REPLY = '<script>alert(1)</script> [click](http://evil.example/x) ![pic](http://evil.example/p.png) |'
+
+
 @pytest.fixture(scope="module")
 def hostile_ws(tmp_path_factory, tiny_sae, hh_small) -> Path:
-    """24 real HH pairs as standard records; every other chosen reply opens with HOSTILE, and the
-    prompt of the first too (so hostile tokens both drive hypotheses and fill the excerpts)."""
+    """24 real HH pairs as standard records whose chosen and rejected replies all open with markup
+    (the same on both sides, so the real replies still drive the hypotheses, and every excerpt of a
+    driving pair holds it); the file's name holds markup too."""
     from core.index import IndexSettings, index_dataset
     from core.ingest import read_pairs
 
     folder = tmp_path_factory.mktemp("hostile")
     data = folder / f"data{HOSTILE[:8]}.jsonl"
     with data.open("w") as f:
-        for i, p in enumerate(read_pairs(hh_small).pairs):
-            chosen = f"{HOSTILE} {p.chosen}" if i % 2 == 0 else p.chosen
-            prompt = f"{HOSTILE} {p.prompt_text}" if i == 0 else p.prompt_text
-            f.write(json.dumps({"prompt": prompt, "chosen": chosen, "rejected": p.rejected}) + "\n")
+        for p in read_pairs(hh_small).pairs:
+            record = {"prompt": p.prompt_text, "chosen": f"{IN_REPLY} {p.chosen}", "rejected": f"{IN_REPLY} {p.rejected}"}
+            f.write(json.dumps(record) + "\n")
     ws = folder / "ws"
-    index_dataset(data, ws, sae=tiny_sae, settings=IndexSettings(max_tokens=48, chunk_pairs=8))
+    index_dataset(data, ws, sae=tiny_sae, settings=IndexSettings(max_tokens=96, chunk_pairs=8))
     return ws
 
 
@@ -74,20 +78,26 @@ def test_the_files_exist_and_every_link_and_image_resolves(written):
 
 
 def test_the_report_says_what_was_found_marked_and_planned(written):
+    from markdown_it import MarkdownIt
+
     files, session = written
     md = files.markdown.read_text()
+    page = MarkdownIt("gfm-like").render(md)  # what GitHub shows
     ranked = session.hypotheses(top=200, excluded=frozenset())
-    assert f"{ranked.n_tested:,} tested, {ranked.n_established:,} established" in md
+    assert f"{ranked.n_tested:,} tested, {ranked.n_established:,} established" in page
     heading = "## Established findings" if ranked.n_established else "## Leads (not established)"
     assert heading in md
     assert md.count("| chosen | rejected |") >= 1  # exemplars side by side
-    assert "**Without the marked pairs:**" in md and "→" in md
-    assert "| #0 |" in md and "| #2 |" in md  # the marks, with their reasons
-    assert "| kind | steer |" in md  # the plan
+    assert "<strong>Without the marked pairs:</strong> pairs" in page and "→" in page
+    assert "<td>#0</td>" in page and "<td>#2</td>" in page  # the marks, with their reasons
+    assert "<td>kind</td>\n<td>steer</td>" in page  # the plan
+    assert page.count("<table>") >= 4 and "<h2>Summary</h2>" in page
 
 
 def test_hostile_text_is_text_in_both_formats(written):
     from markdown_it import MarkdownIt
+
+    from core.textsafe import html_text
 
     files, _ = written
     render = MarkdownIt("gfm-like").render  # GitHub flavour, bare URLs made links
@@ -100,7 +110,8 @@ def test_hostile_text_is_text_in_both_formats(written):
     assert "&lt;script&gt;alert(1)&lt;/script&gt; [click](http://evil.example/x)" in page  # shown as written
     html = files.html.read_text()
     assert "<script" not in html and "<img src=x" not in html
-    assert html.count("&lt;script&gt;alert(1)&lt;/script&gt;") >= 3  # mark reasons, plan, replies
+    assert html.count("&lt;script&gt;alert(1)&lt;/script&gt;") >= 3 + 2  # mark reasons, plan, the replies
+    assert html.count(html_text(IN_REPLY)) >= 2 and page.count("&lt;script&gt;alert(1)&lt;/script&gt; [click]") >= 5
     assert "evil.example" in html and not re.search(r'(?:href|src)="[^"]*evil', html)
 
 
