@@ -10,7 +10,7 @@ CLI and the TUI) and writes, into the folder `out`:
                   (data clusters' sizes and contrasts), validation.png (when a validation report is
                   given)
 
-Findings are the established hypotheses (calibrated: q at most the report's alpha) ranked over every
+Findings are the established hypotheses (calibrated: q below the false discovery rate) ranked over every
 pair, as DPO would see the data; each with its numbers, exemplar snippets of chosen beside rejected
 replies, and its before -> after without the marked pairs (`Session.hypothesis_change`, a what-if).
 
@@ -74,7 +74,7 @@ class Report:
     summary: list[str]
     n_tested: int
     n_established: int
-    alpha: float
+    fdr: float
     findings: list[Finding]
     leads: list[Finding]  # top hypotheses shown when none is established
     n_more: int  # established findings not shown
@@ -83,6 +83,7 @@ class Report:
     plan: object | None  # core.interventions.Plan
     plots: list[tuple[str, str, Path]] = field(default_factory=list)  # (title, caption, file)
     validation: dict | None = None
+    concepts: list = field(default_factory=list)  # established global concept shifts (NamedConceptShift)
 
 
 @dataclass(frozen=True)
@@ -156,7 +157,7 @@ def build_report(session, validation: Path | str | None = None) -> Report:
         ("model / SAE", f"{info.model} / {info.sae} (layer {info.layer})"),
         ("pairs", f"{info.n_pairs:,} indexed, {len(marks):,} marked for removal"),
         ("hypotheses", f"{ranked.n_tested:,} tested, {ranked.n_established:,} established "
-                       f"(q ≤ {ranked.alpha:g}, false discovery rate)"),
+                       f"(q < {ranked.fdr:g}, the false discovery rate)"),
         ("written", dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
     ]
     report = Report(
@@ -165,7 +166,7 @@ def build_report(session, validation: Path | str | None = None) -> Report:
         summary=[],
         n_tested=ranked.n_tested,
         n_established=ranked.n_established,
-        alpha=ranked.alpha,
+        fdr=ranked.fdr,
         findings=[finding(h) for h in shown],
         leads=[finding(h) for h in leads],
         n_more=len(established) - len(shown),
@@ -173,6 +174,7 @@ def build_report(session, validation: Path | str | None = None) -> Report:
         n_marked=len(marks),
         plan=session.plan(),
         validation=_validation(validation),
+        concepts=[c for c in session.concepts(top=N_CONCEPTS, excluded=frozenset()).rows if c.shift.established],
     )
     report.summary = _summary(session, report)
     return report
@@ -182,21 +184,30 @@ def _summary(session, report: Report) -> list[str]:
     """The findings in plain words: one sentence per paragraph (raw text)."""
     n = report.n_established
     if not n:
-        return [f"No finding is established: none of the {report.n_tested:,} hypotheses tested has q ≤ "
-                f"{report.alpha:g}. DPO on this data is not predicted to teach any one concept in any one "
-                "region of it more than chance would; the strongest leads are listed below, unconfirmed."]
-    lines = [f"DPO on this data would teach {n} thing{'s' * (n != 1)} beyond chance "
-             f"(of {report.n_tested:,} hypotheses tested, q ≤ {report.alpha:g}):"]
-    lines += [_plain(f.hypothesis) for f in report.findings]
+        lines = [f"No local finding is established: none of the {report.n_tested:,} hypotheses tested has q < "
+                 f"{report.fdr:g}. DPO on this data is not predicted to teach any one concept in any one "
+                 "region of it more than chance would; the strongest leads are listed below, unconfirmed."]
+    else:
+        lines = [f"DPO on this data would teach {n} thing{'s' * (n != 1)} beyond chance "
+                 f"(of {report.n_tested:,} hypotheses tested, q < {report.fdr:g}):"]
+        lines += [_plain(f.hypothesis) for f in report.findings]
     if report.n_more:
         lines.append(f"… and {report.n_more} more established findings (datadebug hypotheses lists them all).")
-    if report.n_marked:
-        moved = [f for f in report.findings if f.change is not None]
-        gone = sum(1 for f in moved if f.change.rank[1] is None)
-        after = (f"{gone} of the {len(moved)} findings shown would no longer rank" if gone else
-                 "every finding shown still ranks")
+    for direction, sign in (("more", 1), ("less", -1)):
+        names = [_concept_words(c) for c in report.concepts if sign * c.shift.shift > 0]
+        if names:
+            lines.append(f"Across all pairs, chosen replies have {direction} of {', '.join(names)} "
+                         "(established global shifts: DPO would move the model that way everywhere).")
+    moved = [f for f in report.findings if f.change is not None]
+    if moved:
+        gone = sum(1 for f in moved if not f.change.q[1] < report.fdr)
+        after = (f"{gone} of the {len(moved)} findings shown would no longer be established" if gone else
+                 "every finding shown stays established")
         lines.append(f"{report.n_marked:,} pairs are marked for removal; without them {after} "
                      "(each finding's before → after is below).")
+    elif report.n_marked:
+        lines.append(f"{report.n_marked:,} pairs are marked for removal (their reasons, and each lead's "
+                     "before → after without them, are below).")
     return lines
 
 
@@ -211,6 +222,10 @@ def _plain(h) -> str:
     else:
         where = f"when the prompt is about {('«' + h.group_name + '»') if h.group_name else 'prompt concept ' + str(h.group)}"
     return f"to {verb} {what} {where} ({h.n:,} pairs, Δ {h.delta:+.2f}, q {_q(h.q)})."
+
+
+def _concept_words(c) -> str:
+    return f"«{c.name}»" if c.name else f"concept {c.shift.concept}"
 
 
 def _q(q: float) -> str:
@@ -325,6 +340,12 @@ def _rank(r) -> str:
     return "not ranked" if r is None else f"#{r}"
 
 
+def _change(c) -> str:
+    """A finding's before → after without the marks (core.views.HypothesisChange); numbers only."""
+    return (f"pairs {c.n[0]:,} → {c.n[1]:,}, Δ {_num(c.delta[0])} → {_num(c.delta[1])}, d {_num(c.d[0])} → "
+            f"{_num(c.d[1])}, q {_q(c.q[0])} → {_q(c.q[1])}, rank {_rank(c.rank[0])} → {_rank(c.rank[1])}")
+
+
 def _md_hypothesis(f: Finding, t=markdown_text) -> list[str]:
     h = f.hypothesis
     out = [f"### {h.rank}. {t(h.sentence)}", ""]
@@ -342,8 +363,7 @@ def _md_hypothesis(f: Finding, t=markdown_text) -> list[str]:
             [_md_cell(e.chosen, e.chosen_pair), _md_cell(e.rejected, e.rejected_pair)] for e in f.examples])
     if f.change is not None:
         c = f.change
-        out.append(f"**Without the marked pairs:** pairs {c.n[0]:,} → {c.n[1]:,}, Δ {_num(c.delta[0])} → "
-                   f"{_num(c.delta[1])}, d {_num(c.d[0])} → {_num(c.d[1])}, rank {_rank(c.rank[0])} → {_rank(c.rank[1])}.")
+        out.append(f"**Without the marked pairs:** {_change(c)}.")
         out.append("")
     return out
 
@@ -433,9 +453,7 @@ def _h_hypothesis(f: Finding) -> str:
             [_h_cell(e.chosen, e.chosen_pair), _h_cell(e.rejected, e.rejected_pair)] for e in f.examples], "ex"))
     if f.change is not None:
         c = f.change
-        parts.append(f"<p><b>Without the marked pairs:</b> pairs {c.n[0]:,} → {c.n[1]:,}, Δ {_num(c.delta[0])} → "
-                     f"{_num(c.delta[1])}, d {_num(c.d[0])} → {_num(c.d[1])}, rank {_rank(c.rank[0])} → "
-                     f"{_rank(c.rank[1])}.</p>")
+        parts.append(f"<p><b>Without the marked pairs:</b> {_change(c)}.</p>")
     return "\n".join(parts)
 
 
