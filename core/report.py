@@ -201,8 +201,11 @@ def _summary(session, report: Report) -> list[str]:
     moved = [f for f in report.findings if f.change is not None]
     if moved:
         gone = sum(1 for f in moved if not f.change.q[1] < report.fdr)
-        after = (f"{gone} of the {len(moved)} findings shown would no longer be established" if gone else
-                 "every finding shown stays established")
+        if len(moved) == 1:
+            after = "the finding shown would " + ("no longer be established" if gone else "stay established")
+        else:
+            after = (f"{gone} of the {len(moved)} findings shown would no longer be established" if gone else
+                     "every finding shown stays established")
         lines.append(f"{report.n_marked:,} pairs are marked for removal; without them {after} "
                      "(each finding's before → after is below).")
     elif report.n_marked:
