@@ -269,15 +269,16 @@ def train_dataset_sae(
     take (`estimate_training`), after `why` when given. Returns (entry, SAEQuality).
     Raises IngestError for an unreadable file, Cancelled.
     """
+    from core.hfdata import HFSource, dataset_sha256
     from core.ingest import read_pairs
     from core.sae_train import train_catalog_sae
-    from core.workspace import file_sha256
 
-    paths = [Path(d) for d in datasets] or [locations.sample_data_file()]
+    paths = [d if isinstance(d, HFSource) else Path(d) for d in datasets] or [locations.sample_data_file()]
     corpus, pairs = [], []
     for path in paths:
         got = read_pairs(path, skip_invalid=True).pairs
-        corpus.append({"path": str(path.resolve()), "sha256": file_sha256(path), "pairs": len(got)})
+        name = path.location if isinstance(path, HFSource) else str(path.resolve())
+        corpus.append({"path": name, "sha256": dataset_sha256(path), "pairs": len(got)})
         pairs += got
     entry = variant(catalog.saes[recipe.recipe], corpus_key([c["sha256"] for c in corpus]))
     est = estimate_training(entry, catalog, pairs, device=device, progress=progress)

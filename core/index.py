@@ -24,6 +24,7 @@ import torch
 from core import __version__
 from core.catalog import Catalog, ModelEntry, SAEEntry, load_catalog
 from core.errors import Cancelled, WorkspaceError
+from core.hfdata import identity, open_source
 from core.ingest import IngestResult, Pair, read_pairs
 from core.progress import Progress, ProgressFn, reporter
 from core.dataset_sae import choose_sae
@@ -104,6 +105,8 @@ def index_dataset(
     train_sae: bool = True,
     ray: str | None = None,
     ray_workers: int | None = None,
+    split: str | None = None,
+    config: str | None = None,
 ) -> IndexResult:
     """Index `data` into `workspace`, resuming any earlier run of the same settings.
 
@@ -112,6 +115,8 @@ def index_dataset(
     was dropped. A trained ("train" recipe) SAE is the dataset's own, trained first when the recipe
     has not seen the dataset (`train_sae` False: the newest SAE of the recipe in the store); see
     core.dataset_sae. Writes the feature-label table when it is missing, even when no pair is left.
+    `data` is a file, or a Hugging Face dataset (a hub id, a save_to_disk folder, a folder of shards;
+    `split` and `config` pick from it, see core.hfdata); the workspace meta records its identity.
     `ray` (an address, "auto" or "local") shards the pairs over Ray workers instead (core.distributed).
     Progress: stage "sae" / "load" / "labels" messages, then stage "index" with `done` = pairs saved
     in the workspace (not merely read), `rate` in tokens/s and an ETA.
@@ -123,16 +128,19 @@ def index_dataset(
 
     progress = reporter(progress)
     catalog = catalog or load_catalog()
-    data = Path(data)
+    source = open_source(data, split=split, config=config)  # a Hugging Face dataset, or None: a file
+    data = source or Path(data)
     m_entry = catalog.model(model)
     ingest: IngestResult = read_pairs(data, format=format, skip_invalid=skip_invalid, limit=limit)
-    dataset_sha256 = file_sha256(data)
+    hf = identity(source) if source else None
+    dataset_sha256 = hf["sha256"] if hf else file_sha256(data)
     sae_choice = choose_sae(catalog, dataset_sha256, m_entry.name, sae, train=train_sae)
     s_entry = sae_choice.entry
 
     meta = {
-        "dataset": str(data.resolve()),
+        "dataset": source.location if source else str(data.resolve()),
         "dataset_sha256": dataset_sha256,
+        **({"hf": hf} if hf else {}),
         "format": ingest.format,
         "limit": limit,
         "model": m_entry.name,

@@ -560,7 +560,7 @@ def read_pairs(
 ) -> IngestResult:
     """Read the preference pairs of a file and report every record that is not one.
 
-    Takes a .jsonl, .jsonl.gz, .json or .parquet path; ``format``, one of FORMATS, or
+    Takes a .jsonl, .jsonl.gz, .json or .parquet path, or a ``core.hfdata.HFSource``; ``format``, one of FORMATS, or
     None to take the shape of the first valid record (until then each record is read in
     its own shape, so an invalid first record is reported by its own fields); with
     ``skip_invalid`` invalid records are left out and each reported in ``issues``
@@ -586,8 +586,10 @@ def read_pairs(
         pairs=[], issues=[], format=format or "unknown", path=str(path), n_records=0
     )
 
-    records = iter_records(path)
-    gzipped = _suffix(Path(path)) == ".jsonl.gz"
+    # A Hugging Face dataset (core.hfdata.HFSource) hands over its own records: same shapes, same checks.
+    from_source = hasattr(path, "records")
+    records = path.records() if from_source else iter_records(path)
+    gzipped = not from_source and _suffix(Path(path)) == ".jsonl.gz"
 
     def reject(line: int, field: str, message: str) -> None:
         issue = Issue(str(path), line, field, message, "error")

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from core.calibration import DEFAULT_FDR
-from core.errors import CatalogError, UsageError, WorkspaceError
+from core.errors import CatalogError, ExportError, UsageError, WorkspaceError
 from core.marks import MarkOp, Marks
 from core.progress import ProgressFn
 from core.shifts import Analysis, ShiftReport, WhatIf
@@ -263,6 +263,7 @@ class Session:
         UsageError when the selection is empty or names a pair that is not indexed.
         """
         with self._lock:
+            self._require_same_dataset()
             marks = self.marks
             marks.check_pairs(selection.source_indices, "mark")  # UsageError: nothing named, or not indexed
             todo = [s for s in selection.source_indices if reason or not marks.is_marked(s)]
@@ -274,12 +275,22 @@ class Session:
         """Keep the selected pairs again. Returns the op written, None when none was marked.
         Raises UsageError as `mark` does."""
         with self._lock:
+            self._require_same_dataset()
             marks = self.marks
             marks.check_pairs(selection.source_indices, "unmark")
             todo = [s for s in selection.source_indices if marks.is_marked(s)]
             if not todo:
                 return None
             return marks.unmark(todo, reason=reason, scope=selection.scope)
+
+    def _require_same_dataset(self) -> None:
+        """Raise WorkspaceError when the Hugging Face dataset indexed here has changed since: a mark
+        names a row by its position, which then may hold another pair."""
+        from core.hfdata import changed
+
+        why = changed(self.meta)
+        if why:
+            raise WorkspaceError(why)
 
     def undo(self) -> MarkOp | None:
         """Revert the latest mark or unmark; returns it, None when there is nothing to undo."""
@@ -646,6 +657,8 @@ class Session:
         workspace folder."""
         if self.last_export is not None:
             return self.last_export
+        if "hf" in self.meta:  # a Hugging Face dataset is exported to a folder of the same form
+            return self.path.parent / f"{self.path.name}-{self.dataset_path.name}.clean"
         stem, _, suffix = (self.dataset_path.name or "data.jsonl").partition(".")
         return self.path.parent / f"{self.path.name}-{stem}.clean.{suffix or 'jsonl'}"
 
@@ -653,10 +666,34 @@ class Session:
         """Write the kept records and the removed-pairs manifest (core.export.export_clean; raises
         ExportError as it does). Returns its ExportResult."""
         from core.export import export_clean
+        from core.hfdata import changed, export_dataset, source_of
 
-        result = export_clean(self.ws, Path(out), overwrite=overwrite)
+        source = source_of(self.meta)
+        if source is None:
+            result = export_clean(self.ws, Path(out), overwrite=overwrite)
+        else:
+            why = changed(self.meta)
+            if why:
+                raise ExportError(why)
+            result = export_dataset(source, self.marks.marked, Path(out), overwrite=overwrite)
         self.last_export = Path(out)
         return result
+
+    # -- the report ------------------------------------------------------------------------------
+
+    def default_report_dir(self) -> Path:
+        """Where the report goes unless told: `<workspace>-report` beside the workspace folder."""
+        return self.path.parent / f"{self.path.name}-report"
+
+    def write_report(self, out: Path | str | None = None, validation: Path | str | None = None,
+                     progress: ProgressFn | None = None, cancel: threading.Event | None = None):
+        """Write the workspace's report (Markdown, self-contained HTML, PNG plots) into the folder `out`
+        (default `default_report_dir()`); `validation` adds a validation report's scatter. Returns
+        core.report.ReportFiles; raises as core.report.write_report."""
+        from core.report import write_report
+
+        return write_report(self, out or self.default_report_dir(), validation=validation,
+                            progress=progress, cancel=cancel)
 
     def goblin_workspace(self, rate: float, seed: int) -> Path:
         """Where the goblin test indexes its planted copy of the dataset (beside this workspace)."""
@@ -749,13 +786,14 @@ def catalog_choices() -> CatalogChoices:
 
 def index(data: Path | str, workspace: Path | str, model: str | None = None, sae: str | None = None,
           limit: int | None = None, progress: ProgressFn | None = None,
-          cancel: threading.Event | None = None):
-    """Index `data` into `workspace` (resuming an earlier run). Returns core.index.IndexResult;
-    raises Cancelled when cancelled (the chunks written are kept)."""
+          cancel: threading.Event | None = None, split: str | None = None, config: str | None = None):
+    """Index `data` (a file or a Hugging Face dataset, see core.hfdata) into `workspace` (resuming an
+    earlier run). Returns core.index.IndexResult; raises Cancelled when cancelled (the chunks written
+    are kept)."""
     from core.index import index_dataset
 
-    return index_dataset(Path(data), Path(workspace), model=model or None, sae=sae or None,
-                         limit=limit, progress=progress, cancel=cancel)
+    return index_dataset(data, Path(workspace), model=model or None, sae=sae or None,
+                         limit=limit, progress=progress, cancel=cancel, split=split, config=config)
 
 
 def intervention_kinds() -> dict[str, float]:

@@ -74,3 +74,27 @@ def _default(o):
     if hasattr(o, "__fspath__"):
         return str(o)
     raise TypeError(f"{type(o).__name__} is not JSON serialisable")
+
+
+# -- dataset text on a page (core.report): HTML, and Markdown that GitHub renders ------------------
+
+_HTML_SPECIAL = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#x27;"}
+# Every ASCII punctuation character may be backslash-escaped in CommonMark, and escaped it is only a
+# character: no emphasis, link, image, table cell, heading, list, autolink (":" "/" "@" "." of a URL)
+# or raw HTML can start from it. The three HTML specials become entities instead (GitHub would print
+# "\<" as is inside some HTML contexts).
+_MD_ESCAPE = {c: "\\" + c for c in "!\"#$%'()*+,-./:;=?@[\\]^_`{|}~"} | {
+    "&": "&amp;", "<": "&lt;", ">": "&gt;"}
+
+
+def html_text(text: str, width: int | None = None) -> str:
+    """`one_line(text, width)` escaped for HTML text or an attribute value: tags, entities and quotes
+    in it are shown, never interpreted."""
+    return "".join(_HTML_SPECIAL.get(c, c) for c in one_line(text, width))
+
+
+def markdown_text(text: str, width: int | None = None) -> str:
+    """`one_line(text, width)` as Markdown (GitHub flavoured) that renders exactly as that text: every
+    punctuation character escaped (see _MD_ESCAPE), so `<script>`, `[a](http://x)`, `![i](x)`, `|`,
+    `*` or a bare URL in a record are shown as written. Safe inside a table cell."""
+    return "".join(_MD_ESCAPE.get(c, c) for c in one_line(text, width).strip())

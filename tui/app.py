@@ -36,6 +36,7 @@ from tui.messages import (
     PlanChanged,
     PlanChoicesReady,
     PreviewReady,
+    ReportWritten,
     TriageChanged,
     WorkerFailed,
     WorkspaceNeedsIndex,
@@ -107,6 +108,7 @@ class DataDebugApp(App):
         Binding("u", "undo", "Undo", id="triage.undo"),
         Binding("ctrl+r", "redo", "Redo", show=False, id="triage.redo"),
         Binding("x", "export", "Export", id="triage.export"),
+        Binding("R", "report", "Write the report (Markdown, HTML, plots)", show=False, id="app.report"),
         Binding("1", "go('hypotheses')", "Hypotheses screen", show=False, id="go.hypotheses"),
         Binding("2", "go('concepts')", "Concepts screen", show=False, id="go.concepts"),
         Binding("3", "go('prompts')", "Prompt hypotheses screen", show=False, id="go.prompts"),
@@ -393,6 +395,26 @@ class DataDebugApp(App):
             timeout=10,
             markup=False,
         )
+
+    # -- report ---------------------------------------------------------------------------------
+
+    def action_report(self) -> None:
+        if not self.services.is_open:
+            self.notify("open a workspace first", severity="warning")
+            return
+        self.notify(f"writing the report to {self.session.default_report_dir()} …", markup=False)
+        self._report()
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="report", description="writing the report")
+    def _report(self) -> None:
+        self.post_message(ReportWritten(self.session.write_report()))
+
+    @on(ReportWritten)
+    def _report_written(self, event: ReportWritten) -> None:
+        files = event.files
+        self.note = "report written"
+        self.notify(visible(f"{files.markdown}\n{files.html}", keep_newlines=True), title="report written",
+                    timeout=10, markup=False)
 
     # -- navigation and help --------------------------------------------------------------------
 

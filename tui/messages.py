@@ -165,6 +165,14 @@ class JobFinished(Message):
         self.result = result
 
 
+class ReportWritten(Message):
+    """core.report.ReportFiles of a finished report."""
+
+    def __init__(self, files) -> None:
+        super().__init__()
+        self.files = files
+
+
 class Exported(Message):
     """core.export.ExportResult of a finished export."""
 

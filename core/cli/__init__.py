@@ -7,7 +7,7 @@ module and register on that app when imported here.
 from __future__ import annotations
 
 # The order here is the order `datadebug --help` lists them in.
-from core.cli import indexing, hypotheses, analysis, triage, training, models  # noqa: F401, I001  (registers the commands)
+from core.cli import indexing, hypotheses, analysis, triage, reporting, training, models  # noqa: F401, I001  (registers the commands)
 from core.cli.app import app
 
 

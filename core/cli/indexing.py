@@ -16,7 +16,9 @@ from core.cli.app import JSON, ProgressPrinter, app, emit
 
 @app.command()
 def index(
-    data: Path = typer.Argument(..., help="Preference data: .jsonl, .jsonl.gz, .json or .parquet"),
+    data: Path = typer.Argument(
+        ..., help="Preference data: .jsonl, .jsonl.gz, .json or .parquet; a Hugging Face dataset saved with "
+        "save_to_disk; a folder of Parquet or JSON lines shards; or a hub id (owner/name)"),
     workspace: Path = typer.Option(..., "--workspace", "-w", help="Workspace folder (created if new)"),
     model: Optional[str] = typer.Option(None, help="Model name from the catalogue (default: the embedded one)"),
     sae: Optional[str] = typer.Option(None, help="SAE name from the catalogue (default: the model's)"),
@@ -40,13 +42,17 @@ def index(
         "auto (the cluster `ray start` made here, else a new local one), local, or HOST:PORT",
     ),
     ray_workers: Optional[int] = typer.Option(None, help="With --ray: workers (default: one per GPU)"),
+    split: Optional[str] = typer.Option(None, help="Hugging Face dataset: the split to index (needed when it has several)"),
+    config: Optional[str] = typer.Option(None, help="Hub dataset: its configuration (subset)"),
     as_json: bool = JSON,
 ):
     """Run every pair through the LM + SAE and store per-reply features in a workspace (resumable)."""
+    from core.hfdata import open_source
     from core.ingest import read_pairs
 
     # Bad input fails here, in well under a second, before torch and the model load.
-    ingest = read_pairs(data, format=format, skip_invalid=skip_invalid, limit=limit)
+    ingest = read_pairs(open_source(data, split, config) or data, format=format, skip_invalid=skip_invalid,
+                        limit=limit)
     from core.index import IndexSettings, index_dataset
 
     with ProgressPrinter() as progress:
@@ -54,6 +60,7 @@ def index(
             data, workspace, model=model, sae=sae, limit=limit, format=format, skip_invalid=skip_invalid,
             settings=IndexSettings(max_tokens=max_tokens, batch_tokens=batch_tokens, chunk_pairs=chunk_pairs),
             device=device, progress=progress, train_sae=train_sae, ray=ray, ray_workers=ray_workers,
+            split=split, config=config,
         )
     text = (
         f"workspace {r.workspace}: {r.n_pairs} pairs ({r.n_new} new this run, "

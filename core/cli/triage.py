@@ -104,17 +104,18 @@ def marks_cmd(workspace: Path = typer.Option(..., "--workspace", "-w"), as_json:
 @app.command()
 def export(
     workspace: Path = typer.Option(..., "--workspace", "-w"),
-    out: Path = typer.Option(..., "--out", "-o", help="Cleaned dataset (same format as the source)"),
+    out: Path = typer.Option(..., "--out", "-o", help="Cleaned dataset (same format as the source; a folder for a Hugging Face dataset)"),
     overwrite: bool = typer.Option(False, help="Replace OUT if it exists (never the source)"),
     as_json: bool = JSON,
 ):
-    """Write the source records that are not marked (byte-identical) plus OUT.removed.jsonl."""
-    from core.export import export_clean
-    from core.workspace import Workspace
+    """Write the source records that are not marked (byte-identical) plus OUT.removed.jsonl. A Hugging
+    Face dataset is written as a folder of its own form (save_to_disk, or the same shards)."""
+    from core.session import Session
 
-    r = export_clean(Workspace(workspace), out, overwrite=overwrite)
+    r = Session(workspace).export(out, overwrite=overwrite)
     text = f"kept {r.n_kept} of {r.n_records} records -> {r.out}\nremoved {r.n_removed} -> {r.manifest}"
     if r.n_stale_removed:
         text += f"\n(cleaned up {r.n_stale_removed} temporary files of an interrupted export)"
     emit({"out": str(r.out), "manifest": str(r.manifest), "n_kept": r.n_kept, "n_removed": r.n_removed,
           "n_records": r.n_records, "n_stale_removed": r.n_stale_removed}, as_json, text)
+
