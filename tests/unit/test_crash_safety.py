@@ -76,10 +76,10 @@ else:
     else:
         orig_publish = core.export._publish
         calls = []
-        def publish(tmp, path):
+        def publish(tmp, path, *a):
             if moment == "export-before-rename":
                 die()
-            orig_publish(tmp, path)
+            orig_publish(tmp, path, *a)
             calls.append(path)
             die()  # export-between-renames: the manifest is in place, the output not yet
         core.export._publish = publish

@@ -457,3 +457,137 @@ def test_a_real_process_answers_in_one_line_before_importing_torch(tmp_path):
                            capture_output=True, text=True, timeout=120, cwd=root)
         why = check(case, path, r.returncode, r.stdout, r.stderr)
         assert why is None, f"{case.name}: {why}: {r.stderr[-2000:]}"
+
+
+# -- export that cannot destroy ----------------------------------------------------------------------
+# Each case: the CLI refuses in one line (exit 2) and every file that was there before (the source,
+# the user's own files, links, pipes, device nodes) is byte- and kind-identical afterwards.
+
+
+def snapshot(*paths: Path) -> dict:
+    """What each path is now: its bytes, where a link points, or the kind of a special file."""
+    out = {}
+    for p in paths:
+        if p.is_symlink():
+            out[p] = ("link", os.readlink(p))
+        elif not os.path.lexists(p):
+            out[p] = None
+        else:
+            st = p.lstat()
+            if os.path.isfile(p):
+                out[p] = ("file", p.read_bytes())
+            else:
+                out[p] = ("special", st.st_mode, st.st_rdev)
+    return out
+
+
+def export_refused(ws: Path, out: Path, *extra: str, watch: tuple[Path, ...] = (), message: str = ""):
+    """Run `export --out OUT`; assert exit 2, one error line holding `message`, and that `watch`,
+    `out`, its manifest and the source are exactly as before."""
+    from core.workspace import Workspace
+
+    source = Path(Workspace(ws).meta()["dataset"])
+    manifest = out.with_name(out.name + ".removed.jsonl")
+    paths = (source, out, manifest, *watch)
+    before = snapshot(*paths)
+    r = CliRunner().invoke(typer.main.get_command(app), ["export", "-w", str(ws), "--out", str(out), *extra])
+    assert r.exception is None or isinstance(r.exception, SystemExit), r.exception
+    assert r.exit_code == 2, (r.exit_code, r.output)
+    assert len(r.stderr.splitlines()) == 1 and r.stderr.startswith("datadebug: error: "), r.stderr
+    assert message in r.stderr, r.stderr
+    assert not RAW_CONTROL.search(r.stderr.rstrip("\n"))
+    assert snapshot(*paths) == before, "an export that was refused changed a file"
+    assert not [p for p in out.parent.iterdir() if ".tmp-" in p.name], "temporary files left behind"
+
+
+def export_ws(tmp_path: Path, source_name: str = "data.jsonl") -> Path:
+    from core.marks import Marks
+    from core.workspace import file_sha256
+    from tests.unit.test_crash_safety import triage_workspace
+
+    ws = triage_workspace(tmp_path)
+    src = Path(ws.meta()["dataset"])
+    if source_name != src.name:
+        src = src.rename(src.with_name(source_name))
+        ws.write_meta({"dataset": str(src), "dataset_sha256": file_sha256(src)})
+    Marks(ws).mark([0, 4], reason="r")
+    return ws.path
+
+
+def test_export_never_writes_its_manifest_over_the_source(tmp_path):
+    """The reliability run: a source named clean.jsonl.removed.jsonl, exported to clean.jsonl, lost
+    29 of its 30 lines to the manifest."""
+    ws = export_ws(tmp_path, "clean.jsonl.removed.jsonl")
+    for extra in ((), ("--overwrite",)):
+        export_refused(ws, tmp_path / "clean.jsonl", *extra, message="source dataset")
+    assert not (tmp_path / "clean.jsonl").exists()
+
+
+def test_export_never_replaces_the_source_however_it_is_named(tmp_path):
+    ws = export_ws(tmp_path)
+    src = tmp_path / "data.jsonl"
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link-dir").symlink_to(tmp_path)
+    hard = tmp_path / "hard.jsonl"
+    os.link(src, hard)
+    for out in (src, tmp_path / "sub" / ".." / "data.jsonl", tmp_path / "link-dir" / "data.jsonl", hard):
+        for extra in ((), ("--overwrite",)):
+            export_refused(ws, out, *extra, message="source dataset" if extra else "")
+
+
+def test_export_keeps_an_existing_manifest_without_overwrite(tmp_path):
+    ws = export_ws(tmp_path)
+    mine = tmp_path / "clean.jsonl.removed.jsonl"
+    mine.write_bytes(b"my own notes\n")
+    export_refused(ws, tmp_path / "clean.jsonl", message="pass --overwrite")
+    assert not (tmp_path / "clean.jsonl").exists()
+    # with --overwrite both are replaced, as asked
+    r = CliRunner().invoke(typer.main.get_command(app),
+                           ["export", "-w", str(ws), "--out", str(tmp_path / "clean.jsonl"), "--overwrite"])
+    assert r.exit_code == 0, r.output
+    assert mine.read_bytes() != b"my own notes\n" and b'"source_index": 0' in mine.read_bytes()
+
+
+def test_export_never_replaces_a_pipe_or_a_device(tmp_path):
+    ws = export_ws(tmp_path)
+    fifo = tmp_path / "fifo.jsonl"
+    os.mkfifo(fifo)
+    outs = [(fifo, fifo), (tmp_path / "x.jsonl", tmp_path / "x.jsonl.removed.jsonl")]
+    os.mkfifo(outs[1][1])
+    if os.geteuid() == 0:  # only root may make a device node: a copy of /dev/null, here in tmp
+        node = tmp_path / "null.jsonl"
+        os.mknod(node, 0o666 | __import__("stat").S_IFCHR, os.makedev(1, 3))
+        outs.append((node, node))
+    for out, special in outs:
+        for extra in ((), ("--overwrite",)):
+            export_refused(ws, out, *extra, message="not a regular file" if extra else "")
+        assert not special.is_file() and special.exists()
+
+
+def test_export_never_replaces_a_symlink_dangling_looping_or_not(tmp_path):
+    ws = export_ws(tmp_path)
+    mine = tmp_path / "mine.jsonl"
+    mine.write_bytes(b"the user's own file\n")
+    links = {
+        "dangling.jsonl": tmp_path / "nowhere.jsonl", "loop.jsonl": tmp_path / "loop.jsonl",
+        "to-mine.jsonl": mine, "to-source.jsonl": tmp_path / "data.jsonl",
+    }
+    for name, target in links.items():
+        (tmp_path / name).symlink_to(target)
+        for extra in ((), ("--overwrite",)):
+            export_refused(ws, tmp_path / name, *extra, watch=(mine,), message="symbolic link")
+    # a link where the manifest goes
+    (tmp_path / "y.jsonl.removed.jsonl").symlink_to(mine)
+    for extra in ((), ("--overwrite",)):
+        export_refused(ws, tmp_path / "y.jsonl", *extra, watch=(mine,), message="symbolic link")
+    assert not (tmp_path / "y.jsonl").exists()
+
+
+def test_export_never_writes_into_a_workspace(tmp_path):
+    ws = export_ws(tmp_path)
+    (tmp_path / "second").mkdir()
+    other = export_ws(tmp_path / "second")
+    for out in (ws / "clean.jsonl", ws / "meta.lance" / "clean.jsonl", other / "marks.lance" / "x.jsonl"):
+        for extra in ((), ("--overwrite",)):
+            export_refused(ws, out, *extra, message="inside the workspace")
+    assert not (ws / "clean.jsonl").exists()
