@@ -31,7 +31,7 @@ from core.dataset_sae import prepare as prepare_sae
 from core.readout import IndexSettings, read_batch
 from core.store import sae_dir, sae_sha256
 from core.summary import summarise_prompt, summarise_reply  # noqa: F401  (the reference summaries)
-from core.workspace import PAIRS_SCHEMA, SCHEMA_VERSION, Workspace, file_sha256
+from core.workspace import PAIRS_SCHEMA, SCHEMA_VERSION, Workspace, file_sha256, source_fingerprint
 
 __all__ = ["IndexResult", "IndexSettings", "index_dataset", "read_batch", "rows_table", "summarise_reply"]
 
@@ -126,6 +126,7 @@ def index_dataset(
     data = Path(data)
     m_entry = catalog.model(model)
     ingest: IngestResult = read_pairs(data, format=format, skip_invalid=skip_invalid, limit=limit)
+    dataset_stat = data.stat()  # before hashing: a change while it is hashed then reads as a change
     dataset_sha256 = file_sha256(data)
     sae_choice = choose_sae(catalog, dataset_sha256, m_entry.name, sae, train=train_sae)
     s_entry = sae_choice.entry
@@ -133,6 +134,7 @@ def index_dataset(
     meta = {
         "dataset": str(data.resolve()),
         "dataset_sha256": dataset_sha256,
+        **source_fingerprint(dataset_stat),
         "format": ingest.format,
         "limit": limit,
         "model": m_entry.name,

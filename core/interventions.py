@@ -40,7 +40,7 @@ import torch
 
 from core.dpo import autocast, collate, sequence_logps
 from core.rollout import chat_prompt_ids
-from core.errors import UsageError
+from core.errors import UsageError, WorkspaceError
 from core.progress import check_cancel
 
 PLAN_FILE = "plan.json"
@@ -128,13 +128,20 @@ def save_plan(ws, plan: Plan) -> Path:
 def load_plan(ws) -> Plan | None:
     """The workspace's saved plan, or None. Raises WorkspaceError for no workspace."""
     path = _workspace(ws).path / PLAN_FILE
-    return Plan.from_json(json.loads(path.read_text())) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        return Plan.from_json(json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise WorkspaceError(f"the saved plan {path} cannot be read ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else 'damaged'}); save it again with "
+                             f"`datadebug plan`, or remove it with `datadebug plan --clear`") from None
 
 
 def clear_plan(ws) -> bool:
     """Remove the workspace's plan; True if there was one."""
     path = _workspace(ws).path / PLAN_FILE
-    if path.is_file():
+    if path.is_file() or path.is_symlink():
         path.unlink()
         return True
     return False

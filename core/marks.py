@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 
 import pyarrow as pa
 
-from core.errors import UsageError
+from core.errors import UsageError, WorkspaceError
 from core.workspace import Workspace
 
 MARKS_SCHEMA = pa.schema(
@@ -133,7 +133,8 @@ class Marks:
     def _load(self) -> list[MarkOp]:
         if not self.ws.has("marks"):
             return []
-        rows = self.ws.table("marks").to_arrow().sort_by("op_id").to_pylist()
+        with self.ws.reading("marks"):
+            rows = self.ws.table("marks").to_arrow().sort_by("op_id").to_pylist()
         return [
             MarkOp(r["op_id"], r["action"], tuple(r["source_indices"]), r["reason"], r["scope"],
                    tuple(r["features"]), r["who"], r["when"])
@@ -143,15 +144,25 @@ class Marks:
     @contextlib.contextmanager
     def _writing(self):
         """Hold the workspace's marks lock, with the log caught up with other writers."""
-        with open(self.ws.path / self.LOCK, "a+b") as lock:
+        path = self.ws.path / self.LOCK
+        try:
+            lock = open(path, "a+b")
+        except OSError as exc:
+            raise WorkspaceError(f"cannot open the marks lock {path}: {exc.strerror or exc}; it must be a "
+                                 f"plain file (remove whatever is there and retry)") from None
+        with lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
-                if self.ws.has("marks") and self.ws.table("marks").count_rows() != len(self._ops):
+                if self.ws.has("marks") and self._count() != len(self._ops):
                     self._ops = self._load()
                     self._state = replay(self._ops)
                 yield
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _count(self) -> int:
+        with self.ws.reading("marks"):
+            return self.ws.table("marks").count_rows()
 
     def _write_row(self, row: pa.Table) -> None:
         """Append one operation to the log table (creating it on first use): one atomic commit."""

@@ -71,13 +71,15 @@ class Session:
 
     Args:
         workspace: an existing workspace folder.
-    Raises WorkspaceError when `workspace` is not one. The analysis is loaded on first use (and raises
+    Raises WorkspaceError when `workspace` is not one, or its source dataset changed since it was
+    indexed. The analysis is loaded on first use (and raises
     WorkspaceError then when nothing is indexed yet, or the workspace is of an older schema).
     """
 
     def __init__(self, workspace: Path | str):
         self.path = Path(workspace)
         self.ws = Workspace(self.path)
+        self.ws.require_source_unchanged()  # else pair numbers may name other records
         self.meta = self.ws.meta()
         self.last_export: Path | None = None  # offered again by the next export
         self._analysis: Analysis | None = None
