@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -92,7 +93,7 @@ def make_plan(
     concept made of `features`; `strength` defaults to DEFAULT_STRENGTH[kind].
 
     Raises UsageError for an unknown kind, no features, a feature outside the SAE, a negative
-    strength, or an inoculation without text; WorkspaceError when `ws` is no indexed workspace.
+    or non-finite strength, or an inoculation without text; WorkspaceError when `ws` is no indexed workspace.
     """
     w = _workspace(ws)
     meta = w.meta()
@@ -106,6 +107,8 @@ def make_plan(
     if bad:
         raise UsageError(f"feature {bad[0]} is outside 0..{d_sae - 1} (the workspace's SAE)")
     strength = DEFAULT_STRENGTH[kind] if strength is None else float(strength)
+    if not math.isfinite(strength):
+        raise UsageError(f"--strength {strength}: must be a finite number")
     if strength < 0:
         raise UsageError(f"strength {strength} must be >= 0")
     if kind == "inoculate" and not text.strip():

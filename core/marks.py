@@ -209,12 +209,17 @@ class Marks:
         if unknown and not self.indexed():
             self.ws.require_pairs()  # says why and what to run
         if unknown:
-            n_records = int(self.ws.meta().get("n_records") or 0)
+            meta = self.ws.meta()
+            n_records = int(meta.get("n_records") or 0)
             absent = [s for s in unknown if not 0 <= s < n_records]
             skipped = [s for s in unknown if 0 <= s < n_records]
             why = []
             if absent:
-                why.append(f"{_describe(absent)}: no such pair (the source has {n_records} records, 0..{n_records - 1})")
+                # with --limit, reading stopped after n_records records: the file may hold more
+                read = (f"indexing read the first {n_records} records of the source (--limit {meta['limit']}), "
+                        f"0..{n_records - 1}" if meta.get("limit") else
+                        f"the source has {n_records} records, 0..{n_records - 1}")
+                why.append(f"{_describe(absent)}: no such pair ({read})")
             if skipped:
                 why.append(f"{_describe(skipped)}: in the source but not indexed (invalid, or beyond --limit)")
             raise UsageError(f"cannot {verb} pairs {'; '.join(why)}")

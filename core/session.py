@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.arguments import at_least
 from core.errors import CatalogError, UsageError, WorkspaceError
 from core.marks import MarkOp, Marks
 from core.progress import ProgressFn
@@ -151,8 +152,7 @@ class Session:
         """The `top` most amplified and suppressed features (core.shifts.Analysis.report), ranked
         without the marked pairs unless `without_marked` is False, or without the `excluded` source
         indices when given. Raises UsageError for top < 1."""
-        if top < 1:
-            raise UsageError(f"top {top}: must be at least 1")
+        at_least("--top", top)
         if excluded is None and without_marked:
             excluded = self.marked()
         report = self.analysis.report(top=top, excluded=excluded, **kw)
@@ -416,8 +416,7 @@ class Session:
         """The `top` hypotheses (core.hypotheses.HypothesisReport), ranked without the marked pairs
         (or without the `excluded` source indices when given); `kind` "cluster", "prompt" or
         "concept" keeps one view. Raises UsageError for top < 1 or an unknown kind."""
-        if top < 1:
-            raise UsageError(f"top {top}: must be at least 1")
+        at_least("--top", top)
         engine = self.hypotheses_engine()
         excluded = self.marked() if excluded is None else frozenset(excluded)
         with self._engine_lock:
@@ -426,13 +425,16 @@ class Session:
     def name_with_llm(self, top: int = 50, kind: str | None = None, excluded=None):
         """Ask the configured LLM namer (core.naming.namer_from_config) for names of the concepts and
         groups of the `top` hypotheses that have none yet, cache them, and return the report again
-        with them (as `hypotheses`). Without a configured namer, the report as it is."""
+        with them (as `hypotheses`). Raises UsageError when no namer is configured (before any work)."""
+        at_least("--top", top)
+        from core import locations
         from core.naming import name_with_llm, namer_from_config
 
-        report = self.hypotheses(top, kind, excluded)
         namer = namer_from_config()
         if namer is None:
-            return report
+            raise UsageError(f"no LLM namer is configured: set DATADEBUG_NAMER_URL and DATADEBUG_NAMER_MODEL, "
+                             f"or [namer] url and model in {locations.config_dir() / 'namer.toml'}")
+        report = self.hypotheses(top, kind, excluded)
         engine = self.hypotheses_engine()
         with self._engine_lock:
             engine.names = name_with_llm(engine.analysis, engine.st, engine.names, report, namer)
@@ -503,6 +505,7 @@ class Session:
     def concepts(self, top: int = 100, grouped_only: bool = False, excluded=None) -> ConceptsView:
         """The `top` response concepts by |global shift| (mean u) without the marked pairs (or the
         `excluded` ones), each with its shift over all pairs beside it."""
+        at_least("--top", top)
         from core.hypotheses import concept_report
 
         engine = self.hypotheses_engine()
@@ -596,6 +599,13 @@ class Session:
         core.clusters.compare_clusterings returns them."""
         from core.clusters import compare_clusterings
 
+        if truth is not None:
+            indexed = set(self.analysis.source_index.tolist())
+            unknown = sorted(set(truth) - indexed)
+            if unknown:
+                shown = ", ".join(map(str, unknown[:8])) + (f" and {len(unknown) - 8} more" if len(unknown) > 8 else "")
+                raise UsageError(f"truth names pairs that are not indexed in {self.path}: {shown}; "
+                                 f"planted pairs are source indices of indexed pairs")
         return compare_clusterings(self.analysis, truth=truth, k=self.k if k is None else k)
 
     def compare_view(self) -> CompareView:
@@ -643,8 +653,10 @@ class Session:
         measure what each method recovers (core.goblin.run_goblin's result). `sae` None trains one."""
         from core.goblin import run_goblin
 
+        # the dataset as it was indexed: invalid records it holds were skipped then (--skip-invalid)
+        skipped = any(not str(i).endswith("skipped") for i in self.meta.get("issues") or [])
         return run_goblin(self.dataset_path, self.goblin_workspace(rate, seed), rate, seed=seed,
-                          limit=limit, sae=sae, progress=progress, cancel=cancel)
+                          limit=limit, sae=sae, progress=progress, cancel=cancel, skip_invalid=skipped)
 
 
 # -- the catalogue's models and SAEs, by name -------------------------------------------------------
