@@ -121,6 +121,10 @@ def index_dataset(
     """
     from core.sae import read_sae_config
 
+    from core.lm import pick_device
+
+    if device is not None:
+        pick_device(device)  # an unknown device or a missing GPU, refused before any work
     progress = reporter(progress)
     catalog = catalog or load_catalog()
     data = Path(data)

@@ -427,18 +427,27 @@ class Session:
         groups of the `top` hypotheses that have none yet, cache them, and return the report again
         with them (as `hypotheses`). Raises UsageError when no namer is configured (before any work)."""
         at_least("--top", top)
-        from core import locations
-        from core.naming import name_with_llm, namer_from_config
+        from core.naming import name_with_llm
 
-        namer = namer_from_config()
-        if namer is None:
-            raise UsageError(f"no LLM namer is configured: set DATADEBUG_NAMER_URL and DATADEBUG_NAMER_MODEL, "
-                             f"or [namer] url and model in {locations.config_dir() / 'namer.toml'}")
+        namer = self.require_namer()
         report = self.hypotheses(top, kind, excluded)
         engine = self.hypotheses_engine()
         with self._engine_lock:
             engine.names = name_with_llm(engine.analysis, engine.st, engine.names, report, namer)
         return self.hypotheses(top, kind, excluded)
+
+    @staticmethod
+    def require_namer():
+        """The configured LLM namer (core.naming.namer_from_config); UsageError when there is none, so
+        a front end can refuse before fitting anything."""
+        from core import locations
+        from core.naming import namer_from_config
+
+        namer = namer_from_config()
+        if namer is None:
+            raise UsageError(f"no LLM namer is configured: set DATADEBUG_NAMER_URL and DATADEBUG_NAMER_MODEL, "
+                             f"or [namer] url and model in {locations.config_dir() / 'namer.toml'}")
+        return namer
 
     def concept_of(self, concept: int) -> tuple[int, ...]:
         """The SAE features of response concept `concept`. Raises UsageError for an unknown one."""
