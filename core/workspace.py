@@ -15,6 +15,7 @@ Tables:
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -222,6 +223,37 @@ class Workspace:
             os.replace(tmp, cache)
         except OSError:  # a read-only workspace: hash again next time
             tmp.unlink(missing_ok=True)
+
+    INDEX_LOCK = "index.lock"
+
+    @contextlib.contextmanager
+    def index_lock(self):
+        """Hold the workspace's index lock: an exclusive lock on `index.lock` naming the holder. A
+        second index run into the same workspace is refused at once with WorkspaceError (it would
+        corrupt the tables); the lock dies with its process, so a killed run blocks no one."""
+        path = self.path / self.INDEX_LOCK
+        try:
+            f = open(path, "a+")
+        except OSError as exc:
+            raise WorkspaceError(f"cannot open the index lock {path}: {exc.strerror or exc}; it must be a "
+                                 f"plain file (remove whatever is there and retry)") from None
+        with f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "another process"
+                raise WorkspaceError(
+                    f"another `datadebug index` ({holder}) is writing to workspace {self.path}; wait for it "
+                    f"to finish (rerun then to resume), or index into another workspace") from None
+            try:
+                f.seek(0)
+                f.truncate()
+                f.write(f"pid {os.getpid()}")
+                f.flush()
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
     def require_pairs(self) -> None:
         """Raise WorkspaceError when no pair has been saved yet (an index killed or stopped before its

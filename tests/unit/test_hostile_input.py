@@ -803,3 +803,47 @@ def test_goblin_refuses_an_invalid_record_as_index_does(tmp_path):
     line = one_line(["goblin", str(data), "--rate", "0.5", "-w", str(tmp_path / "ws")], "field 'chosen'")
     assert line.startswith(f"datadebug: error: {data}:3:")
     assert not (tmp_path / "ws").exists() and not (tmp_path / "ws.goblin").exists()
+
+
+def test_a_second_index_into_one_workspace_is_refused_while_the_first_holds_it(tmp_path):
+    """The reliability run: two concurrent `index` runs into one new workspace, one died with a Rust
+    panic. The second is refused in one line while the first (a real process holding the index lock,
+    as `index` does for its whole run) is alive; after it, the lock is free."""
+    import time
+
+    data = tmp_path / "d.jsonl"
+    data.write_bytes(jsonl([STANDARD] * 3))
+    ws, flag = tmp_path / "ws", tmp_path / "holding"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\nfrom core.workspace import Workspace\n"
+        "with Workspace(sys.argv[1], create=True).index_lock():\n"
+        "    open(sys.argv[2], 'w').close()\n    time.sleep(120)\n"), str(ws), str(flag)],
+        cwd=Path(__file__).resolve().parents[2])
+    try:
+        deadline = time.time() + 60
+        while not flag.exists():
+            assert holder.poll() is None and time.time() < deadline, "the first run never took the lock"
+            time.sleep(0.05)
+        line = one_line(["index", str(data), "-w", str(ws)], "another `datadebug index`")
+        assert f"pid {holder.pid}" in line
+        assert holder.poll() is None, "the first run had ended: the refusal proves nothing"
+        assert not (ws / "meta.lance").exists()  # the refused run wrote nothing
+    finally:
+        holder.kill()
+        holder.wait()
+    from core.workspace import Workspace
+    with Workspace(ws, create=True).index_lock():  # a killed holder blocks no one
+        pass
+
+
+def test_index_with_an_unreachable_ray_address_fails_in_bounded_time(tmp_path):
+    import time
+
+    data = tmp_path / "d.jsonl"
+    data.write_bytes(jsonl([STANDARD] * 3))
+    for address, message in (("256.1.1.1:1", "cannot reach a Ray cluster"), ("127.0.0.1:1", "cannot reach"),
+                             ("ray://127.0.0.1:1", "cannot reach"), ("nonsense", "expected auto, local")):
+        start = time.monotonic()
+        one_line(["index", str(data), "-w", str(tmp_path / "ws"), "--ray", address], message)
+        assert time.monotonic() - start < 30, address
+    assert not (tmp_path / "ws").exists()
