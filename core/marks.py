@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 
 import pyarrow as pa
 
-from core.errors import UsageError, WorkspaceError
+from core.errors import UsageError
 from core.workspace import Workspace
 
 MARKS_SCHEMA = pa.schema(
@@ -144,13 +144,7 @@ class Marks:
     @contextlib.contextmanager
     def _writing(self):
         """Hold the workspace's marks lock, with the log caught up with other writers."""
-        path = self.ws.path / self.LOCK
-        try:
-            lock = open(path, "a+b")
-        except OSError as exc:
-            raise WorkspaceError(f"cannot open the marks lock {path}: {exc.strerror or exc}; it must be a "
-                                 f"plain file (remove whatever is there and retry)") from None
-        with lock:
+        with self.ws.lock_file(self.LOCK, "marks") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 if self.ws.has("marks") and self._count() != len(self._ops):

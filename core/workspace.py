@@ -226,18 +226,22 @@ class Workspace:
 
     INDEX_LOCK = "index.lock"
 
+    def lock_file(self, name: str, what: str, mode: str = "a+b"):
+        """The workspace's lock file `name` opened for flock; WorkspaceError naming it when it cannot be
+        (a directory there, no permission)."""
+        path = self.path / name
+        try:
+            return open(path, mode)
+        except OSError as exc:
+            raise WorkspaceError(f"cannot open the {what} lock {path}: {exc.strerror or exc}; it must be a "
+                                 f"plain file (remove whatever is there and retry)") from None
+
     @contextlib.contextmanager
     def index_lock(self):
         """Hold the workspace's index lock: an exclusive lock on `index.lock` naming the holder. A
         second index run into the same workspace is refused at once with WorkspaceError (it would
         corrupt the tables); the lock dies with its process, so a killed run blocks no one."""
-        path = self.path / self.INDEX_LOCK
-        try:
-            f = open(path, "a+")
-        except OSError as exc:
-            raise WorkspaceError(f"cannot open the index lock {path}: {exc.strerror or exc}; it must be a "
-                                 f"plain file (remove whatever is there and retry)") from None
-        with f:
+        with self.lock_file(self.INDEX_LOCK, "index", "a+") as f:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
