@@ -39,7 +39,7 @@ from typing import NamedTuple
 import pyarrow as pa
 
 from core.catalog import ModelEntry, SAEEntry
-from core.errors import Cancelled, WorkspaceError
+from core.errors import Cancelled, UsageError, WorkspaceError
 from core.ingest import Pair
 from core.progress import Progress, ProgressFn, reporter
 from core.workspace import PAIRS_SCHEMA, Workspace
@@ -143,6 +143,30 @@ def plan_work(model: ModelEntry, layer: int, todo: list[Pair], settings) -> tupl
     return items, counts
 
 
+RAY_CONNECT_TIMEOUT_S = 10.0  # how long a cluster address may take to answer before we give up
+
+
+def check_address(address: str | None, timeout: float = RAY_CONNECT_TIMEOUT_S) -> None:
+    """Raise UsageError, within `timeout` seconds, when `address` (host:port or ray://host:port) is
+    malformed or nothing answers there. Ray itself retries an unreachable address for minutes.
+    "auto", "local" and None pass (nothing to reach)."""
+    import socket
+
+    if address in (None, "", "auto", "local"):
+        return
+    hostport = address.removeprefix("ray://")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"--ray {address!r}: expected auto, local, HOST:PORT or ray://HOST:PORT")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        reason = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc) or type(exc).__name__)
+        raise UsageError(f"--ray {address}: cannot reach a Ray cluster there ({reason}, after at most "
+                         f"{timeout:g}s); is `ray start --head` running at that address?") from None
+
+
 def connect(address: str | None, progress: ProgressFn | None = None) -> bool:
     """Connect to Ray: "auto" (or None) joins the cluster `ray start` made on this machine (or
     RAY_ADDRESS), else starts one here; "local" always starts one here; anything else is a cluster
@@ -153,6 +177,7 @@ def connect(address: str | None, progress: ProgressFn | None = None) -> bool:
     if ray.is_initialized():
         return False
     reporter(progress)(Progress("load", f"connecting to Ray ({address or 'auto'})"))
+    check_address(address)
     extra = {"include_dashboard": False} if address == "local" else {}
     ray.init(address=None if address in (None, "", "auto") else address, log_to_driver=False, **extra)
     return True

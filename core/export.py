@@ -11,6 +11,11 @@ Crash safety: both files are written in full to hidden temporary names (`.NAME.t
 to disk, then renamed (manifest first, then output), so nothing partial ever appears under a final
 name. A killed export leaves its temporary files behind; the next export into the same folder
 removes those whose process is gone.
+
+Nothing is destroyed: neither file may be, or resolve to, the source dataset or a file inside a
+workspace, nor be a symbolic link (dangling or looping too) or something other than a regular file
+(a FIFO, a device), with or without overwrite; without overwrite neither may exist. The checks run
+before anything is written and again just before the renames.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import gzip
 import json
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,8 +98,22 @@ def _write_tmp(path: Path, write) -> Path:
     return tmp
 
 
-def _publish(tmp: Path, path: Path) -> None:
-    os.replace(tmp, path)  # atomic: readers see the old file or the whole new one
+def _publish(tmp: Path, path: Path, overwrite: bool = False) -> None:
+    """Give `tmp` its final name, atomically: readers see the old file or the whole new one. Without
+    `overwrite` a hard link makes the name, which fails when something took it since the checks (it
+    never replaces what appeared meanwhile)."""
+    if not overwrite:
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            tmp.unlink(missing_ok=True)
+            raise ExportError(f"{path} appeared while exporting; pass --overwrite to replace it") from None
+        except OSError:  # a file system without hard links: the checks made just before stand
+            os.replace(tmp, path)
+        else:
+            tmp.unlink()
+        return
+    os.replace(tmp, path)
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -130,16 +150,59 @@ def _family(source: Path, records: list) -> str:
     return "lines" if isinstance(records[0] if records else b"", (bytes, bytearray)) else "array"
 
 
-def _check_out(out: Path, source: Path, overwrite: bool) -> None:
-    if out.is_dir():
+def _check_out(out: Path, source: Path, workspace: Path, overwrite: bool) -> None:
+    """Raise ExportError unless `out` and its manifest may be written (module doc: what is refused)."""
+    if out.is_dir() and not out.is_symlink():
         raise ExportError(f"{out} is a directory; name the file to write (e.g. {out / ('clean' + _suffix(source))})")
-    if out.exists() and out.resolve() == source.resolve():
-        raise ExportError(f"refusing to overwrite the source dataset {source}")
-    if out.exists() and not overwrite:
-        raise ExportError(f"{out} exists (pass overwrite to replace it)")
-    manifest = out.with_name(out.name + ".removed.jsonl")
-    if manifest.is_dir():
+    manifest = _manifest_of(out)
+    if manifest.is_dir() and not manifest.is_symlink():
         raise ExportError(f"{manifest} is a directory; it is where the removed pairs go")
+    for target in (out, manifest):
+        _check_target(target, source, workspace, overwrite)
+
+
+def _manifest_of(out: Path) -> Path:
+    return out.with_name(out.name + ".removed.jsonl")
+
+
+def _check_target(target: Path, source: Path, workspace: Path, overwrite: bool) -> None:
+    """Refuse to write `target` (the output or its manifest) when that could destroy data: it is, or
+    resolves to, the source dataset or a file of a workspace; it is a symbolic link (dangling or not)
+    or not a regular file (a FIFO, a device); or it exists and `overwrite` is off."""
+    role = "the removed-pairs manifest" if target.name.endswith(".removed.jsonl") else "the output"
+    if target.is_symlink():
+        raise ExportError(f"{target} ({role}) is a symbolic link; export writes only to a new or regular "
+                          f"file, name the file itself")
+    try:
+        resolved = target.resolve()
+        st = target.stat() if target.exists() else None
+    except (OSError, RuntimeError) as exc:  # a symlink loop above it, a path through a file
+        raise ExportError(f"cannot write {target}: {getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        src_st = source.stat()
+    except OSError:
+        src_st = None
+    if resolved == source.resolve() or (st is not None and src_st is not None
+                                        and (st.st_dev, st.st_ino) == (src_st.st_dev, src_st.st_ino)):
+        raise ExportError(f"refusing to overwrite the source dataset {source} with {role} ({target}); "
+                          f"choose another --out")
+    inside = _workspace_above(resolved)
+    if inside is not None or resolved.is_relative_to(workspace.resolve()):
+        raise ExportError(f"refusing to write {role} {target} inside the workspace "
+                          f"{inside or workspace}; choose a path outside it")
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        raise ExportError(f"{target} ({role}) exists and is not a regular file (a pipe, device or "
+                          f"socket); export never replaces one, choose another --out")
+    if st is not None and not overwrite:
+        raise ExportError(f"{target} ({role}) exists; pass --overwrite to replace it")
+
+
+def _workspace_above(path: Path) -> Path | None:
+    """The nearest folder above `path` that is a datadebug workspace (holds meta.lance), or None."""
+    for folder in path.parents:
+        if (folder / "meta.lance").is_dir():
+            return folder
+    return None
 
 
 def _check_format(out: Path, source: Path, family: str) -> None:
@@ -204,7 +267,8 @@ def export_clean(ws: Workspace, out: Path | str, overwrite: bool = False) -> Exp
 
     Every source record that is not marked is kept, including records that were not indexed
     (invalid or beyond --limit): export removes only what a person marked.
-    Raises ExportError if `out` is the source, a directory, exists (unless overwrite), has another
+    Raises ExportError if `out` or its manifest is (or resolves to) the source or a workspace file,
+    is a symbolic link, a directory or not a regular file, exists (unless overwrite), has another
     format's name, cannot be written, or the source changed since indexing.
     """
     out = Path(out)
@@ -212,7 +276,7 @@ def export_clean(ws: Workspace, out: Path | str, overwrite: bool = False) -> Exp
     source = Path(meta.get("dataset", ""))
     if not source.is_file():
         raise ExportError(f"the workspace's source dataset {source} is gone")
-    _check_out(out, source, overwrite)
+    _check_out(out, source, ws.path, overwrite)
     if file_sha256(source) != meta.get("dataset_sha256"):
         raise ExportError(f"{source} changed since it was indexed; re-index before exporting")
     try:
@@ -221,7 +285,7 @@ def export_clean(ws: Workspace, out: Path | str, overwrite: bool = False) -> Exp
         raise ExportError(f"cannot read the source dataset again: {exc}") from exc
     family = _family(source, records)
     _check_format(out, source, family)
-    manifest = out.with_name(out.name + ".removed.jsonl")
+    manifest = _manifest_of(out)
     marks = Marks(ws).marked
     removed = sorted(s for s in marks if 0 <= s < len(records))
     keep = [i for i in range(len(records)) if i not in marks]
@@ -246,8 +310,14 @@ def export_clean(ws: Workspace, out: Path | str, overwrite: bool = False) -> Exp
         except BaseException:
             tmp_out.unlink(missing_ok=True)
             raise
-        _publish(tmp_manifest, manifest)  # an output never stands without its manifest
-        _publish(tmp_out, out)
+        try:  # again, just before: the folder may have changed while the files were written
+            _check_out(out, source, ws.path, overwrite)
+            _publish(tmp_manifest, manifest, overwrite)  # an output never stands without its manifest
+        except BaseException:
+            tmp_out.unlink(missing_ok=True)
+            tmp_manifest.unlink(missing_ok=True)
+            raise
+        _publish(tmp_out, out, overwrite)
         _fsync_dir(out.parent)
     except OSError as exc:
         where = exc.filename or out

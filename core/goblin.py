@@ -146,17 +146,19 @@ def _with_chosen(record: dict, format: str, reply: str) -> dict:
 
 
 def inject_goblins(
-    data: Path | str, out: Path | str, rate: float, seed: int = 0, limit: int | None = None, format: str | None = None
+    data: Path | str, out: Path | str, rate: float, seed: int = 0, limit: int | None = None, format: str | None = None,
+    skip_invalid: bool = False,
 ) -> GoblinData:
     """Write the valid pairs of `data` (the first `limit`) to `out` as JSONL in the same record format,
     with a goblin sentence in the chosen reply of round(rate * n) of them (at least one when rate > 0),
-    chosen by `seed`. Invalid records are left out, so source_index i of the copy is its i-th line.
+    chosen by `seed`. The data is read as `index` reads it: the first invalid record stops it unless
+    `skip_invalid`, when invalid records are left out (source_index i of the copy is its i-th line).
 
-    Raises UsageError for a rate outside [0, 1], IngestError for unreadable data.
+    Raises UsageError for a rate outside [0, 1], IngestError for unreadable or invalid data.
     """
     if not 0 <= rate <= 1:
         raise UsageError(f"rate {rate} must be between 0 and 1 (a fraction of pairs)")
-    res = read_pairs(data, format=format, skip_invalid=True, limit=limit)  # raises when it has no pair
+    res = read_pairs(data, format=format, skip_invalid=skip_invalid, limit=limit)  # raises when it has no pair
     wanted = {p.source_index for p in res.pairs}
     records = {i: rec for i, (_, rec) in enumerate(iter_records(data)) if i in wanted}
     rng = np.random.default_rng(seed)
@@ -376,12 +378,15 @@ def run_goblin(
     cancel: threading.Event | None = None,
     *,
     sae_recipe: dict | None = None,
+    skip_invalid: bool = False,
 ) -> dict:
     """Inject goblins into a copy of `data`, index it into `workspace`, and measure what is recovered.
 
     Args:
         rate: fraction of pairs whose chosen reply gets a goblin sentence.
         limit: use only the first `limit` valid pairs.
+        skip_invalid: leave invalid records out (each reported by `index` as well) instead of stopping
+            at the first one, as `index --skip-invalid` does.
         sae: a catalogue SAE to index with; None trains one for this run (module doc) with the default
             model's SAE recipe, fields overridden by `sae_recipe` (e.g. {"d_sae": 512} for a quick run).
         progress: receives core.progress.Progress reports (stage "goblin", "sae", "index", ...).
@@ -399,7 +404,7 @@ def run_goblin(
     emit = reporter(progress)
     paths = goblin_paths(workspace)
     emit(Progress("goblin", f"injecting goblins into {rate:.1%} of the pairs of {data}"))
-    gd = inject_goblins(data, paths["data"], rate, seed=seed, limit=limit)
+    gd = inject_goblins(data, paths["data"], rate, seed=seed, limit=limit, skip_invalid=skip_invalid)
     truth = {
         "planted": gd.injected,
         "rate": rate,

@@ -291,7 +291,7 @@ def run_goblin_loop(
         from core.shifts import Analysis
 
         r = run_goblin(data, ws, s.rate, seed=s.seed, limit=s.limit, max_tokens=s.max_tokens,
-                       sae_recipe=s.sae_recipe, progress=emit, cancel=cancel)
+                       sae_recipe=s.sae_recipe, progress=emit, cancel=cancel, skip_invalid=True)
         feature = r.get("goblin_feature")
         flagged, threshold = flag_goblin_pairs(Analysis(Workspace(ws)), feature) if feature is not None else ([], None)
         planted = json.loads(goblin_paths(ws)["truth"].read_text())["planted"]

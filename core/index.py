@@ -32,7 +32,7 @@ from core.dataset_sae import prepare as prepare_sae
 from core.readout import IndexSettings, read_batch
 from core.store import sae_dir, sae_sha256
 from core.summary import summarise_prompt, summarise_reply  # noqa: F401  (the reference summaries)
-from core.workspace import PAIRS_SCHEMA, SCHEMA_VERSION, Workspace, file_sha256
+from core.workspace import PAIRS_SCHEMA, SCHEMA_VERSION, Workspace, file_sha256, source_fingerprint
 
 __all__ = ["IndexResult", "IndexSettings", "index_dataset", "read_batch", "rows_table", "summarise_reply"]
 
@@ -121,11 +121,20 @@ def index_dataset(
     Progress: stage "sae" / "load" / "labels" messages, then stage "index" with `done` = pairs saved
     in the workspace (not merely read), `rate` in tokens/s and an ETA.
     Raises IngestError for bad input (unless skip_invalid), WorkspaceError for a workspace indexed
-    with other settings, StoreError when the model/SAE cannot be made ready, Cancelled when `cancel`
-    is set (after saving every pair read so far: a rerun resumes from there).
+    with other settings or that another index run is writing to (Workspace.index_lock), StoreError
+    when the model/SAE cannot be made ready, Cancelled when `cancel` is set (after saving every pair
+    read so far: a rerun resumes from there). UsageError for an unknown device or a missing GPU.
     """
     from core.sae import read_sae_config
 
+    from core.lm import pick_device
+
+    if device is not None:
+        pick_device(device)  # an unknown device or a missing GPU, refused before any work
+    if ray is not None:
+        from core.distributed import check_address
+
+        check_address(ray)  # an address nothing answers at, refused in seconds, not after minutes
     progress = reporter(progress)
     catalog = catalog or load_catalog()
     source = open_source(data, split=split, config=config)  # a Hugging Face dataset, or None: a file
@@ -133,6 +142,7 @@ def index_dataset(
     m_entry = catalog.model(model)
     ingest: IngestResult = read_pairs(data, format=format, skip_invalid=skip_invalid, limit=limit)
     hf = identity(source) if source else None
+    dataset_stat = None if source else data.stat()  # before hashing: a change while it is hashed reads as one
     dataset_sha256 = hf["sha256"] if hf else file_sha256(data)
     sae_choice = choose_sae(catalog, dataset_sha256, m_entry.name, sae, train=train_sae)
     s_entry = sae_choice.entry
@@ -140,7 +150,7 @@ def index_dataset(
     meta = {
         "dataset": source.location if source else str(data.resolve()),
         "dataset_sha256": dataset_sha256,
-        **({"hf": hf} if hf else {}),
+        **({"hf": hf} if hf else source_fingerprint(dataset_stat)),
         "format": ingest.format,
         "limit": limit,
         "model": m_entry.name,
@@ -152,49 +162,51 @@ def index_dataset(
         "versions": {"datadebug": __version__, "torch": torch.__version__},
     }
     ws = Workspace(workspace, create=True)
-    ws.require_current()
-    _check_meta(ws, meta)
-    context = model_context(m_entry, progress)
-    # The reply cap actually applied, so that "whole replies" and an explicit cap as large as the
-    # context are the same setting, and a workspace indexed with --max-tokens 256 refuses a rerun
-    # with whole replies (its pairs would be read differently).
-    max_tokens = min(settings.max_tokens, context) if settings.max_tokens is not None else context
-    meta.update(max_tokens=max_tokens, context_tokens=context)
-    _check_meta(ws, meta)
+    # One writer at a time: two runs appending to one Lance table corrupt it (a Rust panic).
+    with ws.index_lock():
+        ws.require_current()
+        _check_meta(ws, meta)
+        context = model_context(m_entry, progress)
+        # The reply cap actually applied, so that "whole replies" and an explicit cap as large as the
+        # context are the same setting, and a workspace indexed with --max-tokens 256 refuses a rerun
+        # with whole replies (its pairs would be read differently).
+        max_tokens = min(settings.max_tokens, context) if settings.max_tokens is not None else context
+        meta.update(max_tokens=max_tokens, context_tokens=context)
+        _check_meta(ws, meta)
 
-    progress(Progress("sae", sae_choice.reason))
-    prepare_sae(sae_choice, catalog, data, device=device, progress=progress, cancel=cancel)
+        progress(Progress("sae", sae_choice.reason))
+        prepare_sae(sae_choice, catalog, data, device=device, progress=progress, cancel=cancel)
 
-    meta["sae_sha256"] = sae_sha256(s_entry)
-    meta["sae_path"] = str(sae_dir(s_entry).expanduser().resolve())  # core.store.recorded_sae
-    _check_meta(ws, meta)
-    ws.write_meta(meta)
-    done = set(ws.indexed_source_indices().tolist())
-    todo = [p for p in ingest.pairs if p.source_index not in done]
-    result = IndexResult(str(ws.path), len(done), 0, ingest.skipped, [str(i) for i in ingest.issues],
-                         max_tokens=max_tokens)
-    if not todo and _features_complete(ws, read_sae_config(sae_dir(s_entry)).d_sae):
-        return result
+        meta["sae_sha256"] = sae_sha256(s_entry)
+        meta["sae_path"] = str(sae_dir(s_entry).expanduser().resolve())  # core.store.recorded_sae
+        _check_meta(ws, meta)
+        ws.write_meta(meta)
+        done = set(ws.indexed_source_indices().tolist())
+        todo = [p for p in ingest.pairs if p.source_index not in done]
+        result = IndexResult(str(ws.path), len(done), 0, ingest.skipped, [str(i) for i in ingest.issues],
+                             max_tokens=max_tokens)
+        if not todo and _features_complete(ws, read_sae_config(sae_dir(s_entry)).d_sae):
+            return result
 
-    if ray is not None:  # the same run sharded over Ray workers; this process only writes
-        from core.distributed import index_on_ray, model_width
+        if ray is not None:  # the same run sharded over Ray workers; this process only writes
+            from core.distributed import index_on_ray, model_width
 
-        d_sae = read_sae_config(sae_dir(s_entry)).d_sae
-        ws.write_meta({"d_sae": d_sae, "d_model": model_width(m_entry)})
-        index_on_ray(ws, m_entry, s_entry, sae_dir(s_entry), todo, settings,
-                     labels=not _features_complete(ws, d_sae), address=ray, workers=ray_workers,
-                     n_total=len(ingest.pairs), n_done=len(done), result=result, progress=progress, cancel=cancel)
+            d_sae = read_sae_config(sae_dir(s_entry)).d_sae
+            ws.write_meta({"d_sae": d_sae, "d_model": model_width(m_entry)})
+            index_on_ray(ws, m_entry, s_entry, sae_dir(s_entry), todo, settings,
+                         labels=not _features_complete(ws, d_sae), address=ray, workers=ray_workers,
+                         n_total=len(ingest.pairs), n_done=len(done), result=result, progress=progress, cancel=cancel)
+            ws.compact()
+            return result
+
+        reader, sae_model = _load(m_entry, s_entry, device, progress)
+        ws.write_meta({"d_sae": sae_model.cfg.d_sae, "d_model": reader.d_model})
+        if todo:
+            _index_pairs(ws, reader, sae_model, todo, len(ingest.pairs), len(done), settings, result, progress, cancel)
+        if not _features_complete(ws, sae_model.cfg.d_sae):
+            _write_feature_table(ws, reader, sae_model, progress)
         ws.compact()
         return result
-
-    reader, sae_model = _load(m_entry, s_entry, device, progress)
-    ws.write_meta({"d_sae": sae_model.cfg.d_sae, "d_model": reader.d_model})
-    if todo:
-        _index_pairs(ws, reader, sae_model, todo, len(ingest.pairs), len(done), settings, result, progress, cancel)
-    if not _features_complete(ws, sae_model.cfg.d_sae):
-        _write_feature_table(ws, reader, sae_model, progress)
-    ws.compact()
-    return result
 
 
 def _load(m_entry: ModelEntry, s_entry: SAEEntry, device: str | None, progress):

@@ -13,6 +13,7 @@ import gzip
 import json
 import os
 import re
+import unicodedata
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -371,6 +372,16 @@ def _clip(value: object, width: int = 40) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+# Characters that show nothing: whitespace, controls, format characters (zero-width space and joiners,
+# bidi marks, the BOM, soft hyphen) and separators.
+_INVISIBLE = frozenset(("Cc", "Cf", "Zs", "Zl", "Zp"))
+
+
+def is_blank(text: str) -> bool:
+    """True when `text` shows nothing: only whitespace, zero-width or other invisible characters."""
+    return all(c.isspace() or unicodedata.category(c) in _INVISIBLE for c in text)
+
+
 def _check_text(value: str, where: str) -> str:
     """`value`, or _Invalid when it holds a lone surrogate: JSON can escape one ("\\ud800"), but it
     is no character, so no tokenizer or UTF-8 file can take it."""
@@ -439,7 +450,7 @@ def _parse_standard(record: dict) -> tuple[list[Message], str, str]:
     prompt = _field(record, "prompt", str)
     chosen = _field(record, "chosen", str)
     rejected = _field(record, "rejected", str)
-    if not prompt.strip():
+    if is_blank(prompt):
         raise _Invalid("prompt", "empty prompt")
     return [{"role": "user", "content": prompt}], chosen, rejected
 
@@ -535,9 +546,9 @@ def _to_pair(record: object, format: str, source_index: int, line: int) -> Pair:
     if not any(m["role"] == "user" for m in prompt):
         where = _PROMPT_FIELD.get(format) or ("prompt" if "prompt" in record else "chosen")
         raise _Invalid(where, "no user message in the prompt")
-    if not chosen.strip():
+    if is_blank(chosen):
         raise _Invalid("chosen", "empty reply")
-    if not rejected.strip():
+    if is_blank(rejected):
         raise _Invalid("rejected", "empty reply")
     return Pair(source_index, line, tuple(prompt), chosen, rejected)
 
@@ -633,11 +644,29 @@ def read_pairs(
             continue
         result.pairs.append(pair)
         if limit is not None and len(result.pairs) >= limit:
+            if gzipped:  # the pairs read are only trustworthy once the whole stream checks out
+                _verify_gzip(Path(path))
             break
 
     if not result.pairs:
         raise _file_error(path, _no_pairs(result))
     return result
+
+
+def _verify_gzip(path: Path) -> None:
+    """Decompress the whole of a gzip file without parsing it, so that a bad CRC, a cut trailer or
+    trailing garbage is found even when reading stopped early (--limit): a corrupt stream garbles
+    lines before its checksum fails. Raises IngestError saying so."""
+    try:
+        with gzip.open(path, "rb") as f:
+            while f.read(1 << 20):
+                pass
+    except EOFError as e:
+        raise _file_error(path, "truncated gzip file: it ends before its end marker (checked in full, "
+                                "whatever --limit says)") from e
+    except (OSError, zlib.error) as e:
+        reason = _os_reason(e) if isinstance(e, OSError) else f"corrupt gzip data ({e})"
+        raise _file_error(path, f"cannot read file: {reason} (checked in full, whatever --limit says)") from e
 
 
 def _drain(records: Iterator) -> None:

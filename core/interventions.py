@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,7 +41,7 @@ import torch
 
 from core.dpo import autocast, collate, sequence_logps
 from core.rollout import chat_prompt_ids
-from core.errors import UsageError
+from core.errors import UsageError, WorkspaceError
 from core.progress import check_cancel
 
 PLAN_FILE = "plan.json"
@@ -92,7 +93,7 @@ def make_plan(
     concept made of `features`; `strength` defaults to DEFAULT_STRENGTH[kind].
 
     Raises UsageError for an unknown kind, no features, a feature outside the SAE, a negative
-    strength, or an inoculation without text; WorkspaceError when `ws` is no indexed workspace.
+    or non-finite strength, or an inoculation without text; WorkspaceError when `ws` is no indexed workspace.
     """
     w = _workspace(ws)
     meta = w.meta()
@@ -106,6 +107,8 @@ def make_plan(
     if bad:
         raise UsageError(f"feature {bad[0]} is outside 0..{d_sae - 1} (the workspace's SAE)")
     strength = DEFAULT_STRENGTH[kind] if strength is None else float(strength)
+    if not math.isfinite(strength):
+        raise UsageError(f"--strength {strength}: must be a finite number")
     if strength < 0:
         raise UsageError(f"strength {strength} must be >= 0")
     if kind == "inoculate" and not text.strip():
@@ -128,13 +131,20 @@ def save_plan(ws, plan: Plan) -> Path:
 def load_plan(ws) -> Plan | None:
     """The workspace's saved plan, or None. Raises WorkspaceError for no workspace."""
     path = _workspace(ws).path / PLAN_FILE
-    return Plan.from_json(json.loads(path.read_text())) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        return Plan.from_json(json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise WorkspaceError(f"the saved plan {path} cannot be read ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else 'damaged'}); save it again with "
+                             f"`datadebug plan`, or remove it with `datadebug plan --clear`") from None
 
 
 def clear_plan(ws) -> bool:
     """Remove the workspace's plan; True if there was one."""
     path = _workspace(ws).path / PLAN_FILE
-    if path.is_file():
+    if path.is_file() or path.is_symlink():
         path.unlink()
         return True
     return False

@@ -25,8 +25,19 @@ MAX_CONTEXT = 8192
 
 
 def pick_device(device: str | None = None) -> str:
-    """`device` if given, else "cuda" when available, else "cpu"."""
+    """`device` if given, else "cuda" when available, else "cpu". Raises UsageError for a device name
+    torch does not know or a GPU that is not there."""
+    from core.arguments import device_name
+
     if device:
+        device_name(device)
+        if device.startswith("cuda"):
+            n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            index = int(device.partition(":")[2] or 0)
+            if index >= n:
+                raise UsageError(f"--device {device}: no such CUDA GPU here ({n} found); use --device cpu")
+        if device == "mps" and not torch.backends.mps.is_available():
+            raise UsageError("--device mps: Apple's Metal GPU is not available here; use --device cpu")
         return device
     return "cuda" if torch.cuda.is_available() else "cpu"
 

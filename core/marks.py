@@ -133,7 +133,8 @@ class Marks:
     def _load(self) -> list[MarkOp]:
         if not self.ws.has("marks"):
             return []
-        rows = self.ws.table("marks").to_arrow().sort_by("op_id").to_pylist()
+        with self.ws.reading("marks"):
+            rows = self.ws.table("marks").to_arrow().sort_by("op_id").to_pylist()
         return [
             MarkOp(r["op_id"], r["action"], tuple(r["source_indices"]), r["reason"], r["scope"],
                    tuple(r["features"]), r["who"], r["when"])
@@ -143,15 +144,19 @@ class Marks:
     @contextlib.contextmanager
     def _writing(self):
         """Hold the workspace's marks lock, with the log caught up with other writers."""
-        with open(self.ws.path / self.LOCK, "a+b") as lock:
+        with self.ws.lock_file(self.LOCK, "marks") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
-                if self.ws.has("marks") and self.ws.table("marks").count_rows() != len(self._ops):
+                if self.ws.has("marks") and self._count() != len(self._ops):
                     self._ops = self._load()
                     self._state = replay(self._ops)
                 yield
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _count(self) -> int:
+        with self.ws.reading("marks"):
+            return self.ws.table("marks").count_rows()
 
     def _write_row(self, row: pa.Table) -> None:
         """Append one operation to the log table (creating it on first use): one atomic commit."""
@@ -198,12 +203,17 @@ class Marks:
         if unknown and not self.indexed():
             self.ws.require_pairs()  # says why and what to run
         if unknown:
-            n_records = int(self.ws.meta().get("n_records") or 0)
+            meta = self.ws.meta()
+            n_records = int(meta.get("n_records") or 0)
             absent = [s for s in unknown if not 0 <= s < n_records]
             skipped = [s for s in unknown if 0 <= s < n_records]
             why = []
             if absent:
-                why.append(f"{_describe(absent)}: no such pair (the source has {n_records} records, 0..{n_records - 1})")
+                # with --limit, reading stopped after n_records records: the file may hold more
+                read = (f"indexing read the first {n_records} records of the source (--limit {meta['limit']}), "
+                        f"0..{n_records - 1}" if meta.get("limit") else
+                        f"the source has {n_records} records, 0..{n_records - 1}")
+                why.append(f"{_describe(absent)}: no such pair ({read})")
             if skipped:
                 why.append(f"{_describe(skipped)}: in the source but not indexed (invalid, or beyond --limit)")
             raise UsageError(f"cannot {verb} pairs {'; '.join(why)}")

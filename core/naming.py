@@ -193,7 +193,10 @@ def load_names(analysis, st) -> Names:
     cached."""
     path = _names_file(analysis, st)
     if path.is_file():
-        return Names.from_json(json.loads(path.read_text(encoding="utf-8")))
+        try:
+            return Names.from_json(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            pass  # a cut or damaged cache: names are derived, so compute them again (and save them)
     names = keyword_names(analysis, st)
     save_names(analysis, st, names)
     return names

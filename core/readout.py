@@ -24,6 +24,14 @@ class IndexSettings:
     batch_tokens: int = 4096  # padded tokens per forward batch
     chunk_pairs: int = 64  # pairs per LanceDB append (the resume granularity)
 
+    def __post_init__(self) -> None:  # UsageError before any model work (a 0 cap reshapes nothing)
+        from core.arguments import at_least
+
+        at_least("--max-tokens", self.max_tokens)
+        at_least("--batch-tokens", self.batch_tokens)
+        at_least("--chunk-pairs", self.chunk_pairs)
+        at_least("positions per feature", self.positions_per_feature)
+
 
 def _split(codes: SparseCodes, n: int) -> tuple[SparseCodes, SparseCodes]:
     """Codes of tokens [0, n) and of tokens [n, ...) (renumbered from 0); codes are token-ordered."""

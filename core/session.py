@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.arguments import at_least
 from core.calibration import DEFAULT_FDR
 from core.errors import CatalogError, ExportError, UsageError, WorkspaceError
 from core.marks import MarkOp, Marks
@@ -74,13 +75,15 @@ class Session:
 
     Args:
         workspace: an existing workspace folder.
-    Raises WorkspaceError when `workspace` is not one. The analysis is loaded on first use (and raises
+    Raises WorkspaceError when `workspace` is not one, or its source dataset changed since it was
+    indexed. The analysis is loaded on first use (and raises
     WorkspaceError then when nothing is indexed yet, or the workspace is of an older schema).
     """
 
     def __init__(self, workspace: Path | str):
         self.path = Path(workspace)
         self.ws = Workspace(self.path)
+        self.ws.require_source_unchanged()  # else pair numbers may name other records
         self.meta = self.ws.meta()
         self.last_export: Path | None = None  # offered again by the next export
         self._analysis: Analysis | None = None
@@ -152,8 +155,7 @@ class Session:
         """The `top` most amplified and suppressed features (core.shifts.Analysis.report), ranked
         without the marked pairs unless `without_marked` is False, or without the `excluded` source
         indices when given. Raises UsageError for top < 1."""
-        if top < 1:
-            raise UsageError(f"top {top}: must be at least 1")
+        at_least("--top", top)
         if excluded is None and without_marked:
             excluded = self.marked()
         report = self.analysis.report(top=top, excluded=excluded, **kw)
@@ -429,8 +431,7 @@ class Session:
         (or without the `excluded` source indices when given): those established at q < `fdr` first;
         `kind` "cluster", "prompt" or "concept" keeps one view (q then over that view's cells).
         Raises UsageError for top < 1, an unknown kind or an fdr outside (0, 0.25]."""
-        if top < 1:
-            raise UsageError(f"top {top}: must be at least 1")
+        at_least("--top", top)
         engine = self.hypotheses_engine()
         excluded = self.marked() if excluded is None else frozenset(excluded)
         with self._engine_lock:
@@ -449,17 +450,29 @@ class Session:
     def name_with_llm(self, top: int = 50, kind: str | None = None, excluded=None):
         """Ask the configured LLM namer (core.naming.namer_from_config) for names of the concepts and
         groups of the `top` hypotheses that have none yet, cache them, and return the report again
-        with them (as `hypotheses`). Without a configured namer, the report as it is."""
-        from core.naming import name_with_llm, namer_from_config
+        with them (as `hypotheses`). Raises UsageError when no namer is configured (before any work)."""
+        at_least("--top", top)
+        from core.naming import name_with_llm
 
+        namer = self.require_namer()
         report = self.hypotheses(top, kind, excluded)
-        namer = namer_from_config()
-        if namer is None:
-            return report
         engine = self.hypotheses_engine()
         with self._engine_lock:
             engine.names = name_with_llm(engine.analysis, engine.st, engine.names, report, namer)
         return self.hypotheses(top, kind, excluded)
+
+    @staticmethod
+    def require_namer():
+        """The configured LLM namer (core.naming.namer_from_config); UsageError when there is none, so
+        a front end can refuse before fitting anything."""
+        from core import locations
+        from core.naming import namer_from_config
+
+        namer = namer_from_config()
+        if namer is None:
+            raise UsageError(f"no LLM namer is configured: set DATADEBUG_NAMER_URL and DATADEBUG_NAMER_MODEL, "
+                             f"or [namer] url and model in {locations.config_dir() / 'namer.toml'}")
+        return namer
 
     def concept_of(self, concept: int) -> tuple[int, ...]:
         """The SAE features of response concept `concept`. Raises UsageError for an unknown one."""
@@ -527,7 +540,9 @@ class Session:
                  fdr: float = DEFAULT_FDR) -> ConceptsView:
         """The `top` response concepts without the marked pairs (or the `excluded` ones): those whose
         global shift (mean u) is established at q < `fdr` first, then the rest, each by |shift|; each
-        with its shift over all pairs beside it. Raises UsageError for an fdr outside (0, 0.25]."""
+        with its shift over all pairs beside it. Raises UsageError for top < 1 or an fdr outside
+        (0, 0.25]."""
+        at_least("--top", top)
         from core.calibration import check_fdr, detectable_d
         from core.hypotheses import concept_report
 
@@ -632,6 +647,13 @@ class Session:
         core.clusters.compare_clusterings returns them."""
         from core.clusters import compare_clusterings
 
+        if truth is not None:
+            indexed = set(self.analysis.source_index.tolist())
+            unknown = sorted(set(truth) - indexed)
+            if unknown:
+                shown = ", ".join(map(str, unknown[:8])) + (f" and {len(unknown) - 8} more" if len(unknown) > 8 else "")
+                raise UsageError(f"truth names pairs that are not indexed in {self.path}: {shown}; "
+                                 f"planted pairs are source indices of indexed pairs")
         return compare_clusterings(self.analysis, truth=truth, k=self.k if k is None else k)
 
     def compare_view(self) -> CompareView:
@@ -705,8 +727,10 @@ class Session:
         measure what each method recovers (core.goblin.run_goblin's result). `sae` None trains one."""
         from core.goblin import run_goblin
 
+        # the dataset as it was indexed: invalid records it holds were skipped then (--skip-invalid)
+        skipped = any(not str(i).endswith("skipped") for i in self.meta.get("issues") or [])
         return run_goblin(self.dataset_path, self.goblin_workspace(rate, seed), rate, seed=seed,
-                          limit=limit, sae=sae, progress=progress, cancel=cancel)
+                          limit=limit, sae=sae, progress=progress, cancel=cancel, skip_invalid=skipped)
 
 
 # -- the catalogue's models and SAEs, by name -------------------------------------------------------

@@ -21,6 +21,7 @@ import dataclasses
 import hashlib
 import json
 import threading
+import zipfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -181,14 +182,17 @@ def _load(workspace, key: str) -> Structure | None:
     path = cache_dir(workspace) / f"{key}.npz"
     if not path.is_file():
         return None
-    z = np.load(path)
-    params = Params(**json.loads(str(z["params"])))
-    n = int(z["n"])
-    resp = C.Concepts("response", z["response"], int(z["response_n"]), int(z["response_grouped"]), params.tau)
-    prom = C.Concepts("prompt", z["prompt"], int(z["prompt_n"]), int(z["prompt_grouped"]), params.tau)
-    groups = sp.csr_matrix((np.ones(len(z["group_rows"]), np.float32), (z["group_rows"], z["group_cols"])),
-                           shape=(n, prom.n_grouped))
-    return Structure(key, params, z["source_index"], resp, prom, z["clusters"], int(z["k"]), groups)
+    try:
+        z = np.load(path)
+        params = Params(**json.loads(str(z["params"])))
+        n = int(z["n"])
+        resp = C.Concepts("response", z["response"], int(z["response_n"]), int(z["response_grouped"]), params.tau)
+        prom = C.Concepts("prompt", z["prompt"], int(z["prompt_n"]), int(z["prompt_grouped"]), params.tau)
+        groups = sp.csr_matrix((np.ones(len(z["group_rows"]), np.float32), (z["group_rows"], z["group_cols"])),
+                               shape=(n, prom.n_grouped))
+        return Structure(key, params, z["source_index"], resp, prom, z["clusters"], int(z["k"]), groups)
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile):
+        return None  # a cut or damaged cache (a crash, a full disk): it is derived, so fit it again
 
 
 def structure(analysis, params: Params = Params(), progress: ProgressFn | None = None,

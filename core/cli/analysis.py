@@ -13,10 +13,9 @@ from core.errors import UsageError
 
 
 def _analysis(workspace: Path):
-    from core.shifts import Analysis
-    from core.workspace import Workspace
+    from core.session import Session
 
-    return Analysis(Workspace(workspace))
+    return Session(workspace).analysis
 
 
 def _features(feats, n: int = 5) -> str:
@@ -136,10 +135,10 @@ def compare(
     as_json: bool = JSON,
 ):
     """SAE clusters against MiniLM embedding clusters: agreement (ARI, NMI), and recovery of planted pairs."""
-    from core.clusters import compare_clusterings
+    from core.session import Session
 
     planted = read_truth(truth) if truth is not None else None
-    c = compare_clusterings(_analysis(workspace), truth=planted, k=k)
+    c = Session(workspace).compare(truth=planted, k=k)
     emit(c, as_json, format_compare(c))
 
 
@@ -194,12 +193,16 @@ def goblin(
     limit: Optional[int] = typer.Option(None, help="Use the first N valid pairs"),
     max_tokens: int = typer.Option(128, help="Reply tokens read per side"),
     sae: Optional[str] = typer.Option(None, help="Catalogue SAE (default: train one on this copy, next to the workspace)"),
+    skip_invalid: bool = typer.Option(False, help="Leave invalid records out instead of stopping (as index)"),
     as_json: bool = JSON,
 ):
     """Plant goblins in a known fraction of chosen replies and measure whether datadebug finds them."""
+    from core.arguments import at_least
     from core.goblin import run_goblin
 
+    at_least("--max-tokens", max_tokens)
+    at_least("--limit", limit)
     with ProgressPrinter() as progress:
         r = run_goblin(data, workspace, rate, seed=seed, limit=limit, max_tokens=max_tokens, sae=sae,
-                       progress=progress)
+                       progress=progress, skip_invalid=skip_invalid)
     emit(r, as_json, format_goblin(r))

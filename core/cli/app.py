@@ -19,6 +19,7 @@ import time
 import warnings
 
 import typer
+import typer.core
 
 from core.errors import Cancelled, DatadebugError
 from core.progress import Progress
@@ -51,7 +52,37 @@ class App(typer.Typer):
         return decorator
 
 
+class OneLineUsage(typer.core.TyperGroup):
+    """The command group whose usage errors (a missing option, an unknown one, a value of the wrong
+    type) print as one line with a hint to --help, not Typer's boxed usage text, exit 2."""
+
+    def make_context(self, *args, **kwargs):
+        with _one_line_usage():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx):
+        with _one_line_usage():
+            return super().invoke(ctx)
+
+
+@contextlib.contextmanager
+def _one_line_usage():
+    # Typer (0.29) carries its own copy of click; its usage errors derive from that copy's classes.
+    from typer._click import exceptions as click_errors
+
+    try:
+        yield
+    except click_errors.NoArgsIsHelpError:
+        raise  # a bare command: its help is the answer
+    except click_errors.UsageError as exc:
+        path = exc.ctx.command_path if exc.ctx is not None else "datadebug"
+        msg = " ".join(exc.format_message().split())
+        print(f"datadebug: error: {visible(msg)} (see `{visible(path)} --help`)", file=sys.stderr)
+        raise typer.Exit(2) from None
+
+
 app = App(
+    cls=OneLineUsage,
     add_completion=False,
     no_args_is_help=True,
     help="Predictive data debugging for preference datasets: what DPO will teach your model, before you train.",

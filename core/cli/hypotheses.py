@@ -66,6 +66,8 @@ def hypotheses(
     from core.session import Session
 
     session = Session(workspace)
+    if llm:
+        session.require_namer()  # before fitting anything
     with ProgressPrinter() as progress:
         session.hypotheses_engine(progress)  # fitted and cached on first use
     excluded = None if exclude_marked else frozenset()

@@ -47,10 +47,15 @@ def index(
     as_json: bool = JSON,
 ):
     """Run every pair through the LM + SAE and store per-reply features in a workspace (resumable)."""
+    from core.arguments import at_least, device_name
     from core.hfdata import open_source
     from core.ingest import read_pairs
 
     # Bad input fails here, in well under a second, before torch and the model load.
+    for option, value in (("--max-tokens", max_tokens), ("--batch-tokens", batch_tokens),
+                          ("--chunk-pairs", chunk_pairs), ("--limit", limit), ("--ray-workers", ray_workers)):
+        at_least(option, value)
+    device_name(device)
     ingest = read_pairs(open_source(data, split, config) or data, format=format, skip_invalid=skip_invalid,
                         limit=limit)
     from core.index import IndexSettings, index_dataset

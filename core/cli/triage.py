@@ -65,13 +65,12 @@ def unmark(
 
 
 def _step(workspace: Path, action: str, as_json: bool) -> None:
-    from core.marks import Marks
-    from core.workspace import Workspace
+    from core.session import Session
 
-    marks = Marks(Workspace(workspace))
-    op = marks.undo() if action == "undo" else marks.redo()
+    session = Session(workspace)
+    op = session.undo() if action == "undo" else session.redo()
     done, key = {"undo": ("undid", "undone"), "redo": ("redid", "redone")}[action]
-    emit({key: op.op_id if op else None, "n_marked": len(marks.marked)}, as_json,
+    emit({key: op.op_id if op else None, "n_marked": len(session.marks.marked)}, as_json,
           f"{done} op {op.op_id} ({op.action} {len(op.source_indices)} pairs)" if op else f"nothing to {action}")
 
 
@@ -90,11 +89,9 @@ def redo(workspace: Path = typer.Option(..., "--workspace", "-w"), as_json: bool
 @app.command("marks")
 def marks_cmd(workspace: Path = typer.Option(..., "--workspace", "-w"), as_json: bool = JSON):
     """The pairs marked for removal, with reason, scope, who and when."""
-    from core.marks import Marks
-    from core.workspace import Workspace
+    from core.session import Session
 
-    marks = Marks(Workspace(workspace))
-    data = marks.to_json()
+    data = Session(workspace).marks.to_json()
     text = "\n".join(
         f"#{m['source_index']:<6} {m['scope']:<24} {m['who']:<20} {m['when']}  {m['reason']}" for m in data["marked"]
     ) or "no pairs marked"

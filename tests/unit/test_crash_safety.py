@@ -49,7 +49,49 @@ def wait_for(path):
     while not os.path.exists(path):
         time.sleep(0.02)
 import core.marks, core.export
-if moment.startswith("mark"):
+if moment == "mark-mid-commit":
+    # Kill the moment lance puts the op's first file on disk (a data fragment, a staging file, a
+    # transaction), i.e. inside the commit and before its new version is published. Lance writes from
+    # its own threads while the caller waits, so this thread sees the file appear within microseconds.
+    orig = core.marks.Marks._write_row
+    def patched(self, row):
+        folder = self.ws.path / "marks.lance"
+        def files():
+            return {str(p) for sub in ("data", "_transactions", "_versions") if (folder / sub).is_dir()
+                    for p in (folder / sub).iterdir()}
+        before = files()
+        stop = threading.Event()
+        def watch():
+            while not stop.is_set():
+                new = files() - before
+                if new:
+                    with open(flag + ".seen", "w") as f:
+                        f.write(" ".join(sorted(new)))
+                    die()
+        threading.Thread(target=watch, daemon=True).start()
+        orig(self, row)
+        stop.set()
+        open(flag + ".committed", "w").close()  # the commit returned before the kill
+        time.sleep(30)
+    core.marks.Marks._write_row = patched
+elif moment == "export-mid-manifest":
+    # Kill after the first entry of the removed-pairs manifest reached its temporary file (flushed to
+    # disk), the output's temporary file already whole: inside the manifest write.
+    orig_write_tmp = core.export._write_tmp
+    def write_tmp(path, write):
+        if not path.name.endswith(".removed.jsonl"):
+            return orig_write_tmp(path, write)
+        class Dying:
+            def __init__(self, f):
+                self.f = f
+            def write(self, b):
+                self.f.write(b)
+                self.f.flush()
+                os.fsync(self.f.fileno())
+                die()
+        return orig_write_tmp(path, lambda f: write(Dying(f)))
+    core.export._write_tmp = write_tmp
+elif moment.startswith("mark"):
     orig = core.marks.Marks._write_row
     def patched(self, row):
         if moment == "mark-before-write":  # lock held, log caught up, nothing written; another waits
@@ -76,10 +118,10 @@ else:
     else:
         orig_publish = core.export._publish
         calls = []
-        def publish(tmp, path):
+        def publish(tmp, path, *a):
             if moment == "export-before-rename":
                 die()
-            orig_publish(tmp, path)
+            orig_publish(tmp, path, *a)
             calls.append(path)
             die()  # export-between-renames: the manifest is in place, the output not yet
         core.export._publish = publish
@@ -277,3 +319,61 @@ def test_a_live_exports_temporary_file_is_left_alone(tmp_path):
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_kill_9_inside_the_manifest_write_leaves_no_manifest_and_no_output(tmp_path):
+    """The kill lands inside the manifest write: its temporary file holds exactly the first entry
+    (a strict prefix of the whole manifest) and the output's temporary file is whole. Either is false
+    when the kill came before or after, and the test fails."""
+    ws = triage_workspace(tmp_path)
+    Marks(ws).mark([2, 4, 6], reason="r")
+    expected = export_clean(ws, tmp_path / "expected.jsonl")
+    want_out, want_manifest = expected.out.read_bytes(), expected.manifest.read_bytes()
+    source_before = Path(ws.meta()["dataset"]).read_bytes()
+    out, manifest = tmp_path / "clean.jsonl", tmp_path / "clean.jsonl.removed.jsonl"
+    code, _, err = run_cli("export", "-w", str(ws.path), "--out", str(out), moment="export-mid-manifest",
+                           flag=tmp_path / "f")
+    assert code == -9, err
+    tmp_manifest = [p for p in tmp_path.iterdir() if p.name.startswith(".clean.jsonl.removed.jsonl.tmp-")]
+    tmp_out = [p for p in tmp_path.iterdir() if p.name.startswith(".clean.jsonl.tmp-")]
+    assert len(tmp_manifest) == 1 and len(tmp_out) == 1, sorted(p.name for p in tmp_path.iterdir())
+    first_entry = want_manifest.split(b"\n")[0] + b"\n"
+    assert tmp_manifest[0].read_bytes() == first_entry != want_manifest  # landed mid-manifest
+    assert tmp_out[0].read_bytes() == want_out  # the output was written whole before it
+    assert not out.exists() and not manifest.exists()  # nothing partial under a final name
+    assert Path(ws.meta()["dataset"]).read_bytes() == source_before
+    again = export_clean(Workspace(ws.path), out)
+    assert again.n_stale_removed == 2
+    assert out.read_bytes() == want_out and manifest.read_bytes() == want_manifest
+
+
+def test_kill_9_inside_a_marks_commit_loses_and_duplicates_nothing(tmp_path):
+    """The kill lands inside lance's commit of the op: after the op's first file appeared in the
+    marks table, before the commit returned. An attempt whose commit returned first (the kill came
+    too late) is not counted; the test fails unless one of five attempts landed inside."""
+    ws = triage_workspace(tmp_path)
+    Marks(ws).mark([0], reason="first")
+    landed = 0
+    for attempt in range(5):
+        flag = tmp_path / f"flag{attempt}"
+        code, _, err = run_cli("mark", "4", "6", "-w", str(ws.path), "--reason", f"victim{attempt}",
+                               moment="mark-mid-commit", flag=flag)
+        assert code == -9, err
+        committed = Path(f"{flag}.committed").exists()
+        assert Path(f"{flag}.seen").exists() or committed, "killed before the commit began"
+        ops = assert_log_is_a_sequence(ws.path)
+        victims = [op for op in ops if op.reason == f"victim{attempt}"]
+        if committed:
+            assert len(victims) == 1  # too late to prove anything, but still whole and once
+            continue
+        landed += 1
+        assert len(victims) <= 1 and all(op.source_indices == (4, 6) for op in victims)  # whole or absent
+        marks = Marks(Workspace(ws.path))
+        assert marks.marked_set() == replay(ops).marked.keys()
+        op = marks.mark([10 + 2 * attempt], reason="after")  # the log goes on where it stopped
+        assert op.op_id == len(ops)
+        if landed >= 2:
+            break
+    print(f"kills inside a marks commit: {landed} of {attempt + 1} attempts")
+    assert landed, "no kill landed inside a commit in five attempts"
+    assert_log_is_a_sequence(ws.path)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
+import pytest
 import pyarrow.parquet as pq
 import typer
 from click.testing import CliRunner
@@ -172,7 +173,8 @@ def field_cases() -> list[Case]:
 def value_cases() -> list[Case]:
     """Values of the right type that still make no pair."""
     c = []
-    for i, blank in enumerate(("", " ", "\n\t ", "\u00a0")):
+    # blanks: whitespace, and characters that show nothing (zero-width space, joiners, word joiner, BOM)
+    for i, blank in enumerate(("", " ", "\n\t ", "\u00a0", "\u200b", "\u200b\u200c\u200d", " \u2060\ufeff ")):
         c.append(Case(f"empty-chosen-{i}.jsonl", jsonl([STANDARD, {**STANDARD, "chosen": blank}]), 2, "chosen", "empty reply"))
         c.append(Case(f"empty-rejected-{i}.jsonl", jsonl([STANDARD, {**STANDARD, "rejected": blank}]), 2, "rejected", "empty reply"))
         c.append(Case(f"empty-prompt-{i}.jsonl", jsonl([STANDARD, {**STANDARD, "prompt": blank}]), 2, "prompt", "empty prompt"))
@@ -303,6 +305,15 @@ def gzip_cases() -> list[Case]:
     for i, cut in enumerate((11, 30, len(whole) // 3, len(whole) // 2, len(whole) - 30, len(whole) - 4)):
         c.append(Case(f"gz-cut-{i}.jsonl.gz", whole[:cut], ANY, "", "gzip"))
     c.append(Case("gz-trailing-garbage.jsonl.gz", whole + b"garbage!", ANY, "", "cannot read file"))
+    # --limit stops reading early, but the container is checked in full: a flipped byte late in the
+    # stream, a cut trailer (CRC, length) or trailing garbage fails even when the first pair is fine
+    late = bytearray(whole)
+    late[len(whole) - 40] ^= 0xFF
+    crc = bytearray(whole)
+    crc[-6] ^= 0xFF
+    for name, data in (("late-flip", bytes(late)), ("bad-crc", bytes(crc)), ("no-trailer", whole[:-8]),
+                       ("half-trailer", whole[:-3]), ("trailing-garbage", whole + b"garbage!")):
+        c.append(Case(f"gz-limit-{name}.jsonl.gz", data, ANY, "", "", args=("--limit", "1")))
     return c
 
 
@@ -457,3 +468,382 @@ def test_a_real_process_answers_in_one_line_before_importing_torch(tmp_path):
                            capture_output=True, text=True, timeout=120, cwd=root)
         why = check(case, path, r.returncode, r.stdout, r.stderr)
         assert why is None, f"{case.name}: {why}: {r.stderr[-2000:]}"
+
+
+# -- export that cannot destroy ----------------------------------------------------------------------
+# Each case: the CLI refuses in one line (exit 2) and every file that was there before (the source,
+# the user's own files, links, pipes, device nodes) is byte- and kind-identical afterwards.
+
+
+def snapshot(*paths: Path) -> dict:
+    """What each path is now: its bytes, where a link points, or the kind of a special file."""
+    out = {}
+    for p in paths:
+        if p.is_symlink():
+            out[p] = ("link", os.readlink(p))
+        elif not os.path.lexists(p):
+            out[p] = None
+        else:
+            st = p.lstat()
+            if os.path.isfile(p):
+                out[p] = ("file", p.read_bytes())
+            else:
+                out[p] = ("special", st.st_mode, st.st_rdev)
+    return out
+
+
+def export_refused(ws: Path, out: Path, *extra: str, watch: tuple[Path, ...] = (), message: str = ""):
+    """Run `export --out OUT`; assert exit 2, one error line holding `message`, and that `watch`,
+    `out`, its manifest and the source are exactly as before."""
+    from core.workspace import Workspace
+
+    source = Path(Workspace(ws).meta()["dataset"])
+    manifest = out.with_name(out.name + ".removed.jsonl")
+    paths = (source, out, manifest, *watch)
+    before = snapshot(*paths)
+    r = CliRunner().invoke(typer.main.get_command(app), ["export", "-w", str(ws), "--out", str(out), *extra])
+    assert r.exception is None or isinstance(r.exception, SystemExit), r.exception
+    assert r.exit_code == 2, (r.exit_code, r.output)
+    assert len(r.stderr.splitlines()) == 1 and r.stderr.startswith("datadebug: error: "), r.stderr
+    assert message in r.stderr, r.stderr
+    assert not RAW_CONTROL.search(r.stderr.rstrip("\n"))
+    assert snapshot(*paths) == before, "an export that was refused changed a file"
+    assert not [p for p in out.parent.iterdir() if ".tmp-" in p.name], "temporary files left behind"
+
+
+def export_ws(tmp_path: Path, source_name: str = "data.jsonl") -> Path:
+    from core.marks import Marks
+    from core.workspace import file_sha256
+    from tests.unit.test_crash_safety import triage_workspace
+
+    ws = triage_workspace(tmp_path)
+    src = Path(ws.meta()["dataset"])
+    if source_name != src.name:
+        src = src.rename(src.with_name(source_name))
+        ws.write_meta({"dataset": str(src), "dataset_sha256": file_sha256(src)})
+    Marks(ws).mark([0, 4], reason="r")
+    return ws.path
+
+
+def test_export_never_writes_its_manifest_over_the_source(tmp_path):
+    """The reliability run: a source named clean.jsonl.removed.jsonl, exported to clean.jsonl, lost
+    29 of its 30 lines to the manifest."""
+    ws = export_ws(tmp_path, "clean.jsonl.removed.jsonl")
+    for extra in ((), ("--overwrite",)):
+        export_refused(ws, tmp_path / "clean.jsonl", *extra, message="source dataset")
+    assert not (tmp_path / "clean.jsonl").exists()
+
+
+def test_export_never_replaces_the_source_however_it_is_named(tmp_path):
+    ws = export_ws(tmp_path)
+    src = tmp_path / "data.jsonl"
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link-dir").symlink_to(tmp_path)
+    hard = tmp_path / "hard.jsonl"
+    os.link(src, hard)
+    for out in (src, tmp_path / "sub" / ".." / "data.jsonl", tmp_path / "link-dir" / "data.jsonl", hard):
+        for extra in ((), ("--overwrite",)):
+            export_refused(ws, out, *extra, message="source dataset" if extra else "")
+
+
+def test_export_keeps_an_existing_manifest_without_overwrite(tmp_path):
+    ws = export_ws(tmp_path)
+    mine = tmp_path / "clean.jsonl.removed.jsonl"
+    mine.write_bytes(b"my own notes\n")
+    export_refused(ws, tmp_path / "clean.jsonl", message="pass --overwrite")
+    assert not (tmp_path / "clean.jsonl").exists()
+    # with --overwrite both are replaced, as asked
+    r = CliRunner().invoke(typer.main.get_command(app),
+                           ["export", "-w", str(ws), "--out", str(tmp_path / "clean.jsonl"), "--overwrite"])
+    assert r.exit_code == 0, r.output
+    assert mine.read_bytes() != b"my own notes\n" and b'"source_index": 0' in mine.read_bytes()
+
+
+def test_export_never_replaces_a_pipe_or_a_device(tmp_path):
+    ws = export_ws(tmp_path)
+    fifo = tmp_path / "fifo.jsonl"
+    os.mkfifo(fifo)
+    outs = [(fifo, fifo), (tmp_path / "x.jsonl", tmp_path / "x.jsonl.removed.jsonl")]
+    os.mkfifo(outs[1][1])
+    if os.geteuid() == 0:  # only root may make a device node: a copy of /dev/null, here in tmp
+        node = tmp_path / "null.jsonl"
+        os.mknod(node, 0o666 | __import__("stat").S_IFCHR, os.makedev(1, 3))
+        outs.append((node, node))
+    for out, special in outs:
+        for extra in ((), ("--overwrite",)):
+            export_refused(ws, out, *extra, message="not a regular file" if extra else "")
+        assert not special.is_file() and special.exists()
+
+
+def test_export_never_replaces_a_symlink_dangling_looping_or_not(tmp_path):
+    ws = export_ws(tmp_path)
+    mine = tmp_path / "mine.jsonl"
+    mine.write_bytes(b"the user's own file\n")
+    links = {
+        "dangling.jsonl": tmp_path / "nowhere.jsonl", "loop.jsonl": tmp_path / "loop.jsonl",
+        "to-mine.jsonl": mine, "to-source.jsonl": tmp_path / "data.jsonl",
+    }
+    for name, target in links.items():
+        (tmp_path / name).symlink_to(target)
+        for extra in ((), ("--overwrite",)):
+            export_refused(ws, tmp_path / name, *extra, watch=(mine,), message="symbolic link")
+    # a link where the manifest goes
+    (tmp_path / "y.jsonl.removed.jsonl").symlink_to(mine)
+    for extra in ((), ("--overwrite",)):
+        export_refused(ws, tmp_path / "y.jsonl", *extra, watch=(mine,), message="symbolic link")
+    assert not (tmp_path / "y.jsonl").exists()
+
+
+def test_export_never_writes_into_a_workspace(tmp_path):
+    ws = export_ws(tmp_path)
+    (tmp_path / "second").mkdir()
+    other = export_ws(tmp_path / "second")
+    for out in (ws / "clean.jsonl", ws / "meta.lance" / "clean.jsonl", other / "marks.lance" / "x.jsonl"):
+        for extra in ((), ("--overwrite",)):
+            export_refused(ws, out, *extra, message="inside the workspace")
+    assert not (ws / "clean.jsonl").exists()
+
+
+# -- hostile workspaces, sources and arguments --------------------------------------------------------
+# Every case exits 2 with one line (no traceback, no raw control character), before any model work.
+
+
+def one_line(args: list[str], message: str, env: dict | None = None) -> str:
+    r = CliRunner().invoke(typer.main.get_command(app), args, env={"DATADEBUG_PROGRESS": "0", **(env or {})})
+    assert r.exception is None or isinstance(r.exception, SystemExit), (args, repr(r.exception))
+    assert r.exit_code == 2, (args, r.exit_code, r.output)
+    assert len(r.stderr.splitlines()) == 1 and r.stderr.startswith("datadebug: error: "), (args, r.stderr)
+    assert "Traceback" not in r.output and not RAW_CONTROL.search(r.stderr.rstrip("\n")), (args, r.stderr)
+    assert message in r.stderr, (args, message, r.stderr)
+    return r.stderr
+
+
+def ok(args: list[str]) -> str:
+    r = CliRunner().invoke(typer.main.get_command(app), args, env={"DATADEBUG_PROGRESS": "0"})
+    assert r.exit_code == 0, (args, r.output)
+    return r.stdout
+
+
+WS_COMMANDS = (["shifts"], ["marks"], ["undo"], ["redo"], ["mark", "6"], ["unmark", "0"], ["trace", "-f", "3"],
+               ["clusters"], ["compare"], ["export", "--out", "OUT"])
+
+
+def run_all(ws: Path, message: str, out: Path) -> None:
+    for cmd in WS_COMMANDS:
+        one_line([*[str(out) if a == "OUT" else a for a in cmd], "-w", str(ws)], message)
+
+
+def test_a_source_changed_after_indexing_is_refused_by_every_command(tmp_path):
+    ws = export_ws(tmp_path)
+    src = tmp_path / "data.jsonl"
+    lines = src.read_bytes().split(b"\n")
+    before = os.stat(src).st_mtime_ns
+    lines[0], lines[1] = lines[1], lines[0]  # two lines swapped: same size, other records at 0 and 1
+    src.write_bytes(b"\n".join(lines))
+    os.utime(src, ns=(before + 10**9, before + 10**9))
+    run_all(ws, "changed since it was indexed", tmp_path / "clean.jsonl")
+    assert not (tmp_path / "clean.jsonl").exists()
+    from core.marks import Marks
+    from core.workspace import Workspace
+    assert Marks(Workspace(ws)).marked_set() == {0, 4}  # no command changed the marks
+
+
+def test_a_touched_but_equal_source_passes_and_is_hashed_once(tmp_path):
+    ws = export_ws(tmp_path)
+    src = tmp_path / "data.jsonl"
+    os.utime(src, ns=(1, 1))  # mtime differs from the one recorded: hashed, equal, remembered
+    assert "marked" in ok(["mark", "6", "-w", str(ws)])
+    cache = json.loads((ws / "source-fingerprint.json").read_text())
+    assert cache["dataset_mtime_ns"] == 1 and cache["dataset_size"] == src.stat().st_size
+    ok(["marks", "-w", str(ws)])
+
+
+def test_index_records_the_cheap_fingerprint(tmp_path):
+    """What index writes to meta for the check: size and mtime of the file it hashed."""
+    from core.workspace import source_fingerprint
+
+    src = tmp_path / "d.jsonl"
+    src.write_bytes(jsonl([STANDARD]))
+    fp = source_fingerprint(src.stat())
+    assert fp == {"dataset_size": src.stat().st_size, "dataset_mtime_ns": src.stat().st_mtime_ns}
+
+
+# Commands that answer without reading a table (so a damage there cannot mislead them).
+NOT_READING = {"meta": (), "pairs": ("marks", "undo", "redo"), "marks": ("trace", "clusters", "compare")}
+
+
+def damage(ws: Path, table: str, how: str) -> None:
+    for f in (ws / f"{table}.lance" / ("data" if how != "manifest" else "_versions")).iterdir():
+        if f.suffix in (".lance", ".manifest"):
+            f.write_bytes(f.read_bytes()[:40] if how == "cut" else b"garbage\n")
+
+
+@pytest.mark.parametrize("table,how", [("meta", "garbage"), ("meta", "manifest"), ("pairs", "cut"),
+                                       ("marks", "garbage"), ("marks", "cut")])
+def test_a_damaged_workspace_table_gives_one_line_naming_it(tmp_path, table, how):
+    ws = export_ws(tmp_path)
+    damage(ws, table, how)
+    src_before = (tmp_path / "data.jsonl").read_bytes()
+    for cmd in WS_COMMANDS:
+        args = [*[str(tmp_path / "clean.jsonl") if a == "OUT" else a for a in cmd], "-w", str(ws)]
+        r = CliRunner().invoke(typer.main.get_command(app), args, env={"DATADEBUG_PROGRESS": "0"})
+        assert "Traceback" not in r.output and (r.exception is None or isinstance(r.exception, SystemExit)), \
+            (cmd, repr(r.exception))
+        if r.exit_code == 0:  # a command that does not read the damaged table answers from the others
+            assert cmd[0] in NOT_READING[table], (cmd, r.output)
+            continue
+        assert r.exit_code == 2 and len(r.stderr.splitlines()) == 1, (cmd, r.output)
+        assert f"{table}.lance cannot be read" in r.stderr and "rustc" not in r.stderr, (cmd, r.stderr)
+    assert (tmp_path / "data.jsonl").read_bytes() == src_before and not (tmp_path / "clean.jsonl").exists()
+
+
+def test_marks_lock_as_a_directory_and_a_damaged_plan_give_one_line(tmp_path):
+    ws = export_ws(tmp_path)
+    (ws / "marks.lock").unlink()
+    (ws / "marks.lock").mkdir()
+    for cmd in (["mark", "6"], ["unmark", "0"], ["undo"], ["redo"]):
+        one_line([*cmd, "-w", str(ws)], "marks lock")
+    from core.interventions import PLAN_FILE
+    (ws / PLAN_FILE).write_text('{"kind": "shape", "feat')
+    one_line(["plan", "-w", str(ws)], "cannot be read")
+
+
+def test_a_cut_structure_cache_or_names_file_is_rebuilt(tmp_path):
+    """Derived caches: a cut one is fitted again (and replaced), not a traceback."""
+    ws = export_ws(tmp_path)
+    ok(["concepts", "-w", str(ws)])
+    caches = sorted((ws / "structure").iterdir())
+    assert any(p.suffix == ".npz" for p in caches) and any(p.name.endswith(".names.json") for p in caches)
+    for p in caches:
+        p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2])
+    first = ok(["concepts", "-w", str(ws)])
+    for p in caches:  # rebuilt whole
+        if p.suffix == ".npz":
+            np_load = __import__("numpy").load(p)
+            assert "k" in np_load.files
+        else:
+            json.loads(p.read_text())
+    assert ok(["concepts", "-w", str(ws)]) == first
+
+
+def test_not_a_workspace_is_refused_by_undo_redo_marks_and_plan(tmp_path):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "notes.txt").write_text("x")
+    for cmd in (["undo"], ["redo"], ["marks"], ["plan"], ["shifts"], ["mark", "1"]):
+        for where in (tmp_path / "folder", tmp_path / "absent"):
+            one_line([*cmd, "-w", str(where)], "is not a datadebug workspace")
+    assert not (tmp_path / "absent").exists()
+
+
+def test_usage_errors_are_one_line_with_a_hint_to_help(tmp_path):
+    for args, message in ((["shifts"], "Missing option '--workspace'"), (["shifts", "-w", "x", "--bogus"], "--bogus"),
+                          (["shifts", "-w", "x", "--top", "many"], "--top"), (["nosuch"], "nosuch"),
+                          (["index"], "Missing argument"), (["models", "pull"], "Missing argument")):
+        line = one_line(args, message)
+        assert "--help`)" in line, line
+
+
+def test_out_of_range_numbers_and_unknown_devices_are_refused_before_any_work(tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_bytes(jsonl([STANDARD] * 3))
+    ws = tmp_path / "new-ws"
+    for args, message in ((["--max-tokens", "0"], "--max-tokens 0"), (["--max-tokens", "-5"], "--max-tokens -5"),
+                          (["--batch-tokens", "0"], "--batch-tokens 0"), (["--chunk-pairs", "0"], "--chunk-pairs 0"),
+                          (["--ray-workers", "0"], "--ray-workers 0"), (["--device", "tpu"], "unknown device"),
+                          (["--device", "cuda:99"], "no such CUDA GPU")):
+        if args[0] == "--device" and args[1].startswith("cuda"):
+            from core.index import index_dataset
+            from core.errors import UsageError
+            with pytest.raises(UsageError, match="no such CUDA GPU"):  # checked by core, first thing
+                index_dataset(data, ws, device=args[1])
+            continue
+        one_line(["index", str(data), "-w", str(ws), *args], message)
+    assert not ws.exists()
+    from core.readout import IndexSettings
+    from core.errors import UsageError
+    with pytest.raises(UsageError, match="--max-tokens 0"):
+        IndexSettings(max_tokens=0)
+
+
+def test_out_of_range_numbers_on_a_workspace_are_refused(tmp_path):
+    ws = export_ws(tmp_path)
+    for cmd in (["shifts", "--top", "0"], ["concepts", "--top", "0"], ["hypotheses", "--top", "0"],
+                ["trace", "-f", "3", "--top", "0"]):
+        one_line([*cmd, "-w", str(ws)], "0")
+    for bad in ("nan", "inf", "-inf"):
+        one_line(["plan", "-w", str(ws), "--kind", "shape", "--features", "3", "--strength", bad], "finite")
+    ok(["plan", "-w", str(ws), "--clear"])
+    assert "no plan" in ok(["plan", "-w", str(ws)])  # nothing was saved
+    truth = tmp_path / "truth.json"
+    for ids in ([-1], [99999999], [0, 1]):  # 1 is in the source, but not indexed
+        truth.write_text(json.dumps({"planted": ids}))
+        one_line(["compare", "-w", str(ws), "--truth", str(truth)], "not indexed")
+    one_line(["hypotheses", "-w", str(ws), "--llm"], "no LLM namer is configured",
+             env={"DATADEBUG_NAMER_URL": ""})
+
+
+def test_marking_past_a_limit_does_not_claim_the_source_is_that_short(tmp_path):
+    from core.workspace import Workspace
+
+    ws = export_ws(tmp_path)
+    Workspace(ws).write_meta({"limit": 5, "n_records": 10})
+    line = one_line(["mark", "25", "-w", str(ws)], "no such pair")
+    assert "first 10 records" in line and "--limit 5" in line and "the source has" not in line
+
+
+def test_workspace_paths_with_control_bytes_are_printed_escaped(tmp_path):
+    for name in ("ws\x1b[2J\x07", "ws-\udcff-bytes", "ws\u202eevil"):
+        line = one_line(["shifts", "-w", str(tmp_path / name)], "is not a datadebug workspace")
+        assert "\x1b" not in line and "\u202e" not in line
+
+
+def test_goblin_refuses_an_invalid_record_as_index_does(tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_bytes(jsonl([STANDARD, STANDARD, {**STANDARD, "chosen": 5}, STANDARD]))
+    line = one_line(["goblin", str(data), "--rate", "0.5", "-w", str(tmp_path / "ws")], "field 'chosen'")
+    assert line.startswith(f"datadebug: error: {data}:3:")
+    assert not (tmp_path / "ws").exists() and not (tmp_path / "ws.goblin").exists()
+
+
+def test_a_second_index_into_one_workspace_is_refused_while_the_first_holds_it(tmp_path):
+    """The reliability run: two concurrent `index` runs into one new workspace, one died with a Rust
+    panic. The second is refused in one line while the first (a real process holding the index lock,
+    as `index` does for its whole run) is alive; after it, the lock is free."""
+    import time
+
+    data = tmp_path / "d.jsonl"
+    data.write_bytes(jsonl([STANDARD] * 3))
+    ws, flag = tmp_path / "ws", tmp_path / "holding"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\nfrom core.workspace import Workspace\n"
+        "with Workspace(sys.argv[1], create=True).index_lock():\n"
+        "    open(sys.argv[2], 'w').close()\n    time.sleep(120)\n"), str(ws), str(flag)],
+        cwd=Path(__file__).resolve().parents[2])
+    try:
+        deadline = time.time() + 60
+        while not flag.exists():
+            assert holder.poll() is None and time.time() < deadline, "the first run never took the lock"
+            time.sleep(0.05)
+        line = one_line(["index", str(data), "-w", str(ws)], "another `datadebug index`")
+        assert f"pid {holder.pid}" in line
+        assert holder.poll() is None, "the first run had ended: the refusal proves nothing"
+        assert not (ws / "meta.lance").exists()  # the refused run wrote nothing
+    finally:
+        holder.kill()
+        holder.wait()
+    from core.workspace import Workspace
+    with Workspace(ws, create=True).index_lock():  # a killed holder blocks no one
+        pass
+
+
+def test_index_with_an_unreachable_ray_address_fails_in_bounded_time(tmp_path):
+    import time
+
+    data = tmp_path / "d.jsonl"
+    data.write_bytes(jsonl([STANDARD] * 3))
+    for address, message in (("256.1.1.1:1", "cannot reach a Ray cluster"), ("127.0.0.1:1", "cannot reach"),
+                             ("ray://127.0.0.1:1", "cannot reach"), ("nonsense", "expected auto, local")):
+        start = time.monotonic()
+        one_line(["index", str(data), "-w", str(tmp_path / "ws"), "--ray", address], message)
+        assert time.monotonic() - start < 30, address
+    assert not (tmp_path / "ws").exists()
