@@ -129,8 +129,9 @@ class ConceptsScreen(DataScreen):
             for r in v.rows:
                 if not r.shift.established and not divided:
                     divided = True
-                    yield DIVIDER, ("", "", "", "", "", "", "", Text(
-                        f"── not established at this data size (q ≥ {v.fdr:g})", style="dim italic"))
+                    yield DIVIDER, ("", "", "", "", "", "", "", line(
+                        f"── not established at this data size (q ≥ {v.fdr:g})", 30 if narrow else 60,
+                        style="dim italic"))
                 yield str(r.shift.concept), cells(r)
 
         self.query_one("#concepts", KeyTable).refill(rows())

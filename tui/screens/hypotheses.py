@@ -23,13 +23,13 @@ from tui.format import count, line, number, safe, signed
 from tui.messages import HypothesesReady
 from tui.screens.base import DataScreen
 from tui.widgets.job import JobPanel
-from tui.widgets.tables import KeyTable
+from tui.widgets.tables import SEPARATOR, KeyTable
 
 TOP = 50  # hypotheses ranked
 N_DRIVING = 10  # driving pairs a mark takes (the engine lists 10)
 NARROW = 100  # below: shorter name columns
 COLUMNS = ("#", "q", "moving", "Δ", "✓", "n", "concept", "where")
-DIVIDER = "not-established"  # the key of the row between the established and the rest
+DIVIDER = SEPARATOR + "not-established"  # the row between the established and the rest
 WIDTHS = {"-narrow": (18, 20), "-wide": (40, 48)}  # (concept, where) characters
 
 LEGEND = (
@@ -219,8 +219,8 @@ class HypothesesScreen(DataScreen):
             for h in rep.hypotheses:
                 if not h.established and not divided:
                     divided = True
-                    note = f"not established at this data size (q ≥ {rep.fdr:g})"
-                    yield DIVIDER, ("", "", "", "", "", "", Text("── " + note, style="dim italic"), "")
+                    note = f"── not established at this data size (q ≥ {rep.fdr:g})"
+                    yield DIVIDER, ("", "", "", "", "", "", line(note, concept_w, style="dim italic"), "")
                 yield str(HypothesisKey.of(h)), cells(h)
 
         self.query_one("#hypotheses", KeyTable).refill(rows())

@@ -17,8 +17,13 @@ from textual.widgets import DataTable
 from textual.widgets.data_table import CellDoesNotExist
 
 
+SEPARATOR = "--"  # a row key starting with this is a divider between parts of a list: the cursor steps over it
+
+
 class KeyTable(DataTable):
-    """A row-cursor table that also moves with j/k and g/G, and refills without losing its place."""
+    """A row-cursor table that also moves with j/k and g/G, and refills without losing its place.
+    Rows whose key starts with SEPARATOR divide the list (e.g. the established findings from the
+    rest): the cursor never rests on one."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("enter", "select_cursor", "Open", id="nav.open"),
@@ -90,6 +95,29 @@ class KeyTable(DataTable):
             self.move_cursor(row=keys.index(current), animate=False)
         elif keys:
             self.move_cursor(row=min(max(old_row, 0), len(keys) - 1), animate=False)
+        self._step_off(+1)
+
+    def _step_off(self, direction: int) -> None:
+        """Move the cursor off a divider row: on in `direction`, else back."""
+        row = self.cursor_row
+        if not (0 <= row < len(self._keys)) or not self._keys[row].startswith(SEPARATOR):
+            return
+        for target in (row + direction, row - direction):
+            if 0 <= target < len(self._keys) and not self._keys[target].startswith(SEPARATOR):
+                self.move_cursor(row=target, animate=False)
+                return
+
+    def action_cursor_down(self) -> None:
+        super().action_cursor_down()
+        self._step_off(+1)
+
+    def action_cursor_up(self) -> None:
+        super().action_cursor_up()
+        self._step_off(-1)
+
+    def action_scroll_top(self) -> None:
+        super().action_scroll_top()
+        self._step_off(+1)
 
     # DataTable keys its rendered cells on a counter that every update_cell bumps, so a mark (which
     # changes the three before -> after columns) would re-render every visible cell; these keep the
