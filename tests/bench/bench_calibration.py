@@ -18,8 +18,8 @@ Print the tables:
     python tests/bench/bench_calibration.py report --real WS ... --copies DIR ... [--rel-max 0.5 0.7 0.9]
                                                    [--top 200] [--json OUT]
 
-(i) established counts in Hypotheses, Concepts and Shifts per real workspace and per shuffled copy,
-    with the mean per copy and how many copies establish nothing (issue 26 target: >= 9 of 10
+(i) established counts in Hypotheses, Concepts and Shifts per real workspace and per shuffled copy
+    (with the hypothesis cells tested and the fewest one-way pairs a first finding needs), the mean per copy and how many copies establish nothing (issue 26 target: >= 9 of 10
     copies establish nothing, mean <= 0.2);
 (ii) the planted suite, dataset x kind x rate: whether a row about the plant is established, the
     rank of the first row about the plant (the first hypothesis whose shown driving pairs are mostly
@@ -32,7 +32,7 @@ With several --rel-max values (core.structure.Params) the tables are printed onc
 the same workspaces: a parameter is justified on the whole suite, not on one benchmark.
 
 The counts "established" use the names of issue 26's API (Hypothesis.established, p, q;
-HypothesisReport.n_established, n_tested, alpha; ConceptsView and ShiftReport .n_established);
+HypothesisReport.n_established, n_tested, detectable_pairs; ConceptsView and ShiftReport .n_established);
 where a workspace's code predates them the cell reads "n/a".
 """
 
@@ -134,6 +134,7 @@ class Counts:
     concepts: int | None
     shifts: int | None
     n_tested: int | None
+    detectable: int | None  # fewest pairs all moving one way that a first finding needs here
     seconds: float
     top: list[str] = field(default_factory=list)  # the first established hypotheses, as read
 
@@ -158,7 +159,7 @@ def counts(ws: Path, params: Params, top: int) -> tuple[Counts, Session, object]
         object(), _concept_rows(concepts))
     shown = [h for h in hyps.hypotheses if getattr(h, "established", False)][:5]
     c = Counts(ws.name, _established(hyps, hyps.hypotheses), c_est, _established(shifts, shifts.features),
-               getattr(hyps, "n_tested", None), time.perf_counter() - t0,
+               getattr(hyps, "n_tested", None), getattr(hyps, "detectable_pairs", None), time.perf_counter() - t0,
                [f"{h.rank}. {h.sentence} (q {getattr(h, 'q', float('nan')):.3f})" for h in shown])
     return c, s, hyps
 
@@ -226,17 +227,18 @@ def _f(x, fmt=".2f") -> str:
 
 def print_counts(real: list[Counts], shuffled: dict[str, list[Counts]]) -> dict:
     print("\n(i) established rows: real files and label-shuffled copies (half the pairs swapped)")
-    print(f"{'workspace':<34} {'hypotheses':>10} {'concepts':>9} {'shifts':>7} {'total':>6} {'tested':>7} {'s':>6}")
+    print(f"{'workspace':<34} {'hypotheses':>10} {'concepts':>9} {'shifts':>7} {'total':>6} {'tested':>7} "
+          f"{'detect':>6} {'s':>6}")
     for c in real:
         print(f"{c.name:<34} {_n(c.hypotheses):>10} {_n(c.concepts):>9} {_n(c.shifts):>7} {_n(c.total):>6} "
-              f"{_n(c.n_tested):>7} {c.seconds:>6.1f}")
+              f"{_n(c.n_tested):>7} {_n(c.detectable):>6} {c.seconds:>6.1f}")
         for line in c.top:
             print(f"    {line}")
     summary = {}
     for base, cs in shuffled.items():
         for c in cs:
             print(f"{c.name:<34} {_n(c.hypotheses):>10} {_n(c.concepts):>9} {_n(c.shifts):>7} {_n(c.total):>6} "
-                  f"{_n(c.n_tested):>7} {c.seconds:>6.1f}")
+                  f"{_n(c.n_tested):>7} {_n(c.detectable):>6} {c.seconds:>6.1f}")
         totals = [c.total for c in cs]
         if cs and all(t is not None for t in totals):
             none = sum(t == 0 for t in totals)
