@@ -82,6 +82,9 @@ def splice_planted(base: Workspace, only: Workspace, only_planted: list[int], ki
     if not set(pd.planted) <= set(position):
         raise ValueError(f"{only.path} lacks planted pairs {sorted(set(pd.planted) - set(position))[:8]}")
     rows = _all_pairs(base)
+    if rows["source_index"].to_pylist() != pd.original_index:
+        raise ValueError(f"{base.path} holds other pairs than the valid pairs of {_dataset(base)}: "
+                         "splice only a workspace of a whole file with nothing skipped")
     at = {int(s): i for i, s in enumerate(rows["source_index"].to_pylist())}
     small = _all_pairs(only)
     replacement = small.take([position[s] for s in pd.planted])
