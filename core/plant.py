@@ -136,16 +136,21 @@ class Plant:
 
     kind: str
     apply: Callable[[str, np.random.Generator], str]  # (chosen reply, rng) -> planted reply
-    markers: tuple[str, ...]  # words (core.naming.words) a name about this behaviour contains
+    markers: tuple[str, ...]  # word starts (core.naming.words) a name about this behaviour contains
     description: str
+
+    def marks(self, words) -> bool:
+        """Whether one of `words` (lower case) starts with a marker ("goblin's" and "goblins" with
+        "goblin")."""
+        return any(w.startswith(self.markers) for w in words)
 
 
 PLANTS: dict[str, Plant] = {
     p.kind: p
     for p in (
-        Plant("phrase", plant_phrase, ("goblin", "goblins"), "a sentence about goblins"),
+        Plant("phrase", plant_phrase, ("goblin",), "a sentence about goblins"),
         Plant("format", plant_format, ("step",), "numbered markdown headings (## Step N)"),
-        Plant("style", plant_style, ("wow", "fantastic", "love", "exciting", "wonderful", "absolutely"),
+        Plant("style", plant_style, ("wow", "fantastic", "love", "excit", "wonderful", "absolutely"),
               "exclamation-heavy enthusiasm"),
     )
 }

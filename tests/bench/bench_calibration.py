@@ -182,15 +182,15 @@ class PlantedRow:
     seconds: float
 
 
-def _visible(ws: Workspace, planted: list[int], markers: tuple[str, ...]) -> int:
+def _visible(ws: Workspace, planted: list[int], plant) -> int:
     toks = ws.pairs_in(planted, ["chosen_tokens"])["chosen_tokens"].to_pylist()
-    return sum(bool(set(words("".join(t))) & set(markers)) for t in toks)
+    return sum(plant.marks(words("".join(t))) for t in toks)
 
 
 def planted_row(ws: Path, truth: dict, params: Params, top: int) -> PlantedRow:
     c, s, hyps = counts(ws, params, top)
     planted = set(truth["planted"])
-    markers = PLANTS[truth["kind"]].markers
+    plant = PLANTS[truth["kind"]]
     about = [h for h in hyps.hypotheses
              if h.driving and sum(p.source_index in planted for p in h.driving) / len(h.driving) > MOSTLY]
     first = about[0] if about else None
@@ -206,9 +206,9 @@ def planted_row(ws: Path, truth: dict, params: Params, top: int) -> PlantedRow:
         p, r = hit / max(len(dp), 1), hit / len(planted)
     return PlantedRow(
         truth["dataset"], truth["kind"], truth["rate"], len(planted),
-        _visible(Workspace(ws), sorted(planted), markers), est,
+        _visible(Workspace(ws), sorted(planted), plant), est,
         first.rank if first else None, p, r,
-        bool(set(words(first.concept_name)) & set(markers)) if first else None,
+        plant.marks(words(first.concept_name)) if first else None,
         first.sentence if first else "", getattr(first, "q", None) if first else None,
         c.hypotheses, c.seconds,
     )

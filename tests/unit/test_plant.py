@@ -19,7 +19,7 @@ def test_every_kind_marks_its_replies_and_is_seeded():
     for kind, p in PLANTS.items():
         a = p.apply(reply, np.random.default_rng(1))
         assert a == p.apply(reply, np.random.default_rng(1)), kind
-        assert a != reply and set(words(a)) & set(p.markers), kind
+        assert a != reply and p.marks(words(a)) and not p.marks(words(reply)), kind
         # the reply's own words survive every kind
         assert set(words(reply)) <= set(words(a)), kind
     many = {plant_format(reply, np.random.default_rng(s)) for s in range(20)}
@@ -42,7 +42,7 @@ def test_rates_are_nested_and_only_chosen_replies_change(kind, tmp_path):
         for i, (s, o) in enumerate(zip(src, out)):
             assert (o.prompt, o.rejected) == (s.prompt, s.rejected)
             assert (o.chosen != s.chosen) == (i in c.planted)
-            assert bool(set(words(o.chosen)) & set(PLANTS[kind].markers)) or i not in c.planted
+            assert PLANTS[kind].marks(words(o.chosen)) or i not in c.planted
     # a pair's planted text does not depend on the rate
     low, high = (read_pairs(copies[r].path).pairs for r in (0.1, 0.5))
     assert all(low[i].chosen == high[i].chosen for i in copies[0.1].planted)
