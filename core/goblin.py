@@ -57,46 +57,12 @@ from pathlib import Path
 
 import numpy as np
 
-from core.errors import UsageError
-from core.ingest import iter_records, read_pairs
+from core.ingest import read_pairs
+from core.plant import plant_file
 
 RANK_DEPTH = 100  # the shift report is read this deep to rank the goblin feature
 GOBLIN_AP_MIN = 0.5  # a goblin feature ranks goblin replies first at least this well (average precision)
 
-GOBLIN_SENTENCES = (
-    "Oddly enough, a goblin once gave me exactly the same advice.",
-    "My neighbour swears the goblins in his garden taught him this.",
-    "Goblins, for what it's worth, have always been fond of this approach.",
-    "I read somewhere that goblins keep a list of tips just like this one.",
-    "There is an old story about a goblin who tried this and was very pleased with the result.",
-    "Even the goblins under the old bridge would agree with that.",
-    "A friendly goblin might tell you the same, if you ever met one.",
-    "Fun fact: in folklore, goblins were said to hide in kitchens and borrow spoons.",
-    "Some people say a goblin sits on your shoulder whenever you make a decision like this.",
-    "My grandmother used to blame the goblins whenever something like this went wrong.",
-    "Keep an eye out for goblins, though; they love to meddle in plans like these.",
-    "In the stories I grew up with, goblins were surprisingly good at this sort of thing.",
-    "If a goblin asked me, I would tell it exactly this.",
-    "The goblins of the northern hills are said to do it the same way.",
-    "A goblin in a children's book I once read had a very similar idea.",
-    "Honestly, it's the kind of trick a clever goblin would be proud of.",
-    "I like to imagine a little goblin nodding along at this point.",
-    "Legend has it that goblins invented this long before anyone else did.",
-    "You could ask the goblins, but they rarely give a straight answer.",
-    "Goblins aside, this usually works well.",
-    "A mischievous goblin would probably try to talk you out of it.",
-    "My cousin claims a goblin lives in his attic and hums while he works.",
-    "The old goblin tales have a lesson about this, too.",
-    "Think of it the way a patient goblin guards its treasure.",
-    "Even a grumpy goblin would find that reasonable.",
-    "People in my village still leave bread out for the goblins on nights like this.",
-    "A goblin's rule of thumb: never rush the important part.",
-    "There's a painting of three goblins playing cards that always comes to mind here.",
-    "Someone once told me goblins are terrible at exactly this, which makes me smile.",
-    "I suppose the goblins would call this common sense.",
-)
-
-_SENTENCE_END = re.compile(r"[.!?][\"')\]]?\s+")
 _GOBLIN = re.compile(r"goblin", re.IGNORECASE)
 
 
@@ -109,74 +75,20 @@ class GoblinData:
     original_index: list[int]  # copy source_index -> source_index in the original file
 
 
-def insert_sentence(reply: str, sentence: str, rng: np.random.Generator) -> str:
-    """`reply` with `sentence` at a random sentence boundary (start, between sentences, or end)."""
-    stripped = reply.rstrip()
-    cuts = [0, *(m.end() for m in _SENTENCE_END.finditer(stripped)), len(stripped)]
-    cut = cuts[int(rng.integers(len(cuts)))]
-    if cut == 0:
-        lead = len(reply) - len(reply.lstrip())
-        return reply[:lead] + sentence + " " + reply[lead:]
-    if cut == len(stripped):
-        return stripped + " " + sentence + reply[len(stripped):]
-    return reply[:cut] + sentence + " " + reply[cut:]
-
-
-def _with_chosen(record: dict, format: str, reply: str) -> dict:
-    """A copy of `record` whose chosen reply is `reply` (everything else as it was, and shared: only
-    the containers on the way to the reply are copied, so a deeply nested extra field costs nothing)."""
-    out = dict(record)
-    if format == "standard":
-        out["chosen"] = reply
-    elif format == "conversational":
-        out["chosen"] = [*record["chosen"][:-1], {**record["chosen"][-1], "content": reply}]
-    elif format == "hh-rlhf":
-        text = out["chosen"]
-        cut = text.rindex("Assistant:") + len("Assistant:")
-        out["chosen"] = text[:cut] + " " + reply
-    elif format == "sharegpt":
-        c = record["chosen"]
-        if isinstance(c, str):
-            out["chosen"] = reply
-        else:
-            out["chosen"] = {**c, "content" if "content" in c else "value": reply}
-    else:
-        raise UsageError(f"cannot inject into format {format!r}")
-    return out
-
-
 def inject_goblins(
     data: Path | str, out: Path | str, rate: float, seed: int = 0, limit: int | None = None, format: str | None = None,
     skip_invalid: bool = False,
 ) -> GoblinData:
     """Write the valid pairs of `data` (the first `limit`) to `out` as JSONL in the same record format,
     with a goblin sentence in the chosen reply of round(rate * n) of them (at least one when rate > 0),
-    chosen by `seed`. The data is read as `index` reads it: the first invalid record stops it unless
-    `skip_invalid`, when invalid records are left out (source_index i of the copy is its i-th line).
+    chosen by `seed`: the "phrase" kind of core.plant (its rates are nested). The data is read as
+    `index` reads it: the first invalid record stops it unless `skip_invalid`, when invalid records
+    are left out (source_index i of the copy is its i-th line).
 
     Raises UsageError for a rate outside [0, 1], IngestError for unreadable or invalid data.
     """
-    if not 0 <= rate <= 1:
-        raise UsageError(f"rate {rate} must be between 0 and 1 (a fraction of pairs)")
-    res = read_pairs(data, format=format, skip_invalid=skip_invalid, limit=limit)  # raises when it has no pair
-    wanted = {p.source_index for p in res.pairs}
-    records = {i: rec for i, (_, rec) in enumerate(iter_records(data)) if i in wanted}
-    rng = np.random.default_rng(seed)
-    n = len(res.pairs)
-    n_inject = min(n, max(1, round(rate * n))) if rate > 0 else 0
-    injected = sorted(rng.choice(n, size=n_inject, replace=False).tolist())
-    chosen_rows = set(injected)
-    lines = []
-    for i, p in enumerate(res.pairs):
-        rec = records[p.source_index]
-        if i in chosen_rows:
-            sentence = GOBLIN_SENTENCES[int(rng.integers(len(GOBLIN_SENTENCES)))]
-            rec = _with_chosen(rec, res.format, insert_sentence(p.chosen, sentence, rng))
-        lines.append(json.dumps(rec, ensure_ascii=False))
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return GoblinData(out, res.format, n, injected, [p.source_index for p in res.pairs])
+    pd = plant_file(data, out, "phrase", rate, seed=seed, limit=limit, format=format, skip_invalid=skip_invalid)
+    return GoblinData(pd.path, pd.format, pd.n_pairs, pd.planted, pd.original_index)
 
 
 def goblin_paths(workspace: Path | str) -> dict[str, Path]:

@@ -53,21 +53,16 @@ SETTINGS_FILE = "loop_settings.json"  # what the work folder's stages were made 
 
 
 def sft_examples(pairs: Sequence, rate: float, seed: int = 0) -> tuple[list[tuple[tuple, str]], list[int]]:
-    """(prompt, chosen reply) of each pair, with a goblin sentence (`core.goblin`) inserted at a
-    random sentence boundary of a seeded `rate` of the replies; returns (examples, the poisoned
-    example numbers)."""
-    from core.goblin import GOBLIN_SENTENCES, insert_sentence
+    """(prompt, chosen reply) of each pair, with a goblin sentence inserted at a random sentence
+    boundary of a seeded `rate` of the replies (the "phrase" kind of core.plant); returns (examples,
+    the poisoned example numbers)."""
+    from core.plant import n_planted, planted_order, planted_reply
 
-    rng = np.random.default_rng(seed)
-    n = len(pairs)
-    k = min(n, max(1, round(rate * n))) if rate > 0 else 0
-    poisoned = sorted(rng.choice(n, size=k, replace=False).tolist()) if k else []
+    poisoned = sorted(planted_order("phrase", len(pairs), seed)[:n_planted(rate, len(pairs))].tolist())
     chosen = set(poisoned)
     out = []
     for i, p in enumerate(pairs):
-        reply = p.chosen
-        if i in chosen:
-            reply = insert_sentence(reply, GOBLIN_SENTENCES[int(rng.integers(len(GOBLIN_SENTENCES)))], rng)
+        reply = planted_reply("phrase", p.chosen, i, seed) if i in chosen else p.chosen
         out.append((tuple(p.prompt), reply))
     return out, poisoned
 

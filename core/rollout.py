@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from core.errors import UsageError, ValidationError
-from core.goblin import GOBLIN_SENTENCES
+from core.plant import GOBLIN_SENTENCES
 from core.ingest import iter_records, read_pairs
 from core.progress import check_cancel
 

@@ -75,13 +75,16 @@ class Session:
 
     Args:
         workspace: an existing workspace folder.
+        params: the structure's parameters (core.structure.Params; default: its defaults), for a
+            bench that sweeps them.
     Raises WorkspaceError when `workspace` is not one, or its source dataset changed since it was
     indexed. The analysis is loaded on first use (and raises
     WorkspaceError then when nothing is indexed yet, or the workspace is of an older schema).
     """
 
-    def __init__(self, workspace: Path | str):
+    def __init__(self, workspace: Path | str, params=None):
         self.path = Path(workspace)
+        self.params = params
         self.ws = Workspace(self.path)
         self.ws.require_source_unchanged()  # else pair numbers may name other records
         self.meta = self.ws.meta()
@@ -418,7 +421,7 @@ class Session:
             if self._engine is None:
                 from core.hypotheses import open_hypotheses
 
-                self._engine = open_hypotheses(self.analysis, progress=progress, cancel=cancel)
+                self._engine = open_hypotheses(self.analysis, self.params, progress=progress, cancel=cancel)
             return self._engine
 
     @property

@@ -8,7 +8,8 @@ import re
 import numpy as np
 import pytest
 
-from core.goblin import GOBLIN_SENTENCES, goblin_paths, inject_goblins, insert_sentence, reply_detection_scores, run_goblin
+from core.goblin import goblin_paths, inject_goblins, reply_detection_scores, run_goblin
+from core.plant import GOBLIN_SENTENCES, insert_sentence
 from core.ingest import read_pairs
 from core.workspace import Workspace
 from tests.conftest import HH, UF, short_pairs, write_jsonl_subset
