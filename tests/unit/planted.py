@@ -53,7 +53,8 @@ def build(path, chosen: np.ndarray, rejected: np.ndarray, prompt: np.ndarray, fe
     return ws
 
 
-def regions(path, n: int = 400, seed: int = 0, rare: int = 0, weak: int = 0) -> tuple[Workspace, dict]:
+def regions(path, n: int = 400, seed: int = 0, rare: int = 0, weak: int = 0, words_over: dict[int, str] | None = None
+            ) -> tuple[Workspace, dict]:
     """8 topics of n/8 pairs, each with a topic concept (5 features) in both replies and a prompt
     concept (5 prompt features); a behaviour (features 40-44, words "goblin"...) in the chosen replies
     of topic 3 only; a global concept (45-49) more often in chosen everywhere (0.6 vs 0.4), so its
@@ -61,7 +62,8 @@ def regions(path, n: int = 400, seed: int = 0, rare: int = 0, weak: int = 0) -> 
     a second behaviour (features 150-153, word "dragon") in the chosen replies of `rare` random pairs,
     whatever their topic (a goblin test: rare, spread over the data). With `weak`, the dragon features
     also fire in `weak` other pairs, on one reply at random, as often (freq 0.2) but weakly (max 0.3,
-    where every other firing has max 1): a broad SAE feature's tail, as the goblin feature has."""
+    where every other firing has max 1): a broad SAE feature's tail, as the goblin feature has.
+    `words`: feature -> the token it fires on, over the defaults (names of punctuation concepts)."""
     rng = np.random.default_rng(seed)
     d = 200
     topic = np.repeat(np.arange(8), n // 8)
@@ -90,6 +92,7 @@ def regions(path, n: int = 400, seed: int = 0, rare: int = 0, weak: int = 0) -> 
     words.update({f: ["goblin", "goblins", "goblin", "goblins", "goblin"][f - 40] for f in range(40, 45)})
     words.update({f: "please" for f in range(45, 50)})
     words.update({f: "dragon" for f in range(150, 154)})
+    words.update(words_over or {})
     texts = [f"tell me about {WORDS[t]} and {WORDS[t]} things" for t in topic]
     activations = None
     if weak:
