@@ -42,6 +42,7 @@ from core.views import (
     Preview,
     Selection,
     ShiftChange,
+    Snippet,
     TriageState,
     WorkspaceInfo,
     WorkspaceStatus,
@@ -382,14 +383,8 @@ class Session:
         )
 
     def _concept_in_pair(self, concept: int, row: int) -> ConceptInPair:
-        from core.concepts import concept_rate
-
-        engine = self.hypotheses_engine()
-        chosen, rejected = self.analysis.frequencies()
-        concepts = engine.st.response
-        rates = [float(concept_rate(concepts, m[row])[0, concept]) for m in (chosen, rejected)]
-        return ConceptInPair(concept, self.concept_name(concept), self.concept_of(concept),
-                             rates[0], rates[1], rates[0] - rates[1])
+        chosen, rejected, u = (float(x[0]) for x in self.hypotheses_engine().concept_in_pairs([row], concept))
+        return ConceptInPair(concept, self.concept_name(concept), self.concept_of(concept), chosen, rejected, u)
 
     # -- hypotheses and concepts ----------------------------------------------------------------
 
@@ -491,12 +486,29 @@ class Session:
     def hypothesis_pairs(self, h) -> HypothesisPairs:
         """The driving pairs of a ranked hypothesis (core.hypotheses.Hypothesis), with their texts
         and each pair's u on its concept."""
-        u = {p.source_index: p.u for p in h.driving}
-        rows = tuple(
-            PairRow(r.source_index, u[r.source_index], r.prompt, r.chosen, r.rejected)
-            for r in self.pair_rows([p.source_index for p in h.driving])
-        )
+        texts = self.pair_rows([p.source_index for p in h.driving])
+        u = self.pair_u(h.concept, [r.source_index for r in texts])
+        rows = tuple(PairRow(r.source_index, x, r.prompt, r.chosen, r.rejected) for r, x in zip(texts, u))
         return HypothesisPairs(HypothesisKey.of(h), h.sentence, h.concept_name, tuple(h.features), rows)
+
+    def pair_u(self, concept: int, source_indices) -> list[float]:
+        """Each pair's u on response `concept` (core.hypotheses.Hypotheses.concept_in_pairs: the one
+        reading the ranking, its driving pairs and the pair view share), in the order given."""
+        rows = self.analysis.rows(source_indices)
+        return [float(x) for x in self.hypotheses_engine().concept_in_pairs(rows, concept)[2]]
+
+    def evidence(self, h, n: int = 3) -> tuple[Snippet, ...]:
+        """The `n` strongest exemplar snippets of hypothesis `h`'s concept in its driving pairs, one
+        from a chosen and one from a rejected reply where both exist (core.evidence.exemplars). `h`: a
+        core.hypotheses.Hypothesis, or a HypothesisKey (its driving pairs not marked)."""
+        from core.evidence import exemplars
+
+        if isinstance(h, HypothesisKey):
+            features, driving = self.concept_of(h.concept), self.driving_pairs(h)
+        else:
+            features, driving = h.features, h.driving
+        sources = [p.source_index for p in driving]
+        return exemplars(self.analysis, features, sources, dict(zip(sources, self.pair_u(h.concept, sources))), n)
 
     def concepts(self, top: int = 100, grouped_only: bool = False, excluded=None) -> ConceptsView:
         """The `top` response concepts by |global shift| (mean u) without the marked pairs (or the

@@ -11,7 +11,9 @@ import typer
 from core.cli.app import JSON, ProgressPrinter, app, emit
 
 
-def format_hypotheses(rep) -> str:
+def format_hypotheses(rep, evidence=None) -> str:
+    """The report as text; `evidence`: per hypothesis (in order) its exemplar snippets, shown under it."""
+    from core.evidence import marked
     from core.hypotheses import effect_size
 
     lines = [
@@ -23,6 +25,9 @@ def format_hypotheses(rep) -> str:
         halves = f"{h.delta_a:+.2f}/{h.delta_b:+.2f}{'✓' if h.halves_agree else ' '}"
         lines.append(f"{h.rank:>3} {h.score:>6.3f} {h.delta:>+6.2f} {effect_size(h.d):>6} {halves:>13}  {h.sentence}")
         lines.append(f"{'':>39}pairs: {' '.join(f'#{p.source_index}' for p in h.driving[:8])}")
+        for snip in (evidence[h.rank - 1] if evidence else ()):
+            u = "" if snip.u is None else f" u {snip.u:+.2f}"
+            lines.append(f"{'':>39}{snip.side:>8} #{snip.source_index}{u}: {marked(snip)}")
     if not rep.hypotheses:
         lines.append("  (no hypothesis has both halves agreeing and enough supporting pairs)")
     return "\n".join(lines)
@@ -45,7 +50,11 @@ def hypotheses(
         session.hypotheses_engine(progress)  # fitted and cached on first use
     excluded = None if exclude_marked else frozenset()
     rep = (session.name_with_llm if llm else session.hypotheses)(top=top, kind=kind, excluded=excluded)
-    emit(rep.to_json(), as_json, format_hypotheses(rep))
+    evidence = [session.evidence(h) for h in rep.hypotheses]
+    out = rep.to_json()
+    for h, snips in zip(out["hypotheses"], evidence):
+        h["evidence"] = [asdict(s) for s in snips]
+    emit(out, as_json, format_hypotheses(rep, evidence))
 
 
 def format_concepts(rows) -> str:
