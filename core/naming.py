@@ -15,7 +15,8 @@
                           weight(term, class) = tf(term, class) / terms in class · ln(1 + mean terms
                                                 per class / f(term))
                       f(term) its count over all classes: a phrase frequent in one group and rare
-                      elsewhere names it; a phrase everywhere names nothing. A word inside a phrase
+                      elsewhere names it; a phrase everywhere names nothing (and one under GROUP_SHARE
+                      of the first phrase's weight is left out). A word inside a phrase
                       already picked is not picked again.
 
 Names are cached in the workspace beside the structure they name (`structure/<key>.names.json`,
@@ -49,6 +50,7 @@ __all__ = ["word_at", "words"]  # re-exported: where a firing lands, as a word
 
 N_WORDS = 3
 NAME_SHARE = 0.25  # a term joins a concept's name when it is at least this share as frequent as the first
+GROUP_SHARE = 0.5  # a phrase joins a group's name when its c-TF-IDF is at least this share of the first's
 MAX_FIRINGS = 40  # strongest token firings per feature read for its concept's words
 MAX_PAIRS_PER_CLASS = 200  # prompts read per data cluster / prompt group
 NAMES_VERSION = 2  # 2: concepts named at the firing itself, groups by their prompts' phrases
@@ -58,13 +60,14 @@ ROLE_WORDS = frozenset({"user", "assistant", "human", "system"})
 # -- c-TF-IDF -------------------------------------------------------------------------------------
 
 
-def ctfidf_keywords(docs: dict[int, list[str]], n_words: int = N_WORDS, stop_words=None) -> dict[int, list[str]]:
-    """class -> its top `n_words` terms by c-TF-IDF (module doc). `docs`: class -> its terms (words
-    or phrases, already split); classes without terms get []."""
+def ctfidf_weights(docs: dict[int, list[str]], n_words: int = N_WORDS, stop_words=None
+                   ) -> dict[int, list[tuple[str, float]]]:
+    """class -> its top `n_words` (term, c-TF-IDF weight) (module doc), best first. `docs`: class ->
+    its terms (words or phrases, already split); classes without terms get []."""
     from sklearn.feature_extraction.text import CountVectorizer
 
     classes = [c for c, terms in docs.items() if terms]
-    out: dict[int, list[str]] = {c: [] for c in docs}
+    out: dict[int, list[tuple[str, float]]] = {c: [] for c in docs}
     if not classes:
         return out
     vec = CountVectorizer(analyzer=lambda terms: [w for w in terms if not stop_words or w not in stop_words])
@@ -80,8 +83,13 @@ def ctfidf_keywords(docs: dict[int, list[str]], n_words: int = N_WORDS, stop_wor
         lo, hi = w.indptr[i], w.indptr[i + 1]
         cols, vals = w.indices[lo:hi], w.data[lo:hi]
         order = np.lexsort((vocab[cols], -vals))[:n_words]
-        out[c] = [str(vocab[cols[j]]) for j in order]
+        out[c] = [(str(vocab[cols[j]]), float(vals[j])) for j in order]
     return out
+
+
+def ctfidf_keywords(docs: dict[int, list[str]], n_words: int = N_WORDS, stop_words=None) -> dict[int, list[str]]:
+    """class -> its top `n_words` terms by c-TF-IDF (ctfidf_weights without the weights)."""
+    return {c: [t for t, _ in tw] for c, tw in ctfidf_weights(docs, n_words, stop_words).items()}
 
 
 def distinct_phrases(ranked: list[str], n: int = N_WORDS) -> list[str]:
@@ -210,8 +218,12 @@ def group_names(analysis, groups: dict[int, np.ndarray], n_words: int = N_WORDS)
     from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
     docs = _prompt_docs(analysis, groups, ENGLISH_STOP_WORDS | ROLE_WORDS)
-    ranked = ctfidf_keywords(docs, 4 * n_words)
-    return {g: ", ".join(distinct_phrases(terms, n_words)) for g, terms in ranked.items() if terms}
+    out = {}
+    for g, ranked in ctfidf_weights(docs, 4 * n_words).items():
+        if ranked:  # a phrase far weaker than the best one is in every group's prompts: it names none
+            terms = [t for t, w in ranked if w >= GROUP_SHARE * ranked[0][1]]
+            out[g] = ", ".join(distinct_phrases(terms, n_words))
+    return out
 
 
 def keyword_names(analysis, st, n_words: int = N_WORDS) -> Names:

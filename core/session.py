@@ -559,6 +559,15 @@ class Session:
 
         return load_plan(self.ws)
 
+    def train_dpo_command(self, out: str = "DIR") -> str:
+        """The command that trains DPO on this workspace's dataset as triaged here: the marked pairs
+        left out and the saved plan applied, with absolute paths (quoted for a POSIX shell)."""
+        import shlex
+
+        ws = shlex.quote(str(self.path.resolve()))
+        data = shlex.quote(str(self.dataset_path.resolve())) if self.dataset_path.name else "DATA"
+        return f"datadebug train-dpo {data} --out {out} --exclude-marked {ws} --plan {ws}"
+
     def save_plan(self, kind: str, features, strength: float | None = None, label: str = "",
                   source: str = "", text: str = ""):
         """Save an intervention plan on the concept made of `features` in the workspace, replacing
@@ -661,16 +670,18 @@ class Session:
 
 
 def models() -> ModelsView:
-    """Every catalogue model and SAE with its store status."""
+    """Every catalogue model and SAE with its store status, and every SAE trained here for a corpus
+    ("RECIPE@KEY", with its FVU and corpus in `detail`)."""
     from core import locations
     from core.catalog import load_catalog
     from core.store import sae_ready, status
 
     cat = load_catalog()
     rows = []
-    for r in status(cat):
+    for r in status(cat, trained=True):
         if r.kind == "sae":
-            trainable = cat.saes[r.name].source == "train" and not r.ready
+            entry = cat.saes.get(r.name)
+            trainable = entry is None or entry.source == "train"  # a recipe, or a variant trained again
         else:
             sae = cat.saes.get(cat.models[r.name].sae or "")
             trainable = sae is not None and sae.source == "train" and not sae_ready(sae)
@@ -708,15 +719,26 @@ def remove(name: str) -> int:
     return remove_stored(load_catalog(), name)
 
 
-def train_sae(name: str, progress: ProgressFn | None = None, cancel: threading.Event | None = None):
-    """Train the SAE `name` (or the SAE of model `name`) on the default corpus. Returns its held-out
-    quality (core.sae_train's SAEQuality); raises Cancelled when cancelled."""
+def train_sae(name: str | None = None, data=(), device: str | None = None, progress: ProgressFn | None = None,
+              cancel: threading.Event | None = None):
+    """Train the SAE that `index` uses for the datasets `data`: recipe `name` (an SAE recipe, a
+    "RECIPE@KEY" variant, or a model whose SAE is one; None: the default model's) for the corpus that
+    starts with `data`'s replies (none: the bundled sample), stored as "RECIPE@KEY"
+    (core.dataset_sae.train_dataset_sae). The one way the CLI (`sae train`) and the TUI train.
+    Returns (its catalogue entry, its held-out quality SAEQuality). Raises CatalogError for an unknown
+    name or an SAE not trained here, IngestError for an unreadable file, Cancelled."""
     from core.catalog import load_catalog
-    from core.sae_train import train_catalog_sae
+    from core.dataset_sae import train_dataset_sae
 
     cat = load_catalog()
-    entry = cat.saes[name] if name in cat.saes else cat.sae(None, cat.model(name))
-    return train_catalog_sae(entry, cat, progress=progress, cancel=cancel)
+    recipe = name.split("@", 1)[0] if name else None
+    if recipe and recipe not in cat.saes and recipe not in cat.models:
+        raise CatalogError(f"unknown SAE or model {name!r}; known: {', '.join(sorted([*cat.saes, *cat.models]))}")
+    entry = cat.saes[recipe] if recipe in cat.saes else cat.sae(None, cat.model(recipe))
+    if entry.source != "train":
+        raise CatalogError(f"SAE {entry.name} is not trained here (source {entry.source!r})")
+    return train_dataset_sae(cat.saes[entry.recipe], cat, list(data), device=device, progress=progress,
+                             cancel=cancel)
 
 
 def catalog_choices() -> CatalogChoices:

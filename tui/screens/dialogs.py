@@ -19,6 +19,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, DataTable, Input, Label, Static
 
+from core.textsafe import one_line
 from core.views import Preview
 from tui.format import before_after, count, line, number, safe, signed
 from tui.widgets.tables import KeyTable
@@ -190,7 +191,7 @@ PLAN_KINDS = {
 class PlanDialog(ModalScreen[PlanAnswer | None]):
     """Pick an intervention on a concept (j/k), its strength (prefilled with the kind's default) and,
     for inoculation, the system prompt; Enter or ctrl+s saves it in the workspace, Escape cancels.
-    `datadebug train-dpo DATA --out DIR --plan WS` applies the saved plan."""
+    `datadebug train-dpo DATA --out DIR --exclude-marked WS --plan WS` applies the saved plan."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("ctrl+s", "save", "Save the plan", id="plan.save"),
@@ -198,13 +199,14 @@ class PlanDialog(ModalScreen[PlanAnswer | None]):
     ]
 
     def __init__(self, target: PlanTarget, kinds: dict[str, float], current=None,
-                 workspace: str = "WS", data: str = "DATA") -> None:
+                 workspace: str = "WS", command: str = "datadebug train-dpo DATA --out DIR --exclude-marked WS"
+                 " --plan WS") -> None:
         super().__init__()
         self.target = target
         self.kinds = dict(kinds)  # kind -> default strength
         self.current = current  # the plan saved now (core.interventions.Plan), or None
         self.workspace = workspace
-        self.data = data
+        self.command = command  # core.session.Session.train_dpo_command: full paths, marked pairs left out
         self.kind = next(iter(self.kinds))
 
     def compose(self) -> ComposeResult:
@@ -239,7 +241,7 @@ class PlanDialog(ModalScreen[PlanAnswer | None]):
             out.append_text(line(f"{c.kind} on «{c.label or '-'}» ({len(c.features)} features), strength {c.strength:g}"
                                  f" (replaced when you save)"))
         out.append("\napplies with: ", style="dim")
-        out.append_text(line(f"datadebug train-dpo {self.data} --out DIR --plan {self.workspace}"))
+        out.append(one_line(self.command))  # wraps: a path cut short cannot be pasted
         return out
 
     def on_mount(self) -> None:

@@ -18,8 +18,8 @@ from textual.widgets import DataTable, Label, Static
 from textual.worker import get_current_worker
 
 from core.views import HypothesisKey, TriageState, WorkspaceInfo
-from tui.format import count, line, number, safe, signed
-from tui.messages import HypothesesReady
+from tui.format import around, count, line, number, safe, signed, text_widths
+from tui.messages import EvidenceReady, HypothesesReady
 from tui.screens.base import DataScreen
 from tui.widgets.job import JobPanel
 from tui.widgets.tables import KeyTable
@@ -28,13 +28,15 @@ TOP = 50  # hypotheses ranked
 N_DRIVING = 10  # driving pairs a mark takes (the engine lists 10)
 NARROW = 100  # below: shorter name columns
 COLUMNS = ("#", "Δ", "d", "✓", "n", "concept", "where")
-WIDTHS = {"-narrow": (22, 26), "-wide": (40, 48)}  # (concept, where) characters
+KINDS = (None, "cluster", "prompt", "concept")  # v cycles the kind shown (None: every kind, one ranking)
+FIXED_WIDTH = 40  # characters of the columns but concept and where, their padding and the scroll bar
 
 LEGEND = (
     ("#", "rank: by the smaller |Δ| of the two split halves, shrunk for small groups"),
     ("Δ", "mean u inside the group minus outside; u = share of the concept's features firing in"
           " the chosen reply minus in the rejected one (> 0: DPO is predicted to amplify it there)"),
-    ("d", "Cohen's d: Δ over the pooled SD of u"),
+    ("d", "Cohen's d: Δ over the pooled SD of u; \"all\": every pair inside moves it as every pair"
+          " outside does (u has no spread, so d and t are undefined)"),
     ("✓", "split-half agreement: Δ on the even and on the odd pairs both have Δ's sign"),
     ("n", "pairs in the group (marked pairs left out)"),
     ("concept", "↑ chosen replies have more of it, ↓ less; its keyword name"),
@@ -97,6 +99,7 @@ class HypothesesScreen(DataScreen):
         ),
         Binding("f", "features", "Features", id="hypotheses.features"),
         Binding("i", "plan", "Plan", id="hypotheses.plan"),
+        Binding("v", "kind", "Kind", id="hypotheses.kind"),
         Binding("r", "reload", "Reload", show=False, id="hypotheses.reload"),
         Binding("escape", "cancel", "Cancel the fit", show=False, id="hypotheses.cancel"),
     ]
@@ -105,6 +108,8 @@ class HypothesesScreen(DataScreen):
         super().__init__()
         self.report = None  # core.hypotheses.HypothesisReport
         self._ranked_without: frozenset[int] = frozenset()
+        self.kind: str | None = self.KIND  # the kind shown (v cycles it)
+        self.evidence: dict[tuple, tuple] = {}  # (key, driving pairs) -> exemplar snippets
 
     def compose_body(self) -> ComposeResult:
         yield JobPanel(id="hypotheses-job")
@@ -130,7 +135,7 @@ class HypothesesScreen(DataScreen):
             self.query_one("#hypotheses-caption", Label).update(
                 "first open of this workspace: fitting concepts, data clusters and names (cached after)"
             )
-        kind = self.KIND
+        kind = self.kind
         with_engine(self, "reading the hypotheses", self._rank,
                     lambda session, excluded: session.hypotheses(top=TOP, kind=kind, excluded=excluded),
                     HypothesesReady)
@@ -149,7 +154,7 @@ class HypothesesScreen(DataScreen):
     def _rank(self) -> None:
         session = self.app.session
         excluded = session.marked()
-        report = session.hypotheses(top=TOP, kind=self.KIND, excluded=excluded)
+        report = session.hypotheses(top=TOP, kind=self.kind, excluded=excluded)
         if not get_current_worker().is_cancelled:
             self.post_message(HypothesesReady(report, excluded))
 
@@ -171,14 +176,15 @@ class HypothesesScreen(DataScreen):
         rep = self.report
         if rep is None:
             return
-        concept_w, where_w = WIDTHS["-narrow" if self.has_class("-narrow") else "-wide"]
+        # the concept and where columns share what the others leave, so both stay whole or cut with "…"
+        concept_w, where_w = text_widths(self.size.width or 120, FIXED_WIDTH, (0.45, 0.55), most=48)
         marked = self.triage.marked if self.triage else frozenset()
 
         def cells(h):
             return (
                 str(h.rank),
                 Text(signed(h.delta), style="green" if h.delta > 0 else "red"),
-                signed(h.d),
+                signed(h.d) if h.d is not None else Text("all", style="dim"),
                 "✓" if h.halves_agree else "",
                 count(h.n),
                 concept_text(h, concept_w),
@@ -195,6 +201,8 @@ class HypothesesScreen(DataScreen):
         )
         parts = [basis, f"{rep.k} data clusters", f"{count(rep.n_concepts)} concepts ({rep.n_grouped} of ≥ 4 features)",
                  f"{rep.n_prompt_groups} prompt concepts"]
+        if self.kind is not None:
+            parts.insert(0, f"{self.kind} rows only (v: next kind)")
         if not rep.hypotheses:
             parts.insert(1, self.EMPTY)
         self.query_one("#hypotheses-caption", Label).update(line(" · ".join(parts)))
@@ -220,9 +228,10 @@ class HypothesesScreen(DataScreen):
             out.append("\n")
             agree = "✓" if h.halves_agree else "✗"
             n_feats = len(h.features)
+            spread = f"t {signed(h.t)}" if h.d is not None else "every pair agrees (no spread: no d or t)"
             out.append(
                 f"score {number(h.score)} · halves {signed(h.delta_a)} / {signed(h.delta_b)} {agree} · "
-                f"t {signed(h.t)} · {count(h.n_support)}/{count(h.n)} pairs move it · "
+                f"{spread} · {count(h.n_support)}/{count(h.n)} pairs move it · "
                 f"{n_feats} feature{'s' * (n_feats != 1)}\n"
             )
             out.append("driving pairs: ", style="dim")
@@ -230,7 +239,52 @@ class HypothesesScreen(DataScreen):
                 gone = p.source_index in marked
                 out.append(f"#{p.source_index}" + ("✗" if gone else ""), style="red" if gone else "")
                 out.append(f"({signed(p.u)}) ", style="dim")
+            out.append_text(self._evidence_text(h))
         self.query_one("#hypothesis-detail", Static).update(out)
+
+    # -- evidence: the concept's strongest snippets in the driving pairs -----------------------------
+
+    @staticmethod
+    def _evidence_key(h) -> tuple:
+        return (str(HypothesisKey.of(h)), tuple(p.source_index for p in h.driving))
+
+    def _evidence_text(self, h) -> Text:
+        out = Text("\n")
+        snippets = self.evidence.get(self._evidence_key(h))
+        if snippets is None:
+            self._load_evidence(h)
+            return out.append("evidence: reading…", style="dim")
+        if not snippets:
+            return out.append("evidence: the concept's features store no firing in these pairs", style="dim")
+        width = self.query_one("#hypothesis-detail", Static).content_region.width or 100
+        for i, s in enumerate(snippets):
+            head = f"{s.side:>8} #{s.source_index} " + (f"u {signed(s.u)} " if s.u is not None else "")
+            out.append(head, style="green" if s.side == "chosen" else "red")
+            before, span, after = around(s.before, s.span, s.after, width - len(head) - 1)
+            out.append(before)
+            out.append(span, style="bold reverse")
+            out.append(after + ("\n" if i < len(snippets) - 1 else ""))
+        return out
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="evidence",
+          description="reading the concept's exemplars")
+    def _load_evidence(self, h) -> None:
+        snippets = self.app.session.evidence(h)
+        if not get_current_worker().is_cancelled:
+            self.post_message(EvidenceReady(self._evidence_key(h), snippets))
+
+    @on(EvidenceReady)
+    def _evidence_ready(self, event: EvidenceReady) -> None:
+        self.evidence[event.key] = event.snippets
+        h = self.current()
+        if h is not None and self._evidence_key(h) == event.key:
+            self._detail(self.triage.marked if self.triage else frozenset())
+
+    def action_kind(self) -> None:
+        """Show the next kind of hypothesis: all, data clusters, prompt concepts, concepts."""
+        self.kind = KINDS[(KINDS.index(self.kind) + 1) % len(KINDS)]
+        self.notify(f"showing {self.kind or 'every kind of'} hypotheses", timeout=2)
+        self.action_reload()
 
     @on(DataTable.RowHighlighted)
     def _highlighted(self) -> None:
