@@ -149,8 +149,8 @@ async def test_shifts_goes_back_to_the_top_after_a_filter(workspace):
     async with app.run_test(size=(80, 24)) as pilot:
         await shifts_loaded(pilot)
         table = app.screen.query_one(f"#{app.screen.side}", KeyTable)
-        await pilot.press("G")
-        await settle(pilot)
+        table.move_cursor(row=table.row_count - 1, animate=False)
+        await pilot.pause(0.2)
         assert table.scroll_y > 0 and table.cursor_row > 0  # scrolled down
         await pilot.press("slash", "1")
         await settle(pilot)
@@ -205,10 +205,16 @@ async def test_an_enter_while_clustering_opens_the_cluster_when_done(workspace):
     app = make_app(workspace)
     async with app.run_test(size=(120, 40)) as pilot:
         await landed(pilot)
-        screen = await goto(pilot, "5", ClustersScreen)
-        assert screen.clustering is None  # still clustering: the race this test is about
-        await pilot.press("enter")
-        assert screen.clustering is None and screen.open_when_ready
+        session = app.session
+        session._lock.acquire()  # clustering waits on the session's lock: the Enter comes first
+        try:
+            screen = await goto(pilot, "5", ClustersScreen)
+            await pilot.pause(0.3)
+            assert screen.clustering is None  # still clustering: the race this test is about
+            await pilot.press("enter")
+            assert screen.clustering is None and screen.open_when_ready
+        finally:
+            session._lock.release()
         pairs = await goto(pilot, (), PairsScreen, "rows")
         assert pairs.cluster is screen.clustering.clusters[0]
 
@@ -241,3 +247,15 @@ async def test_models_lists_trained_variants_and_t_trains_for_the_workspaces_dat
                              timeout=600, what=f"{name} trained and listed")
             row = next(r for r in screen.models.rows if r.name == name)
             assert row.ready and "FVU" in row.detail and data.name in row.detail
+
+
+async def test_at_80x24_the_plan_dialog_says_how_to_save(workspace):
+    app = make_app(workspace)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await landed(pilot)
+        await pilot.press("i")
+        box = await goto(pilot, (), PlanDialog)
+        await settle(pilot)
+        hint = box.query_one("#plan-hint")
+        assert "ctrl+s: save" in str(hint.render())
+        assert hint.region.height == 1 and 0 <= hint.region.y < 24 and hint.region.right <= 80

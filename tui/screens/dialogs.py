@@ -217,6 +217,9 @@ class PlanDialog(ModalScreen[PlanAnswer | None]):
                 line(f"Plan an intervention on concept {t.concept} «{t.name or '-'}» ({n} feature{'s' * (n != 1)})"),
                 classes="dialog-title",
             )
+            # first, so that a short terminal (80x24) still shows how to save
+            yield Label(line(f"enter / ctrl+s: save in {self.workspace} · esc: cancel"), classes="dialog-hint",
+                        id="plan-hint")
             yield KeyTable("kind", "default", "what it does", id="plan-kinds")
             yield Static("", id="plan-about", classes="dialog-body")
             with Horizontal(classes="form-row"):
@@ -228,7 +231,6 @@ class PlanDialog(ModalScreen[PlanAnswer | None]):
                 yield Input(placeholder="inoculate: the system prompt naming the behaviour", id="plan-text",
                             compact=True)
             yield Static(self._now(), id="plan-now", classes="dialog-body")
-            yield Label(line(f"enter / ctrl+s: save in {self.workspace} · esc: cancel"), classes="dialog-hint")
 
     def _now(self) -> Text:
         out = Text("from ", style="dim")

@@ -110,6 +110,7 @@ class HypothesesScreen(DataScreen):
         self._ranked_without: frozenset[int] = frozenset()
         self.kind: str | None = self.KIND  # the kind shown (v cycles it)
         self.evidence: dict[tuple, tuple] = {}  # (key, driving pairs) -> exemplar snippets
+        self._evidence_asked: set[tuple] = set()
 
     def compose_body(self) -> ComposeResult:
         yield JobPanel(id="hypotheses-job")
@@ -252,7 +253,10 @@ class HypothesesScreen(DataScreen):
         out = Text("\n")
         snippets = self.evidence.get(self._evidence_key(h))
         if snippets is None:
-            self._load_evidence(h)
+            key = self._evidence_key(h)
+            if key not in self._evidence_asked:  # one read per row; a row visited again is cached
+                self._evidence_asked.add(key)
+                self._load_evidence(h, key)
             return out.append("evidence: reading…", style="dim")
         if not snippets:
             return out.append("evidence: the concept's features store no firing in these pairs", style="dim")
@@ -266,12 +270,12 @@ class HypothesesScreen(DataScreen):
             out.append(after + ("\n" if i < len(snippets) - 1 else ""))
         return out
 
-    @work(thread=True, exclusive=True, exit_on_error=False, group="evidence",
-          description="reading the concept's exemplars")
-    def _load_evidence(self, h) -> None:
+    # Not exclusive: moving on must not cancel a read another row is waiting for.
+    @work(thread=True, exit_on_error=False, group="evidence", description="reading the concept's exemplars")
+    def _load_evidence(self, h, key: tuple) -> None:
         snippets = self.app.session.evidence(h)
         if not get_current_worker().is_cancelled:
-            self.post_message(EvidenceReady(self._evidence_key(h), snippets))
+            self.post_message(EvidenceReady(key, snippets))
 
     @on(EvidenceReady)
     def _evidence_ready(self, event: EvidenceReady) -> None:
