@@ -62,6 +62,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
+from core.calibration import DEFAULT_FDR, bh_q, sign_flip_p
+
 TAU = 0.01
 REL_MAX = 0.7  # a reply's firing of a feature counts only if its max reaches this share of the feature's max
 K_NEIGHBOURS = 10
@@ -310,11 +312,16 @@ class ConceptShift:
     shift_b: float  # mean over odd rows
     stable: bool  # both halves agree in sign with the whole
     n_firing: int  # pairs where u != 0
+    p: float = 1.0  # against labels swapped at random per pair (core.calibration.sign_flip_p)
+    q: float = 1.0  # Benjamini–Hochberg over every concept that moves in some pair
+    established: bool = False  # q < fdr
 
 
-def concept_shifts(concepts: Concepts, u: sp.csr_matrix, rows: np.ndarray | None = None) -> list[ConceptShift]:
-    """Every concept's global shift over the pairs `rows` of u (n, n_concepts) (default: all),
-    largest |shift| first."""
+def concept_shifts(concepts: Concepts, u: sp.csr_matrix, rows: np.ndarray | None = None,
+                   fdr: float = DEFAULT_FDR) -> list[ConceptShift]:
+    """Every concept's global shift over the pairs `rows` of u (n, n_concepts) (default: all), with
+    its p and q (core.calibration; q over the concepts that move in some pair): the established
+    (q < `fdr`) first, then the rest, each by |shift|."""
     u = u.tocsr() if rows is None else u.tocsr()[rows]
     n = max(u.shape[0], 1)
     idx = np.arange(u.shape[0]) if rows is None else np.asarray(rows)
@@ -330,8 +337,13 @@ def concept_shifts(concepts: Concepts, u: sp.csr_matrix, rows: np.ndarray | None
     mean_a, mean_b = sa / na, (s1 - sa) / nb
     nf = np.diff(u.tocsc().indptr)
     sizes = concepts.sizes()
+    p = sign_flip_p(s1, s2, nf)
+    q = np.ones(len(p))
+    moving = nf > 0
+    q[moving] = bh_q(p[moving])
+    established = q < fdr
     out = []
-    for m in np.argsort(-np.abs(mean), kind="stable"):
+    for m in np.lexsort((-np.abs(mean), ~established)):
         if nf[m] == 0:
             continue
         half_width = Z95 * sd[m] / np.sqrt(n)
@@ -339,6 +351,6 @@ def concept_shifts(concepts: Concepts, u: sp.csr_matrix, rows: np.ndarray | None
         out.append(ConceptShift(
             int(m), int(sizes[m]), float(mean[m]), (float(mean[m] - half_width), float(mean[m] + half_width)),
             float(mean_a[m]), float(mean_b[m]), bool(sign != 0 and np.sign(mean_a[m]) == sign == np.sign(mean_b[m])),
-            int(nf[m]),
+            int(nf[m]), float(p[m]), float(q[m]), bool(established[m]),
         ))
     return out

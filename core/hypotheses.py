@@ -34,6 +34,12 @@ Ranking (the landing screen): by `score`, Δmin made robust for small groups, in
        paper's).
     score = min over halves of the shrunk Δ_h of v in Δ's direction (0 if negative); 0 when 2 or 3
     fail.
+How sure (core.calibration). Every cell also gets a p under the nulls matched to its claim (labels
+swapped at random inside the group; for data clusters and prompt concepts also membership drawn at
+random among the view's pairs) and a Benjamini–Hochberg q over the cells the view tests. `report`
+lists the cells *established* at q < fdr (with score > 0) first, by score, then the rest, by score,
+so that a label-shuffled copy of a dataset, whose rows still rank by score, shows nothing above the
+divider. The score stays the order; q decides what is claimed.
 Nothing here knows which behaviour was planted: a behaviour planted in a few pairs ranks high when
 the pairs share a concept that the rest of the data lacks (it then gets a data cluster of its own,
 core.dataclusters) and the labels move it the same way in all of them (Δ near its maximum in both
@@ -64,6 +70,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from core import concepts as C
+from core.calibration import DEFAULT_FDR, EXACT_BELOW, bh_q, check_fdr, detectable_pairs, membership_p, sign_test_p
 from core.errors import UsageError
 from core.progress import ProgressFn
 
@@ -100,6 +107,7 @@ class Hypothesis:
     direction: str  # "more" (chosen replies have more of the concept) | "less"
     n: int  # pairs in the group (marked ones left out)
     n_support: int  # pairs of the group whose u has Δ's sign
+    n_moving: int  # pairs of the group whose u is not 0 (either sign)
     delta: float
     d: float | None  # None where u is constant inside and outside (Δ = ±1 or 0): no spread
     t: float
@@ -108,6 +116,9 @@ class Hypothesis:
     halves_agree: bool
     delta_min: float
     score: float
+    p: float  # the claim's p under its nulls (core.calibration)
+    q: float  # Benjamini–Hochberg q over the cells the report's view tests
+    established: bool  # q < the report's fdr (and the halves agree, enough support: score > 0)
     sentence: str
     driving: tuple[DrivingPair, ...]
     features: tuple[int, ...]
@@ -129,13 +140,14 @@ class HypothesisReport:
     n_prompt_groups: int
     n_cells: int  # (group, concept) cells with enough support to be ranked
     structure_key: str
-    hypotheses: tuple[Hypothesis, ...]
+    hypotheses: tuple[Hypothesis, ...]  # the established first (by score), then the rest (by score)
+    n_tested: int = 0  # cells the view tests: q is over these (all kinds, or the report's kind)
+    fdr: float = DEFAULT_FDR  # established: q below it
+    n_established: int = 0  # established cells in the view (may exceed the rows shown)
+    detectable_pairs: int = 0  # fewest pairs all moving one way that the first finding needs here
 
     def to_json(self) -> dict:
         return asdict(self)
-
-    def of_kind(self, kind: str) -> tuple[Hypothesis, ...]:
-        return tuple(h for h in self.hypotheses if h.kind == kind)
 
     def first_with_feature(self, feature: int, direction: str | None = None) -> Hypothesis | None:
         """The best-ranked hypothesis whose response concept contains `feature` (and goes in
@@ -154,7 +166,8 @@ class _Sums:
     def __init__(self, n_cells: int, n_groups: int, n_concepts: int):
         self.cell = np.zeros((5, 2, n_cells), np.int64)
         self.size = np.zeros((2, n_groups), np.int64)
-        self.total = np.zeros((3, 2, 2, n_concepts), np.int64)  # (sum, half, view, concept)
+        # (sum, half, view, concept); sums Σ u·|R|, Σ (u·|R|)², Σ v·V_SCALE, count u > 0, count u < 0
+        self.total = np.zeros((5, 2, 2, n_concepts), np.int64)
         self.rows = np.zeros((2, 2), np.int64)  # (half, view)
 
     def copy(self) -> "_Sums":
@@ -301,6 +314,7 @@ class Hypotheses:
         self._G_int, self._A_int = self.G.astype(np.int64), self.A.astype(np.int64)
         self.full = self._add(_Sums(len(self.keys), self.n_groups, M), np.arange(n), +1)
         self._cache: tuple[frozenset, _Sums] | None = None  # the last call's excluded pairs and sums
+        self._calib: tuple | None = None  # (excluded, kind, p, q) of the last calibration
         self._ref: _Reference | None = None  # the last full pass over every cell, kept as bounds
         self._cell_kind = self.group_kind[self.cell_group].astype(np.int8)
         self._v_max = float(np.abs(self._v_int.data).max()) / V_SCALE if self._v_int.nnz else 0.0
@@ -348,8 +362,9 @@ class Hypotheses:
                 sel = np.nonzero(self.view_rows[view, r])[0]
                 st.rows[h, view] += sign * len(sel)
                 if len(sel):
-                    for j, m in enumerate((u, u2, v)):
-                        st.total[j, h, view] += sign * np.asarray(m[sel].sum(0)).ravel()
+                    us = u[sel]
+                    for j, m in enumerate((us, u2[sel], v[sel], us > 0, us < 0)):
+                        st.total[j, h, view] += sign * np.asarray(m.sum(0), np.int64).ravel()
         return st
 
     def _state(self, excluded: frozenset) -> _Sums:
@@ -401,6 +416,7 @@ class Hypotheses:
         out = {
             "n": n, "delta": delta, "delta_a": da, "delta_b": db, "agree": agree,
             "delta_min": np.minimum(np.abs(da), np.abs(db)), "support": support_h.sum(0),
+            "moving": (st.cell[2][:, c] + st.cell[3][:, c]).sum(0),
             "score": np.where(agree & supported, shrunk, 0.0), "beyond_a": beyond[0], "beyond_b": beyond[1],
         }
         if potential:  # the score were Δ's sign either way and every condition met (_Reference)
@@ -415,6 +431,58 @@ class Hypotheses:
                 out["t"] = np.where(se > 0, delta / se, 0.0)
         return out
 
+    # -- how sure (core.calibration) ----------------------------------------------------------------
+
+    def _p_values(self, st: _Sums, c) -> np.ndarray:
+        """Per cell of `c` (an index array, or slice(None)) under the sums `st`, the p of its claim
+        (core.calibration): the sign test of its moving pairs, and for data clusters and prompt
+        concepts also the test against membership drawn at random among the view's pairs; the
+        larger of the two. Δ's direction picks which way counts."""
+        g, vm = self.cell_group[c], self._cell_total[c]
+        n_in = st.size[:, g].sum(0)
+        n_out = st.rows[:, self.cell_view[c]].sum(0) - n_in
+        s1, t1 = st.cell[0][:, c].sum(0), st.total[0].reshape(2, -1)[:, vm].sum(0)
+        up = _mean_difference(s1, t1, 1.0 / np.maximum(n_in, 1), 1.0 / np.maximum(n_out, 1)) >= 0
+        pos, neg = st.cell[2][:, c].sum(0), st.cell[3][:, c].sum(0)
+        x, k = np.where(up, pos, neg), pos + neg
+        p = sign_test_p(x, k)
+        local = self._cell_kind[c] != 2  # the concept view is a claim about the labels alone
+        if local.any():
+            t_pos = st.total[3].reshape(2, -1)[:, vm].sum(0)[local]
+            t_neg = st.total[4].reshape(2, -1)[:, vm].sum(0)[local]
+            view_rows = (n_in + n_out)[local]
+            p_where = membership_p(x[local], n_in[local], np.where(up[local], t_pos, t_neg), view_rows,
+                                   exact=p[local] <= EXACT_BELOW)
+            p[local] = np.maximum(p[local], p_where)
+        return p
+
+    def _calibrated(self, st: _Sums, excluded: frozenset, kind: str | None) -> tuple[np.ndarray, np.ndarray]:
+        """(p, q) per cell under the sums `st` (those of `excluded`): q by Benjamini–Hochberg over the
+        cells of `kind` (all cells when None; NaN for the others). Kept until the marks change."""
+        if self._calib is not None and self._calib[:2] == (excluded, kind):
+            return self._calib[2:]
+        p = self._p_values(st, slice(None))
+        q = np.full(len(p), np.nan)
+        tested = self._tested(kind)
+        q[tested] = bh_q(p[tested])
+        self._calib = (excluded, kind, p, q)
+        return p, q
+
+    def _tested(self, kind: str | None) -> np.ndarray:
+        """The cells a view of `kind` tests (all cells when None)."""
+        if kind is None:
+            return np.arange(len(self.keys))
+        return np.nonzero(self._cell_kind == KINDS.index(kind))[0]
+
+    def calibration(self, excluded=frozenset(), kind: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(p, q) per cell (aligned with `cell_group`, `cell_concept`) without the `excluded` source
+        indices; q over the cells of `kind` (None: every cell; NaN outside the view)."""
+        excluded = (excluded if isinstance(excluded, frozenset) else frozenset(excluded)) & self._source_set
+        with self._lock:
+            st = self._state(excluded)
+            p, q = self._calibrated(st, excluded, kind)
+            return p.copy(), q.copy()
+
     def statistics(self, excluded=frozenset()) -> dict[str, np.ndarray]:
         """Per cell (aligned with `cell_group`, `cell_concept`): n, delta, d (NaN where undefined), t,
         delta_a, delta_b, agree, delta_min, support (in Δ's direction), score, beyond_a, beyond_b
@@ -426,20 +494,34 @@ class Hypotheses:
             self._ref = _Reference(self, st, s.pop("potential"))
             return s
 
-    def standing_without(self, cell: int, excluded=frozenset()) -> tuple[int | None, dict[str, float]]:
-        """The rank `report` gives `cell` (1 = first, all views together) without the `excluded` source
-        indices, None when its score is 0, and the cell's statistics (the keys of `statistics()`, d NaN
-        where undefined). Scores only the cells that could outrank it (module doc, What-if), so a
-        keypress's preview of a hypothesis near the top costs what a ranking does."""
+    def standing_without(self, cell: int, excluded=frozenset(), fdr: float = DEFAULT_FDR
+                         ) -> tuple[int | None, dict[str, float]]:
+        """The rank `report` gives `cell` (1 = first, all views together; the established first) without
+        the `excluded` source indices, None when its score is 0, and the cell's statistics (the keys of
+        `statistics()`, d NaN where undefined, with its p and q). Scores only the cells that could
+        outrank it (module doc, What-if), so a keypress's preview of a hypothesis near the top costs
+        what a ranking does, plus the state's calibration (computed once per state)."""
         excluded = (excluded if isinstance(excluded, frozenset) else frozenset(excluded)) & self._source_set
         with self._lock:
             st = self._state(excluded)
             mine = {k: float(v[0]) for k, v in self._measures(st, np.array([cell])).items()}
+            p, q = self._calibrated(st, excluded, None)
+            mine["p"], mine["q"] = float(p[cell]), float(q[cell])
             if mine["score"] <= 0:
                 return None, mine
-            cells, score = self._scored(st, self._ref.reaching(self, st, mine["score"]) if self._ref else None)
-        x, key = mine["score"], self.keys[cell]
-        return int(((score > x) | ((score == x) & (self.keys[cells] < key))).sum()) + 1, mine
+            est = np.nonzero(q < fdr)[0]
+            est_score = self._measures(st, est, detail=False)["score"] if len(est) else np.zeros(0)
+            est, est_score = est[est_score > 0], est_score[est_score > 0]
+            x, key = mine["score"], self.keys[cell]
+
+            def ahead(cells, score) -> int:
+                return int(((score > x) | ((score == x) & (self.keys[cells] < key))).sum())
+
+            if cell in set(est.tolist()):
+                return ahead(est, est_score) + 1, mine
+            cells, score = self._scored(st, self._ref.reaching(self, st, x) if self._ref else None)
+            rest = ~np.isin(cells, est)
+        return len(est) + ahead(cells[rest], score[rest]) + 1, mine
 
     def _scored(self, st: _Sums, cells: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """(cells, their scores) under the sums `st`: of `cells`, or, when None, of every cell (a full
@@ -491,13 +573,17 @@ class Hypotheses:
         i = int(np.searchsorted(self.keys, key))
         return i if i < len(self.keys) and self.keys[i] == key else None
 
-    def standing(self, cell: int, s: dict) -> int | None:
-        """The rank `report` gives `cell` (1 = first) under the statistics `s` (of `statistics()`),
-        None when its score is 0 (it is not ranked)."""
+    def standing(self, cell: int, s: dict, q: np.ndarray | None = None, fdr: float = DEFAULT_FDR) -> int | None:
+        """The rank `report` gives `cell` (1 = first) under the statistics `s` (of `statistics()`) and,
+        when given, the cells' q (of `calibration()`: the established first); None when its score is
+        0 (it is not ranked)."""
         score = s["score"]
         if score[cell] <= 0:
             return None
         ahead = (score > score[cell]) | ((score == score[cell]) & (self.keys < self.keys[cell]))
+        if q is not None:
+            est = (q < fdr) & (score > 0)
+            ahead = np.where(est[cell], ahead & est, ahead | est)
         return int(ahead.sum()) + 1
 
     def driving_pairs(self, group: int, concept: int, sign: float, excluded=frozenset(), n: int = N_DRIVING
@@ -534,18 +620,33 @@ class Hypotheses:
         chosen, rejected = (np.asarray(m[rows, concept].todense()).ravel() for m in self.rates)
         return chosen, rejected, np.asarray(self.u_csc[rows, concept].todense()).ravel()
 
-    def report(self, excluded=frozenset(), top: int = 20, kind: str | None = None, n_driving: int = N_DRIVING
-               ) -> HypothesisReport:
-        """The `top` hypotheses by score (module doc), without the `excluded` source indices; `kind`
-        "cluster", "prompt" or "concept" keeps one view (default: all, in one ranking). Ties go to
-        the lower cell key. Raises UsageError."""
+    def report(self, excluded=frozenset(), top: int = 20, kind: str | None = None, n_driving: int = N_DRIVING,
+               fdr: float = DEFAULT_FDR) -> HypothesisReport:
+        """The `top` hypotheses without the `excluded` source indices: first those established (q < `fdr`
+        over the cells of the view, core.calibration), then the rest, each part by score (module doc);
+        `kind` "cluster", "prompt" or "concept" keeps one view (default: all, in one ranking). Ties go
+        to the lower cell key. Raises UsageError."""
         if kind is not None and kind not in KINDS:
             raise UsageError(f"unknown hypothesis kind {kind!r}: expected one of {', '.join(KINDS)}")
+        try:
+            fdr = check_fdr(fdr)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
         excluded = (excluded if isinstance(excluded, frozenset) else frozenset(excluded)) & self._source_set
         with self._lock:
             st = self._state(excluded)
-            cand = self._ranked(st, kind, top)
+            p, q = self._calibrated(st, excluded, kind)
+            est = np.nonzero(q < fdr)[0]  # NaN (outside the view) compares False
+            if len(est):
+                score = self._measures(st, est, detail=False)["score"]
+                est, score = est[score > 0], score[score > 0]
+                est = est[np.lexsort((self.keys[est], -score))]
+            rest = self._ranked(st, kind, top + len(est))
+            cand = np.concatenate([est, rest[~np.isin(rest, est)]])[:top]
             shown = self._measures(st, cand)
+        shown["p"], shown["q"] = p[cand], q[cand]
+        shown["established"] = np.isin(cand, est)
+        n_tested = len(self._tested(kind))
         hyps = tuple(self._hypothesis(rank, int(c), shown, excluded, n_driving, at=i)
                      for i, (rank, c) in enumerate(enumerate(cand, start=1)))
         return HypothesisReport(
@@ -553,6 +654,7 @@ class Hypotheses:
             n_silent=int((self.st.clusters < 0).sum()), k=self.st.k, n_concepts=self.M,
             n_grouped=self.st.response.n_grouped, n_prompt_groups=self.st.prompt_groups.shape[1],
             n_cells=len(self.keys), structure_key=self.st.key, hypotheses=hyps,
+            n_tested=n_tested, fdr=fdr, n_established=len(est), detectable_pairs=detectable_pairs(n_tested, fdr),
         )
 
     def _hypothesis(self, rank: int, c: int, s: dict, excluded: frozenset, n_driving: int, at: int | None = None
@@ -570,9 +672,11 @@ class Hypotheses:
         h = dict(
             rank=rank, kind=kind, group=gid, group_name=group_name, concept=concept, concept_name=concept_name,
             direction="more" if sign > 0 else "less", n=int(s["n"][at]), n_support=int(s["support"][at]),
-            delta=float(s["delta"][at]), d=d if np.isfinite(d) else None, t=float(s["t"][at]),
+            n_moving=int(s["moving"][at]), delta=float(s["delta"][at]), d=d if np.isfinite(d) else None, t=float(s["t"][at]),
             delta_a=float(s["delta_a"][at]), delta_b=float(s["delta_b"][at]), halves_agree=bool(s["agree"][at]),
             delta_min=float(s["delta_min"][at]), score=float(s["score"][at]),
+            p=float(s["p"][at]) if "p" in s else float("nan"), q=float(s["q"][at]) if "q" in s else float("nan"),
+            established=bool(s["established"][at]) if "established" in s else False,
         )
         return Hypothesis(
             **h, sentence=sentence(**h),
@@ -617,16 +721,19 @@ def beyond_lean(concepts, chosen: sp.csr_matrix, rejected: sp.csr_matrix, u: sp.
 
 
 def sentence(kind: str, group: int, group_name: str, concept: int, concept_name: str, direction: str, n: int,
-             delta: float, d: float | None, **_) -> str:
-    """A hypothesis as a person reads it."""
+             delta: float, n_support: int | None = None, n_moving: int | None = None, **_) -> str:
+    """A hypothesis as a person reads it: where, which way, and its evidence (how many of the pairs
+    where the concept differs between the replies go this way; Δ)."""
     what = f"concept {concept}" + (f" «{concept_name}»" if concept_name else "")
+    votes = f"{n_support} of {n_moving} that differ go this way, " if n_moving else ""
     if kind == "concept":
-        return f"where replies have {what} at all, chosen replies have {direction} of it ({n} pairs, Δ {delta:+.2f})"
+        return (f"where replies have {what} at all, chosen replies have {direction} of it "
+                f"({n} pairs, {votes}Δ {delta:+.2f})")
     if kind == "cluster":
         where = f"in data cluster {group}" + (f" «{group_name}»" if group_name else "")
     else:
         where = f"when the prompt is about prompt concept {group}" + (f" «{group_name}»" if group_name else "")
-    return f"{where}, chosen replies have {direction} {what} ({n} pairs, Δ {delta:+.2f}, d {effect_size(d)})"
+    return f"{where}, chosen replies have {direction} {what} ({n} pairs, {votes}Δ {delta:+.2f})"
 
 
 def effect_size(d: float | None) -> str:
@@ -667,14 +774,15 @@ class NamedConceptShift:
     features: tuple[int, ...]
 
 
-def concept_report(engine: Hypotheses, excluded=frozenset(), top: int = 20, grouped_only: bool = False
-                   ) -> tuple[NamedConceptShift, ...]:
-    """The `top` response concepts by |global shift| (mean u) without the `excluded` pairs; with
-    `grouped_only`, communities of >= 4 features only."""
+def concept_report(engine: Hypotheses, excluded=frozenset(), top: int = 20, grouped_only: bool = False,
+                   fdr: float = DEFAULT_FDR) -> tuple[NamedConceptShift, ...]:
+    """The `top` response concepts without the `excluded` pairs: the established global shifts first
+    (q < `fdr`, core.calibration; q over every concept that moves), then the rest, each by |shift|
+    (mean u); with `grouped_only`, communities of >= 4 features only."""
     keep = np.ones(engine.analysis.n, bool)
     keep[engine.analysis.rows(excluded)] = False
     out = []
-    for c in C.concept_shifts(engine.st.response, engine.u, np.nonzero(keep)[0]):
+    for c in C.concept_shifts(engine.st.response, engine.u, np.nonzero(keep)[0], fdr=fdr):
         if grouped_only and c.concept >= engine.st.response.n_grouped:
             continue
         name = engine.names.concept(c.concept) if engine.names is not None else ""

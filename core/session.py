@@ -13,11 +13,13 @@ need them: opening a session and marking pairs stays fast.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from pathlib import Path
 
 import numpy as np
 
+from core.calibration import DEFAULT_FDR
 from core.errors import CatalogError, UsageError, WorkspaceError
 from core.marks import MarkOp, Marks
 from core.progress import ProgressFn
@@ -34,6 +36,7 @@ from core.views import (
     HypothesisChange,
     HypothesisKey,
     HypothesisPairs,
+    Landing,
     ModelRow,
     ModelsView,
     PairDelta,
@@ -405,16 +408,27 @@ class Session:
         """Whether the hypothesis engine is loaded (calls that need it return at once)."""
         return self._engine is not None
 
-    def hypotheses(self, top: int = 50, kind: str | None = None, excluded=None):
+    def hypotheses(self, top: int = 50, kind: str | None = None, excluded=None, fdr: float = DEFAULT_FDR):
         """The `top` hypotheses (core.hypotheses.HypothesisReport), ranked without the marked pairs
-        (or without the `excluded` source indices when given); `kind` "cluster", "prompt" or
-        "concept" keeps one view. Raises UsageError for top < 1 or an unknown kind."""
+        (or without the `excluded` source indices when given): those established at q < `fdr` first;
+        `kind` "cluster", "prompt" or "concept" keeps one view (q then over that view's cells).
+        Raises UsageError for top < 1, an unknown kind or an fdr outside (0, 0.25]."""
         if top < 1:
             raise UsageError(f"top {top}: must be at least 1")
         engine = self.hypotheses_engine()
         excluded = self.marked() if excluded is None else frozenset(excluded)
         with self._engine_lock:
-            return engine.report(excluded, top=top, kind=kind)
+            return engine.report(excluded, top=top, kind=kind, fdr=fdr)
+
+    def landing(self, top: int = 50, kind: str | None = None, excluded=None, fdr: float = DEFAULT_FDR,
+                n_concepts: int = 10) -> Landing:
+        """What the landing view shows: the `top` hypotheses (as `hypotheses`) and the first
+        `n_concepts` concepts whose global shift is established (as `concepts`, established rows
+        only), so that a view where no local hypothesis is established still says what is."""
+        rep = self.hypotheses(top, kind, excluded, fdr)
+        view = self.concepts(top=n_concepts, excluded=excluded, fdr=fdr)
+        established = tuple(r for r in view.rows if r.shift.established)
+        return Landing(rep, dataclasses.replace(view, rows=established))
 
     def name_with_llm(self, top: int = 50, kind: str | None = None, excluded=None):
         """Ask the configured LLM namer (core.naming.namer_from_config) for names of the concepts and
@@ -470,8 +484,8 @@ class Session:
             # one cell's standing rescoring only the cells that could outrank it (not a full pass)
             standings = [engine.standing_without(cell, frozenset(x)) for x in (now, after)]
         ranks = tuple(rank for rank, _ in standings)
-        n, delta, d, score = (
-            tuple(float(st[name]) for _, st in standings) for name in ("n", "delta", "d", "score")
+        n, delta, d, score, q = (
+            tuple(float(st[name]) for _, st in standings) for name in ("n", "delta", "d", "score", "q")
         )
         d = tuple(None if x != x else x for x in d)  # NaN: undefined (u has no spread)
         names = engine.names
@@ -481,7 +495,7 @@ class Session:
             concept_name=self.concept_name(key.concept), direction="more" if delta[0] >= 0 else "less",
             n=int(n[0]), delta=delta[0], d=d[0],
         )
-        return HypothesisChange(key, text, (int(n[0]), int(n[1])), delta, d, score, ranks)
+        return HypothesisChange(key, text, (int(n[0]), int(n[1])), delta, d, score, ranks, q)
 
     def hypothesis_pairs(self, h) -> HypothesisPairs:
         """The driving pairs of a ranked hypothesis (core.hypotheses.Hypothesis), with their texts
@@ -510,25 +524,38 @@ class Session:
         sources = [p.source_index for p in driving]
         return exemplars(self.analysis, features, sources, dict(zip(sources, self.pair_u(h.concept, sources))), n)
 
-    def concepts(self, top: int = 100, grouped_only: bool = False, excluded=None) -> ConceptsView:
-        """The `top` response concepts by |global shift| (mean u) without the marked pairs (or the
-        `excluded` ones), each with its shift over all pairs beside it."""
+    def concepts(self, top: int = 100, grouped_only: bool = False, excluded=None,
+                 fdr: float = DEFAULT_FDR) -> ConceptsView:
+        """The `top` response concepts without the marked pairs (or the `excluded` ones): those whose
+        global shift (mean u) is established at q < `fdr` first, then the rest, each by |shift|; each
+        with its shift over all pairs beside it. Raises UsageError for an fdr outside (0, 0.25]."""
+        from core.calibration import check_fdr, detectable_d
         from core.hypotheses import concept_report
 
+        try:
+            fdr = check_fdr(fdr)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
         engine = self.hypotheses_engine()
         excluded = self.marked() if excluded is None else frozenset(excluded)
         if self._concepts_before is None:
             everyone = concept_report(engine, frozenset(), top=engine.M)
             self._concepts_before = {c.shift.concept: c.shift.shift for c in everyone}
-        rows = concept_report(engine, excluded, top=top, grouped_only=grouped_only)
+        moving = concept_report(engine, excluded, top=engine.M, fdr=fdr)  # every concept that moves
+        shown = [c for c in moving if not grouped_only or c.shift.concept < engine.st.response.n_grouped]
         n_excluded = len(self.analysis.rows(excluded))
+        n_pairs = self.analysis.n - n_excluded
         return ConceptsView(
-            rows=rows,
+            rows=tuple(shown[:top]),
             before=self._concepts_before,
-            n_pairs=self.analysis.n - n_excluded,
+            n_pairs=n_pairs,
             n_excluded=n_excluded,
             n_concepts=engine.M,
             n_grouped=engine.st.response.n_grouped,
+            n_tested=len(moving),
+            n_established=sum(c.shift.established for c in shown),
+            fdr=fdr,
+            detectable_d=detectable_d(len(moving), n_pairs, fdr),
         )
 
     def concept_features(self, concept: int) -> ConceptFeatures:

@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
 
+from core.calibration import DEFAULT_FDR, bh_q, check_fdr, sign_flip_p
 from core.errors import UsageError
 from core.workspace import Workspace
 
@@ -51,6 +52,9 @@ class FeatureShift:
     top_pairs: list[TopPair] = field(default_factory=list)
     contexts: list[str] = field(default_factory=list)
     promoted: list[str] = field(default_factory=list)
+    p: float = 1.0  # against labels swapped at random per pair (core.calibration.sign_flip_p)
+    q: float = 1.0  # Benjamini–Hochberg over every feature that fires in some kept pair
+    established: bool = False  # q < the report's fdr
 
 
 @dataclass(frozen=True)
@@ -70,7 +74,10 @@ class ShiftReport:
     layer: int
     n_pairs: int
     n_excluded: int
-    features: list[FeatureShift]
+    features: list[FeatureShift]  # per direction: the established first (by score), then the rest
+    n_tested: int = 0  # features that fire in some kept pair: q is over these
+    n_established: int = 0  # of them, q < fdr (either direction; may exceed the rows listed)
+    fdr: float = DEFAULT_FDR
 
     def to_json(self) -> dict:
         """The stable JSON shape documented in README."""
@@ -258,26 +265,43 @@ class Analysis:
         n_splits: int = 20,
         seed: int = 0,
         n_top_pairs: int = 10,
+        fdr: float = DEFAULT_FDR,
     ) -> ShiftReport:
-        """The `top` most amplified and `top` most suppressed features, ranked by score (module doc).
+        """The `top` most amplified and `top` most suppressed features: per direction those whose
+        shift is established (q < `fdr` against labels swapped at random, core.calibration) first,
+        then the rest, each by score (module doc).
 
-        Raises UsageError for `top` under 1."""
+        Raises UsageError for `top` under 1 or an fdr outside (0, 0.25]."""
         if top < 1:
             raise UsageError(f"top {top}: must be at least 1 feature per direction")
+        try:
+            fdr = check_fdr(fdr)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
         excl_rows = self.rows(excluded or ())
         keep = np.ones(self.n, dtype=bool)
         keep[excl_rows] = False
         kept_rows = np.nonzero(keep)[0]
         n, mean, sd, nf = self.moments(excl_rows)
-        # Candidates by the normal-approximation bound, refined by bootstrap below.
+        # the label-swap null per feature, from Σ delta and Σ delta² (sd is the sample SD)
+        s1 = mean * n
+        s2 = sd**2 * max(n - 1, 1) + n * mean**2
+        p = sign_flip_p(s1, s2, nf)
+        q = np.ones(self.d_sae)
+        tested = np.nonzero(nf > 0)[0]
+        q[tested] = bh_q(p[tested])
+        established = q < fdr
+        # Candidates by the normal-approximation bound, refined by bootstrap below, and every
+        # established feature.
         se = sd / np.sqrt(n)
         approx = np.where(mean > 0, np.maximum(mean - Z95 * se, 0), np.minimum(mean + Z95 * se, 0))
         n_cand = min(self.d_sae, 5 * top)
         pos = np.argsort(-approx)[:n_cand]
         neg = np.argsort(approx)[:n_cand]
-        cand = np.unique(np.concatenate([pos[approx[pos] > 0], neg[approx[neg] < 0]]))
+        cand = np.unique(np.concatenate([pos[approx[pos] > 0], neg[approx[neg] < 0], np.nonzero(established)[0]]))
+        counts = dict(n_tested=len(tested), n_established=int(established.sum()), fdr=fdr)
         if len(cand) == 0 or len(kept_rows) == 0:
-            return self._empty(len(kept_rows), len(excl_rows))
+            return self._empty(len(kept_rows), len(excl_rows), **counts)
         D = self.delta[kept_rows][:, cand].toarray()  # (n_kept, n_cand)
         rng = np.random.default_rng(seed)
         W = rng.multinomial(len(kept_rows), np.full(len(kept_rows), 1 / len(kept_rows)), size=n_boot)
@@ -293,8 +317,11 @@ class Analysis:
         score = np.where(lo > 0, lo, np.where(hi < 0, hi, 0.0))
 
         features = []
-        order_pos = [j for j in np.argsort(-score) if score[j] > 0][:top]
-        order_neg = [j for j in np.argsort(score) if score[j] < 0][:top]
+        est = established[cand]
+        up = mean[cand] > 0
+        # per direction: established first, then by score (a score of 0 lists only if established)
+        order_pos = [j for j in np.lexsort((-score, ~est)) if up[j] and (est[j] or score[j] > 0)][:top]
+        order_neg = [j for j in np.lexsort((score, ~est)) if not up[j] and (est[j] or score[j] < 0)][:top]
         info = self.feature_info()
         self.prefetch_contexts([int(cand[j]) for j in order_pos + order_neg])
         for direction, order in (("amplified", order_pos), ("suppressed", order_neg)):
@@ -320,6 +347,7 @@ class Analysis:
                     score=float(score[j]),
                     top_pairs=tops,
                     promoted=list(info.get(f, {}).get("promoted") or [])[:5],
+                    p=float(p[f]), q=float(q[f]), established=bool(established[f]),
                 )
                 fs.contexts, fs.label = self.describe(f)
                 features.append(fs)
@@ -330,10 +358,12 @@ class Analysis:
             n_pairs=len(kept_rows),
             n_excluded=len(excl_rows),
             features=features,
+            **counts,
         )
 
-    def _empty(self, n: int, n_excl: int) -> ShiftReport:
-        return ShiftReport(self.meta.get("model", ""), self.meta.get("sae", ""), int(self.meta.get("layer", -1)), n, n_excl, [])
+    def _empty(self, n: int, n_excl: int, **counts) -> ShiftReport:
+        return ShiftReport(self.meta.get("model", ""), self.meta.get("sae", ""), int(self.meta.get("layer", -1)), n,
+                           n_excl, [], **counts)
 
     # -- labels ---------------------------------------------------------------------------------
 

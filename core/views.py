@@ -140,7 +140,8 @@ class HypothesisChange:
     delta: tuple[float, float]
     d: tuple[float | None, float | None]  # None: undefined (u has no spread)
     score: tuple[float, float]
-    rank: tuple[int | None, int | None]
+    rank: tuple[int | None, int | None]  # the established first, as the landing view ranks
+    q: tuple[float, float] = (float("nan"), float("nan"))  # q over every cell, now and after
 
 
 @dataclass(frozen=True)
@@ -266,12 +267,25 @@ class ConceptsView:
     """Response concepts by |global shift| without the marked pairs (core.hypotheses'
     NamedConceptShift rows), with each concept's shift over all pairs."""
 
-    rows: tuple  # core.hypotheses.NamedConceptShift, largest |shift| (after marks) first
+    rows: tuple  # core.hypotheses.NamedConceptShift: the established first, each part by |shift| (after marks)
     before: Mapping[int, float]  # concept -> shift over all pairs
     n_pairs: int  # pairs counted (marked ones left out)
     n_excluded: int
     n_concepts: int
     n_grouped: int  # concepts that are communities of >= 4 features
+    n_tested: int = 0  # concepts that move in some kept pair: q is over these
+    n_established: int = 0  # of them, q < fdr (of the listed kind: grouped only, when asked)
+    fdr: float = 0.1
+    detectable_d: float = 0.0  # the smallest |mean u / SD| these pairs could establish (core.calibration)
+
+
+@dataclass(frozen=True)
+class Landing:
+    """The landing view: the hypotheses (core.hypotheses.HypothesisReport, established first) and,
+    beside them, the concepts whose global shift is established; what a person meets first."""
+
+    hypotheses: object  # core.hypotheses.HypothesisReport
+    concepts: ConceptsView  # only the established rows (empty when none is)
 
 
 @dataclass(frozen=True)

@@ -174,11 +174,12 @@ class Exported(Message):
 
 
 class HypothesesReady(Message):
-    """A ranking of hypotheses (core.hypotheses.HypothesisReport) without the `excluded` (marked) pairs."""
+    """The landing view (core.views.Landing: hypotheses, established concept shifts) without the
+    `excluded` (marked) pairs."""
 
-    def __init__(self, report, excluded: frozenset[int]) -> None:
+    def __init__(self, landing, excluded: frozenset[int]) -> None:
         super().__init__()
-        self.report = report
+        self.landing = landing
         self.excluded = excluded
 
 

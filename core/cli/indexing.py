@@ -73,22 +73,30 @@ def index(
 
 
 def format_shifts(report) -> str:
-    """The shifts report as a person reads it: one block per direction."""
+    """The shifts report as a person reads it: one block per direction, the established first."""
+    from core.calibration import format_q
+
     lines = [f"{report.n_pairs} pairs, model {report.model}, SAE {report.sae} (layer {report.layer})"]
     if report.n_excluded:
         lines[0] += f"; {report.n_excluded} marked pairs left out"
+    lines.append(f"{report.n_established} features established at q < {report.fdr:g} of {report.n_tested:,} tested "
+                 "(Benjamini–Hochberg, against labels swapped at random)")
     for title, feats in (("AMPLIFIED (fires more in chosen)", report.amplified),
                          ("SUPPRESSED (fires more in rejected)", report.suppressed)):
-        lines += ["", title, f"{'feature':>8} {'shift':>9} {'d':>6} {'95% CI':>19} {'stab':>5} {'fire':>5}  label / top pairs"]
+        lines += ["", title, f"{'feature':>8} {'shift':>9} {'d':>6} {'95% CI':>19} {'q':>7} {'fire':>5}  label / top pairs"]
+        divided = False
         for f in feats:
+            if not f.established and not divided:
+                lines.append(f"  --- not established at this data size (q >= {report.fdr:g}) ---")
+                divided = True
             pairs = " ".join(f"#{p.source_index}({p.delta:+.3f})" for p in f.top_pairs[:4])
             lines.append(
                 f"{f.feature:>8} {f.shift:>+9.4f} {f.effect_size:>+6.2f} [{f.ci[0]:>+8.4f},{f.ci[1]:>+8.4f}] "
-                f"{f.stability:>5.2f} {f.n_firing:>5}  {' '.join(f.label.split())[:60]}"
+                f"{format_q(f.q):>7} {f.n_firing:>5}  {' '.join(f.label.split())[:60]}"
             )
-            lines.append(f"{'':>58}pairs: {pairs}")
+            lines.append(f"{'':>60}pairs: {pairs}")
         if not feats:
-            lines.append("  (none with a CI clear of zero)")
+            lines.append("  (none established, and none with a CI clear of zero)")
     return "\n".join(lines)
 
 
@@ -97,12 +105,14 @@ def shifts(
     workspace: Path = typer.Option(..., "--workspace", "-w"),
     top: int = typer.Option(20, help="Features per direction"),
     exclude_marked: bool = typer.Option(True, help="Leave out pairs marked for removal (what-if)"),
+    fdr: float = typer.Option(0.1, help="Shifts are established at q below this (Benjamini–Hochberg)"),
     as_json: bool = JSON,
 ):
-    """Predicted amplified and suppressed features, each with its CI, stability and top pairs."""
+    """Predicted amplified and suppressed features, each with its CI, q and top pairs; the
+    established ones (q < --fdr) first."""
     from core.session import Session
 
-    report = Session(workspace).report(top=top, without_marked=exclude_marked)
+    report = Session(workspace).report(top=top, without_marked=exclude_marked, fdr=fdr)
     emit(report.to_json(), as_json, format_shifts(report))
 
 
@@ -124,9 +134,9 @@ def demo(
         index_dataset(locations.sample_data_file(), workspace, progress=progress)
         session = Session(workspace)
         session.hypotheses_engine(progress)
-    hyp, report = session.hypotheses(top=top), session.report(top=top)
-    emit({**report.to_json(), "hypotheses": hyp.to_json(), "workspace": str(workspace)}, as_json,
-         "hypotheses (datadebug hypotheses -w WS):\n" + format_hypotheses(hyp)
+    land, report = session.landing(top=top), session.report(top=top)
+    emit({**report.to_json(), "hypotheses": land.hypotheses.to_json(), "workspace": str(workspace)}, as_json,
+         "hypotheses (datadebug hypotheses -w WS):\n" + format_hypotheses(land.hypotheses, land.concepts)
          + "\n\nper-feature shifts (datadebug shifts -w WS):\n" + format_shifts(report)
          + f"\n\nworkspace: {workspace}")
     if tui and not as_json and sys.stdin.isatty() and sys.stdout.isatty():

@@ -8,6 +8,7 @@ from dataclasses import asdict
 
 import pytest
 
+from core.calibration import format_q
 from core.hypotheses import concept_report, open_hypotheses
 from core.marks import Marks
 from core.views import HypothesisKey
@@ -16,7 +17,7 @@ from tests.tui.conftest import goto, landed, make_app, settle, wait_until
 from tui.messages import JobProgressed
 from tui.screens.concepts import ConceptFeaturesScreen, ConceptsScreen
 from tui.screens.dialogs import MarkDialog, PlanDialog
-from tui.screens.hypotheses import TOP, HypothesesScreen, PromptHypothesesScreen
+from tui.screens.hypotheses import DIVIDER, TOP, HypothesesScreen, PromptHypothesesScreen
 from tui.screens.pair import PairScreen, merged_firings
 from tui.screens.pairs import PairsScreen
 from tui.widgets.reply import HEAT
@@ -33,6 +34,15 @@ def summary(report) -> list[tuple]:
          tuple(p.source_index for p in h.driving))
         for h in report.hypotheses
     ]
+
+
+def shown_keys(report) -> list[str]:
+    """The row keys the Hypotheses table shows for `report`: the established, the divider, the rest."""
+    keys = [str(HypothesisKey.of(h)) for h in report.hypotheses]
+    n_established = sum(h.established for h in report.hypotheses)
+    if n_established < len(keys):
+        keys.insert(n_established, DIVIDER)
+    return keys
 
 
 def row_keys(table: KeyTable) -> list[str]:
@@ -55,13 +65,14 @@ async def test_lands_on_hypotheses_fitting_the_structure_once(unfitted_workspace
         expected = open_hypotheses(ws).report(top=TOP)  # read back from the cache just written
         assert summary(screen.report) == summary(expected) and expected.hypotheses
         table = screen.query_one("#hypotheses", KeyTable)
-        assert row_keys(table) == [str(HypothesisKey.of(h)) for h in expected.hypotheses]
-        # at 80 columns each row still reads: Δ, d, ✓, n, the concept's name and where
+        assert row_keys(table) == shown_keys(expected)
+        # at 80 columns each row still reads: q, the moving pairs, Δ, ✓, n, the concept's name and where
         first = expected.hypotheses[0]
         cells = table.get_row_at(0)
-        assert cells[0] == "1" and cells[3] == "✓" and cells[4] == str(first.n)
-        assert cells[1].plain == f"{first.delta:+#.3g}"
-        concept, where = cells[5].plain, cells[6].plain
+        assert cells[0] == "1" and cells[4] == "✓" and cells[5] == str(first.n)
+        assert cells[1].plain == format_q(first.q) and cells[2] == f"{first.n_support}/{first.n_moving}"
+        assert cells[3].plain == f"{first.delta:+#.3g}"
+        concept, where = cells[6].plain, cells[7].plain
         assert concept[0] in "↑↓" and concept[2:8] == (first.concept_name or f"concept {first.concept}")[:6]
         assert where.startswith(f"{'cluster' if first.kind == 'cluster' else 'prompt'} {first.group}")
         assert table.size.width <= 80 and sum(c.get_render_width(table) for c in table.columns.values()) <= 80
@@ -145,15 +156,15 @@ async def test_marking_a_hypothesis_re_ranks_it_as_a_recompute_does(workspace):
         after = fresh.report(frozenset(drivers), top=TOP)
         assert summary(screen.report) == summary(after)
         assert screen.report.n_excluded == len(drivers) and summary(after) != summary(before)
-        assert row_keys(screen.query_one("#hypotheses", KeyTable)) == [
-            str(HypothesisKey.of(x)) for x in after.hypotheses
-        ]
+        assert row_keys(screen.query_one("#hypotheses", KeyTable)) == shown_keys(after)
         # ... and the preview told what it would be
         cell = fresh.cell_of(h.kind, h.group, h.concept)
         stats = fresh.statistics(frozenset(drivers))
         assert change.delta[1] == pytest.approx(stats["delta"][cell])
         assert change.n[1] == h.n - len(drivers & {p.source_index for p in h.driving})
-        assert change.rank[1] == fresh.standing(cell, stats)
+        p_after, q_after = fresh.calibration(frozenset(drivers))
+        assert change.rank[1] == fresh.standing(cell, stats, q_after)
+        assert change.q[1] == pytest.approx(q_after[cell])
 
         await pilot.press("u")
         await wait_until(pilot, lambda: screen._ranked_without == frozenset(), what="the undo")
@@ -267,3 +278,40 @@ async def test_an_inoculation_planned_from_concepts_needs_its_system_prompt(work
         plan = load_plan(workspace)
         assert plan.kind == "inoculate" and plan.text == "Replies may mention it." and plan.strength == 1.0
         assert plan.features == tuple(sorted(row.features)) and plan.source == f"concept {row.shift.concept}"
+
+
+async def test_the_landing_view_says_how_sure_it_is(planted_workspace, tmp_path):
+    """Real labels: the planted behaviour is established and above the divider, the caption counts
+    what was tested; while new marks re-rank, q shows as refreshing, never the old values. The same
+    data with its labels shuffled: nothing established, and the screen says what is."""
+    from tests.unit.planted import regions
+
+    ws, truth = planted_workspace
+    app = make_app(ws)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await landed(pilot)
+        screen = app.screen
+        rep = screen.report
+        assert rep.n_established >= 1 and rep.hypotheses[0].established
+        table = screen.query_one("#hypotheses", KeyTable)
+        keys = row_keys(table)
+        assert keys == shown_keys(rep) and DIVIDER in keys
+        caption = str(screen.query_one("#hypotheses-caption").content)
+        assert f"{rep.n_established} established (q < 0.1) of {rep.n_tested:,} cells tested" in caption
+        assert table.get_row_at(0)[1].plain == format_q(rep.hypotheses[0].q)
+        # marks changed, the new ranking not there yet: q is shown as refreshing
+        screen._stale = True
+        screen._fill()
+        assert table.get_row_at(0)[1].plain == "…"
+        assert "q refreshing" in str(screen.query_one("#hypotheses-caption").content)
+
+    shuffled, _ = regions(tmp_path / "shuffled", swap=0)
+    app = make_app(shuffled.path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await landed(pilot)
+        screen = app.screen
+        assert screen.report.hypotheses and screen.report.n_established == 0
+        assert DIVIDER == row_keys(screen.query_one("#hypotheses", KeyTable))[0]
+        caption = str(screen.query_one("#hypotheses-caption").content)
+        assert "nothing established at this data size" in caption
+        assert f"≈ {screen.report.detectable_pairs} pairs" in caption

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from core.session import Session
+from core.views import HypothesisKey
 from tests.tui.conftest import goto, landed, make_app, settle, shifts_loaded, wait_until
 from tui.format import signed
 from tui.screens.clusters import ClustersScreen
@@ -28,6 +29,15 @@ def cells(table: KeyTable, row: int) -> list[str]:
     return [str(c) for c in table.get_row_at(row)]
 
 
+async def first_row(pilot):
+    """The first hypothesis under the cursor (below the divider when nothing is established)."""
+    screen = pilot.app.screen
+    if screen.current() is None:
+        await pilot.press("j")
+        await settle(pilot)
+    return screen.current()
+
+
 def fits(table: KeyTable) -> bool:
     """Every column of `table` in view: the columns' widths add up to no more than the table's."""
     return sum(c.get_render_width(table) for c in table.columns.values()) <= table.content_region.width
@@ -37,8 +47,8 @@ async def test_the_top_rows_pairs_show_the_same_u_in_list_detail_and_pair_view(w
     app = make_app(workspace)
     async with app.run_test(size=(120, 40)) as pilot:
         await landed(pilot)
-        h = app.screen.current()
-        assert h.rank == 1 and h.driving
+        h = await first_row(pilot)
+        assert h is app.screen.report.hypotheses[0] and h.driving
         shown = detail_text(app.screen)
         for p in h.driving:  # the detail pane
             assert f"#{p.source_index}({signed(p.u)})" in shown
@@ -66,7 +76,7 @@ async def test_the_detail_pane_shows_the_concepts_strongest_snippets(workspace):
     async with app.run_test(size=(120, 40)) as pilot:
         await landed(pilot)
         screen = app.screen
-        h = screen.current()
+        h = await first_row(pilot)
         await wait_until(pilot, lambda: "evidence: reading" not in detail_text(screen), what="the evidence")
         want = Session(workspace).evidence(h)
         assert want
@@ -106,23 +116,25 @@ async def test_no_t_or_d_is_shown_when_every_pair_agrees(planted_workspace):
         await landed(pilot)
         screen = app.screen
         table = screen.query_one("#hypotheses", KeyTable)
-        rows = [i for i, h in enumerate(screen.report.hypotheses) if h.d is None]
-        assert rows, "the planted workspace has a hypothesis whose u has no spread"
-        table.move_cursor(row=rows[0], animate=False)
+        flat = [h for h in screen.report.hypotheses if h.d is None]
+        assert flat, "the planted workspace has a hypothesis whose u has no spread"
+        table.move_cursor(row=table._keys.index(str(HypothesisKey.of(flat[0]))), animate=False)
         await settle(pilot)
-        assert cells(table, rows[0])[2] == "all"
+        assert "—" not in "".join(cells(table, table.cursor_row))  # no undefined d
         shown = detail_text(screen)
-        assert "every pair agrees" in shown and " t " not in shown and "t +0" not in shown
+        assert screen.current().d is None and " t +" not in shown and " t 0" not in shown and "d —" not in shown
 
 
 async def test_driving_pairs_header_shows_before_and_after_the_marks(workspace):
     app = make_app(workspace)
     async with app.run_test(size=(120, 40)) as pilot:
         await landed(pilot)
+        await first_row(pilot)
         pairs = await goto(pilot, "enter", PairsScreen, "rows")
         await wait_until(pilot, lambda: pairs.change is not None)
         caption = str(pairs.query_one("#pairs-caption").render())
-        assert "Δ" in caption and "rank #1" in caption and "(all pairs → without the marked)" in caption
+        assert f"rank #{pairs.change.rank[0]}" in caption and "(all pairs → without the marked)" in caption
+        assert f"Δ {signed(pairs.change.delta[0])} " in caption
         await pilot.press("m")  # mark the first driving pair: its Δ moves
         await wait_until(pilot, lambda: pairs.change is not None and pairs.change.delta[0] != pairs.change.delta[1])
         await settle(pilot)
@@ -135,6 +147,7 @@ async def test_escape_closes_the_palettes_keys_panel_and_nothing_else(workspace)
     app = make_app(workspace)
     async with app.run_test(size=(120, 40)) as pilot:
         await landed(pilot)
+        await first_row(pilot)
         pairs = await goto(pilot, "enter", PairsScreen, "rows")
         app.action_show_help_panel()  # what the palette's "Keys" command runs
         await pilot.pause()
@@ -165,6 +178,7 @@ async def test_the_status_line_keeps_counts_and_workspace_in_view(workspace, siz
     app = make_app(workspace)
     async with app.run_test(size=size) as pilot:
         await landed(pilot)
+        await first_row(pilot)
         await pilot.press("m")  # mark the top hypothesis' drivers: a long note
         await wait_until(pilot, lambda: not isinstance(app.screen, HypothesesScreen))
         await pilot.press("enter")
@@ -182,6 +196,7 @@ async def test_at_80x24_pair_lists_keep_both_replies_and_names_end_with_an_ellip
         await landed(pilot)
         hyp = app.screen.query_one("#hypotheses", KeyTable)
         assert fits(hyp)
+        await first_row(pilot)
         pairs = await goto(pilot, "enter", PairsScreen, "rows")
         await settle(pilot)
         table = pairs.query_one("#pairs", KeyTable)
@@ -194,6 +209,7 @@ async def test_the_plan_dialog_command_has_full_paths_leaves_the_marked_out_and_
     app = make_app(workspace)
     async with app.run_test(size=(80, 24)) as pilot:
         await landed(pilot)
+        await first_row(pilot)
         await pilot.press("i")
         box = await goto(pilot, (), PlanDialog)
         await settle(pilot)

@@ -53,7 +53,8 @@ def build(path, chosen: np.ndarray, rejected: np.ndarray, prompt: np.ndarray, fe
     return ws
 
 
-def regions(path, n: int = 400, seed: int = 0, rare: int = 0, weak: int = 0, words_over: dict[int, str] | None = None
+def regions(path, n: int = 400, seed: int = 0, rare: int = 0, weak: int = 0, swap: int | None = None,
+            words_over: dict[int, str] | None = None
             ) -> tuple[Workspace, dict]:
     """8 topics of n/8 pairs, each with a topic concept (5 features) in both replies and a prompt
     concept (5 prompt features); a behaviour (features 40-44, words "goblin"...) in the chosen replies
@@ -63,7 +64,9 @@ def regions(path, n: int = 400, seed: int = 0, rare: int = 0, weak: int = 0, wor
     whatever their topic (a goblin test: rare, spread over the data). With `weak`, the dragon features
     also fire in `weak` other pairs, on one reply at random, as often (freq 0.2) but weakly (max 0.3,
     where every other firing has max 1): a broad SAE feature's tail, as the goblin feature has.
-    `words`: feature -> the token it fires on, over the defaults (names of punctuation concepts)."""
+    With `swap` (a seed), chosen and rejected are exchanged in a random half of the pairs: a
+    label-shuffled copy, whose labels carry no preference at all.
+    `words_over`: feature -> the token it fires on, over the defaults (names of punctuation concepts)."""
     rng = np.random.default_rng(seed)
     d = 200
     topic = np.repeat(np.arange(8), n // 8)
@@ -103,6 +106,12 @@ def regions(path, n: int = 400, seed: int = 0, rare: int = 0, weak: int = 0, wor
         for m, act, rows in zip((chosen, rejected), activations, (others[on_chosen], others[~on_chosen])):
             m[np.ix_(rows, np.arange(150, 154))] = 0.2
             act[np.ix_(rows, np.arange(150, 154))] = 0.3
+    if swap is not None:
+        flip = np.random.default_rng(1000 + swap).permutation(n)[: n // 2]
+        chosen[flip], rejected[flip] = rejected[flip].copy(), chosen[flip].copy()
+        if activations is not None:
+            activations = tuple(a.copy() for a in activations)
+            activations[0][flip], activations[1][flip] = activations[1][flip].copy(), activations[0][flip].copy()
     ws = build(path, chosen, rejected, prompt, words, d, texts, activations=activations)
     return ws, {"topic": topic, "behaviour": list(range(40, 45)), "global": list(range(45, 50)),
                 "rare": list(range(150, 154)), "rare_rows": rare_rows.tolist()}

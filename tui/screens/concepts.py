@@ -13,10 +13,11 @@ from textual.widgets import DataTable, Label, Static
 from textual.worker import get_current_worker
 
 from core.views import ConceptFeatures, TriageState, WorkspaceInfo
+from core.calibration import format_q as q_text
 from tui.format import before_after, count, line, signed
 from tui.messages import ConceptFeaturesReady, ConceptsReady
 from tui.screens.base import DataScreen
-from tui.screens.hypotheses import with_engine
+from tui.screens.hypotheses import DIVIDER, with_engine
 from tui.widgets.job import JobPanel
 from tui.widgets.tables import KeyTable
 
@@ -30,6 +31,8 @@ class ConceptsScreen(DataScreen):
     SCREEN_TITLE = "Concepts"
     LEGEND = (
         ("concept", "concept number: groups of ≥ 4 co-firing features first (by size), then single features"),
+        ("q", "Benjamini–Hochberg q of the global shift against labels swapped at random, over every"
+              " concept that moves; established (listed first) below 0.1. '…' while marks re-rank"),
         ("feats", "SAE features in the concept"),
         ("shift", "global predicted shift: mean over pairs of u (share of its features firing in the"
                   " chosen reply minus the rejected one); a→b: without the marked pairs"),
@@ -57,7 +60,7 @@ class ConceptsScreen(DataScreen):
     def compose_body(self) -> ComposeResult:
         yield JobPanel(id="concepts-job")
         yield Label("", id="concepts-caption")
-        yield KeyTable("concept", "feats", "shift", "95% CI", "✓", "n", "name", id="concepts")
+        yield KeyTable("concept", "q", "feats", "shift", "95% CI", "✓", "n", "name", id="concepts")
         yield Static("", id="concept-detail")
 
     def info_changed(self, info: WorkspaceInfo | None) -> None:
@@ -96,6 +99,7 @@ class ConceptsScreen(DataScreen):
 
     def triage_changed(self, triage: TriageState | None) -> None:
         if self.view is not None and triage is not None and triage.marked != self._listed_without:
+            self._fill()  # q shown as refreshing until the new list arrives
             self._list()
 
     def _fill(self) -> None:
@@ -103,12 +107,15 @@ class ConceptsScreen(DataScreen):
         if v is None:
             return
         narrow = self.size.width < 100
+        t = self.triage
+        stale = t is not None and t.marked != self._listed_without
 
         def cells(r):
             c = r.shift
             shift = before_after(v.before.get(c.concept, c.shift), c.shift)
             return (
                 Text(str(c.concept), style="bold" if c.concept < v.n_grouped else ""),
+                Text("…" if stale else q_text(c.q), style="bold" if c.established and not stale else "dim"),
                 count(c.n_features),
                 Text(shift, style="green" if c.shift > 0 else "red"),
                 f"[{signed(c.ci[0])}, {signed(c.ci[1])}]",
@@ -117,16 +124,29 @@ class ConceptsScreen(DataScreen):
                 line(r.name or "(no firings stored)", 30 if narrow else 60),
             )
 
-        self.query_one("#concepts", KeyTable).refill((str(r.shift.concept), cells(r)) for r in v.rows)
+        def rows():
+            divided = False
+            for r in v.rows:
+                if not r.shift.established and not divided:
+                    divided = True
+                    yield DIVIDER, ("", "", "", "", "", "", "", Text(
+                        f"── not established at this data size (q ≥ {v.fdr:g})", style="dim italic"))
+                yield str(r.shift.concept), cells(r)
+
+        self.query_one("#concepts", KeyTable).refill(rows())
         basis = (
             f"{count(v.n_pairs)} kept pairs ({count(v.n_excluded)} marked left out)"
             if v.n_excluded
             else f"all {count(v.n_pairs)} pairs"
         )
         which = f"the {len(v.rows)} groups of ≥ 4 features" if self.grouped_only else f"top {len(v.rows)}"
+        sure = ("q refreshing for the new marks…" if stale else
+                f"{count(v.n_established)} established (q < {v.fdr:g}) of {count(v.n_tested)} tested")
+        if not stale and v.n_established == 0:
+            sure += f": nothing established (the smallest shift these pairs could show: {v.detectable_d:.2f} SD)"
         self.query_one("#concepts-caption", Label).update(
-            line(f"{which} of {count(v.n_concepts)} concepts ({v.n_grouped} groups) by |shift| on {basis}"
-                 " · a: groups only / all")
+            line(f"{sure} · {which} of {count(v.n_concepts)} concepts ({v.n_grouped} groups), established first, "
+                 f"by |shift| on {basis} · a: groups only / all")
         )
         self._detail()
 

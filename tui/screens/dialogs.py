@@ -21,6 +21,7 @@ from textual.widgets import Button, DataTable, Input, Label, Static
 
 from core.textsafe import one_line
 from core.views import Preview
+from core.calibration import format_q as q_text
 from tui.format import before_after, count, line, number, safe, signed
 from tui.widgets.tables import KeyTable
 
@@ -124,7 +125,7 @@ class MarkDialog(ModalScreen[str | None]):
             out.append("\n")
             rank = before_after(*(r if r is not None else 0 for r in h.rank), fmt=_rank)
             out.append(
-                f"  Δ {before_after(*h.delta)} · d {before_after(*h.d)} · n {before_after(*h.n, fmt=count)}"
+                f"  q {before_after(*h.q, fmt=q_text)} · Δ {before_after(*h.delta)} · n {before_after(*h.n, fmt=count)}"
                 f" · score {before_after(*h.score, fmt=number)} · rank {rank}\n"
             )
         for r in p.examples:

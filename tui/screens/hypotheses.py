@@ -18,6 +18,7 @@ from textual.widgets import DataTable, Label, Static
 from textual.worker import get_current_worker
 
 from core.views import HypothesisKey, TriageState, WorkspaceInfo
+from core.calibration import format_q as q_text
 from tui.format import around, count, line, number, safe, signed, text_widths
 from tui.messages import EvidenceReady, HypothesesReady
 from tui.screens.base import DataScreen
@@ -27,16 +28,20 @@ from tui.widgets.tables import KeyTable
 TOP = 50  # hypotheses ranked
 N_DRIVING = 10  # driving pairs a mark takes (the engine lists 10)
 NARROW = 100  # below: shorter name columns
-COLUMNS = ("#", "Δ", "d", "✓", "n", "concept", "where")
+COLUMNS = ("#", "q", "moving", "Δ", "✓", "n", "concept", "where")
+DIVIDER = "not-established"  # the key of the row between the established and the rest
 KINDS = (None, "cluster", "prompt", "concept")  # v cycles the kind shown (None: every kind, one ranking)
-FIXED_WIDTH = 40  # characters of the columns but concept and where, their padding and the scroll bar
+FIXED_WIDTH = 50  # characters of the columns but concept and where, their padding and the scroll bar
 
 LEGEND = (
-    ("#", "rank: by the smaller |Δ| of the two split halves, shrunk for small groups"),
+    ("#", "rank: the established first, then the rest; each by the smaller |Δ| of the two split"
+          " halves, shrunk for small groups"),
+    ("q", "Benjamini–Hochberg q over every (group, concept) cell tested: each row against labels"
+          " swapped at random and, for clusters and prompt concepts, membership drawn at random among"
+          " the pairs where the concept moves; established below 0.1. '…' while marks re-rank"),
+    ("moving", "pairs of the group moving the concept Δ's way / pairs where it differs at all"),
     ("Δ", "mean u inside the group minus outside; u = share of the concept's features firing in"
           " the chosen reply minus in the rejected one (> 0: DPO is predicted to amplify it there)"),
-    ("d", "Cohen's d: Δ over the pooled SD of u; \"all\": every pair inside moves it as every pair"
-          " outside does (u has no spread, so d and t are undefined)"),
     ("✓", "split-half agreement: Δ on the even and on the odd pairs both have Δ's sign"),
     ("n", "pairs in the group (marked pairs left out)"),
     ("concept", "↑ chosen replies have more of it, ↓ less; its keyword name"),
@@ -73,6 +78,21 @@ def where_text(h) -> str:
     return "wherever it appears"
 
 
+def nothing_established(rep, concepts) -> Text:
+    """What the landing view says when no hypothesis is established: what the data could have shown,
+    and which global concept shifts are established (`concepts`, core.views.ConceptsView, or None)."""
+    out = Text(f"nothing established at this data size: a finding needs ≈ {rep.detectable_pairs} pairs of one"
+               " group all moving its concept one way", style="bold")
+    if concepts is not None and concepts.rows:
+        names = ", ".join(f"«{r.name or r.shift.concept}» {'↑' if r.shift.shift > 0 else '↓'} q {q_text(r.shift.q)}"
+                          for r in concepts.rows[:4])
+        out.append_text(Text("\nestablished global shifts (Concepts, 4): ") + safe(names))
+    elif concepts is not None:
+        out.append(f"\nno global concept shift is established either (smallest it could show: "
+                   f"{concepts.detectable_d:.2f} SD)")
+    return out
+
+
 def concept_text(h, width: int) -> Text:
     """↑/↓ and the concept's name (its number when it has none)."""
     up = h.direction == "more"
@@ -107,10 +127,12 @@ class HypothesesScreen(DataScreen):
     def __init__(self) -> None:
         super().__init__()
         self.report = None  # core.hypotheses.HypothesisReport
+        self.concepts = None  # core.views.ConceptsView: the established global concept shifts
         self._ranked_without: frozenset[int] = frozenset()
         self.kind: str | None = self.KIND  # the kind shown (v cycles it)
         self.evidence: dict[tuple, tuple] = {}  # (key, driving pairs) -> exemplar snippets
         self._evidence_asked: set[tuple] = set()
+        self._stale = False  # the marks changed since the ranking shown: its q are not current
 
     def compose_body(self) -> ComposeResult:
         yield JobPanel(id="hypotheses-job")
@@ -138,7 +160,7 @@ class HypothesesScreen(DataScreen):
             )
         kind = self.kind
         with_engine(self, "reading the hypotheses", self._rank,
-                    lambda session, excluded: session.hypotheses(top=TOP, kind=kind, excluded=excluded),
+                    lambda session, excluded: session.landing(top=TOP, kind=kind, excluded=excluded),
                     HypothesesReady)
 
     def action_cancel(self) -> None:
@@ -146,6 +168,8 @@ class HypothesesScreen(DataScreen):
 
     def triage_changed(self, triage: TriageState | None) -> None:
         if self.report is not None and triage is not None and triage.marked != self._ranked_without:
+            self._stale = True  # shown as refreshing until the new ranking arrives: never stale q as current
+            self._fill()
             self._rank()
         elif self.report is not None:
             self._fill()
@@ -155,20 +179,21 @@ class HypothesesScreen(DataScreen):
     def _rank(self) -> None:
         session = self.app.session
         excluded = session.marked()
-        report = session.hypotheses(top=TOP, kind=self.kind, excluded=excluded)
+        landing = session.landing(top=TOP, kind=self.kind, excluded=excluded)
         if not get_current_worker().is_cancelled:
-            self.post_message(HypothesesReady(report, excluded))
+            self.post_message(HypothesesReady(landing, excluded))
 
     @on(HypothesesReady)
     def _ready(self, event: HypothesesReady) -> None:
-        self.report = event.report
+        self.report, self.concepts = event.landing.hypotheses, event.landing.concepts
         self._ranked_without = event.excluded
+        t = self.triage
+        self._stale = t is not None and t.marked != event.excluded
         table = self.query_one("#hypotheses", KeyTable)
         if not isinstance(self.focused, KeyTable):
             table.focus()
         self._fill()
-        t = self.triage
-        if t is not None and t.marked != event.excluded:  # marks changed while it ranked
+        if self._stale:  # marks changed while it ranked
             self._rank()
 
     # -- rendering ------------------------------------------------------------------------------
@@ -181,32 +206,47 @@ class HypothesesScreen(DataScreen):
         concept_w, where_w = text_widths(self.size.width or 120, FIXED_WIDTH, (0.45, 0.55), most=48)
         marked = self.triage.marked if self.triage else frozenset()
 
+        stale = self._stale
+
         def cells(h):
             return (
                 str(h.rank),
+                Text("…" if stale else q_text(h.q), style="bold" if h.established and not stale else "dim"),
+                f"{h.n_support}/{h.n_moving}",
                 Text(signed(h.delta), style="green" if h.delta > 0 else "red"),
-                signed(h.d) if h.d is not None else Text("all", style="dim"),
                 "✓" if h.halves_agree else "",
                 count(h.n),
                 concept_text(h, concept_w),
                 line(where_text(h), where_w),
             )
 
-        self.query_one("#hypotheses", KeyTable).refill(
-            (str(HypothesisKey.of(h)), cells(h)) for h in rep.hypotheses
-        )
+        def rows():
+            divided = False
+            for h in rep.hypotheses:
+                if not h.established and not divided:
+                    divided = True
+                    note = f"not established at this data size (q ≥ {rep.fdr:g})"
+                    yield DIVIDER, ("", "", "", "", "", "", Text("── " + note, style="dim italic"), "")
+                yield str(HypothesisKey.of(h)), cells(h)
+
+        self.query_one("#hypotheses", KeyTable).refill(rows())
         basis = (
             f"ranked on {count(rep.n_pairs)} kept pairs ({count(rep.n_excluded)} marked left out)"
             if rep.n_excluded
             else f"ranked on all {count(rep.n_pairs)} pairs"
         )
-        parts = [basis, f"{rep.k} data clusters", f"{count(rep.n_concepts)} concepts ({rep.n_grouped} of ≥ 4 features)",
+        sure = ("q refreshing for the new marks…" if stale else
+                f"{count(rep.n_established)} established (q < {rep.fdr:g}) of {count(rep.n_tested)} cells tested")
+        parts = [sure, basis, f"{rep.k} data clusters", f"{count(rep.n_concepts)} concepts ({rep.n_grouped} of ≥ 4 features)",
                  f"{rep.n_prompt_groups} prompt concepts"]
         if self.kind is not None:
             parts.insert(0, f"{self.kind} rows only (v: next kind)")
         if not rep.hypotheses:
             parts.insert(1, self.EMPTY)
-        self.query_one("#hypotheses-caption", Label).update(line(" · ".join(parts)))
+        caption = line(" · ".join(parts))
+        if rep.n_established == 0 and not stale:
+            caption = Text.assemble(caption, "\n", nothing_established(rep, self.concepts))
+        self.query_one("#hypotheses-caption", Label).update(caption)
         self._detail(marked)
 
     EMPTY = "no hypothesis has agreeing halves and enough supporting pairs"
@@ -229,11 +269,12 @@ class HypothesesScreen(DataScreen):
             out.append("\n")
             agree = "✓" if h.halves_agree else "✗"
             n_feats = len(h.features)
-            spread = f"t {signed(h.t)}" if h.d is not None else "every pair agrees (no spread: no d or t)"
+            sure = ("q refreshing…" if self._stale else
+                    f"{'established' if h.established else 'not established'} · p {q_text(h.p)} · q {q_text(h.q)}")
             out.append(
-                f"score {number(h.score)} · halves {signed(h.delta_a)} / {signed(h.delta_b)} {agree} · "
-                f"{spread} · {count(h.n_support)}/{count(h.n)} pairs move it · "
-                f"{n_feats} feature{'s' * (n_feats != 1)}\n"
+                f"{sure} · score {number(h.score)} · halves {signed(h.delta_a)} / {signed(h.delta_b)} {agree} · "
+                f"{count(h.n_support)} of {count(h.n_moving)} pairs where it differs go this way ({count(h.n)} in "
+                f"the group) · {n_feats} feature{'s' * (n_feats != 1)}\n"
             )
             out.append("driving pairs: ", style="dim")
             for p in h.driving:

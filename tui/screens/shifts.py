@@ -17,6 +17,7 @@ from textual.widgets import DataTable, Input, Label, Static
 from textual.worker import get_current_worker
 
 from core.views import TriageState, WorkspaceInfo
+from core.calibration import format_q as q_text
 from tui.format import before_after, count, line, number, signed
 from tui.messages import ReportReady
 from tui.screens.base import DataScreen
@@ -27,8 +28,8 @@ TOP = 50  # features ranked per direction
 N_TOP_PAIRS = 10  # pairs marked by "mark top pairs"
 SIDES = ("amplified", "suppressed")
 NARROW, WIDE = 100, 170  # below NARROW one side at a time; from WIDE side by side
-COLUMNS = ("feat", "shift", "d", "n", "score", "95% CI", "stab", "label")
-NARROW_COLUMNS = ("feat", "shift", "d", "n", "score", "label")
+COLUMNS = ("feat", "q", "shift", "d", "n", "score", "95% CI", "stab", "label")
+NARROW_COLUMNS = ("feat", "q", "shift", "n", "score", "label")
 
 
 class ShiftsScreen(DataScreen):
@@ -42,6 +43,8 @@ class ShiftsScreen(DataScreen):
     ]
     LEGEND = (
         ("feat", "SAE feature id (bold: stable, dim: unstable)"),
+        ("q", "Benjamini–Hochberg q of the shift against labels swapped at random, over every feature"
+              " that fires; established below 0.1 (bold, listed first by score). '…' until r re-ranks"),
         ("shift", "mean of chosen - rejected activation; a→b: without marked pairs"),
         ("d", "effect size (Cohen's d): shift / SD of the per-pair deltas"),
         ("n", "pairs where the feature fires in either reply"),
@@ -161,7 +164,7 @@ class ShiftsScreen(DataScreen):
             ]
         after = self.triage.after if self.triage else None
         keys = {
-            "score": lambda f: -abs(f.score),
+            "score": lambda f: (not f.established, -abs(f.score)),
             "shift": lambda f: -abs(after.shift[f.feature] if after else f.shift),
             "effect": lambda f: -abs(after.effect[f.feature] if after else f.effect_size),
             "firing": lambda f: -(after.n_firing[f.feature] if after else f.n_firing),
@@ -184,6 +187,7 @@ class ShiftsScreen(DataScreen):
             shift, effect, firing = signed(f.shift), signed(f.effect_size), count(f.n_firing)
         cells = {
             "feat": Text(str(f.feature), style="bold" if f.stable else "dim"),
+            "q": Text("…" if self.stale else q_text(f.q), style="bold" if f.established and not self.stale else "dim"),
             "shift": shift,
             "d": effect,
             "n": firing,
@@ -211,9 +215,10 @@ class ShiftsScreen(DataScreen):
             if excluded
             else f"ranked on all {count(n)} pairs"
         )
-        if self.stale:
-            basis += " · marks changed: r re-ranks"
-        parts = [basis, f"sort: {self.sort_key}"]
+        rep = self.report
+        sure = ("q refreshing: r re-ranks" if self.stale else
+                f"{count(rep.n_established)} established (q < {rep.fdr:g}) of {count(rep.n_tested)} features")
+        parts = [sure, basis, f"sort: {self.sort_key}"]
         if self.filter_text:
             parts.append(f"filter: {self.filter_text}")
         if not self.report.features:
