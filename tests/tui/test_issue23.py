@@ -161,7 +161,7 @@ async def test_escape_closes_the_palettes_keys_panel_and_nothing_else(workspace)
 
 async def test_shifts_goes_back_to_the_top_after_a_filter(workspace):
     app = make_app(workspace)
-    async with app.run_test(size=(80, 14)) as pilot:  # short: the small workspace ranks few features
+    async with app.run_test(size=(80, 10)) as pilot:  # short: the small workspace ranks 5 features
         await shifts_loaded(pilot)
         table = app.screen.query_one(f"#{app.screen.side}", KeyTable)
         table.move_cursor(row=table.row_count - 1, animate=False)

@@ -31,7 +31,7 @@ NARROW = 100  # below: shorter name columns
 COLUMNS = ("#", "q", "moving", "Δ", "✓", "n", "concept", "where")
 DIVIDER = "not-established"  # the key of the row between the established and the rest
 KINDS = (None, "cluster", "prompt", "concept")  # v cycles the kind shown (None: every kind, one ranking)
-FIXED_WIDTH = 50  # characters of the columns but concept and where, their padding and the scroll bar
+FIXED_WIDTH = 44  # characters of the columns but concept and where, their padding and the scroll bar
 
 LEGEND = (
     ("#", "rank: the established first, then the rest; each by the smaller |Δ| of the two split"
@@ -226,7 +226,9 @@ class HypothesesScreen(DataScreen):
                 if not h.established and not divided:
                     divided = True
                     note = f"not established at this data size (q ≥ {rep.fdr:g})"
-                    yield DIVIDER, ("", "", "", "", "", "", Text("── " + note, style="dim italic"), "")
+                    # cut to the name columns (a wider divider would push "where" off an 80-column screen)
+                    yield DIVIDER, ("", "", "", "", "", "", line("── " + note, concept_w, style="dim italic"),
+                                    "")
                 yield str(HypothesisKey.of(h)), cells(h)
 
         self.query_one("#hypotheses", KeyTable).refill(rows())
