@@ -46,7 +46,8 @@ def snippet_of(tokens: list[str], pos: int, context_words: int = CONTEXT_WORDS) 
     span = _flat("".join(tokens[start:end]))
     after = _flat("".join(tokens[end:]))
     lead = span[: len(span) - len(span.lstrip())]  # a token's leading space belongs to the context
-    return _clip(before + lead, context_words, tail=True), span.strip(), _clip(after, context_words, tail=False)
+    before = before + lead if before.strip() else ""  # nothing before the span: no space either
+    return _clip(before, context_words, tail=True), span.strip(), _clip(after.rstrip(), context_words, tail=False)
 
 
 def exemplars(analysis, features, source_indices, u: dict[int, float] | None = None, n: int = N_SNIPPETS,
