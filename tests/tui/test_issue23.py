@@ -38,6 +38,13 @@ async def first_row(pilot):
     return screen.current()
 
 
+async def driving_pairs(pilot) -> PairsScreen:
+    """Land, and open the first hypothesis' driving pairs."""
+    await landed(pilot)
+    await first_row(pilot)
+    return await goto(pilot, "enter", PairsScreen, "rows")
+
+
 def fits(table: KeyTable) -> bool:
     """Every column of `table` in view: the columns' widths add up to no more than the table's."""
     return sum(c.get_render_width(table) for c in table.columns.values()) <= table.content_region.width
@@ -90,7 +97,7 @@ async def test_the_detail_pane_shows_the_concepts_strongest_snippets(workspace):
         assert all(f"#{s.source_index} " in detail_text(screen) for s in Session(workspace).evidence(nxt))
 
 
-async def test_v_cycles_the_kind_of_hypothesis_shown(planted_workspace):
+async def test_v_cycles_the_kind_shown_and_no_t_or_d_where_every_pair_agrees(planted_workspace):
     workspace, _ = planted_workspace
     app = make_app(workspace)
     async with app.run_test(size=(120, 40)) as pilot:
@@ -107,20 +114,13 @@ async def test_v_cycles_the_kind_of_hypothesis_shown(planted_workspace):
             assert screen.report.hypotheses
             caption = str(screen.query_one("#hypotheses-caption").render())
             assert (f"{kind} rows only" in caption) == (kind is not None)
-
-
-async def test_no_t_or_d_is_shown_when_every_pair_agrees(planted_workspace):
-    ws, _ = planted_workspace
-    app = make_app(ws)
-    async with app.run_test(size=(120, 40)) as pilot:
-        await landed(pilot)
-        screen = app.screen
+        # every pair agrees (u has no spread): no t = 0 and no d "—" shown
         table = screen.query_one("#hypotheses", KeyTable)
         flat = [h for h in screen.report.hypotheses if h.d is None]
         assert flat, "the planted workspace has a hypothesis whose u has no spread"
         table.move_cursor(row=table._keys.index(str(HypothesisKey.of(flat[0]))), animate=False)
         await settle(pilot)
-        assert "—" not in "".join(cells(table, table.cursor_row))  # no undefined d
+        assert "—" not in "".join(cells(table, table.cursor_row))
         shown = detail_text(screen)
         assert screen.current().d is None and " t +" not in shown and " t 0" not in shown and "d —" not in shown
 
@@ -128,9 +128,7 @@ async def test_no_t_or_d_is_shown_when_every_pair_agrees(planted_workspace):
 async def test_driving_pairs_header_shows_before_and_after_the_marks(workspace):
     app = make_app(workspace)
     async with app.run_test(size=(120, 40)) as pilot:
-        await landed(pilot)
-        await first_row(pilot)
-        pairs = await goto(pilot, "enter", PairsScreen, "rows")
+        pairs = await driving_pairs(pilot)
         await wait_until(pilot, lambda: pairs.change is not None)
         caption = str(pairs.query_one("#pairs-caption").render())
         assert f"rank #{pairs.change.rank[0]}" in caption and "(all pairs → without the marked)" in caption
@@ -146,9 +144,7 @@ async def test_driving_pairs_header_shows_before_and_after_the_marks(workspace):
 async def test_escape_closes_the_palettes_keys_panel_and_nothing_else(workspace):
     app = make_app(workspace)
     async with app.run_test(size=(120, 40)) as pilot:
-        await landed(pilot)
-        await first_row(pilot)
-        pairs = await goto(pilot, "enter", PairsScreen, "rows")
+        pairs = await driving_pairs(pilot)
         app.action_show_help_panel()  # what the palette's "Keys" command runs
         await pilot.pause()
         assert pairs.query("HelpPanel")
