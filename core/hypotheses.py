@@ -275,8 +275,9 @@ class Hypotheses:
         self.G = sp.hstack([G_cl, self.st.prompt_groups]).tocsr().astype(np.float32)  # (n, K + P)
         self.G_csc = self.G.tocsc()
         # The concept view: per concept, the pairs where either reply expresses it (module doc).
-        fired = (C.concept_rate(self.st.response, chosen) >= EXPRESSES) \
-            + (C.concept_rate(self.st.response, rejected) >= EXPRESSES)
+        # each reply's share of each concept's features firing (strong firings only): concept_in_pairs
+        self.rates = tuple(C.concept_rate(self.st.response, m) for m in (chosen, rejected))  # (n, M) each
+        fired = (self.rates[0] >= EXPRESSES) + (self.rates[1] >= EXPRESSES)
         self.A = (fired > 0).astype(np.float32).tocsr()  # (n, M)
         self.A_csc = self.A.tocsc()
         df = np.diff(self.A_csc.indptr)
@@ -609,6 +610,15 @@ class Hypotheses:
                 if len(out) == n:
                     break
         return tuple(out)
+
+    def concept_in_pairs(self, rows, concept: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(chosen share, rejected share, u) of response `concept` in the pairs at analysis `rows`: the
+        share of its features firing strongly in each reply (core.structure.reply_frequencies) and u,
+        as the ranking and the driving pairs read them. The one reading of a pair's u on a concept
+        that every view shows (a pair view reading all firings, weak ones too, would disagree)."""
+        rows = np.asarray(rows, np.int64)
+        chosen, rejected = (np.asarray(m[rows, concept].todense()).ravel() for m in self.rates)
+        return chosen, rejected, np.asarray(self.u_csc[rows, concept].todense()).ravel()
 
     def report(self, excluded=frozenset(), top: int = 20, kind: str | None = None, n_driving: int = N_DRIVING,
                fdr: float = DEFAULT_FDR) -> HypothesisReport:

@@ -1,23 +1,30 @@
 """Names a person can read, offline: keywords for concepts, data clusters and prompt concepts.
 
-Keyword names (always, no network): class-based TF-IDF (c-TF-IDF, as BERTopic) over one "document"
-per class, counted with scikit-learn's CountVectorizer:
-    weight(word, class) = tf(word, class) / words in class · ln(1 + mean words per class / f(word))
-where f(word) is the word's count over all classes: a word frequent in one class and rare elsewhere
-names it; a word everywhere ("the", "I") names nothing. A name is the class's top N_WORDS words.
+    response concept  what its features fire on, read at the firing itself: the MAX_FIRINGS strongest
+                      token firings of each of its features, each turned into a term by
+                      core.tokenwords.firing_term: the whole word the token is part of (" gob" + "lin"
+                      + "s" -> "goblins", " I" + "'m" -> "i'm"), a function word with the word after
+                      it ("to help", never "to" alone), or a punctuation or format token with its job
+                      («"(" opening an aside», «"-" list marker», «"|" table pipe»). The name is the
+                      most frequent terms, up to N_WORDS, each at least NAME_SHARE as frequent as the
+                      first: a concept that fires on "(" almost always is named by that alone.
+    data cluster      the distinctive phrases of its pairs' prompts: words and two-word phrases (no
+    prompt concept    stop words, no chat role labels "user", "assistant", "human"), counted once per
+                      prompt, ranked by class-based TF-IDF (c-TF-IDF, as BERTopic) against the other
+                      groups of the same kind, with scikit-learn's CountVectorizer:
+                          weight(term, class) = tf(term, class) / terms in class · ln(1 + mean terms
+                                                per class / f(term))
+                      f(term) its count over all classes: a phrase frequent in one group and rare
+                      elsewhere names it; a phrase everywhere names nothing (and one under GROUP_SHARE
+                      of the first phrase's weight is left out). A word inside a phrase
+                      already picked is not picked again.
 
-    response concept  the words where its features fire: the stored token firings (every firing
-                      feature's strongest positions in a reply), each token widened to the whole word
-                      it is part of (" gob" + "lin" + "s" -> "goblins"); the MAX_FIRINGS strongest
-                      firings of each feature. Every word counts, stop words included: a concept
-                      about "not" / "can't" is named by them.
-    data cluster      the words of its pairs' prompts and replies (English stop words and the role
-                      labels of chat transcripts, "user", "assistant", "human", left out).
-    prompt concept    the words of the prompts that express it (its group S(k), core.structure).
+Names are cached in the workspace beside the structure they name (`structure/<key>.names.json`,
+with NAMES_VERSION: names of an older rule are computed again, their LLM names kept).
 
-Names are cached in the workspace beside the structure they name (`structure/<key>.names.json`).
-
-LLM names (optional): a `Namer` turns keywords and example snippets into a short name. Two are here:
+LLM names (optional): a `Namer` turns keywords and example snippets into a short name; a concept's
+examples are its strongest exemplars in the hypothesis' driving pairs with the firing word marked
+<<like this>> (core.evidence), a group's its prompts. Two are here:
 `OpenAINamer`, for any OpenAI-compatible chat-completions endpoint the user configures (config file
 `namer.toml` in the config dir, or DATADEBUG_NAMER_URL / _MODEL / _API_KEY), and `ModelNamer`, the
 catalogue model itself when it is an instruct model (it has a chat template). LLM names are cached too,
@@ -30,33 +37,40 @@ import json
 import os
 import re
 import tomllib
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 
 from core.errors import UsageError
+from core.tokenwords import FUNCTION_WORDS, firing_term, word_at, words
+
+__all__ = ["word_at", "words"]  # re-exported: where a firing lands, as a word
 
 N_WORDS = 3
+NAME_SHARE = 0.25  # a term joins a concept's name when it is at least this share as frequent as the first
+GROUP_SHARE = 0.5  # a phrase joins a group's name when its c-TF-IDF is at least this share of the first's
 MAX_FIRINGS = 40  # strongest token firings per feature read for its concept's words
-MAX_PAIRS_PER_CLASS = 200  # pairs' text read per data cluster / prompt group
+MAX_PAIRS_PER_CLASS = 200  # prompts read per data cluster / prompt group
+NAMES_VERSION = 2  # 2: concepts named at the firing itself, groups by their prompts' phrases
 ROLE_WORDS = frozenset({"user", "assistant", "human", "system"})
-_WORD = re.compile(r"[a-z][a-z']*[a-z]|[a-z]")
 
 
 # -- c-TF-IDF -------------------------------------------------------------------------------------
 
 
-def ctfidf_keywords(docs: dict[int, list[str]], n_words: int = N_WORDS, stop_words=None) -> dict[int, list[str]]:
-    """class -> its top `n_words` words by c-TF-IDF (module doc). `docs`: class -> its words (already
-    split); classes without words get []."""
+def ctfidf_weights(docs: dict[int, list[str]], n_words: int = N_WORDS, stop_words=None
+                   ) -> dict[int, list[tuple[str, float]]]:
+    """class -> its top `n_words` (term, c-TF-IDF weight) (module doc), best first. `docs`: class ->
+    its terms (words or phrases, already split); classes without terms get []."""
     from sklearn.feature_extraction.text import CountVectorizer
 
-    classes = [c for c, words in docs.items() if words]
-    out: dict[int, list[str]] = {c: [] for c in docs}
+    classes = [c for c, terms in docs.items() if terms]
+    out: dict[int, list[tuple[str, float]]] = {c: [] for c in docs}
     if not classes:
         return out
-    vec = CountVectorizer(analyzer=lambda words: [w for w in words if not stop_words or w not in stop_words])
+    vec = CountVectorizer(analyzer=lambda terms: [w for w in terms if not stop_words or w not in stop_words])
     tf = vec.fit_transform([docs[c] for c in classes]).astype(np.float64)  # (classes, vocab)
     if tf.shape[1] == 0:
         return out
@@ -69,30 +83,38 @@ def ctfidf_keywords(docs: dict[int, list[str]], n_words: int = N_WORDS, stop_wor
         lo, hi = w.indptr[i], w.indptr[i + 1]
         cols, vals = w.indices[lo:hi], w.data[lo:hi]
         order = np.lexsort((vocab[cols], -vals))[:n_words]
-        out[c] = [str(vocab[cols[j]]) for j in order]
+        out[c] = [(str(vocab[cols[j]]), float(vals[j])) for j in order]
     return out
 
 
-def words(text: str) -> list[str]:
-    """Lower-case words of `text` (letters and inner apostrophes)."""
-    return _WORD.findall(text.lower().replace("\u2019", "'"))
+def ctfidf_keywords(docs: dict[int, list[str]], n_words: int = N_WORDS, stop_words=None) -> dict[int, list[str]]:
+    """class -> its top `n_words` terms by c-TF-IDF (ctfidf_weights without the weights)."""
+    return {c: [t for t, _ in tw] for c, tw in ctfidf_weights(docs, n_words, stop_words).items()}
 
 
-def word_at(tokens: list[str], pos: int) -> str:
-    """The whole word that token `pos` is part of, lower-cased ("" for punctuation or space)."""
-    if not 0 <= pos < len(tokens):
-        return ""
+def distinct_phrases(ranked: list[str], n: int = N_WORDS) -> list[str]:
+    """The first `n` of `ranked` terms, leaving out a term whose words all belong to a term kept
+    before it ("delta" after "delta things") and dropping a kept word once a phrase holding it comes."""
+    kept: list[str] = []
+    for term in ranked:
+        mine = set(term.split())
+        if any(mine <= set(k.split()) for k in kept):
+            continue
+        kept = [k for k in kept if not set(k.split()) < mine]
+        kept.append(term)
+        if len(kept) == n:
+            break
+    return kept
 
-    def joins(t: str) -> bool:  # continues the word before it
-        return bool(t) and t[0].isalnum()
 
-    start, end = pos, pos
-    while start > 0 and joins(tokens[start]) and tokens[start - 1][-1:].isalnum():
-        start -= 1
-    while end + 1 < len(tokens) and joins(tokens[end + 1]) and tokens[end][-1:].isalnum():
-        end += 1
-    found = words("".join(tokens[start : end + 1]))
-    return found[0] if found else ""
+def prompt_phrases(text: str, stop) -> set[str]:
+    """The words and two-word phrases of `text` that may name a group of prompts (no stop words, no
+    single letters or bare numbers)."""
+    ws = [w for w in words(text)]
+    ok = [len(w) > 1 and not w.isdigit() and w not in stop for w in ws]
+    out = {w for w, good in zip(ws, ok) if good}
+    out |= {f"{a} {b}" for a, b, ga, gb in zip(ws, ws[1:], ok, ok[1:]) if ga and gb and a != b}
+    return out
 
 
 # -- names of a structure -------------------------------------------------------------------------
@@ -119,7 +141,8 @@ class Names:
         return f"{llm} ({keywords})" if llm and keywords else (llm or keywords)
 
     def to_json(self) -> dict:
-        return {k: {str(i): v for i, v in getattr(self, k).items()} for k in ("concepts", "clusters", "prompts", "llm")}
+        return {"version": NAMES_VERSION,
+                **{k: {str(i): v for i, v in getattr(self, k).items()} for k in ("concepts", "clusters", "prompts", "llm")}}
 
     @classmethod
     def from_json(cls, raw: dict) -> "Names":
@@ -127,8 +150,9 @@ class Names:
         return cls(**conv, llm=dict(raw.get("llm", {})))
 
 
-def concept_words(analysis, concepts, max_firings: int = MAX_FIRINGS) -> dict[int, list[str]]:
-    """concept -> the words where its features fire (the `max_firings` strongest firings per feature)."""
+def concept_terms(analysis, concepts, max_firings: int = MAX_FIRINGS) -> dict[int, Counter]:
+    """concept -> Counter of (term key, phrase) over the `max_firings` strongest token firings of each
+    of its features (core.tokenwords.firing_term)."""
     fi = analysis.token_firings()
     feat, val = fi.feature, fi.val
     keep = np.zeros(len(feat), bool)
@@ -139,47 +163,78 @@ def concept_words(analysis, concepts, max_firings: int = MAX_FIRINGS) -> dict[in
     membership = concepts.membership
     idx = np.nonzero(keep & (membership[np.minimum(feat, len(membership) - 1)] >= 0))[0]
     t = analysis.ws.pairs_columns(["chosen_tokens", "rejected_tokens"])
-    toks = {side: t[f"{side}_tokens"] for side in fi.SIDES}
-    cache: dict[tuple[int, int], list[str]] = {}
-    docs: dict[int, list[str]] = {}
-    for i in idx:
-        r, sd = int(fi.row[i]), int(fi.side[i])
-        key = (r, sd)
-        if key not in cache:
-            cache[key] = toks[fi.SIDES[sd]][r].as_py()
-        w = word_at(cache[key], int(fi.pos[i]))
-        if w:
-            docs.setdefault(int(membership[feat[i]]), []).append(w)
-    return docs
+    columns = [t[f"{side}_tokens"] for side in fi.SIDES]
+    tokens: dict[tuple[int, int], list[str]] = {}
+    out: dict[int, Counter] = {}
+    for i in idx.tolist():
+        key = (int(fi.row[i]), int(fi.side[i]))
+        if key not in tokens:
+            tokens[key] = columns[key[1]][key[0]].as_py()
+        term = firing_term(tokens[key], int(fi.pos[i]))
+        if term[0]:
+            out.setdefault(int(membership[feat[i]]), Counter())[term] += 1
+    return out
 
 
-def _text_docs(analysis, groups: dict[int, np.ndarray], columns: list[str], seed: int = 0) -> dict[int, list[str]]:
-    """group -> the words of `columns` over (up to MAX_PAIRS_PER_CLASS of) its rows."""
+def concept_name(terms: Counter, n_words: int = N_WORDS, share: float = NAME_SHARE) -> str:
+    """A concept's name from its firings' terms (module doc): the most frequent term keys, up to
+    `n_words`, each at least `share` as frequent as the first. A function word reads as its commonest
+    phrase ("to help"), or its two commonest ("to help / to be") when none holds half its firings."""
+    keys: Counter = Counter()
+    phrases: dict[str, Counter] = {}
+    for (key, phrase), n in terms.items():
+        keys[key] += n
+        phrases.setdefault(key, Counter())[phrase] += n
+    ranked = sorted(keys.items(), key=lambda kv: (-kv[1], kv[0]))
+    if not ranked:
+        return ""
+    top = ranked[0][1]
+    shown = []
+    for key, n in ranked[:n_words]:
+        if n < share * top:
+            break
+        if key in FUNCTION_WORDS:
+            common = sorted(phrases[key].items(), key=lambda kv: (-kv[1], kv[0]))
+            first, m = common[0]
+            key = first if 2 * m >= n or len(common) == 1 else f"{first} / {common[1][0]}"
+        shown.append(key)
+    return ", ".join(shown)
+
+
+def _prompt_docs(analysis, groups: dict[int, np.ndarray], stop, seed: int = 0) -> dict[int, list[str]]:
+    """group -> the phrases (prompt_phrases) of (up to MAX_PAIRS_PER_CLASS of) its prompts, each
+    prompt's once."""
     rng = np.random.default_rng(seed)
     picked = {g: (np.sort(rng.choice(r, MAX_PAIRS_PER_CLASS, replace=False)) if len(r) > MAX_PAIRS_PER_CLASS else r)
               for g, r in groups.items()}
-    t = analysis.ws.pairs_columns(columns)
-    cols = {c: t[c] for c in columns}
-    return {g: [w for r in rows for c in columns for w in words(cols[c][int(r)].as_py() or "") if len(w) > 1]
+    prompts = analysis.ws.pairs_columns(["prompt_text"])["prompt_text"]
+    return {g: [p for r in rows for p in sorted(prompt_phrases(prompts[int(r)].as_py() or "", stop))]
             for g, rows in picked.items()}
+
+
+def group_names(analysis, groups: dict[int, np.ndarray], n_words: int = N_WORDS) -> dict[int, str]:
+    """group -> its name from its prompts' distinctive phrases (module doc); `groups`: group -> its
+    rows. Groups whose prompts have no phrase get none."""
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    docs = _prompt_docs(analysis, groups, ENGLISH_STOP_WORDS | ROLE_WORDS)
+    out = {}
+    for g, ranked in ctfidf_weights(docs, 4 * n_words).items():
+        if ranked:  # a phrase far weaker than the best one is in every group's prompts: it names none
+            terms = [t for t, w in ranked if w >= GROUP_SHARE * ranked[0][1]]
+            out[g] = ", ".join(distinct_phrases(terms, n_words))
+    return out
 
 
 def keyword_names(analysis, st, n_words: int = N_WORDS) -> Names:
     """Keyword names (module doc) of every concept, data cluster and grouped prompt concept of the
     structure `st` (core.structure.Structure) of `analysis`."""
-    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
-
-    stop = ENGLISH_STOP_WORDS | ROLE_WORDS
-    join = ", ".join
-    concepts = {m: join(ws) for m, ws in ctfidf_keywords(concept_words(analysis, st.response), n_words).items() if ws}
+    concepts = {m: name for m, terms in concept_terms(analysis, st.response).items()
+                if (name := concept_name(terms, n_words))}
     clusters = {int(k): np.nonzero(st.clusters == k)[0] for k in range(st.k)}
-    cl_docs = _text_docs(analysis, clusters, ["prompt_text", "chosen", "rejected"])
-    cl_names = {k: join(ws) for k, ws in ctfidf_keywords(cl_docs, n_words, stop).items() if ws}
     g = st.prompt_groups.tocsc()
     groups = {k: g.indices[g.indptr[k] : g.indptr[k + 1]] for k in range(g.shape[1])}
-    pr_docs = _text_docs(analysis, groups, ["prompt_text"])
-    pr_names = {k: join(ws) for k, ws in ctfidf_keywords(pr_docs, n_words, stop).items() if ws}
-    return Names(concepts, cl_names, pr_names)
+    return Names(concepts, group_names(analysis, clusters, n_words), group_names(analysis, groups, n_words))
 
 
 def _names_file(analysis, st):
@@ -192,12 +247,17 @@ def load_names(analysis, st) -> Names:
     """The names of structure `st`: read from the workspace's cache, else keyword names computed and
     cached."""
     path = _names_file(analysis, st)
+    llm = {}
     if path.is_file():
         try:
-            return Names.from_json(json.loads(path.read_text(encoding="utf-8")))
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            if raw.get("version") == NAMES_VERSION:
+                return Names.from_json(raw)
+            llm = dict(raw.get("llm", {}))  # asked of a person's endpoint: kept across keyword rules
         except (OSError, ValueError, TypeError, KeyError, AttributeError):
             pass  # a cut or damaged cache: names are derived, so compute them again (and save them)
     names = keyword_names(analysis, st)
+    names.llm.update(llm)
     save_names(analysis, st, names)
     return names
 
@@ -219,8 +279,10 @@ class Namer(Protocol):
     def name(self, keywords: list[str], examples: list[str]) -> str: ...
 
 
-SYSTEM = ("You name clusters found in a preference dataset. Answer with a short name of at most five "
-          "words for what the examples have in common, nothing else.")
+SYSTEM = ("You name clusters found in a preference dataset. Where the examples mark words <<like this>>, "
+          "name what the marked words have in common in their context (a word, a phrase, or a punctuation "
+          "or format mark and what it does there); otherwise what the examples have in common. Answer "
+          "with a short name of at most five words, nothing else.")
 
 
 def prompt_text(keywords: list[str], examples: list[str]) -> str:
@@ -324,16 +386,24 @@ def namer_from_config(env: dict | None = None) -> Namer | None:
 
 def name_with_llm(analysis, st, names: Names, report, namer: Namer, examples_per_item: int = 6) -> Names:
     """Ask `namer` for a name of each concept and group in `report`'s hypotheses that has none yet;
-    cache the answers with the structure's names. Returns the updated Names."""
-    t = analysis.ws.pairs_columns(["prompt_text", "chosen"])
+    cache the answers with the structure's names. A concept's examples are its strongest exemplars in
+    the hypothesis' driving pairs with the firing word marked <<like this>> (core.evidence); a group's
+    are its driving pairs' prompts. Returns the updated Names."""
+    from core.evidence import exemplars, marked
+
+    t = analysis.ws.pairs_columns(["prompt_text"])
     row = analysis.row_of
     for h in report.hypotheses:
-        rows = [row[p.source_index] for p in h.driving[:examples_per_item] if p.source_index in row]
-        for key, kw, col in ((f"concept:{h.concept}", names.concepts.get(h.concept, ""), "chosen"),
-                             (f"{h.kind}:{h.group}", names.group(h.kind, h.group), "prompt_text")):
-            if key in names.llm:
-                continue
-            examples = [t[col][r].as_py() or "" for r in rows]
-            names.llm[key] = namer.name([w for w in kw.split(", ") if w], examples)
+        driving = [p.source_index for p in h.driving]
+        key = f"concept:{h.concept}"
+        if key not in names.llm:
+            shots = exemplars(analysis, h.features, driving, n=examples_per_item)
+            examples = [marked(s, "<<", ">>") for s in shots]
+            names.llm[key] = namer.name([w for w in names.concepts.get(h.concept, "").split(", ") if w], examples)
+        key = f"{h.kind}:{h.group}"
+        if h.kind != "concept" and key not in names.llm:
+            rows = [row[s] for s in driving[:examples_per_item] if s in row]
+            examples = [t["prompt_text"][r].as_py() or "" for r in rows]
+            names.llm[key] = namer.name([w for w in names.group(h.kind, h.group).split(", ") if w], examples)
     save_names(analysis, st, names)
     return names

@@ -46,6 +46,7 @@ from core.views import (
     Preview,
     Selection,
     ShiftChange,
+    Snippet,
     TriageState,
     WorkspaceInfo,
     WorkspaceStatus,
@@ -401,14 +402,8 @@ class Session:
         )
 
     def _concept_in_pair(self, concept: int, row: int) -> ConceptInPair:
-        from core.concepts import concept_rate
-
-        engine = self.hypotheses_engine()
-        chosen, rejected = self.analysis.frequencies()
-        concepts = engine.st.response
-        rates = [float(concept_rate(concepts, m[row])[0, concept]) for m in (chosen, rejected)]
-        return ConceptInPair(concept, self.concept_name(concept), self.concept_of(concept),
-                             rates[0], rates[1], rates[0] - rates[1])
+        chosen, rejected, u = (float(x[0]) for x in self.hypotheses_engine().concept_in_pairs([row], concept))
+        return ConceptInPair(concept, self.concept_name(concept), self.concept_of(concept), chosen, rejected, u)
 
     # -- hypotheses and concepts ----------------------------------------------------------------
 
@@ -532,12 +527,29 @@ class Session:
     def hypothesis_pairs(self, h) -> HypothesisPairs:
         """The driving pairs of a ranked hypothesis (core.hypotheses.Hypothesis), with their texts
         and each pair's u on its concept."""
-        u = {p.source_index: p.u for p in h.driving}
-        rows = tuple(
-            PairRow(r.source_index, u[r.source_index], r.prompt, r.chosen, r.rejected)
-            for r in self.pair_rows([p.source_index for p in h.driving])
-        )
+        texts = self.pair_rows([p.source_index for p in h.driving])
+        u = self.pair_u(h.concept, [r.source_index for r in texts])
+        rows = tuple(PairRow(r.source_index, x, r.prompt, r.chosen, r.rejected) for r, x in zip(texts, u))
         return HypothesisPairs(HypothesisKey.of(h), h.sentence, h.concept_name, tuple(h.features), rows)
+
+    def pair_u(self, concept: int, source_indices) -> list[float]:
+        """Each pair's u on response `concept` (core.hypotheses.Hypotheses.concept_in_pairs: the one
+        reading the ranking, its driving pairs and the pair view share), in the order given."""
+        rows = self.analysis.rows(source_indices)
+        return [float(x) for x in self.hypotheses_engine().concept_in_pairs(rows, concept)[2]]
+
+    def evidence(self, h, n: int = 3) -> tuple[Snippet, ...]:
+        """The `n` strongest exemplar snippets of hypothesis `h`'s concept in its driving pairs, one
+        from a chosen and one from a rejected reply where both exist (core.evidence.exemplars). `h`: a
+        core.hypotheses.Hypothesis, or a HypothesisKey (its driving pairs not marked)."""
+        from core.evidence import exemplars
+
+        if isinstance(h, HypothesisKey):
+            features, driving = self.concept_of(h.concept), self.driving_pairs(h)
+        else:
+            features, driving = h.features, h.driving
+        sources = [p.source_index for p in driving]
+        return exemplars(self.analysis, features, sources, dict(zip(sources, self.pair_u(h.concept, sources))), n)
 
     def concepts(self, top: int = 100, grouped_only: bool = False, excluded=None,
                  fdr: float = DEFAULT_FDR) -> ConceptsView:
@@ -602,6 +614,15 @@ class Session:
         from core.interventions import load_plan
 
         return load_plan(self.ws)
+
+    def train_dpo_command(self, out: str = "DIR") -> str:
+        """The command that trains DPO on this workspace's dataset as triaged here: the marked pairs
+        left out and the saved plan applied, with absolute paths (quoted for a POSIX shell)."""
+        import shlex
+
+        ws = shlex.quote(str(self.path.resolve()))
+        data = shlex.quote(str(self.dataset_path.resolve())) if self.dataset_path.name else "DATA"
+        return f"datadebug train-dpo {data} --out {out} --exclude-marked {ws} --plan {ws}"
 
     def save_plan(self, kind: str, features, strength: float | None = None, label: str = "",
                   source: str = "", text: str = ""):
@@ -740,16 +761,18 @@ class Session:
 
 
 def models() -> ModelsView:
-    """Every catalogue model and SAE with its store status."""
+    """Every catalogue model and SAE with its store status, and every SAE trained here for a corpus
+    ("RECIPE@KEY", with its FVU and corpus in `detail`)."""
     from core import locations
     from core.catalog import load_catalog
     from core.store import sae_ready, status
 
     cat = load_catalog()
     rows = []
-    for r in status(cat):
+    for r in status(cat, trained=True):
         if r.kind == "sae":
-            trainable = cat.saes[r.name].source == "train" and not r.ready
+            entry = cat.saes.get(r.name)
+            trainable = entry is None or entry.source == "train"  # a recipe, or a variant trained again
         else:
             sae = cat.saes.get(cat.models[r.name].sae or "")
             trainable = sae is not None and sae.source == "train" and not sae_ready(sae)
@@ -787,15 +810,26 @@ def remove(name: str) -> int:
     return remove_stored(load_catalog(), name)
 
 
-def train_sae(name: str, progress: ProgressFn | None = None, cancel: threading.Event | None = None):
-    """Train the SAE `name` (or the SAE of model `name`) on the default corpus. Returns its held-out
-    quality (core.sae_train's SAEQuality); raises Cancelled when cancelled."""
+def train_sae(name: str | None = None, data=(), device: str | None = None, progress: ProgressFn | None = None,
+              cancel: threading.Event | None = None):
+    """Train the SAE that `index` uses for the datasets `data`: recipe `name` (an SAE recipe, a
+    "RECIPE@KEY" variant, or a model whose SAE is one; None: the default model's) for the corpus that
+    starts with `data`'s replies (none: the bundled sample), stored as "RECIPE@KEY"
+    (core.dataset_sae.train_dataset_sae). The one way the CLI (`sae train`) and the TUI train.
+    Returns (its catalogue entry, its held-out quality SAEQuality). Raises CatalogError for an unknown
+    name or an SAE not trained here, IngestError for an unreadable file, Cancelled."""
     from core.catalog import load_catalog
-    from core.sae_train import train_catalog_sae
+    from core.dataset_sae import train_dataset_sae
 
     cat = load_catalog()
-    entry = cat.saes[name] if name in cat.saes else cat.sae(None, cat.model(name))
-    return train_catalog_sae(entry, cat, progress=progress, cancel=cancel)
+    recipe = name.split("@", 1)[0] if name else None
+    if recipe and recipe not in cat.saes and recipe not in cat.models:
+        raise CatalogError(f"unknown SAE or model {name!r}; known: {', '.join(sorted([*cat.saes, *cat.models]))}")
+    entry = cat.saes[recipe] if recipe in cat.saes else cat.sae(None, cat.model(recipe))
+    if entry.source != "train":
+        raise CatalogError(f"SAE {entry.name} is not trained here (source {entry.source!r})")
+    return train_dataset_sae(cat.saes[entry.recipe], cat, list(data), device=device, progress=progress,
+                             cancel=cancel)
 
 
 def catalog_choices() -> CatalogChoices:

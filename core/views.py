@@ -81,6 +81,20 @@ class HypothesisKey:
 
 
 @dataclass(frozen=True)
+class Snippet:
+    """A concept's firing in one reply as a person reads it (core.evidence): the whole word it fires on
+    (`span`) with a few words either side. Text is raw dataset text (escape it to show it)."""
+
+    source_index: int
+    side: str  # "chosen" | "rejected"
+    before: str
+    span: str
+    after: str
+    activation: float  # the firing's SAE activation
+    u: float | None  # the pair's u on the concept (core.hypotheses.Hypotheses.concept_in_pairs)
+
+
+@dataclass(frozen=True)
 class Selection:
     """Pairs named together for a mark: by source index, a feature's top pairs, a cluster, or a
     hypothesis' driving pairs."""

@@ -119,6 +119,10 @@ class DataDebugApp(App):
         Binding("8", "go('models')", "Models screen", show=False, id="go.models"),
         Binding("9", "go('index')", "Index screen", show=False, id="go.index"),
         Binding("q", "quit", "Quit", show=False, id="app.quit"),
+        # The palette's built-in "Keys" panel has no key of its own to close: Escape does, before
+        # the screen's own Escape (a priority binding that stands aside while no panel is open).
+        Binding("escape", "hide_help_panel", "Close the keys panel", show=False, priority=True,
+                id="app.close_keys"),
     ]
 
     info: reactive[WorkspaceInfo | None] = reactive(None)
@@ -314,16 +318,13 @@ class DataDebugApp(App):
                 visible(
                     f"{p.kind} on «{p.label}» ({len(p.features)} features), strength {p.strength:g}\n"
                     f"saved in {self.services.workspace_path.name}/plan.json; apply with:\n"
-                    f"datadebug train-dpo {self._data_name()} --out DIR --plan {self.services.workspace_path}",
+                    + self.session.train_dpo_command(),
                     keep_newlines=True,
                 ),
                 title="plan saved",
                 timeout=10,
                 markup=False,
             )
-
-    def _data_name(self) -> str:
-        return str(self.session.dataset_path) if self.services.is_open else "DATA"
 
     def propose_plan(self, target: PlanTarget) -> None:
         """Open the plan dialog for a concept, then save the plan when accepted."""
@@ -345,10 +346,9 @@ class DataDebugApp(App):
             if answer is not None:
                 self._save_plan(target, answer)
 
-        # Names, not paths, in the dialog (the notice after saving has the whole command).
         self.push_screen(
             PlanDialog(target, event.kinds, event.current, workspace=self.services.workspace_path.name,
-                       data=self.session.dataset_path.name),
+                       command=self.session.train_dpo_command()),
             answered,
         )
 
@@ -423,6 +423,11 @@ class DataDebugApp(App):
         await self.switch_mode(mode)
         while len(self.screen_stack) > 1 and not isinstance(self.screen, self.MODES[mode]):
             await self.pop_screen()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "hide_help_panel":  # Escape closes the keys panel only while one is open
+            return bool(self.screen.query("HelpPanel"))
+        return True
 
     def action_help(self) -> None:
         rows = help_rows(HELP_SECTIONS, self.keymap)

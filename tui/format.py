@@ -63,3 +63,28 @@ def line(text: object, width: int | None = None, style: str = "") -> Text:
     where it is shown) with an ellipsis."""
     flat = one_line(_SPACES.sub(" ", str(text)).strip(), width)
     return Text(flat, style=style, no_wrap=True, overflow="ellipsis")
+
+
+def text_widths(total: int, fixed: int, shares: tuple[float, ...], most: int = 60, least: int = 8
+                ) -> tuple[int, ...]:
+    """Characters for text columns sharing, in `shares`, what `fixed` characters of other columns
+    leave of a `total`-wide table (each between `least` and `most`): so that every column stays in
+    view and text is cut with "…" where it is cut."""
+    room = max(total - fixed, least * len(shares))
+    return tuple(max(least, min(most, int(room * s))) for s in shares)
+
+
+def around(before: str, span: str, after: str, width: int) -> tuple[str, str, str]:
+    """(before, span, after) on one line of at most `width` characters, escaped: the span whole (cut
+    only when it alone is too long), the context either side cut to what fits, with "…"."""
+    b, m, a = (one_line(_SPACES.sub(" ", x)) for x in (before, span, after))
+    if len(m) >= width:
+        return "", one_line(m, max(width, 1)), ""
+    room = width - len(m)
+    keep_a = min(len(a), max(room // 2, room - len(b)))
+    keep_b = min(len(b), room - keep_a)
+    if keep_b < len(b):
+        b = "…" + b[len(b) - keep_b + 1 :] if keep_b > 0 else ""
+    if keep_a < len(a):
+        a = a[: keep_a - 1] + "…" if keep_a > 0 else ""
+    return b, m, a

@@ -192,9 +192,13 @@ class HypothesesReady(Message):
 
 
 class HypothesisPairsReady(Message):
-    def __init__(self, pairs: HypothesisPairs) -> None:
+    """A hypothesis' driving pairs, and its Δ and rank over all pairs -> without the marked ones
+    (core.views.HypothesisChange; None when it is not ranked)."""
+
+    def __init__(self, pairs: HypothesisPairs, change=None) -> None:
         super().__init__()
         self.pairs = pairs
+        self.change = change
 
 
 class ConceptsReady(Message):
@@ -228,3 +232,12 @@ class PlanChanged(Message):
         super().__init__()
         self.plan = plan
         self.saved = saved
+
+
+class EvidenceReady(Message):
+    """A hypothesis' exemplar snippets (core.views.Snippet), for the driving pairs it was ranked with."""
+
+    def __init__(self, key: tuple, snippets: tuple) -> None:
+        super().__init__()
+        self.key = key
+        self.snippets = snippets

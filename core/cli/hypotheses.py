@@ -12,10 +12,13 @@ from core.calibration import format_q
 from core.cli.app import JSON, ProgressPrinter, app, emit
 
 
-def format_hypotheses(rep, concepts=None) -> str:
+def format_hypotheses(rep, concepts=None, evidence=None) -> str:
     """The landing view as text: the established hypotheses, a divider, the rest with their q; when
     nothing is established, what n pairs could have shown and the established global concept shifts
-    (`concepts`, a core.views.ConceptsView of them, when given)."""
+    (`concepts`, a core.views.ConceptsView of them, when given). `evidence`: per hypothesis (in the
+    report's order) its exemplar snippets (core.views.Snippet), shown under it."""
+    from core.evidence import marked
+
     lines = [
         f"{rep.n_pairs} pairs ({rep.n_excluded} marked left out, {rep.n_silent} silent); {rep.k} data clusters, "
         f"{rep.n_concepts} concepts ({rep.n_grouped} of >= 4 features), {rep.n_prompt_groups} prompt concepts",
@@ -25,7 +28,7 @@ def format_hypotheses(rep, concepts=None) -> str:
         f"{'#':>3} {'q':>7} {'moving':>7} {'Δ':>6} {'halves':>13}  hypothesis",
     ]
     divided = False
-    for h in rep.hypotheses:
+    for i, h in enumerate(rep.hypotheses):
         if not h.established and not divided:
             lines.append(f"--- not established at this data size (q >= {rep.fdr:g}) ---")
             divided = True
@@ -33,6 +36,9 @@ def format_hypotheses(rep, concepts=None) -> str:
         moving = f"{h.n_support}/{h.n_moving}"
         lines.append(f"{h.rank:>3} {format_q(h.q):>7} {moving:>7} {h.delta:>+6.2f} {halves:>13}  {h.sentence}")
         lines.append(f"{'':>41}pairs: {' '.join(f'#{p.source_index}' for p in h.driving[:8])}")
+        for snip in (evidence[i] if evidence else ()):
+            u = "" if snip.u is None else f" u {snip.u:+.2f}"
+            lines.append(f"{'':>41}{snip.side:>8} #{snip.source_index}{u}: {marked(snip)}")
     if not rep.hypotheses:
         lines.append("  (no hypothesis has both halves agreeing and enough supporting pairs)")
     if rep.n_established == 0:
@@ -74,8 +80,12 @@ def hypotheses(
     if llm:
         session.name_with_llm(top=top, kind=kind, excluded=excluded)
     land = session.landing(top=top, kind=kind, excluded=excluded, fdr=fdr)
-    emit({**land.hypotheses.to_json(), "established_concepts": [asdict(r) for r in land.concepts.rows]},
-         as_json, format_hypotheses(land.hypotheses, land.concepts))
+    evidence = [session.evidence(h) for h in land.hypotheses.hypotheses]
+    out = land.hypotheses.to_json()
+    for h, snips in zip(out["hypotheses"], evidence):
+        h["evidence"] = [asdict(s) for s in snips]
+    emit({**out, "established_concepts": [asdict(r) for r in land.concepts.rows]},
+         as_json, format_hypotheses(land.hypotheses, land.concepts, evidence))
 
 
 def format_concepts(view) -> str:

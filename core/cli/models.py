@@ -9,7 +9,6 @@ from typing import Optional
 import typer
 
 from core.cli.app import JSON, ProgressPrinter, emit, models_app, sae_app
-from core.errors import CatalogError
 
 
 @models_app.command("list")
@@ -65,15 +64,10 @@ def sae_train(
 ):
     """Train an SAE with a recipe (source = "train") for a corpus: stored as RECIPE@KEY, KEY from the
     data's sha256 (the SAE that `index` uses for that data); prints FVU, L0 and dead fraction."""
-    from core.catalog import load_catalog
-    from core.dataset_sae import train_dataset_sae
+    from core.session import train_sae
 
-    cat = load_catalog()
-    entry = cat.sae(name, cat.model(None))
-    if entry.source != "train":
-        raise CatalogError(f"SAE {entry.name} is not trained here (source {entry.source!r})")
     with ProgressPrinter() as progress:
-        trained, q = train_dataset_sae(cat.saes[entry.recipe], cat, data, device=device, progress=progress)
+        trained, q = train_sae(name, data, device=device, progress=progress)
     emit(
         {"name": trained.name, **asdict(q)}, as_json,
         f"SAE {trained.name}: FVU {q.fvu:.3f}, L0 {q.l0:.1f}, dead {q.dead_fraction:.1%} "

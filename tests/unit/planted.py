@@ -53,7 +53,8 @@ def build(path, chosen: np.ndarray, rejected: np.ndarray, prompt: np.ndarray, fe
     return ws
 
 
-def regions(path, n: int = 400, seed: int = 0, rare: int = 0, weak: int = 0, swap: int | None = None
+def regions(path, n: int = 400, seed: int = 0, rare: int = 0, weak: int = 0, swap: int | None = None,
+            words_over: dict[int, str] | None = None
             ) -> tuple[Workspace, dict]:
     """8 topics of n/8 pairs, each with a topic concept (5 features) in both replies and a prompt
     concept (5 prompt features); a behaviour (features 40-44, words "goblin"...) in the chosen replies
@@ -64,7 +65,8 @@ def regions(path, n: int = 400, seed: int = 0, rare: int = 0, weak: int = 0, swa
     also fire in `weak` other pairs, on one reply at random, as often (freq 0.2) but weakly (max 0.3,
     where every other firing has max 1): a broad SAE feature's tail, as the goblin feature has.
     With `swap` (a seed), chosen and rejected are exchanged in a random half of the pairs: a
-    label-shuffled copy, whose labels carry no preference at all."""
+    label-shuffled copy, whose labels carry no preference at all.
+    `words_over`: feature -> the token it fires on, over the defaults (names of punctuation concepts)."""
     rng = np.random.default_rng(seed)
     d = 200
     topic = np.repeat(np.arange(8), n // 8)
@@ -93,6 +95,7 @@ def regions(path, n: int = 400, seed: int = 0, rare: int = 0, weak: int = 0, swa
     words.update({f: ["goblin", "goblins", "goblin", "goblins", "goblin"][f - 40] for f in range(40, 45)})
     words.update({f: "please" for f in range(45, 50)})
     words.update({f: "dragon" for f in range(150, 154)})
+    words.update(words_over or {})
     texts = [f"tell me about {WORDS[t]} and {WORDS[t]} things" for t in topic]
     activations = None
     if weak:

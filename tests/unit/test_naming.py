@@ -13,6 +13,7 @@ from core.naming import (
     OpenAINamer, clean_name, ctfidf_keywords, load_names, name_with_llm, namer_from_config, word_at,
 )
 from core.structure import cache_dir
+from core.tokenwords import FUNCTION_WORDS
 from tests.unit.planted import regions
 
 
@@ -161,3 +162,71 @@ def test_namer_from_config(config_dir):
 def _no_model(config_dir):
     (config_dir / "namer.toml").write_text('[namer]\nurl = "http://127.0.0.1:2/v1"\n')
     namer_from_config({})
+
+
+# -- names from the firing itself (issue 23) --------------------------------------------------------
+
+SMOL = ["I", "'m", " sorry", ",", " I", " don", "'t", " know", " (", "Human", " is", " a", " robot", ").", "\n",
+        "-", " item", " one", "\n", "|", " a", " |", " b", " |", "\n", "##", " He", "ading", "\n", "1", ".",
+        " First", " gob", "lins", " to", " help"]  # SmolLM2's own tokens of a reply
+
+
+def test_a_firing_reads_as_a_whole_word_a_phrase_or_a_format_mark():
+    from core.tokenwords import firing_term, word_span
+
+    assert word_span(SMOL, 1) == (0, 2) and word_span(SMOL, 6) == (5, 7) and word_span(SMOL, 33) == (32, 34)
+    phrase = {i: firing_term(SMOL, i)[1] for i in range(len(SMOL))}
+    assert phrase[1] == phrase[0] == "i'm sorry"  # a contraction's tail is the word, a function word a phrase
+    assert phrase[6] == "don't know" and phrase[2] == "sorry" and phrase[33] == "goblins"
+    assert phrase[8] == '"(" opening an aside' and phrase[13] == '")." closing an aside'
+    assert phrase[15] == '"-" list marker' and phrase[19] == '"|" table pipe' and phrase[21] == '"|" table pipe'
+    assert phrase[25] == '"##" heading' and phrase[29] == '"1." numbered list marker'
+    assert phrase[34] == "to help" and firing_term(SMOL, 34)[0] == "to"  # grouped by the word, read as a phrase
+    assert phrase[27] == "heading" and firing_term(SMOL, 99) == ("", "")
+    for i, (key, text) in enumerate(firing_term(SMOL, i) for i in range(len(SMOL))):
+        assert text not in {"m", "t", "s", "ading", "gob", "lins", "a", "to", "i", "(", "|"}, (i, text)
+
+
+def test_a_concept_name_is_what_it_fires_on_most():
+    from collections import Counter
+
+    from core.naming import concept_name
+
+    paren = Counter({('"(" opening an aside', '"(" opening an aside'): 30, ("confused", "confused"): 2,
+                     ("natural", "natural"): 2})
+    assert concept_name(paren) == '"(" opening an aside'  # the rare co-occurring words stay out
+    to = Counter({("to", "to help"): 5, ("to", "to be"): 4, ("to", "to do"): 3, ("goblins", "goblins"): 4})
+    assert concept_name(to) == "to help / to be, goblins"
+    assert concept_name(Counter()) == ""
+
+
+def test_group_names_are_their_prompts_distinctive_phrases():
+    from core.naming import distinct_phrases, prompt_phrases
+
+    stop = {"tell", "me", "about", "and", "the"}
+    assert prompt_phrases("Human: tell me about the red dragon and 2 dragons", stop | {"human"}) == {
+        "red", "dragon", "dragons", "red dragon"}
+    assert distinct_phrases(["dragon", "red dragon", "red", "castle", "moat"], 3) == ["red dragon", "castle", "moat"]
+
+
+@pytest.fixture(scope="module")
+def formats(tmp_path_factory):
+    """The planted workspace with the behaviour's features firing on "(" and the global ones on list
+    markers at the start of a line."""
+    return regions(tmp_path_factory.mktemp("formats") / "ws",
+                   words_over={**{f: "(" for f in range(40, 45)}, **{f: "\n-" for f in range(45, 50)}})
+
+
+def test_a_concept_firing_on_punctuation_is_named_for_it(formats):
+    ws, truth = formats
+    engine = open_hypotheses(ws.path)
+    names = engine.names
+    # the behaviour's concept holds topic 3's features too (they fire in the same replies): "(" first
+    assert names.concept(int(engine.st.response.membership[truth["behaviour"][0]])).startswith('"(" opening an aside')
+    assert names.concept(int(engine.st.response.membership[truth["global"][0]])).startswith('"-" list marker')
+    raw = json.loads((cache_dir(ws) / f"{engine.st.key}.names.json").read_text())
+    assert raw["version"] == 2
+    # no name is a lone function word, a single letter or a bare symbol
+    for name in names.concepts.values():
+        for term in name.split(", "):
+            assert term not in FUNCTION_WORDS and len(term) > 1 and any(c.isalpha() for c in term), name

@@ -52,6 +52,7 @@ class ClustersScreen(DataScreen):
         super().__init__()
         self.by = "sae"
         self.clustering = None  # core.clusters.Clustering
+        self.open_when_ready = False  # Enter was pressed while clustering: open the cluster then
 
     def compose_body(self) -> ComposeResult:
         yield Label("", id="clusters-caption")
@@ -92,6 +93,9 @@ class ClustersScreen(DataScreen):
         table.loading = False
         table.focus()
         self._fill()
+        if self.open_when_ready:
+            self.open_when_ready = False
+            self.action_open_cluster()
 
     def _fill(self) -> None:
         c = self.clustering
@@ -155,6 +159,10 @@ class ClustersScreen(DataScreen):
     def action_open_cluster(self) -> None:
         from tui.screens.pairs import PairsScreen
 
+        if self.clustering is None:  # still clustering: a keypress is not lost
+            self.open_when_ready = True
+            self.query_one("#clusters-caption", Label).update("clustering… (Enter: opens the first cluster when done)")
+            return
         cl = self._current()
         if cl is not None:
             self.app.push_screen(PairsScreen.for_cluster(cl, self.by))

@@ -19,6 +19,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, DataTable, Input, Label, Static
 
+from core.textsafe import one_line
 from core.views import Preview
 from core.calibration import format_q as q_text
 from tui.format import before_after, count, line, number, safe, signed
@@ -191,7 +192,7 @@ PLAN_KINDS = {
 class PlanDialog(ModalScreen[PlanAnswer | None]):
     """Pick an intervention on a concept (j/k), its strength (prefilled with the kind's default) and,
     for inoculation, the system prompt; Enter or ctrl+s saves it in the workspace, Escape cancels.
-    `datadebug train-dpo DATA --out DIR --plan WS` applies the saved plan."""
+    `datadebug train-dpo DATA --out DIR --exclude-marked WS --plan WS` applies the saved plan."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("ctrl+s", "save", "Save the plan", id="plan.save"),
@@ -199,13 +200,14 @@ class PlanDialog(ModalScreen[PlanAnswer | None]):
     ]
 
     def __init__(self, target: PlanTarget, kinds: dict[str, float], current=None,
-                 workspace: str = "WS", data: str = "DATA") -> None:
+                 workspace: str = "WS", command: str = "datadebug train-dpo DATA --out DIR --exclude-marked WS"
+                 " --plan WS") -> None:
         super().__init__()
         self.target = target
         self.kinds = dict(kinds)  # kind -> default strength
         self.current = current  # the plan saved now (core.interventions.Plan), or None
         self.workspace = workspace
-        self.data = data
+        self.command = command  # core.session.Session.train_dpo_command: full paths, marked pairs left out
         self.kind = next(iter(self.kinds))
 
     def compose(self) -> ComposeResult:
@@ -216,6 +218,9 @@ class PlanDialog(ModalScreen[PlanAnswer | None]):
                 line(f"Plan an intervention on concept {t.concept} «{t.name or '-'}» ({n} feature{'s' * (n != 1)})"),
                 classes="dialog-title",
             )
+            # first, so that a short terminal (80x24) still shows how to save
+            yield Label(line(f"enter / ctrl+s: save in {self.workspace} · esc: cancel"), classes="dialog-hint",
+                        id="plan-hint")
             yield KeyTable("kind", "default", "what it does", id="plan-kinds")
             yield Static("", id="plan-about", classes="dialog-body")
             with Horizontal(classes="form-row"):
@@ -227,7 +232,6 @@ class PlanDialog(ModalScreen[PlanAnswer | None]):
                 yield Input(placeholder="inoculate: the system prompt naming the behaviour", id="plan-text",
                             compact=True)
             yield Static(self._now(), id="plan-now", classes="dialog-body")
-            yield Label(line(f"enter / ctrl+s: save in {self.workspace} · esc: cancel"), classes="dialog-hint")
 
     def _now(self) -> Text:
         out = Text("from ", style="dim")
@@ -240,7 +244,7 @@ class PlanDialog(ModalScreen[PlanAnswer | None]):
             out.append_text(line(f"{c.kind} on «{c.label or '-'}» ({len(c.features)} features), strength {c.strength:g}"
                                  f" (replaced when you save)"))
         out.append("\napplies with: ", style="dim")
-        out.append_text(line(f"datadebug train-dpo {self.data} --out DIR --plan {self.workspace}"))
+        out.append(one_line(self.command))  # wraps: a path cut short cannot be pasted
         return out
 
     def on_mount(self) -> None:

@@ -19,8 +19,8 @@ from textual.worker import get_current_worker
 
 from core.views import HypothesisKey, TriageState, WorkspaceInfo
 from core.calibration import format_q as q_text
-from tui.format import count, line, number, safe, signed
-from tui.messages import HypothesesReady
+from tui.format import around, count, line, number, safe, signed, text_widths
+from tui.messages import EvidenceReady, HypothesesReady
 from tui.screens.base import DataScreen
 from tui.widgets.job import JobPanel
 from tui.widgets.tables import SEPARATOR, KeyTable
@@ -30,7 +30,8 @@ N_DRIVING = 10  # driving pairs a mark takes (the engine lists 10)
 NARROW = 100  # below: shorter name columns
 COLUMNS = ("#", "q", "moving", "Δ", "✓", "n", "concept", "where")
 DIVIDER = SEPARATOR + "not-established"  # the row between the established and the rest
-WIDTHS = {"-narrow": (18, 20), "-wide": (40, 48)}  # (concept, where) characters
+KINDS = (None, "cluster", "prompt", "concept")  # v cycles the kind shown (None: every kind, one ranking)
+FIXED_WIDTH = 44  # characters of the columns but concept and where, their padding and the scroll bar
 
 LEGEND = (
     ("#", "rank: the established first, then the rest; each by the smaller |Δ| of the two split"
@@ -118,6 +119,7 @@ class HypothesesScreen(DataScreen):
         ),
         Binding("f", "features", "Features", id="hypotheses.features"),
         Binding("i", "plan", "Plan", id="hypotheses.plan"),
+        Binding("v", "kind", "Kind", id="hypotheses.kind"),
         Binding("r", "reload", "Reload", show=False, id="hypotheses.reload"),
         Binding("escape", "cancel", "Cancel the fit", show=False, id="hypotheses.cancel"),
     ]
@@ -127,6 +129,9 @@ class HypothesesScreen(DataScreen):
         self.report = None  # core.hypotheses.HypothesisReport
         self.concepts = None  # core.views.ConceptsView: the established global concept shifts
         self._ranked_without: frozenset[int] = frozenset()
+        self.kind: str | None = self.KIND  # the kind shown (v cycles it)
+        self.evidence: dict[tuple, tuple] = {}  # (key, driving pairs) -> exemplar snippets
+        self._evidence_asked: set[tuple] = set()
         self._stale = False  # the marks changed since the ranking shown: its q are not current
 
     def compose_body(self) -> ComposeResult:
@@ -153,7 +158,7 @@ class HypothesesScreen(DataScreen):
             self.query_one("#hypotheses-caption", Label).update(
                 "first open of this workspace: fitting concepts, data clusters and names (cached after)"
             )
-        kind = self.KIND
+        kind = self.kind
         with_engine(self, "reading the hypotheses", self._rank,
                     lambda session, excluded: session.landing(top=TOP, kind=kind, excluded=excluded),
                     HypothesesReady)
@@ -174,7 +179,7 @@ class HypothesesScreen(DataScreen):
     def _rank(self) -> None:
         session = self.app.session
         excluded = session.marked()
-        landing = session.landing(top=TOP, kind=self.KIND, excluded=excluded)
+        landing = session.landing(top=TOP, kind=self.kind, excluded=excluded)
         if not get_current_worker().is_cancelled:
             self.post_message(HypothesesReady(landing, excluded))
 
@@ -197,7 +202,8 @@ class HypothesesScreen(DataScreen):
         rep = self.report
         if rep is None:
             return
-        concept_w, where_w = WIDTHS["-narrow" if self.has_class("-narrow") else "-wide"]
+        # the concept and where columns share what the others leave, so both stay whole or cut with "…"
+        concept_w, where_w = text_widths(self.size.width or 120, FIXED_WIDTH, (0.45, 0.55), most=48)
         marked = self.triage.marked if self.triage else frozenset()
 
         stale = self._stale
@@ -233,6 +239,8 @@ class HypothesesScreen(DataScreen):
                 f"{count(rep.n_established)} established (q < {rep.fdr:g}) of {count(rep.n_tested)} cells tested")
         parts = [sure, basis, f"{rep.k} data clusters", f"{count(rep.n_concepts)} concepts ({rep.n_grouped} of ≥ 4 features)",
                  f"{rep.n_prompt_groups} prompt concepts"]
+        if self.kind is not None:
+            parts.insert(0, f"{self.kind} rows only (v: next kind)")
         if not rep.hypotheses:
             parts.insert(1, self.EMPTY)
         caption = line(" · ".join(parts))
@@ -273,7 +281,55 @@ class HypothesesScreen(DataScreen):
                 gone = p.source_index in marked
                 out.append(f"#{p.source_index}" + ("✗" if gone else ""), style="red" if gone else "")
                 out.append(f"({signed(p.u)}) ", style="dim")
+            out.append_text(self._evidence_text(h))
         self.query_one("#hypothesis-detail", Static).update(out)
+
+    # -- evidence: the concept's strongest snippets in the driving pairs -----------------------------
+
+    @staticmethod
+    def _evidence_key(h) -> tuple:
+        return (str(HypothesisKey.of(h)), tuple(p.source_index for p in h.driving))
+
+    def _evidence_text(self, h) -> Text:
+        out = Text("\n")
+        snippets = self.evidence.get(self._evidence_key(h))
+        if snippets is None:
+            key = self._evidence_key(h)
+            if key not in self._evidence_asked:  # one read per row; a row visited again is cached
+                self._evidence_asked.add(key)
+                self._load_evidence(h, key)
+            return out.append("evidence: reading…", style="dim")
+        if not snippets:
+            return out.append("evidence: the concept's features store no firing in these pairs", style="dim")
+        width = self.query_one("#hypothesis-detail", Static).content_region.width or 100
+        for i, s in enumerate(snippets):
+            head = f"{s.side:>8} #{s.source_index} " + (f"u {signed(s.u)} " if s.u is not None else "")
+            out.append(head, style="green" if s.side == "chosen" else "red")
+            before, span, after = around(s.before, s.span, s.after, width - len(head) - 1)
+            out.append(before)
+            out.append(span, style="bold reverse")
+            out.append(after + ("\n" if i < len(snippets) - 1 else ""))
+        return out
+
+    # Not exclusive: moving on must not cancel a read another row is waiting for.
+    @work(thread=True, exit_on_error=False, group="evidence", description="reading the concept's exemplars")
+    def _load_evidence(self, h, key: tuple) -> None:
+        snippets = self.app.session.evidence(h)
+        if not get_current_worker().is_cancelled:
+            self.post_message(EvidenceReady(key, snippets))
+
+    @on(EvidenceReady)
+    def _evidence_ready(self, event: EvidenceReady) -> None:
+        self.evidence[event.key] = event.snippets
+        h = self.current()
+        if h is not None and self._evidence_key(h) == event.key:
+            self._detail(self.triage.marked if self.triage else frozenset())
+
+    def action_kind(self) -> None:
+        """Show the next kind of hypothesis: all, data clusters, prompt concepts, concepts."""
+        self.kind = KINDS[(KINDS.index(self.kind) + 1) % len(KINDS)]
+        self.notify(f"showing {self.kind or 'every kind of'} hypotheses", timeout=2)
+        self.action_reload()
 
     @on(DataTable.RowHighlighted)
     def _highlighted(self) -> None:

@@ -1,5 +1,6 @@
-"""Models: the catalogue (packaged + the user's file) with what is in the local store; pull, verify,
-remove, and train the SAE of a model that has none published."""
+"""Models: the catalogue (packaged + the user's file) with what is in the local store, and the SAEs
+trained here for a dataset (RECIPE@KEY, with their corpus and FVU); pull, verify, remove, and train a
+recipe for the open workspace's dataset (t, as `datadebug sae train RECIPE --data FILE`)."""
 
 from __future__ import annotations
 
@@ -97,7 +98,7 @@ class ModelsScreen(DataScreen):
                     r.source,
                     Text("ready", style="bold green") if r.ready else Text("-", style="dim"),
                     size_text(r.size_bytes),
-                    line(r.detail or ("t trains it" if r.trainable else ""), 60),
+                    line(r.detail or ("t trains it for this dataset" if r.trainable else ""), 60),
                 ),
             )
             for r in m.rows
@@ -163,26 +164,31 @@ class ModelsScreen(DataScreen):
         )
 
     def action_train(self) -> None:
+        """Train the SAE recipe under the cursor for the open workspace's dataset ("RECIPE@KEY", the
+        SAE `index` uses for it): core.session.train_sae, as `datadebug sae train RECIPE --data FILE`."""
         r = self._current()
         if r is None:
             return
         if not r.trainable:
             self.notify(
-                one_line(f"{r.name} has no SAE to train here (or it is trained already)"),
+                one_line(f"{r.name} is not trained here: pull it (p) instead"),
                 severity="warning",
                 markup=False,
             )
             return
-        train = self.app.services.train_sae
+        app = self.app
+        data = [app.session.dataset_path] if app.info is not None and app.session.dataset_path.name else []
+        train = app.services.train_sae
+        corpus = data[0].name if data else "the bundled sample"
 
         def job(progress, cancel) -> str:
-            q = train(r.name, progress, cancel)
+            entry, q = train(r.name, data, progress=progress, cancel=cancel)
             return (
-                f"SAE for {r.name}: FVU {number(q.fvu)}, L0 {number(q.l0)}, "
+                f"SAE {entry.name} (for {corpus}): FVU {number(q.fvu)}, L0 {number(q.l0)}, "
                 f"dead {q.dead_fraction:.1%}"
             )
 
-        self._start(f"training the SAE of {r.name}", job)
+        self._start(f"training {r.name.split('@')[0]} for {corpus}", job)
 
     def action_cancel(self) -> None:
         self.query_one(JobPanel).cancel()

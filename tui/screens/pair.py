@@ -41,10 +41,10 @@ class PairScreen(DataScreen):
     SCREEN_TITLE = "Pair"
     LEGEND = (
         ("feature", "SAE feature id; the one under the cursor is highlighted above"),
-        ("C n", "the concept the pair was opened for: every firing of its features highlighted;"
-                " chosen / rejected: the share of its features firing (> 1% of the reply's tokens),"
-                " delta: u, their difference"),
-        ("delta", "its mean activation, chosen minus rejected reply"),
+        ("C n", "the concept the pair was opened for: every firing of its features highlighted; its"
+                " label says the share of its features firing strongly in each reply and u, their"
+                " difference, as the ranking reads them (a share, not an activation: no number columns)"),
+        ("delta", "a feature's mean activation, chosen minus rejected reply"),
         ("chosen", "its mean activation over the chosen reply's tokens"),
         ("rejected", "its mean activation over the rejected reply's tokens"),
         ("label", "published label, else tokens it fires on → tokens it promotes"),
@@ -121,10 +121,9 @@ class PairScreen(DataScreen):
                 CONCEPT_ROW,
                 (
                     Text(f"C{c.concept}", style="bold"),
-                    signed(c.u),
-                    number(c.chosen),
-                    number(c.rejected),
-                    line(f"concept: {c.name or len(c.features)}", 40, style="bold"),
+                    "", "", "",  # the number columns are activations; a concept's numbers are shares
+                    line(f"u {signed(c.u)} (share firing {number(c.chosen)} vs {number(c.rejected)})"
+                         f" · {c.name or len(c.features)}", 60, style="bold"),
                 ),
             ))
         rows += [
@@ -199,8 +198,8 @@ class PairScreen(DataScreen):
         if concept is not None:
             n = len(concept.features)
             caption = line(
-                f"C{concept.concept} «{concept.name}» ({n} feature{'s' * (n != 1)}): share firing in chosen"
-                f" {number(concept.chosen)}, in rejected {number(concept.rejected)}, u {signed(concept.u)}"
+                f"C{concept.concept} «{concept.name}» ({n} feature{'s' * (n != 1)}): share firing strongly in"
+                f" chosen {number(concept.chosen)}, in rejected {number(concept.rejected)}, u {signed(concept.u)}"
             )
         elif delta is not None:
             caption = line(

@@ -12,12 +12,14 @@ from textual.widgets import DataTable, Label
 from textual.worker import get_current_worker
 
 from core.views import HypothesisKey, PairRow, TriageState
-from tui.format import before_after, count, line, signed
+from core.errors import UsageError
+from tui.format import before_after, count, line, signed, text_widths
 from tui.messages import FeaturePairsReady, HypothesisPairsReady, PairRowsReady
 from tui.screens.base import DataScreen
 from tui.widgets.tables import KeyTable
 
 N_FEATURE_PAIRS = 20
+FIXED_WIDTH = 31  # pair (#12345), ✗, delta, the six columns' padding and the scroll bar
 
 
 class PairsScreen(DataScreen):
@@ -64,6 +66,7 @@ class PairsScreen(DataScreen):
         self.hypothesis = hypothesis  # a core.hypotheses.Hypothesis
         self.direction = ""
         self.rows: tuple[PairRow, ...] = ()
+        self.change = None  # a hypothesis' Δ and rank before -> after the marks (core.views.HypothesisChange)
 
     @classmethod
     def for_feature(cls, feature: int, label: str) -> PairsScreen:
@@ -107,8 +110,12 @@ class PairsScreen(DataScreen):
                 self.post_message(FeaturePairsReady(result))
         elif self.hypothesis is not None:
             pairs = session.hypothesis_pairs(self.hypothesis)
+            try:  # over all pairs, then without the marked ones
+                change = session.hypothesis_change(HypothesisKey.of(self.hypothesis), frozenset(), session.marked())
+            except UsageError:  # not ranked any more
+                change = None
             if not get_current_worker().is_cancelled:
-                self.post_message(HypothesisPairsReady(pairs))
+                self.post_message(HypothesisPairsReady(pairs, change))
         else:
             rows = session.pair_rows(self.cluster.source_indices)
             if not get_current_worker().is_cancelled:
@@ -125,6 +132,7 @@ class PairsScreen(DataScreen):
 
     @on(HypothesisPairsReady)
     def _hypothesis_pairs(self, event: HypothesisPairsReady) -> None:
+        self.change = event.change
         self._show(event.pairs.rows)
 
     def _show(self, rows: tuple[PairRow, ...]) -> None:
@@ -138,9 +146,14 @@ class PairsScreen(DataScreen):
         h = self.hypothesis
         if h is not None:
             name = h.concept_name or f"concept {h.concept}"
+            c = self.change
+            now = ""
+            if c is not None:
+                rank = before_after(*(r or 0 for r in c.rank), fmt=lambda r: f"#{r:.0f}" if r else "unranked")
+                now = f"Δ {before_after(*c.delta)} · rank {rank} (all pairs → without the marked) · "
             return line(
-                f"the {len(self.rows)} pairs that move «{name}» most in Δ's direction (not marked when"
-                f" ranked) · enter: the pair with the concept's tokens highlighted"
+                f"{now}the {len(self.rows)} pairs that move «{name}» most in Δ's direction"
+                f" (u per pair) · enter: the pair with the concept's tokens highlighted"
             )
         if self.feature is None:
             feats = "; ".join(f"#{f.feature} {f.label}" for f in self.cluster.top_features[:3])
@@ -153,8 +166,14 @@ class PairsScreen(DataScreen):
         )
         return line(f"{self.direction} · shift {shift} · the {len(self.rows)} pairs pushing it hardest")
 
+    def on_resize(self) -> None:
+        if self.rows:
+            self.call_after_refresh(self._fill)
+
     def _fill(self) -> None:
         self.query_one("#pairs-caption", Label).update(self._caption())
+        # prompt, chosen and rejected share what the other columns leave: both replies stay in view
+        prompt_w, chosen_w, rejected_w = text_widths(self.size.width or 120, FIXED_WIDTH, (0.26, 0.37, 0.37))
         self.query_one("#pairs", KeyTable).refill(
             (
                 str(r.source_index),
@@ -162,9 +181,9 @@ class PairsScreen(DataScreen):
                     f"#{r.source_index}",
                     Text("✗", style="bold red") if self.is_marked(r.source_index) else "",
                     signed(r.delta) if r.delta is not None else "",
-                    line(r.prompt, 40),
-                    line(r.chosen, 40),
-                    line(r.rejected, 40),
+                    line(r.prompt, prompt_w),
+                    line(r.chosen, chosen_w),
+                    line(r.rejected, rejected_w),
                 ),
             )
             for r in self.rows
@@ -173,6 +192,8 @@ class PairsScreen(DataScreen):
     def triage_changed(self, triage: TriageState | None) -> None:
         if self.rows:
             self._fill()
+        if self.rows and self.hypothesis is not None:  # its Δ and rank without the marks, again
+            self._load()
 
     def _current(self) -> int | None:
         key = self.query_one("#pairs", KeyTable).current_key()

@@ -341,6 +341,15 @@ class ShiftsScreen(DataScreen):
     def _filter_changed(self, event: Input.Changed) -> None:
         self.filter_text = event.value.strip()
         self._fill()
+        self._to_top()
+
+    def _to_top(self) -> None:
+        """Both tables back to their first row: a filter shows other rows, the old place means nothing."""
+        for direction in SIDES:
+            table = self.query_one(f"#{direction}", KeyTable)
+            if table.row_count:
+                table.move_cursor(row=0, animate=False)
+            table.scroll_to(0, 0, animate=False)
 
     @on(Input.Submitted, "#filter")
     def _filter_done(self) -> None:
@@ -354,6 +363,7 @@ class ShiftsScreen(DataScreen):
         box.add_class("-hidden")
         self.filter_text = ""
         self._fill()
+        self._to_top()
         self.query_one(f"#{self.side}", KeyTable).focus()
 
     def action_sort(self) -> None:

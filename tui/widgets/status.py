@@ -30,6 +30,10 @@ class StatusLine(Static):
             return Text("no workspace open", style="dim")
         i, t = self.info, self.triage
         line = Text(no_wrap=True, overflow="ellipsis")
+        width = max(self.content_region.width or self.size.width, 20)
+        sep = "  │  "
+        name = one_line(i.name)
+        model = one_line(f"  {i.model} / {i.sae} L{i.layer}")
         if t is not None:
             line.append(f"kept {count(t.n_kept)}", style="bold green")
             line.append(" · ")
@@ -38,15 +42,29 @@ class StatusLine(Static):
             undo = [x for x, ok in (("undo", t.can_undo), ("redo", t.can_redo)) if ok]
             if undo:
                 line.append(f" ({' '.join(undo)})", style="dim")
-            if self.note:
-                line.append("  │  ")
-                line.append(one_line(self.note), style="italic")
+            # what is left for the note and the plan once the counts and the workspace's name are in
+            room = width - len(line.plain) - len(sep) - len(name)
+            plan = None
             if self.plan is not None:
                 p = self.plan
-                line.append("  │  ")
+                plan = one_line(f"{p.kind} «{p.label}» {p.strength:g}", 40)
+            note = one_line(self.note) if self.note else ""
+            if plan is not None and room >= len(sep) + 5 + 12:
+                plan = one_line(plan, max(8, min(len(plan), room - len(sep) - 5 - (len(sep) + 12 if note else 0))))
+                room -= len(sep) + 5 + len(plan)
+            else:
+                plan = None
+            if note and room >= len(sep) + 8:
+                note = one_line(note, room - len(sep))
+                room -= len(sep) + len(note)
+                line.append(sep)
+                line.append(note, style="italic")
+            if plan is not None:
+                line.append(sep)
                 line.append("plan ", style="dim")
-                line.append(one_line(f"{p.kind} «{p.label}» {p.strength:g}", 40), style="bold magenta")
-            line.append("  │  ")
-        line.append(one_line(i.name), style="bold")
-        line.append(one_line(f"  {i.model} / {i.sae} L{i.layer}"), style="dim")
+                line.append(plan, style="bold magenta")
+            line.append(sep)
+        line.append(name, style="bold")
+        if len(line.plain) + len(model) <= width:  # the model goes first when it does not fit
+            line.append(model, style="dim")
         return line
