@@ -26,11 +26,9 @@ of the two):
     most 1. The concept view ("where replies have R at all, chosen replies have more of it") is a
     claim about the labels alone: its p is the sign test.
 
-The membership tail is exact (scipy's hypergeometric) for every row whose sign test gives p ≤ EXACT_BELOW;
-rows above it can never be established at any q ≤ EXACT_BELOW (p ≥ the sign test's p), and for them
-the normal approximation of the hypergeometric (with continuity correction) stands in, so that
-millions of cells cost seconds, not minutes. Their q are then approximate; whether a row is
-established is exact for any fdr ≤ EXACT_BELOW.
+Both tails are exact: the sign test's from scipy's bdtrc, the membership test's summed outwards from
+the pmf (`hypergeom_sf`), vectorised, so that the 2 million
+cells of a 260k-pair workspace cost seconds.
 
 q (Benjamini–Hochberg) is computed over every claim a view tests, and a view says how many that is.
 A claim is *established* when q < fdr (DEFAULT_FDR, a setting). With m claims and none established,
@@ -42,17 +40,17 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import special, stats
+from scipy import special
 
 DEFAULT_FDR = 0.1  # q below which a finding is established
 NORMAL_MIN = 50  # a global test uses the normal tail from this many moving pairs on
-EXACT_BELOW = 0.25  # the membership tail is exact for rows whose sign test reaches this p
+MAX_FDR = 0.25  # the largest false discovery rate a view accepts
 
 
 def check_fdr(fdr: float) -> float:
-    """`fdr` when it is a usable false discovery rate (0 < fdr ≤ EXACT_BELOW), else ValueError."""
-    if not (isinstance(fdr, int | float) and 0 < fdr <= EXACT_BELOW):
-        raise ValueError(f"fdr {fdr}: must be above 0 and at most {EXACT_BELOW}")
+    """`fdr` when it is a usable false discovery rate (0 < fdr ≤ MAX_FDR), else ValueError."""
+    if not (isinstance(fdr, int | float) and 0 < fdr <= MAX_FDR):
+        raise ValueError(f"fdr {fdr}: must be above 0 and at most {MAX_FDR}")
     return float(fdr)
 
 
@@ -74,26 +72,67 @@ def sign_test_p(x: np.ndarray, k: np.ndarray) -> np.ndarray:
     return np.where(k > 0, np.minimum(2 * one, 1.0), 1.0)
 
 
-def membership_p(x: np.ndarray, k: np.ndarray, big_k: np.ndarray, big_n: np.ndarray, exact: np.ndarray) -> np.ndarray:
+def membership_p(x: np.ndarray, k: np.ndarray, big_k: np.ndarray, big_n: np.ndarray) -> np.ndarray:
     """Two-sided p of x of a group's k pairs going Δ's way, when big_k of the view's big_n pairs go
     that way and the group is drawn at random among them (hypergeometric; the tail in Δ's direction
-    doubled). Exact where `exact`, the normal approximation elsewhere (module doc)."""
-    x, k, big_k, big_n = (np.asarray(a, np.int64) for a in (x, k, big_k, big_n))
-    out = np.ones(len(x))
-    if not len(x):
-        return out
-    exact = np.asarray(exact, bool) & (x > 0)
-    if exact.any():
-        out[exact] = stats.hypergeom.sf(x[exact] - 1, big_n[exact], big_k[exact], k[exact])
-    approx = ~exact & (x > 0)
-    if approx.any():
-        n_, kk, kin, xx = big_n[approx], big_k[approx], k[approx], x[approx]
-        mean = kin * kk / np.maximum(n_, 1)
-        var = kin * (kk / np.maximum(n_, 1)) * (1 - kk / np.maximum(n_, 1)) * (n_ - kin) / np.maximum(n_ - 1, 1)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            z = np.where(var > 0, (xx - 0.5 - mean) / np.sqrt(var), np.where(xx > mean, np.inf, -np.inf))
-        out[approx] = special.ndtr(-z)
-    return np.minimum(2 * out, 1.0)
+    doubled, at most 1)."""
+    return np.minimum(2 * hypergeom_sf(x, k, big_k, big_n), 1.0)
+
+
+def _log_pmf(x, n, big_k, big_n):
+    """log P(X = x), X hypergeometric: `n` draws from `big_n` holding `big_k` successes."""
+    g = special.gammaln
+    return (g(big_k + 1) - g(x + 1) - g(big_k - x + 1) + g(big_n - big_k + 1) - g(n - x + 1)
+            - g(big_n - big_k - n + x + 1) - g(big_n + 1) + g(n + 1) + g(big_n - n + 1))
+
+
+def hypergeom_sf(x: np.ndarray, n: np.ndarray, big_k: np.ndarray, big_n: np.ndarray, terms: int = 400) -> np.ndarray:
+    """P(X ≥ x) for X hypergeometric (`n` draws from `big_n` holding `big_k` successes), elementwise.
+    Summed from the pmf at the tail's start outwards (terms shrink away from the mode), upper tail
+    for x above the mean and 1 − the lower tail below it, stopping where a term is under 1e-15 of the
+    sum; after `terms` terms the rest is bounded by a geometric series (the ratios fall), which can
+    only raise the upper tail. scipy's hypergeom.sf gives the same (tested) but sums in Python per
+    element: 15 s for the 460k cells of a 60k-pair workspace."""
+    x, n, big_k, big_n = (np.asarray(a, np.float64) for a in (x, n, big_k, big_n))
+    lo, hi = np.maximum(0, n + big_k - big_n), np.minimum(n, big_k)
+    out = np.where(x <= lo, 1.0, 0.0)
+    mid = (x > lo) & (x <= hi)
+    upper = mid & (x > n * big_k / np.maximum(big_n, 1))
+    for part, up in ((upper, True), (mid & ~upper, False)):
+        idx = np.nonzero(part)[0]
+        if not len(idx):
+            continue
+        xx, nn, kk, NN = x[idx], n[idx], big_k[idx], big_n[idx]
+        j = xx if up else xx - 1  # the upper tail from x, or the lower tail to x - 1
+        term = np.exp(_log_pmf(j, nn, kk, NN))
+        total = term.copy()
+        end = hi[idx] if up else lo[idx]
+        live = np.arange(len(idx))
+        for _ in range(terms):
+            jj, t = j[live], term[live]
+            a, b, c, d = kk[live], nn[live], NN[live], end[live]
+            if up:
+                ratio = (a - jj) * (b - jj) / ((jj + 1) * (c - a - b + jj + 1))
+                more = jj + 1 <= d
+            else:
+                ratio = jj * (c - a - b + jj) / ((a - jj + 1) * (b - jj + 1))
+                more = jj - 1 >= d
+            t = np.where(more, t * ratio, 0.0)
+            term[live], j[live] = t, jj + (1 if up else -1)
+            total[live] += t
+            keep = t > 1e-15 * total[live]
+            live = live[keep]
+            if not len(live):
+                break
+        if len(live):  # geometric bound of what is left (ratios fall away from the mode)
+            jj, t = j[live], term[live]
+            a, b, c = kk[live], nn[live], NN[live]
+            ratio = ((a - jj) * (b - jj) / ((jj + 1) * (c - a - b + jj + 1)) if up
+                     else jj * (c - a - b + jj) / ((a - jj + 1) * (b - jj + 1)))
+            rest = np.where(ratio < 1, t * ratio / np.maximum(1 - ratio, 1e-300), np.inf)
+            total[live] += rest if up else 0.0  # the lower tail is subtracted: leaving it out raises sf
+        out[idx] = np.clip(total if up else 1.0 - total, 0.0, 1.0)
+    return out
 
 
 def bh_q(p: np.ndarray) -> np.ndarray:

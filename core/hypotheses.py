@@ -70,7 +70,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from core import concepts as C
-from core.calibration import DEFAULT_FDR, EXACT_BELOW, bh_q, check_fdr, detectable_pairs, membership_p, sign_test_p
+from core.calibration import DEFAULT_FDR, bh_q, check_fdr, detectable_pairs, membership_p, sign_test_p
 from core.errors import UsageError
 from core.progress import ProgressFn
 
@@ -451,8 +451,7 @@ class Hypotheses:
             t_pos = st.total[3].reshape(2, -1)[:, vm].sum(0)[local]
             t_neg = st.total[4].reshape(2, -1)[:, vm].sum(0)[local]
             view_rows = (n_in + n_out)[local]
-            p_where = membership_p(x[local], n_in[local], np.where(up[local], t_pos, t_neg), view_rows,
-                                   exact=p[local] <= EXACT_BELOW)
+            p_where = membership_p(x[local], n_in[local], np.where(up[local], t_pos, t_neg), view_rows)
             p[local] = np.maximum(p[local], p_where)
         return p
 

@@ -58,22 +58,25 @@ def test_sign_flip_p_holds_its_level_under_the_label_swap_null(n):
         assert (p1 <= 0.05).mean() > 0.5
 
 
-def test_membership_p_exact_and_approximate():
-    x, k, big_k, big_n = np.array([6, 3, 40]), np.array([6, 10, 60]), np.array([30, 30, 500]), np.array([60, 60, 1000])
-    exact = membership_p(x, k, big_k, big_n, exact=np.ones(3, bool))
-    by_hand = [min(1, 2 * stats.hypergeom.sf(a - 1, c, b, kk)) for a, kk, b, c in zip(x, k, big_k, big_n)]
-    assert np.allclose(exact, by_hand)
-    approx = membership_p(x, k, big_k, big_n, exact=np.zeros(3, bool))
-    assert approx[2] == pytest.approx(exact[2], rel=0.35)  # the normal stand-in where counts are large
-    # random membership among the moving pairs: level held
-    rng = np.random.default_rng(1)
-    sides = rng.random(200) < 0.7  # a global bias, the same everywhere
-    ps = []
-    for _ in range(3000):
-        inside = rng.choice(200, size=15, replace=False)
-        xi = sides[inside].sum()
-        ps.append(membership_p(np.array([xi]), np.array([15]), np.array([sides.sum()]), np.array([200]),
-                           exact=np.ones(1, bool))[0])
+def test_membership_p_is_the_exact_hypergeometric_tail():
+    from core.calibration import hypergeom_sf
+
+    rng = np.random.default_rng(5)
+    big_n = rng.integers(1, 3000, 4000)
+    big_k = (big_n * rng.random(4000)).astype(int)
+    n = (big_n * rng.random(4000)).astype(int)
+    x = rng.integers(-2, np.maximum(n, 1) + 3)
+    ours = hypergeom_sf(x, n, big_k, big_n)
+    theirs = stats.hypergeom.sf(x - 1, big_n, big_k, n)
+    assert np.allclose(ours, theirs, rtol=1e-6, atol=1e-12)
+    # far tails keep their magnitude (BH reads tiny p's)
+    tiny = (theirs < 1e-6) & (theirs > 0)
+    assert tiny.any() and np.allclose(np.log(ours[tiny]), np.log(theirs[tiny]), rtol=1e-6)
+    assert np.allclose(membership_p(x, n, big_k, big_n), np.minimum(2 * theirs, 1), rtol=1e-6, atol=1e-12)
+    # random membership among the view's pairs, with a global bias: level held
+    sides = rng.random(200) < 0.7
+    ps = [membership_p(np.array([sides[rng.choice(200, size=15, replace=False)].sum()]), np.array([15]),
+                       np.array([sides.sum()]), np.array([200]))[0] for _ in range(3000)]
     assert (np.array(ps) <= 0.05).mean() <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / 3000)
 
 
