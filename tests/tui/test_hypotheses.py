@@ -322,4 +322,4 @@ async def test_the_landing_view_says_how_sure_it_is(planted_workspace, tmp_path)
         assert table.cursor_row == 1
         caption = str(screen.query_one("#hypotheses-caption").content)
         assert "nothing established at this data size" in caption
-        assert f"≈ {screen.report.detectable_pairs} pairs" in caption
+        assert f"≈ {screen.report.detectable_pairs} pairs all one way" in caption

@@ -80,16 +80,16 @@ def where_text(h) -> str:
 
 def nothing_established(rep, concepts) -> Text:
     """What the landing view says when no hypothesis is established: what the data could have shown,
-    and which global concept shifts are established (`concepts`, core.views.ConceptsView, or None)."""
-    out = Text(f"nothing established at this data size: a finding needs ≈ {rep.detectable_pairs} pairs of one"
-               " group all moving its concept one way", style="bold")
+    and which global concept shifts are established (`concepts`, core.views.ConceptsView, or None).
+    Each line fits 80 columns."""
+    out = Text(f"nothing established at this data size (a finding needs ≈ {rep.detectable_pairs} pairs all"
+               " one way)", style="bold")
     if concepts is not None and concepts.rows:
         names = ", ".join(f"«{r.name or r.shift.concept}» {'↑' if r.shift.shift > 0 else '↓'} q {q_text(r.shift.q)}"
                           for r in concepts.rows[:4])
-        out.append_text(Text("\nestablished global shifts (Concepts, 4): ") + safe(names))
+        out.append_text(Text("\nestablished global shifts (Concepts, 2): ") + safe(names))
     elif concepts is not None:
-        out.append(f"\nno global concept shift is established either (smallest it could show: "
-                   f"{concepts.detectable_d:.2f} SD)")
+        out.append(f"\nno global concept shift established either (it could show ≥ {concepts.detectable_d:.2f} SD)")
     return out
 
 
