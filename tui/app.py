@@ -108,7 +108,7 @@ class DataDebugApp(App):
         Binding("u", "undo", "Undo", id="triage.undo"),
         Binding("ctrl+r", "redo", "Redo", show=False, id="triage.redo"),
         Binding("x", "export", "Export", id="triage.export"),
-        Binding("R", "report", "Write the report (Markdown, HTML, plots)", show=False, id="app.report"),
+        Binding("R", "report", "Write the report", show=False, id="app.report"),
         Binding("1", "go('hypotheses')", "Hypotheses screen", show=False, id="go.hypotheses"),
         Binding("2", "go('concepts')", "Concepts screen", show=False, id="go.concepts"),
         Binding("3", "go('prompts')", "Prompt hypotheses screen", show=False, id="go.prompts"),

@@ -115,7 +115,9 @@ async def test_mark_top_pairs_shows_before_and_after_then_rerank(workspace):
         await pilot.press("y")
         await settle(pilot)
         assert marks_on_disk(workspace) == top
-        shift_cell = str(table.get_row(str(feature))[1])
+        row = table.get_row(str(feature))
+        assert str(row[1]) == "…"  # its q: re-ranking is needed, the old q is not shown as current
+        shift_cell = str(row[2])
         assert "→" in shift_cell  # before -> after
         before, after = (float(x) for x in shift_cell.split("→"))
         assert after < before
