@@ -106,7 +106,14 @@ def test_screen(snap_compare, workspace, size, name, monkeypatch):
 
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("name", list(LANDING))
-def test_landing(snap_compare, workspace, size, name):
+def test_landing(snap_compare, workspace, size, name, monkeypatch, tmp_path_factory):
+    from core.session import Session
+
+    # the plan dialog prints the train-dpo command with absolute paths: the test's temporary root,
+    # which differs per run, is drawn as /tmp/pytest
+    base, command = str(tmp_path_factory.getbasetemp()), Session.train_dpo_command
+    monkeypatch.setattr(Session, "train_dpo_command",
+                        lambda self, *a, **k: command(self, *a, **k).replace(base, "/tmp/pytest"))
     assert snap_compare(make_app(workspace), terminal_size=size, run_before=steps(*LANDING[name], start=landed))
 
 
