@@ -83,6 +83,7 @@ CONCEPT_MAX_SHARE = 0.1
 LEAN_AWARE = True
 V_SCALE = 2.0**32  # v is summed in fixed point, v·V_SCALE rounded (module doc, What-if)
 REFRESH_ROWS = 1000  # a what-if touching up to this many rows goes on from the last one, not from all pairs
+CALIBRATIONS = 2  # (p, q) kept per state of the marks (a preview alternates between two)
 DRIVING_CACHE = 4096  # (group, concept, direction) orders of driving pairs kept
 EXPRESSES = 0.5  # a reply expresses a concept when this share of its features fire (as prompts: core.structure)
 
@@ -314,7 +315,9 @@ class Hypotheses:
         self._G_int, self._A_int = self.G.astype(np.int64), self.A.astype(np.int64)
         self.full = self._add(_Sums(len(self.keys), self.n_groups, M), np.arange(n), +1)
         self._cache: tuple[frozenset, _Sums] | None = None  # the last call's excluded pairs and sums
-        self._calib: tuple | None = None  # (excluded, kind, p, q) of the last calibration
+        # (excluded, kind) -> (p, q) of the last CALIBRATIONS states: a mark preview asks for two
+        # (marks now, and with the selection) in turn, and each is a full pass over the cells
+        self._calib: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
         self._ref: _Reference | None = None  # the last full pass over every cell, kept as bounds
         self._cell_kind = self.group_kind[self.cell_group].astype(np.int8)
         self._v_max = float(np.abs(self._v_int.data).max()) / V_SCALE if self._v_int.nnz else 0.0
@@ -457,14 +460,17 @@ class Hypotheses:
 
     def _calibrated(self, st: _Sums, excluded: frozenset, kind: str | None) -> tuple[np.ndarray, np.ndarray]:
         """(p, q) per cell under the sums `st` (those of `excluded`): q by Benjamini–Hochberg over the
-        cells of `kind` (all cells when None; NaN for the others). Kept until the marks change."""
-        if self._calib is not None and self._calib[:2] == (excluded, kind):
-            return self._calib[2:]
+        cells of `kind` (all cells when None; NaN for the others). Kept for the last CALIBRATIONS states of the marks."""
+        hit = self._calib.get((excluded, kind))
+        if hit is not None:
+            return hit
         p = self._p_values(st, slice(None))
         q = np.full(len(p), np.nan)
         tested = self._tested(kind)
         q[tested] = bh_q(p[tested])
-        self._calib = (excluded, kind, p, q)
+        if len(self._calib) >= CALIBRATIONS:
+            self._calib.pop(next(iter(self._calib)))
+        self._calib[(excluded, kind)] = (p, q)
         return p, q
 
     def _tested(self, kind: str | None) -> np.ndarray:
