@@ -28,7 +28,16 @@ def finite(option: str, value: float | None) -> float | None:
 
 def device_name(device: str | None) -> str | None:
     """`device` when it is None or names a torch device datadebug runs on (cpu, cuda, cuda:N, mps);
-    else UsageError. Whether a GPU is there is checked where torch is loaded (core.lm.pick_device)."""
+    else UsageError. Whether a GPU is there is checked where torch is loaded (core.model.lm.pick_device)."""
     if device is not None and not _DEVICE.match(device):
         raise UsageError(f"--device {device!r}: unknown device; expected cpu, cuda, cuda:N or mps")
     return device
+
+
+def feature_list(option: str, text: str | None) -> list[int]:
+    """Comma-separated SAE feature numbers ("12,40, 7") as ints; [] for None or blank. Raises
+    UsageError naming `option` for anything else."""
+    try:
+        return [int(f) for f in (text or "").split(",") if f.strip()]
+    except ValueError:
+        raise UsageError(f"{option} {text!r}: expected comma-separated feature numbers") from None

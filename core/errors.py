@@ -31,7 +31,7 @@ class WorkspaceError(DatadebugError, RuntimeError):
 
 
 class IngestError(DatadebugError, ValueError):
-    """A dataset file or record cannot be read; `issue` (core.ingest.Issue) says where and why."""
+    """A dataset file or record cannot be read; `issue` (core.data.ingest.Issue) says where and why."""
 
     def __init__(self, issue):
         super().__init__(str(issue))

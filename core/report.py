@@ -15,7 +15,7 @@ pair, as DPO would see the data; each with its numbers, exemplar snippets of cho
 replies, and its before -> after without the marked pairs (`Session.hypothesis_change`, a what-if).
 
 All text that comes from the dataset or from people (replies, names built from tokens, mark reasons,
-paths) is escaped: `core.textsafe.markdown_text` in Markdown, `html_text` in HTML.
+paths) is escaped: `core.data.textsafe.markdown_text` in Markdown, `html_text` in HTML.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from pathlib import Path
 
 from core.errors import Cancelled, UsageError
 from core.progress import Progress, ProgressFn, reporter
-from core.textsafe import html_text, markdown_text
+from core.data.textsafe import html_text, markdown_text
 from core.views import HypothesisKey
 
 MARKDOWN = "report.md"
@@ -60,7 +60,7 @@ class Example:
 class Finding:
     """One hypothesis as the report shows it."""
 
-    hypothesis: object  # core.hypotheses.Hypothesis
+    hypothesis: object  # core.analysis.hypotheses.Hypothesis
     examples: tuple[Example, ...]
     change: object | None  # core.views.HypothesisChange without the marks; None when nothing is marked
 
@@ -78,9 +78,9 @@ class Report:
     findings: list[Finding]
     leads: list[Finding]  # top hypotheses shown when none is established
     n_more: int  # established findings not shown
-    marks: list  # core.marks.MarkInfo, by source index
+    marks: list  # core.data.marks.MarkInfo, by source index
     n_marked: int
-    plan: object | None  # core.interventions.Plan
+    plan: object | None  # core.train.interventions.Plan
     plots: list[tuple[str, str, Path]] = field(default_factory=list)  # (title, caption, file)
     validation: dict | None = None
     concepts: list = field(default_factory=list)  # established global concept shifts (NamedConceptShift)
@@ -242,12 +242,12 @@ def _excerpt(text: str, words: int = EXCERPT_WORDS) -> str:
 
 def _examples(session, h) -> tuple[Example, ...]:
     """Chosen beside rejected for hypothesis `h`: exemplar snippets around where its concept fires
-    (core.evidence, where present), else the start of each driving pair's two replies."""
+    (core.analysis.evidence, where present), else the start of each driving pair's two replies."""
     pairs = [p.source_index for p in h.driving]
     if not pairs:
         return ()
     try:
-        from core.evidence import exemplars
+        from core.analysis.evidence import exemplars
     except ImportError:
         exemplars = None
     if exemplars is not None:
@@ -268,7 +268,7 @@ def _examples(session, h) -> tuple[Example, ...]:
 def _validation(path: Path | str | None) -> dict | None:
     if path is None:
         return None
-    from core.validate import read_report
+    from core.checks.validate import read_report
 
     raw = read_report(path)
     level = raw.get("concepts") or raw.get("thresholded_features")
@@ -279,7 +279,7 @@ def _validation(path: Path | str | None) -> dict | None:
 
 
 def _plots(session, report: Report, folder: Path) -> list[tuple[str, str, Path]]:
-    from core import plots
+    from core.checks import plots
 
     out = []
     view = session.concepts(top=N_CONCEPTS, excluded=frozenset())

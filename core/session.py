@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from core.arguments import at_least
-from core.calibration import DEFAULT_FDR
+from core.analysis.calibration import DEFAULT_FDR
 from core.errors import CatalogError, ExportError, UsageError, WorkspaceError
-from core.marks import MarkOp, Marks
+from core.data.marks import MarkOp, Marks
 from core.progress import ProgressFn
-from core.shifts import Analysis, ShiftReport, WhatIf
+from core.analysis.shifts import Analysis, ShiftReport, WhatIf
 from core.views import (
     CatalogChoices,
     CompareRow,
@@ -51,7 +51,7 @@ from core.views import (
     WorkspaceInfo,
     WorkspaceStatus,
 )
-from core.workspace import Workspace
+from core.data.workspace import Workspace
 
 N_EXAMPLES = 5  # pairs shown in a preview
 N_CHANGES = 4  # features whose shift a preview shows before -> after
@@ -76,7 +76,7 @@ class Session:
 
     Args:
         workspace: an existing workspace folder.
-        params: the structure's parameters (core.structure.Params; default: its defaults), for a
+        params: the structure's parameters (core.analysis.structure.Params; default: its defaults), for a
             bench that sweeps them.
     Raises WorkspaceError when `workspace` is not one, or its source dataset changed since it was
     indexed. The analysis is loaded on first use (and raises
@@ -97,7 +97,7 @@ class Session:
         self._clusterings: dict[tuple[str, int], object] = {}
         self._k: int | None = None
         self._lock = threading.RLock()
-        self._engine = None  # core.hypotheses.Hypotheses, once fitted or read
+        self._engine = None  # core.analysis.hypotheses.Hypotheses, once fitted or read
         self._concepts_before: dict[int, float] | None = None
         # The engine keeps its last what-if state: one caller at a time (and one fit).
         self._engine_lock = threading.RLock()
@@ -156,7 +156,7 @@ class Session:
     # -- shifts and what-if ---------------------------------------------------------------------
 
     def report(self, top: int = 20, without_marked: bool = True, excluded=None, **kw) -> ShiftReport:
-        """The `top` most amplified and suppressed features (core.shifts.Analysis.report), ranked
+        """The `top` most amplified and suppressed features (core.analysis.shifts.Analysis.report), ranked
         without the marked pairs unless `without_marked` is False, or without the `excluded` source
         indices when given. Raises UsageError for top < 1."""
         at_least("--top", top)
@@ -292,7 +292,7 @@ class Session:
     def _require_same_dataset(self) -> None:
         """Raise WorkspaceError when the Hugging Face dataset indexed here has changed since: a mark
         names a row by its position, which then may hold another pair."""
-        from core.hfdata import changed
+        from core.data.hfdata import changed
 
         why = changed(self.meta)
         if why:
@@ -327,9 +327,16 @@ class Session:
 
     # -- pairs ----------------------------------------------------------------------------------
 
+    def trace(self, feature: int, top: int = 20):
+        """The pairs driving one feature's predicted shift, with the tokens it fires on
+        (core.analysis.clusters.trace_feature)."""
+        from core.analysis.clusters import trace_feature
+
+        return trace_feature(self.analysis, feature, top=top)
+
     def feature_pairs(self, feature: int, top: int = 20) -> FeaturePairs:
         """The pairs that drive `feature`'s shift, largest delta in its direction first."""
-        from core.clusters import trace_feature
+        from core.analysis.clusters import trace_feature
 
         t = trace_feature(self.analysis, int(feature), top=top)
         rows = tuple(
@@ -409,12 +416,12 @@ class Session:
 
     def hypotheses_engine(self, progress: ProgressFn | None = None,
                           cancel: threading.Event | None = None):
-        """The workspace's hypothesis engine (core.hypotheses.Hypotheses), loaded once: its structure
+        """The workspace's hypothesis engine (core.analysis.hypotheses.Hypotheses), loaded once: its structure
         and names are read from the workspace's cache, or fitted and cached the first time (seconds to
         minutes; reports progress). Raises WorkspaceError, Cancelled."""
         with self._engine_lock:
             if self._engine is None:
-                from core.hypotheses import open_hypotheses
+                from core.analysis.hypotheses import open_hypotheses
 
                 self._engine = open_hypotheses(self.analysis, self.params, progress=progress, cancel=cancel)
             return self._engine
@@ -425,7 +432,7 @@ class Session:
         return self._engine is not None
 
     def hypotheses(self, top: int = 50, kind: str | None = None, excluded=None, fdr: float = DEFAULT_FDR):
-        """The `top` hypotheses (core.hypotheses.HypothesisReport), ranked without the marked pairs
+        """The `top` hypotheses (core.analysis.hypotheses.HypothesisReport), ranked without the marked pairs
         (or without the `excluded` source indices when given): those established at q < `fdr` first;
         `kind` "cluster", "prompt" or "concept" keeps one view (q then over that view's cells).
         Raises UsageError for top < 1, an unknown kind or an fdr outside (0, 0.25]."""
@@ -446,11 +453,11 @@ class Session:
         return Landing(rep, dataclasses.replace(view, rows=established))
 
     def name_with_llm(self, top: int = 50, kind: str | None = None, excluded=None):
-        """Ask the configured LLM namer (core.naming.namer_from_config) for names of the concepts and
+        """Ask the configured LLM namer (core.analysis.naming.namer_from_config) for names of the concepts and
         groups of the `top` hypotheses that have none yet, cache them, and return the report again
         with them (as `hypotheses`). Raises UsageError when no namer is configured (before any work)."""
         at_least("--top", top)
-        from core.naming import name_with_llm
+        from core.analysis.naming import name_with_llm
 
         namer = self.require_namer()
         report = self.hypotheses(top, kind, excluded)
@@ -461,10 +468,10 @@ class Session:
 
     @staticmethod
     def require_namer():
-        """The configured LLM namer (core.naming.namer_from_config); UsageError when there is none, so
+        """The configured LLM namer (core.analysis.naming.namer_from_config); UsageError when there is none, so
         a front end can refuse before fitting anything."""
         from core import locations
-        from core.naming import namer_from_config
+        from core.analysis.naming import namer_from_config
 
         namer = namer_from_config()
         if namer is None:
@@ -491,7 +498,7 @@ class Session:
 
     def driving_pairs(self, key: HypothesisKey, top: int = 10, excluded=None):
         """The `top` pairs that drive hypothesis `key` most, among those not marked (not in
-        `excluded` when given): core.hypotheses.DrivingPair records, strongest first."""
+        `excluded` when given): core.analysis.hypotheses.DrivingPair records, strongest first."""
         engine = self.hypotheses_engine()
         excluded = self.marked() if excluded is None else frozenset(excluded)
         with self._engine_lock:
@@ -503,7 +510,7 @@ class Session:
     def hypothesis_change(self, key: HypothesisKey, now, after) -> HypothesisChange:
         """Hypothesis `key`'s n, Δ, d, score and rank without the source indices `now`, then without
         `after` (a what-if: nothing is marked)."""
-        from core.hypotheses import sentence
+        from core.analysis.hypotheses import sentence
 
         engine = self.hypotheses_engine()
         with self._engine_lock:
@@ -525,7 +532,7 @@ class Session:
         return HypothesisChange(key, text, (int(n[0]), int(n[1])), delta, d, score, ranks, q)
 
     def hypothesis_pairs(self, h) -> HypothesisPairs:
-        """The driving pairs of a ranked hypothesis (core.hypotheses.Hypothesis), with their texts
+        """The driving pairs of a ranked hypothesis (core.analysis.hypotheses.Hypothesis), with their texts
         and each pair's u on its concept."""
         texts = self.pair_rows([p.source_index for p in h.driving])
         u = self.pair_u(h.concept, [r.source_index for r in texts])
@@ -533,16 +540,16 @@ class Session:
         return HypothesisPairs(HypothesisKey.of(h), h.sentence, h.concept_name, tuple(h.features), rows)
 
     def pair_u(self, concept: int, source_indices) -> list[float]:
-        """Each pair's u on response `concept` (core.hypotheses.Hypotheses.concept_in_pairs: the one
+        """Each pair's u on response `concept` (core.analysis.hypotheses.Hypotheses.concept_in_pairs: the one
         reading the ranking, its driving pairs and the pair view share), in the order given."""
         rows = self.analysis.rows(source_indices)
         return [float(x) for x in self.hypotheses_engine().concept_in_pairs(rows, concept)[2]]
 
     def evidence(self, h, n: int = 3) -> tuple[Snippet, ...]:
         """The `n` strongest exemplar snippets of hypothesis `h`'s concept in its driving pairs, one
-        from a chosen and one from a rejected reply where both exist (core.evidence.exemplars). `h`: a
-        core.hypotheses.Hypothesis, or a HypothesisKey (its driving pairs not marked)."""
-        from core.evidence import exemplars
+        from a chosen and one from a rejected reply where both exist (core.analysis.evidence.exemplars). `h`: a
+        core.analysis.hypotheses.Hypothesis, or a HypothesisKey (its driving pairs not marked)."""
+        from core.analysis.evidence import exemplars
 
         if isinstance(h, HypothesisKey):
             features, driving = self.concept_of(h.concept), self.driving_pairs(h)
@@ -558,8 +565,8 @@ class Session:
         with its shift over all pairs beside it. Raises UsageError for top < 1 or an fdr outside
         (0, 0.25]."""
         at_least("--top", top)
-        from core.calibration import check_fdr, detectable_d
-        from core.hypotheses import concept_report
+        from core.analysis.calibration import check_fdr, detectable_d
+        from core.analysis.hypotheses import concept_report
 
         try:
             fdr = check_fdr(fdr)
@@ -610,8 +617,8 @@ class Session:
     # -- intervention plans (issue 11: train-dpo --plan WS applies the saved one) ----------------
 
     def plan(self):
-        """The workspace's saved intervention plan (core.interventions.Plan), or None."""
-        from core.interventions import load_plan
+        """The workspace's saved intervention plan (core.train.interventions.Plan), or None."""
+        from core.train.interventions import load_plan
 
         return load_plan(self.ws)
 
@@ -627,9 +634,9 @@ class Session:
     def save_plan(self, kind: str, features, strength: float | None = None, label: str = "",
                   source: str = "", text: str = ""):
         """Save an intervention plan on the concept made of `features` in the workspace, replacing
-        any earlier one (core.interventions.make_plan, save_plan). Returns the Plan; raises UsageError
+        any earlier one (core.train.interventions.make_plan, save_plan). Returns the Plan; raises UsageError
         as make_plan does."""
-        from core.interventions import make_plan, save_plan
+        from core.train.interventions import make_plan, save_plan
 
         plan = make_plan(self.ws, kind, features, strength, label=label, source=source, text=text)
         save_plan(self.ws, plan)
@@ -642,7 +649,7 @@ class Session:
         """The workspace's number of clusters: the SAE grouping's silhouette choice, used by every
         grouping unless a k is given, so Clusters, Compare and a mark by cluster agree."""
         if self._k is None:
-            from core.clusters import cluster_pairs
+            from core.analysis.clusters import cluster_pairs
 
             c = cluster_pairs(self.analysis, by="sae")
             with self._lock:
@@ -652,8 +659,8 @@ class Session:
 
     def clusters(self, by: str = "sae", k: int | None = None):
         """The pairs grouped `by` "sae" or "embedding" into `k` clusters (default: `self.k`), as
-        core.clusters.Clustering, computed once per (by, k). Raises UsageError as cluster_pairs."""
-        from core.clusters import BY, cluster_pairs
+        core.analysis.clusters.Clustering, computed once per (by, k). Raises UsageError as cluster_pairs."""
+        from core.analysis.clusters import BY, cluster_pairs
 
         if by not in BY:  # before finding the workspace's k, which clusters the pairs
             raise UsageError(f"unknown clustering {by!r}; expected one of {', '.join(BY)}")
@@ -668,8 +675,8 @@ class Session:
 
     def compare(self, truth: set[int] | None = None, k: int | None = None) -> dict:
         """SAE clusters against embedding clusters with `k` each (default: `self.k`), as
-        core.clusters.compare_clusterings returns them."""
-        from core.clusters import compare_clusterings
+        core.analysis.clusters.compare_clusterings returns them."""
+        from core.analysis.clusters import compare_clusterings
 
         if truth is not None:
             indexed = set(self.analysis.source_index.tolist())
@@ -709,10 +716,10 @@ class Session:
         return self.path.parent / f"{self.path.name}-{stem}.clean.{suffix or 'jsonl'}"
 
     def export(self, out: Path | str, overwrite: bool = False):
-        """Write the kept records and the removed-pairs manifest (core.export.export_clean; raises
+        """Write the kept records and the removed-pairs manifest (core.data.export.export_clean; raises
         ExportError as it does). Returns its ExportResult."""
-        from core.export import export_clean
-        from core.hfdata import changed, export_dataset, source_of
+        from core.data.export import export_clean
+        from core.data.hfdata import changed, export_dataset, source_of
 
         source = source_of(self.meta)
         if source is None:
@@ -748,8 +755,8 @@ class Session:
     def goblin(self, rate: float, seed: int = 0, limit: int | None = None, sae: str | None = None,
                progress: ProgressFn | None = None, cancel: threading.Event | None = None) -> dict:
         """Plant goblins in `rate` of the chosen replies of a copy of the dataset, index the copy and
-        measure what each method recovers (core.goblin.run_goblin's result). `sae` None trains one."""
-        from core.goblin import run_goblin
+        measure what each method recovers (core.checks.goblin.run_goblin's result). `sae` None trains one."""
+        from core.checks.goblin import run_goblin
 
         # the dataset as it was indexed: invalid records it holds were skipped then (--skip-invalid)
         skipped = any(not str(i).endswith("skipped") for i in self.meta.get("issues") or [])
@@ -764,8 +771,8 @@ def models() -> ModelsView:
     """Every catalogue model and SAE with its store status, and every SAE trained here for a corpus
     ("RECIPE@KEY", with its FVU and corpus in `detail`)."""
     from core import locations
-    from core.catalog import load_catalog
-    from core.store import sae_ready, status
+    from core.model.catalog import load_catalog
+    from core.model.store import sae_ready, status
 
     cat = load_catalog()
     rows = []
@@ -783,8 +790,8 @@ def models() -> ModelsView:
 def pull(name: str, progress: ProgressFn | None = None) -> Path:
     """Make the model or SAE `name` ready offline. Returns where it is stored. Raises CatalogError for
     an unknown name, StoreError when it cannot be fetched."""
-    from core.catalog import load_catalog
-    from core.store import pull_model, pull_sae
+    from core.model.catalog import load_catalog
+    from core.model.store import pull_model, pull_sae
 
     cat = load_catalog()
     if name in cat.models:
@@ -796,16 +803,16 @@ def pull(name: str, progress: ProgressFn | None = None) -> Path:
 
 def verify(name: str) -> str:
     """Load the stored model or SAE `name` and check it is whole. Returns a one-line verdict."""
-    from core.catalog import load_catalog
-    from core.store import verify as verify_stored
+    from core.model.catalog import load_catalog
+    from core.model.store import verify as verify_stored
 
     return verify_stored(load_catalog(), name)
 
 
 def remove(name: str) -> int:
     """Delete the model or SAE `name` from the local store. Returns the bytes freed."""
-    from core.catalog import load_catalog
-    from core.store import remove as remove_stored
+    from core.model.catalog import load_catalog
+    from core.model.store import remove as remove_stored
 
     return remove_stored(load_catalog(), name)
 
@@ -815,11 +822,11 @@ def train_sae(name: str | None = None, data=(), device: str | None = None, progr
     """Train the SAE that `index` uses for the datasets `data`: recipe `name` (an SAE recipe, a
     "RECIPE@KEY" variant, or a model whose SAE is one; None: the default model's) for the corpus that
     starts with `data`'s replies (none: the bundled sample), stored as "RECIPE@KEY"
-    (core.dataset_sae.train_dataset_sae). The one way the CLI (`sae train`) and the TUI train.
+    (core.model.dataset_sae.train_dataset_sae). The one way the CLI (`sae train`) and the TUI train.
     Returns (its catalogue entry, its held-out quality SAEQuality). Raises CatalogError for an unknown
     name or an SAE not trained here, IngestError for an unreadable file, Cancelled."""
-    from core.catalog import load_catalog
-    from core.dataset_sae import train_dataset_sae
+    from core.model.catalog import load_catalog
+    from core.model.dataset_sae import train_dataset_sae
 
     cat = load_catalog()
     recipe = name.split("@", 1)[0] if name else None
@@ -834,7 +841,7 @@ def train_sae(name: str | None = None, data=(), device: str | None = None, progr
 
 def catalog_choices() -> CatalogChoices:
     """The catalogue's model and SAE names, and each model's default SAE."""
-    from core.catalog import load_catalog
+    from core.model.catalog import load_catalog
 
     cat = load_catalog()
     return CatalogChoices(
@@ -845,22 +852,40 @@ def catalog_choices() -> CatalogChoices:
     )
 
 
+def read_input(data: Path | str, split: str | None = None, config: str | None = None, format: str | None = None,
+               skip_invalid: bool = False, limit: int | None = None):
+    """Read `data` (a file or a Hugging Face dataset) as `index` will, without the model: bad input fails
+    here in well under a second, with its one-line error. Returns core.data.ingest.IngestResult."""
+    from core.data.hfdata import open_source
+    from core.data.ingest import read_pairs
+
+    return read_pairs(open_source(data, split, config) or data, format=format, skip_invalid=skip_invalid,
+                      limit=limit)
+
+
 def index(data: Path | str, workspace: Path | str, model: str | None = None, sae: str | None = None,
           limit: int | None = None, progress: ProgressFn | None = None,
-          cancel: threading.Event | None = None, split: str | None = None, config: str | None = None):
-    """Index `data` (a file or a Hugging Face dataset, see core.hfdata) into `workspace` (resuming an
-    earlier run). Returns core.index.IndexResult; raises Cancelled when cancelled (the chunks written
+          cancel: threading.Event | None = None, split: str | None = None, config: str | None = None,
+          max_tokens: int | None = None, batch_tokens: int | None = None, chunk_pairs: int | None = None,
+          **options):
+    """Index `data` (a file or a Hugging Face dataset, see core.data.hfdata) into `workspace` (resuming an
+    earlier run). `max_tokens`, `batch_tokens`, `chunk_pairs`: core.index.readout.IndexSettings (None: its
+    default); `options`: core.index.build.index_dataset's format, skip_invalid, device, train_sae, ray,
+    ray_workers. Returns core.index.build.IndexResult; raises Cancelled when cancelled (the chunks written
     are kept)."""
-    from core.index import index_dataset
+    from core.index.build import IndexSettings, index_dataset
 
+    sizes = {k: v for k, v in (("max_tokens", max_tokens), ("batch_tokens", batch_tokens),
+                               ("chunk_pairs", chunk_pairs)) if v is not None}
     return index_dataset(data, Path(workspace), model=model or None, sae=sae or None,
-                         limit=limit, progress=progress, cancel=cancel, split=split, config=config)
+                         limit=limit, progress=progress, cancel=cancel, split=split, config=config,
+                         settings=IndexSettings(**sizes), **options)
 
 
 def intervention_kinds() -> dict[str, float]:
-    """Each intervention kind a plan can take (core.interventions.KINDS) and its default strength.
+    """Each intervention kind a plan can take (core.train.interventions.KINDS) and its default strength.
     Imports torch."""
-    from core.interventions import DEFAULT_STRENGTH, KINDS
+    from core.train.interventions import DEFAULT_STRENGTH, KINDS
 
     return {kind: DEFAULT_STRENGTH[kind] for kind in KINDS}
 

@@ -1,7 +1,7 @@
 """What `core.session` hands the front ends: small frozen records, safe to pass between threads.
 
 Nothing here reads a workspace or computes; `core.session.Session` fills them. The CLI prints them,
-the TUI renders them (dataset text in them is raw: a front end makes it visible, see core.textsafe).
+the TUI renders them (dataset text in them is raw: a front end makes it visible, see core.data.textsafe).
 """
 
 from __future__ import annotations
@@ -10,8 +10,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.marks import MarkInfo
-from core.shifts import WhatIf
+# Records and formats of the layers below that the front ends show as they are:
+from core.analysis.calibration import DEFAULT_FDR, format_q  # noqa: F401
+from core.analysis.evidence import Snippet, marked  # noqa: F401
+from core.data.marks import MarkInfo
+from core.analysis.shifts import WhatIf
 
 
 @dataclass(frozen=True)
@@ -66,7 +69,7 @@ class TriageState:
 @dataclass(frozen=True)
 class HypothesisKey:
     """Which hypothesis: its kind ("cluster" | "prompt" | "concept"), group and response concept
-    (core.hypotheses.Hypothesis has the same three fields). Stable across marks."""
+    (core.analysis.hypotheses.Hypothesis has the same three fields). Stable across marks."""
 
     kind: str
     group: int
@@ -78,20 +81,6 @@ class HypothesisKey:
 
     def __str__(self) -> str:
         return f"{self.kind}:{self.group}:{self.concept}"
-
-
-@dataclass(frozen=True)
-class Snippet:
-    """A concept's firing in one reply as a person reads it (core.evidence): the whole word it fires on
-    (`span`) with a few words either side. Text is raw dataset text (escape it to show it)."""
-
-    source_index: int
-    side: str  # "chosen" | "rejected"
-    before: str
-    span: str
-    after: str
-    activation: float  # the firing's SAE activation
-    u: float | None  # the pair's u on the concept (core.hypotheses.Hypotheses.concept_in_pairs)
 
 
 @dataclass(frozen=True)
@@ -179,7 +168,7 @@ class PairDelta:
 @dataclass(frozen=True)
 class ConceptInPair:
     """A concept (a set of SAE features) in one pair: the share of its features firing above τ in each
-    reply (core.concepts.concept_rate) and their difference u (core.concepts.disparity)."""
+    reply (core.analysis.concepts.concept_rate) and their difference u (core.analysis.concepts.disparity)."""
 
     concept: int
     name: str
@@ -264,10 +253,10 @@ class HypothesisPairs:
 
 @dataclass(frozen=True)
 class ConceptsView:
-    """Response concepts by |global shift| without the marked pairs (core.hypotheses'
+    """Response concepts by |global shift| without the marked pairs (core.analysis.hypotheses'
     NamedConceptShift rows), with each concept's shift over all pairs."""
 
-    rows: tuple  # core.hypotheses.NamedConceptShift: the established first, each part by |shift| (after marks)
+    rows: tuple  # core.analysis.hypotheses.NamedConceptShift: the established first, each part by |shift| (after marks)
     before: Mapping[int, float]  # concept -> shift over all pairs
     n_pairs: int  # pairs counted (marked ones left out)
     n_excluded: int
@@ -276,15 +265,15 @@ class ConceptsView:
     n_tested: int = 0  # concepts that move in some kept pair: q is over these
     n_established: int = 0  # of them, q < fdr (of the listed kind: grouped only, when asked)
     fdr: float = 0.1
-    detectable_d: float = 0.0  # the smallest |mean u / SD| these pairs could establish (core.calibration)
+    detectable_d: float = 0.0  # the smallest |mean u / SD| these pairs could establish (core.analysis.calibration)
 
 
 @dataclass(frozen=True)
 class Landing:
-    """The landing view: the hypotheses (core.hypotheses.HypothesisReport, established first) and,
+    """The landing view: the hypotheses (core.analysis.hypotheses.HypothesisReport, established first) and,
     beside them, the concepts whose global shift is established; what a person meets first."""
 
-    hypotheses: object  # core.hypotheses.HypothesisReport
+    hypotheses: object  # core.analysis.hypotheses.HypothesisReport
     concepts: ConceptsView  # only the established rows (empty when none is)
 
 

@@ -36,7 +36,7 @@ def config_dir() -> Path:
 
 def short_pairs(path: Path, n: int, max_chars: int = 600, skip: int = 0):
     """The first `n` valid pairs of `path` (after `skip`) whose texts are short, for fast tests."""
-    from core.ingest import read_pairs
+    from core.data.ingest import read_pairs
 
     if not path.exists():
         pytest.skip(f"{path} is absent (tests read ../shared/data beside the checkout)")
@@ -49,7 +49,7 @@ def short_pairs(path: Path, n: int, max_chars: int = 600, skip: int = 0):
 
 def write_jsonl_subset(src: Path, pairs, out: Path) -> Path:
     """Copy the source lines of `pairs` unchanged into a new JSONL file."""
-    from core.ingest import raw_records
+    from core.data.ingest import raw_records
 
     raw = raw_records(src)
     out.write_bytes(b"".join(raw[p.source_index] + b"\n" for p in pairs))
@@ -71,10 +71,10 @@ def one_torch_thread():
 @pytest.fixture(scope="session")
 def tiny_sae(tmp_path_factory, config_dir) -> str:
     """Name of a catalogue SAE entry: 512 features, k=16, trained in seconds on real layer-15 activations."""
-    from core.catalog import _cached, load_catalog
-    from core.lm import ResidualReader
-    from core.sae import train_topk_sae
-    from core.sae_train import collect_activations
+    from core.model.catalog import _cached, load_catalog
+    from core.model.lm import ResidualReader
+    from core.model.sae import train_topk_sae
+    from core.model.sae_train import collect_activations
 
     cat = load_catalog()
     model = cat.model(None)
@@ -99,7 +99,7 @@ def index_then_kill(args: list[str], workspace: Path, n: int, timeout: float = 3
     import sys
     import time
 
-    from core.workspace import Workspace
+    from core.data.workspace import Workspace
 
     proc = subprocess.Popen([sys.executable, "-m", "core.cli", "index", *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env=os.environ.copy())
@@ -121,7 +121,7 @@ def index_then_kill(args: list[str], workspace: Path, n: int, timeout: float = 3
 def catalog_entries(config_dir: Path, toml: str):
     """Add catalogue entries to the user's models.toml for the duration (what was there stays, and
     is all that is left afterwards)."""
-    from core.catalog import _cached
+    from core.model.catalog import _cached
 
     f = config_dir / "models.toml"
     before = f.read_text() if f.is_file() else None
@@ -146,7 +146,7 @@ def hh_small(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def small_workspace(tmp_path_factory, tiny_sae, hh_small) -> Path:
-    from core.index import IndexSettings, index_dataset
+    from core.index.build import IndexSettings, index_dataset
 
     ws = tmp_path_factory.mktemp("ws") / "hh"
     index_dataset(hh_small, ws, sae=tiny_sae, settings=IndexSettings(max_tokens=64, chunk_pairs=8))

@@ -26,11 +26,12 @@ from textual.worker import Worker, WorkerState, get_current_worker
 from core import locations
 from core.errors import Cancelled, DatadebugError
 from core.session import Session, demo_paths
-from core.textsafe import visible
+from core.data.textsafe import visible
 from core.views import Preview, Selection, TriageState, WorkspaceInfo
 from tui.commands import ActionsProvider, help_rows
 from tui.keymap import keymap_file, load_keymap
 from tui.messages import (
+    Open,
     Exported,
     MarkRequested,
     PlanChanged,
@@ -65,6 +66,16 @@ from tui.screens.pairs import PairsScreen
 from tui.screens.shifts import ShiftsScreen
 from tui.services import Services
 from tui.widgets.tables import KeyTable
+
+
+# The screens one screen opens from another (tui.messages.Open): a name and how to build it.
+SCREENS = {
+    "pairs.feature": PairsScreen.for_feature,
+    "pairs.hypothesis": PairsScreen.for_hypothesis,
+    "pairs.cluster": PairsScreen.for_cluster,
+    "pair": PairScreen,
+    "concept.features": ConceptFeaturesScreen,
+}
 
 
 class StartScreen(DataScreen):
@@ -129,7 +140,7 @@ class DataDebugApp(App):
     triage: reactive[TriageState | None] = reactive(None, always_update=True)
     # What the last mark change did, shown in the status line beside the counts (not over them).
     note: reactive[str] = reactive("")
-    # The workspace's intervention plan (core.interventions.Plan) that train-dpo --plan applies.
+    # The workspace's intervention plan (core.train.interventions.Plan) that train-dpo --plan applies.
     plan = reactive(None, always_update=True)
 
     def __init__(
@@ -184,6 +195,10 @@ class DataDebugApp(App):
             self.post_message(WorkspaceOpened(info, triage))
         else:
             self.post_message(WorkspaceNeedsIndex(status, autostart))
+
+    @on(Open)
+    def _open(self, event: Open) -> None:
+        self.push_screen(SCREENS[event.target](*event.args, **event.kwargs))
 
     @on(WorkspaceOpened)
     async def _opened(self, event: WorkspaceOpened) -> None:
@@ -305,7 +320,7 @@ class DataDebugApp(App):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="plan", description="reading the plan")
     def _read_plan(self) -> None:
-        # Also imports core.interventions (torch) now, so the plan dialog opens at once later.
+        # Also imports core.train.interventions (torch) now, so the plan dialog opens at once later.
         plan = self.session.plan()
         self.post_message(PlanChanged(plan))
 

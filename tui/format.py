@@ -3,7 +3,7 @@
 Numbers: three significant digits, trailing zeros kept (+1.00 next to +1.44, never +1), plain
 notation from 0.001 to 100, whole numbers above. Text from a dataset or a person (prompts, replies,
 tokens, labels, reasons, paths, error causes) becomes a `rich.text.Text` with its control characters
-made visible (core.textsafe), never a markup string: `[red]` in a reply shows as `[red]`.
+made visible (core.data.textsafe), never a markup string: `[red]` in a reply shows as `[red]`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import re
 
 from rich.text import Text
 
-from core.textsafe import one_line, visible
+from core.data.textsafe import one_line, visible
 
 _SPACES = re.compile(r"[ \t\r\n]+")
 

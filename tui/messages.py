@@ -85,7 +85,7 @@ class WorkerFailed(Message):
 
 
 class ReportReady(Message):
-    """A ranking of features (core.shifts.ShiftReport) without the `excluded` (marked) pairs."""
+    """A ranking of features (core.analysis.shifts.ShiftReport) without the `excluded` (marked) pairs."""
 
     def __init__(self, report, excluded: frozenset[int]) -> None:
         super().__init__()
@@ -112,7 +112,7 @@ class PairReady(Message):
 
 
 class ClustersReady(Message):
-    """A core.clusters.Clustering."""
+    """A core.analysis.clusters.Clustering."""
 
     def __init__(self, clustering) -> None:
         super().__init__()
@@ -120,7 +120,7 @@ class ClustersReady(Message):
 
 
 class CompareReady(Message):
-    """The comparison, and the SAE grouping (core.clusters.Clustering) its rows are of."""
+    """The comparison, and the SAE grouping (core.analysis.clusters.Clustering) its rows are of."""
 
     def __init__(self, compare: CompareView, clustering) -> None:
         super().__init__()
@@ -174,7 +174,7 @@ class ReportWritten(Message):
 
 
 class Exported(Message):
-    """core.export.ExportResult of a finished export."""
+    """core.data.export.ExportResult of a finished export."""
 
     def __init__(self, result) -> None:
         super().__init__()
@@ -226,7 +226,7 @@ class PlanChoicesReady(Message):
 
 
 class PlanChanged(Message):
-    """The workspace's intervention plan (core.interventions.Plan) was read or saved (None: none)."""
+    """The workspace's intervention plan (core.train.interventions.Plan) was read or saved (None: none)."""
 
     def __init__(self, plan, saved: bool = False) -> None:
         super().__init__()
@@ -241,3 +241,14 @@ class EvidenceReady(Message):
         super().__init__()
         self.key = key
         self.snippets = snippets
+
+
+class Open(Message):
+    """A screen asks the app to open another screen: `target` names it in the app's table of screens
+    (tui.app.SCREENS), `args` and `kwargs` are its arguments. Screens never import each other."""
+
+    def __init__(self, target: str, *args, **kwargs) -> None:
+        super().__init__()
+        self.target = target
+        self.args = args
+        self.kwargs = kwargs

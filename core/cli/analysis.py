@@ -7,15 +7,8 @@ from typing import Optional
 
 import typer
 
-from core.calibration import format_q
+from core.views import format_q
 from core.cli.app import JSON, ProgressPrinter, app, emit
-from core.errors import UsageError
-
-
-def _analysis(workspace: Path):
-    from core.session import Session
-
-    return Session(workspace).analysis
 
 
 def _features(feats, n: int = 5) -> str:
@@ -84,21 +77,10 @@ def trace(
     as_json: bool = JSON,
 ):
     """The pairs driving one feature's predicted shift, with the tokens it fires on marked [[ ]]."""
-    from core.clusters import trace_feature
+    from core.session import Session
 
-    t = trace_feature(_analysis(workspace), feature, top=top)
+    t = Session(workspace).trace(feature, top=top)
     emit(t, as_json, format_trace(t))
-
-
-def read_truth(path: Path) -> set[int]:
-    """The planted source indices of a truth file {"planted": [source_index, ...]}. Raises UsageError."""
-    from core.jsonfile import read_json_file
-
-    raw = read_json_file(path, "the truth file", UsageError)
-    planted = raw.get("planted") if isinstance(raw, dict) else None
-    if not isinstance(planted, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in planted):
-        raise UsageError(f"{path}: field 'planted': expected a list of source indices (integers)")
-    return set(planted)
 
 
 def _spread_text(rows: list[dict], other: str) -> list[str]:
@@ -135,9 +117,10 @@ def compare(
     as_json: bool = JSON,
 ):
     """SAE clusters against MiniLM embedding clusters: agreement (ARI, NMI), and recovery of planted pairs."""
+    from core import jobs
     from core.session import Session
 
-    planted = read_truth(truth) if truth is not None else None
+    planted = jobs.read_truth(truth) if truth is not None else None
     c = Session(workspace).compare(truth=planted, k=k)
     emit(c, as_json, format_compare(c))
 
@@ -197,12 +180,12 @@ def goblin(
     as_json: bool = JSON,
 ):
     """Plant goblins in a known fraction of chosen replies and measure whether datadebug finds them."""
+    from core import jobs
     from core.arguments import at_least
-    from core.goblin import run_goblin
 
     at_least("--max-tokens", max_tokens)
     at_least("--limit", limit)
     with ProgressPrinter() as progress:
-        r = run_goblin(data, workspace, rate, seed=seed, limit=limit, max_tokens=max_tokens, sae=sae,
+        r = jobs.goblin(data, workspace, rate, seed=seed, limit=limit, max_tokens=max_tokens, sae=sae,
                        progress=progress, skip_invalid=skip_invalid)
     emit(r, as_json, format_goblin(r))

@@ -23,7 +23,7 @@ import typer.core
 
 from core.errors import Cancelled, DatadebugError
 from core.progress import Progress
-from core.textsafe import json_safe, visible
+from core.data.textsafe import json_safe, visible
 
 
 class App(typer.Typer):
@@ -135,7 +135,7 @@ def fail(exc: BaseException, as_json: bool) -> None:
 
 def emit(obj, as_json: bool, text: str) -> None:
     """Print `obj` as JSON or `text` for a person; dataset text in either never reaches the
-    terminal as raw control sequences (see core.textsafe)."""
+    terminal as raw control sequences (see core.data.textsafe)."""
     print(json_safe(obj) if as_json else visible(text, keep_newlines=True))
 
 

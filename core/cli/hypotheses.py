@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from core.calibration import format_q
+from core.views import format_q
 from core.cli.app import JSON, ProgressPrinter, app, emit
 
 
@@ -17,7 +17,7 @@ def format_hypotheses(rep, concepts=None, evidence=None) -> str:
     nothing is established, what n pairs could have shown and the established global concept shifts
     (`concepts`, a core.views.ConceptsView of them, when given). `evidence`: per hypothesis (in the
     report's order) its exemplar snippets (core.views.Snippet), shown under it."""
-    from core.evidence import marked
+    from core.views import marked
 
     lines = [
         f"{rep.n_pairs} pairs ({rep.n_excluded} marked left out, {rep.n_silent} silent); {rep.k} data clusters, "

@@ -10,7 +10,6 @@ from typing import Optional
 
 import typer
 
-from core import locations
 from core.cli.app import JSON, ProgressPrinter, app, emit
 
 
@@ -47,23 +46,19 @@ def index(
     as_json: bool = JSON,
 ):
     """Run every pair through the LM + SAE and store per-reply features in a workspace (resumable)."""
+    from core import session
     from core.arguments import at_least, device_name
-    from core.hfdata import open_source
-    from core.ingest import read_pairs
 
     # Bad input fails here, in well under a second, before torch and the model load.
     for option, value in (("--max-tokens", max_tokens), ("--batch-tokens", batch_tokens),
                           ("--chunk-pairs", chunk_pairs), ("--limit", limit), ("--ray-workers", ray_workers)):
         at_least(option, value)
     device_name(device)
-    ingest = read_pairs(open_source(data, split, config) or data, format=format, skip_invalid=skip_invalid,
-                        limit=limit)
-    from core.index import IndexSettings, index_dataset
-
+    ingest = session.read_input(data, split, config, format=format, skip_invalid=skip_invalid, limit=limit)
     with ProgressPrinter() as progress:
-        r = index_dataset(
+        r = session.index(
             data, workspace, model=model, sae=sae, limit=limit, format=format, skip_invalid=skip_invalid,
-            settings=IndexSettings(max_tokens=max_tokens, batch_tokens=batch_tokens, chunk_pairs=chunk_pairs),
+            max_tokens=max_tokens, batch_tokens=batch_tokens, chunk_pairs=chunk_pairs,
             device=device, progress=progress, train_sae=train_sae, ray=ray, ray_workers=ray_workers,
             split=split, config=config,
         )
@@ -86,7 +81,7 @@ def index(
 
 def format_shifts(report) -> str:
     """The shifts report as a person reads it: one block per direction, the established first."""
-    from core.calibration import format_q
+    from core.views import format_q
 
     lines = [f"{report.n_pairs} pairs, model {report.model}, SAE {report.sae} (layer {report.layer})"]
     if report.n_excluded:
@@ -138,12 +133,12 @@ def demo(
     """The main job on the embedded default: index the bundled sample, print the ranked hypotheses
     (what DPO will teach, where, by name) and the per-feature shifts, open the TUI."""
     from core.cli.hypotheses import format_hypotheses
-    from core.index import index_dataset
-    from core.session import Session
+    from core.session import Session, demo_paths, index
 
-    workspace = workspace or locations.cache_dir() / "workspaces" / "demo"
+    default_workspace, sample = demo_paths()
+    workspace = workspace or default_workspace
     with ProgressPrinter() as progress:
-        index_dataset(locations.sample_data_file(), workspace, progress=progress)
+        index(sample, workspace, progress=progress)
         session = Session(workspace)
         session.hypotheses_engine(progress)
     land, report = session.landing(top=top), session.report(top=top)

@@ -14,10 +14,9 @@ from core.cli.app import JSON, ProgressPrinter, emit, models_app, sae_app
 @models_app.command("list")
 def models_list(as_json: bool = JSON):
     """Every catalogue model and SAE, and every SAE trained here: source, ready offline, size on disk."""
-    from core.catalog import load_catalog
-    from core.store import status
+    from core.session import models
 
-    rows = status(load_catalog(), trained=True)
+    rows = models().rows
     text = "\n".join(
         f"{r.kind:5} {r.name:32} {r.source:12} {'ready' if r.ready else '-':5} {r.size_bytes / 2**20:8.1f} MiB  {r.detail}"
         for r in rows
@@ -38,20 +37,18 @@ def models_pull(name: str, as_json: bool = JSON):
 @models_app.command("verify")
 def models_verify(name: str, as_json: bool = JSON):
     """Load a stored model or SAE and check it is whole."""
-    from core.catalog import load_catalog
-    from core.store import verify
+    from core.session import verify
 
-    msg = verify(load_catalog(), name)
+    msg = verify(name)
     emit({"name": name, "ok": True, "detail": msg}, as_json, msg)
 
 
 @models_app.command("rm")
 def models_rm(name: str, as_json: bool = JSON):
     """Delete a model or SAE from the local store."""
-    from core.catalog import load_catalog
-    from core.store import remove
+    from core.session import remove
 
-    freed = remove(load_catalog(), name)
+    freed = remove(name)
     emit({"name": name, "freed_bytes": freed}, as_json, f"{name}: removed ({freed / 2**20:.1f} MiB freed)")
 
 

@@ -46,19 +46,15 @@ def train_dpo_cmd(
     as_json: bool = JSON,
 ):
     """Fine-tune the model with DPO on DATA (Ctrl-C saves a checkpoint; rerun to resume)."""
-    from core.dpo import DPOConfig
-    from core.training import train_on_dataset
+    from core import jobs
 
     set_threads(threads)
-    cfg = DPOConfig(
-        beta=beta, lr=lr if lr is not None else (5e-4 if lora else 5e-6), epochs=epochs,
-        batch_size=batch_size, grad_accum=grad_accum, max_length=max_length,
-        max_prompt_length=min(256, max_length // 2), lora=lora, seed=seed, save_every=save_every,
-    )
     with ctrl_c_cancels("saving a checkpoint after this step") as cancel, ProgressPrinter() as progress:
-        r = train_on_dataset(
-            data, out, cfg, model=model, init_model=init_model, limit=limit,
-            exclude_marked=exclude_marked, holdout=holdout, split_seed=split_seed, plan_workspace=plan,
+        r = jobs.train_dpo(
+            data, out, lr=lr, lora=lora, max_length=max_length, beta=beta, epochs=epochs,
+            batch_size=batch_size, grad_accum=grad_accum, seed=seed, save_every=save_every,
+            model=model, init_model=init_model, limit=limit,
+            exclude_marked=exclude_marked, holdout=holdout, split_seed=split_seed, plan=plan,
             format=format, skip_invalid=skip_invalid, device=device, progress=progress, cancel=cancel,
         )
     if r.already_done:
@@ -86,7 +82,7 @@ def _ci(ci) -> str:
 
 
 def format_report(r) -> str:
-    """A plain-text summary of a `core.validate.ValidationReport`."""
+    """A plain-text summary of a `core.checks.validate.ValidationReport`."""
     lines = [
         f"{r.model} / SAE {r.sae} (layer {r.layer}): {r.n_pairs_predicted} trained pairs predicted "
         f"({r.n_pairs_trained} trained), {r.n_prompts} prompts x {r.n_replies // max(r.n_prompts, 1)}"
@@ -197,19 +193,13 @@ def validate(
     as_json: bool = JSON,
 ):
     """Predicted vs actual shifts of a DPO-trained model: concepts and features, R², plots, behaviours."""
-    from core.rollout import Decoding
-    from core.validate import validate as run_validation
+    from core import jobs
 
     set_threads(threads)
-    decoding = Decoding(
-        max_new_tokens=max_new_tokens,
-        temperature=temperature if temperature is not None else (1.0 if paper else 0.0),
-        samples=samples if samples is not None else (4 if paper else 1),
-        seed=seed, batch_size=batch_size,
-    )
     with ctrl_c_cancels("validation") as cancel, ProgressPrinter() as progress:
-        report = run_validation(
-            workspace, trained, prompts=prompts, n_prompts=n_prompts, decoding=decoding,
+        report = jobs.validate(
+            workspace, trained, paper=paper, temperature=temperature, samples=samples,
+            max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size, prompts=prompts, n_prompts=n_prompts,
             concepts=concepts, tau=tau, top_k=top_k, plot=plot, match_length=match_length, device=device,
             progress=progress, cancel=cancel,
         )
@@ -222,9 +212,9 @@ def validate_seeds(
     as_json: bool = JSON,
 ):
     """Mean ± SD and range over data-order seeds of each agreement number of their validation reports."""
-    from core.validate import read_report, seed_summary
+    from core import jobs
 
-    summary = seed_summary([read_report(p) for p in reports])
+    summary = jobs.seed_summary(reports)
     emit(summary, as_json, format_seed_summary(summary))
 
 
@@ -257,28 +247,21 @@ def plan_cmd(
     as_json: bool = JSON,
 ):
     """Save (or show, or clear) the intervention plan that `train-dpo --plan WS` applies."""
-    from core.errors import UsageError
-    from core.interventions import clear_plan, load_plan, make_plan, save_plan
+    from core import jobs
+    from core.arguments import feature_list
 
     if clear:
-        gone = clear_plan(workspace)
+        gone = jobs.clear_plan(workspace)
         emit({"cleared": gone}, as_json, "plan removed" if gone else "no plan to remove")
         return
     if kind is None:
-        plan = load_plan(workspace)
+        plan = jobs.plan(workspace)
         if plan is None:
             emit(None, as_json, f"no plan in {workspace}")
             return
     else:
-        if not features:
-            raise UsageError("--features is required with --kind (the concept's SAE features)")
-        try:
-            feats = [int(f) for f in features.split(",") if f.strip()]
-        except ValueError:
-            raise UsageError(f"--features {features!r}: expected comma-separated feature numbers") from None
-        plan = make_plan(workspace, kind, feats, strength, label=label, text=text,
-                         source="features " + ",".join(map(str, feats)))
-        save_plan(workspace, plan)
+        plan = jobs.save_plan(workspace, kind, feature_list("--features", features), strength, label=label,
+                              text=text)
     d = asdict(plan)
     text_out = (
         f"{plan.kind} on {plan.label or 'features'} {list(plan.features)} (strength {plan.strength:g}; "
@@ -289,7 +272,7 @@ def plan_cmd(
 
 
 def format_goblin_loop(r: dict) -> str:
-    """A plain-text summary of `core.goblin_loop.run_goblin_loop`'s result."""
+    """A plain-text summary of `core.checks.goblin_loop.run_goblin_loop`'s result."""
     d = r["detection"]
     lines = [
         f"goblin feature {d['feature']} (AP {_num(d['ap'], '{:.2f}')}): flagged {len(d['flagged'])} pairs, "
@@ -348,15 +331,15 @@ def goblin_loop_cmd(
     """The goblin loop, whole: SFT and DPO on planted goblins, found from the data, then removed by
     cleaning and by each intervention; goblin rate, probe lifts and held-out preference accuracy.
     WORK keeps every stage: rerun with the same settings to resume (or with more --arms)."""
-    from core.goblin_loop import LoopSettings, run_goblin_loop
+    from core import jobs
 
     set_threads(threads)
-    settings = LoopSettings.from_options(
-        rate=rate, sft_rate=sft_rate, limit=limit, sft_data=str(sft_data) if sft_data else None, sft_examples=sft_examples,
-        unrelated=unrelated, samples=samples, seed=seed, max_new_tokens=max_new_tokens, arms=arms,
-        accuracy_pairs=accuracy_pairs,
-        epochs=epochs, lr=lr, sft_epochs=sft_epochs, sft_lr=sft_lr, max_length=max_length,
-    )
     with ctrl_c_cancels("goblin loop (rerun to resume)") as cancel, ProgressPrinter() as progress:
-        result = run_goblin_loop(data, work, settings, device=device, progress=progress, cancel=cancel)
+        result = jobs.goblin_loop(
+            data, work, device=device, progress=progress, cancel=cancel,
+            rate=rate, sft_rate=sft_rate, limit=limit, sft_data=str(sft_data) if sft_data else None,
+            sft_examples=sft_examples, unrelated=unrelated, samples=samples, seed=seed,
+            max_new_tokens=max_new_tokens, arms=arms, accuracy_pairs=accuracy_pairs,
+            epochs=epochs, lr=lr, sft_epochs=sft_epochs, sft_lr=sft_lr, max_length=max_length,
+        )
     emit(result, as_json, format_goblin_loop(result))

@@ -10,7 +10,7 @@ Build the copies (no model run: splicing and column swaps):
         DIR/<base name>.shuffled.<seed>: chosen and rejected swapped in a seeded random half of the pairs
     python tests/bench/bench_calibration.py plant --base WS --only KIND=ONLY_WS ... --out DIR
                                                [--rates 0.02 0.05 0.1] [--seed 0]
-        DIR/<base name>.<kind>.<rate>: the planted copy (core.plant); ONLY_WS indexes the planted
+        DIR/<base name>.<kind>.<rate>: the planted copy (core.data.plant); ONLY_WS indexes the planted
         records of the highest rate alone (copies.only_planted_file), with the base's SAE and settings
 
 Print the tables:
@@ -25,10 +25,10 @@ Print the tables:
     rank of the first row about the plant (the first hypothesis whose shown driving pairs are mostly
     planted pairs: the row at which a person scanning the list meets the plant), its driving-pair
     precision and recall against the planted pairs (its top |planted| driving pairs), whether its
-    concept name holds one of the kind's marker words (core.plant), and how many planted replies
+    concept name holds one of the kind's marker words (core.data.plant), and how many planted replies
     the index read the marker in (a reply cut before its planted sentence cannot show it);
 (iii) the phrase (goblin) kind at 5% on each dataset.
-With several --rel-max values (core.structure.Params) the tables are printed once per value over
+With several --rel-max values (core.analysis.structure.Params) the tables are printed once per value over
 the same workspaces: a parameter is justified on the whole suite, not on one benchmark.
 
 The counts "established" use the names of issue 26's API (Hypothesis.established, p, q;
@@ -50,12 +50,12 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from core.naming import words  # noqa: E402
-from core.plant import PLANTS, plant_records  # noqa: E402
+from core.analysis.naming import words  # noqa: E402
+from core.data.plant import PLANTS, plant_records  # noqa: E402
 from core.session import Session  # noqa: E402
-from core.structure import Params  # noqa: E402
+from core.analysis.structure import Params  # noqa: E402
 from core.views import HypothesisKey  # noqa: E402
-from core.workspace import Workspace  # noqa: E402
+from core.data.workspace import Workspace  # noqa: E402
 from tests.bench.copies import splice_planted, swap_labels  # noqa: E402
 
 TRUTH = ".truth.json"
@@ -336,7 +336,7 @@ def main(argv=None) -> None:
     c = sub.add_parser("report", help="print the calibration tables")
     c.add_argument("--real", type=Path, nargs="*", default=[])
     c.add_argument("--copies", type=Path, nargs="*", default=[], help="folders holding copies (*.truth.json)")
-    c.add_argument("--rel-max", type=float, nargs="*", default=[None], help="sweep core.structure.Params.rel_max")
+    c.add_argument("--rel-max", type=float, nargs="*", default=[None], help="sweep core.analysis.structure.Params.rel_max")
     c.add_argument("--top", type=int, default=200, help="hypotheses read per workspace")
     c.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)

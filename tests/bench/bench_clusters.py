@@ -13,9 +13,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from core.clusters import cluster_pairs, compare_clusterings
-from core.shifts import Analysis
-from core.workspace import Workspace
+from core.analysis.clusters import cluster_pairs, compare_clusterings
+from core.analysis.shifts import Analysis
+from core.data.workspace import Workspace
 from tests.bench.synthetic import synthetic_workspace
 
 

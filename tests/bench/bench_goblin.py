@@ -20,10 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from core.clusters import compare_clusterings
-from core.goblin import goblin_paths, run_goblin
-from core.shifts import Analysis
-from core.workspace import Workspace
+from core.analysis.clusters import compare_clusterings
+from core.checks.goblin import goblin_paths, run_goblin
+from core.analysis.shifts import Analysis
+from core.data.workspace import Workspace
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "hh-rlhf-harmless-base-test.jsonl.gz"
 

@@ -1,6 +1,6 @@
 """Speed of concepts + hypotheses at the paper's scale: 260k pairs, a 65,536-feature SAE.
 
-The synthetic workspace is held in memory as the matrices `core.shifts.Analysis` serves (per-reply
+The synthetic workspace is held in memory as the matrices `core.analysis.shifts.Analysis` serves (per-reply
 and per-prompt firing frequencies, (n, d_sae) CSR), so the timings are of the analysis, not of LanceDB
 (reading the columns of a real 260k-pair workspace is a separate, one-off cost).
 
@@ -94,10 +94,10 @@ def synthetic_analysis(n: int, d: int, firing: int, above: float, seed: int = 0,
 
 
 def main() -> None:
-    from core import concepts as C
-    from core import dataclusters as D
-    from core.hypotheses import Hypotheses
-    from core.structure import Params, Structure, prompt_groups, reply_frequencies, structure_key
+    from core.analysis import concepts as C
+    from core.analysis import dataclusters as D
+    from core.analysis.hypotheses import Hypotheses
+    from core.analysis.structure import Params, Structure, prompt_groups, reply_frequencies, structure_key
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pairs", type=int, default=260_000)

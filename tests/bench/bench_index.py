@@ -5,10 +5,10 @@
                   right-padded (what one would write first)
     plain-sorted  the same, but batches of length-sorted rows under the same padded-token budget as
                   ours (a stronger baseline)
-    engine        `core.readout.read_batch` over length-sorted batches: truncated forward, prompt
+    engine        `core.index.readout.read_batch` over length-sorted batches: truncated forward, prompt
                   shared by both replies, sparse SAE encode, per-reply and prompt summaries, token
                   strings (what a Ray worker runs)
-    index         `core.index.index_dataset` end to end into a fresh workspace: tokenising thread,
+    index         `core.index.build.index_dataset` end to end into a fresh workspace: tokenising thread,
                   engine, MiniLM embeddings + LanceDB appends in the writer thread; its own tok/s
                   (the CLI's number: the model/SAE load is not in it, MiniLM's load in the writer is)
 
@@ -39,7 +39,7 @@ DATA = ROOT.parent / "shared" / "data"
 
 
 def write_random_topk_sae(folder: Path, d_in: int, d_sae: int = 2048, k: int = 32) -> Path:
-    """A random-weight TopK SAE in sae-lens's folder format (what `core.sae.load_sae` and sae-lens load)."""
+    """A random-weight TopK SAE in sae-lens's folder format (what `core.model.sae.load_sae` and sae-lens load)."""
     from safetensors.torch import save_file
 
     g = torch.Generator().manual_seed(0)
@@ -56,7 +56,7 @@ def write_random_topk_sae(folder: Path, d_in: int, d_sae: int = 2048, k: int = 3
 
 def subset(data: Path, n: int, out: Path) -> Path:
     """The first `n` valid pairs of `data`, their source lines copied unchanged."""
-    from core.ingest import raw_records, read_pairs
+    from core.data.ingest import raw_records, read_pairs
 
     pairs = read_pairs(data, skip_invalid=True, limit=n).pairs
     raw = raw_records(data)
@@ -66,21 +66,21 @@ def subset(data: Path, n: int, out: Path) -> Path:
 
 def catalogue_with(sae_folder: Path, config_dir: Path) -> str:
     """Name of a local catalogue SAE entry for `sae_folder` on the default model (a temporary user file)."""
-    from core.catalog import load_catalog
+    from core.model.catalog import load_catalog
 
     model = load_catalog().model(None)
     config_dir.mkdir(parents=True, exist_ok=True)
     (config_dir / "models.toml").write_text(
         f'[saes.bench-topk]\nmodel = "{model.name}"\nlayer = {model.layer}\nsource = "local"\npath = "{sae_folder}"\n'
     )
-    import core.catalog
+    import core.model.catalog
 
-    core.catalog._cached.cache_clear()
+    core.model.catalog._cached.cache_clear()
     return "bench-topk"
 
 
 def time_index(data: Path, ws: Path, sae: str, max_tokens: int | None) -> dict:
-    from core.index import IndexSettings, index_dataset
+    from core.index.build import IndexSettings, index_dataset
 
     t0 = time.perf_counter()
     r = index_dataset(data, ws, sae=sae, settings=IndexSettings(max_tokens=max_tokens))
@@ -131,8 +131,8 @@ def main() -> None:
     os.environ["DATADEBUG_CONFIG_DIR"] = str(tmp / "config")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-    from core.catalog import load_catalog
-    from core.store import pull_model
+    from core.model.catalog import load_catalog
+    from core.model.store import pull_model
 
     entry = load_catalog().model(None)
     pull_model(entry)
@@ -149,16 +149,16 @@ def main() -> None:
 
     from transformers import AutoModelForCausalLM
 
-    from core.lm import ResidualReader, plan_batches
-    from core.readout import IndexSettings, read_batch
-    from core.sae import load_sae
-    from core.store import model_dir
+    from core.model.lm import ResidualReader, plan_batches
+    from core.index.readout import IndexSettings, read_batch
+    from core.model.sae import load_sae
+    from core.model.store import model_dir
 
     reader = ResidualReader.from_entry(entry)
     full = AutoModelForCausalLM.from_pretrained(model_dir(entry), dtype=torch.float32).eval()
     sae_model = load_sae(sae_folder)
     settings = IndexSettings(max_tokens=args.max_tokens, batch_tokens=args.batch_tokens)
-    from core.ingest import read_pairs
+    from core.data.ingest import read_pairs
 
     pairs = read_pairs(data).pairs
     toks = [reader.tokenize(p, args.max_tokens) for p in pairs]

@@ -5,9 +5,9 @@ features, and a 256-token and a long reply (random activations), times
 
     encode   the SAE encode of the reply, sparse (`SparseAutoencoder.encode_sparse`): the work any
              path must do
-    new      `core.summary.summarise_segments` on those sparse codes (what indexing runs now)
+    new      `core.index.summary.summarise_segments` on those sparse codes (what indexing runs now)
     old      the path before: dense encode -> `.cpu()` -> the dense `summarise_reply` (kept verbatim
-             as `core.summary.summarise_reply`, the reference); its summary part is reported apart
+             as `core.index.summary.summarise_reply`, the reference); its summary part is reported apart
              from its dense encode
 
 and checks the two summaries agree. Target: at 65,536 features the new summary costs < 10% of the
@@ -25,9 +25,9 @@ import time
 import numpy as np
 import torch
 
-from core.sae import SAEConfig, SparseAutoencoder
-from core.summary import summarise_reply as old_summarise_reply  # unchanged since d20707a: the reference
-from core.summary import summarise_segments
+from core.model.sae import SAEConfig, SparseAutoencoder
+from core.index.summary import summarise_reply as old_summarise_reply  # unchanged since d20707a: the reference
+from core.index.summary import summarise_segments
 
 
 def random_sae(

@@ -78,8 +78,8 @@ def stamp(owner, name: str, event: str) -> None:
 def instrument(app) -> None:
     from rich.console import Console
 
-    from core.marks import Marks
-    from core.shifts import Analysis
+    from core.data.marks import Marks
+    from core.analysis.shifts import Analysis
     from tui.screens.base import DataScreen
 
     try:
@@ -136,7 +136,7 @@ def watch_triage(app) -> None:
 def build(path: Path, n: int, marked: float, ops: int, seed: int = 0, d_sae: int = 65_536):
     """The synthetic workspace with its features table (the app opens only a complete index) and
     `marked` of its pairs marked in `ops` operations."""
-    from core.marks import Marks
+    from core.data.marks import Marks
 
     t = time.perf_counter()
     ws = finish_index(synthetic_workspace(path, n, d_sae=d_sae))

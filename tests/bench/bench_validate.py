@@ -3,22 +3,22 @@
     .venv/bin/python tests/bench/bench_validate.py [--work DIR] [--pairs 128] [--epochs 3] ...
 
 Data: the first `--pairs` short real HH-RLHF pairs (../shared/data, prompt + both replies under
-`--max-chars` characters), with goblin sentences planted by `core.goblin.inject_goblins` in `--rate`
+`--max-chars` characters), with goblin sentences planted by `core.checks.goblin.inject_goblins` in `--rate`
 (5%) of the chosen replies. The copy is indexed with the catalogue SAE of the embedded model
 (SmolLM2-135M, layer 15; trained on first use, reused from the store).
 
 Experiment 1, R² of predicted vs actual: DPO (full fine-tuning) on the cleaned set (every pair
-but those datadebug flags), then `core.validate.validate` on `--heldout` held-out HH prompts (pairs
+but those datadebug flags), then `core.checks.validate.validate` on `--heldout` held-out HH prompts (pairs
 after the training ones, never trained on) and, for comparison, on the training prompts themselves
 and with seeded sampling instead of greedy decoding.
 
 Experiment 2, the goblin loop: the goblin feature and the pairs it flags come from
-`core.goblin.evaluate_goblins` (no ground truth used) and are reported; `--mark flagged` marks those
+`core.checks.goblin.evaluate_goblins` (no ground truth used) and are reported; `--mark flagged` marks those
 pairs, `--mark injected` (default) the planted ones. DPO
 on the poisoned set (all pairs) and on the cleaned set (`exclude_marked`), same settings; the goblin
 mention rate is measured in replies to `--unrelated` UltraFeedback prompts, greedy and sampled, and
 so is the probe lift (how much likelier each run makes goblin sentences than the base model does,
-against goblin-free control sentences; `core.validate.PROBES`).
+against goblin-free control sentences; `core.checks.validate.PROBES`).
 
 Every stage is kept in --work and skipped (or resumed) when run again. Results: --work/results.json.
 """
@@ -50,8 +50,8 @@ def short(pairs, max_chars: int):
 
 def build_data(work: Path, args) -> dict:
     """The poisoned training copy, held-out HH prompts, unrelated UltraFeedback prompts."""
-    from core.goblin import inject_goblins
-    from core.ingest import raw_records, read_pairs
+    from core.checks.goblin import inject_goblins
+    from core.data.ingest import raw_records, read_pairs
 
     out = {"train": work / "hh-goblin.jsonl", "heldout": work / "hh-heldout.jsonl",
            "unrelated": work / "uf-prompts.jsonl", "truth": work / "goblin-truth.json"}
@@ -71,8 +71,8 @@ def build_data(work: Path, args) -> dict:
 
 
 def train(data: Path, out: Path, args, exclude_marked: Path | None = None):
-    from core.dpo import DPOConfig
-    from core.validate import train_on_dataset
+    from core.train.dpo import DPOConfig
+    from core.checks.validate import train_on_dataset
 
     cfg = DPOConfig(
         beta=args.beta, lr=args.lr, epochs=args.epochs, batch_size=args.batch_size,
@@ -92,7 +92,7 @@ def train(data: Path, out: Path, args, exclude_marked: Path | None = None):
 
 
 def run_validation(ws: Path, trained: Path, name: str, prompts: Path, n: int, args, **decoding):
-    from core.validate import Decoding, ValidationReport, validate
+    from core.checks.validate import Decoding, ValidationReport, validate
 
     plot = trained / f"{name}.png"
     cached = plot.with_suffix(".json")
@@ -141,13 +141,13 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from core.catalog import load_catalog
-    from core.goblin import evaluate_goblins
-    from core.index import IndexSettings, index_dataset
-    from core.marks import Marks
-    from core.shifts import Analysis
-    from core.store import sae_dir, sae_ready
-    from core.workspace import Workspace
+    from core.model.catalog import load_catalog
+    from core.checks.goblin import evaluate_goblins
+    from core.index.build import IndexSettings, index_dataset
+    from core.data.marks import Marks
+    from core.analysis.shifts import Analysis
+    from core.model.store import sae_dir, sae_ready
+    from core.data.workspace import Workspace
 
     cat = load_catalog()
     sae_entry = cat.sae(None, cat.model(None))

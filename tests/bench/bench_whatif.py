@@ -2,7 +2,7 @@
 
 Synthetic sparse data of realistic shape (d_sae 65,536 like Goodfire's Llama SAE, ~150 firing features
 per reply; tests/bench/synthetic.py), stored in a real LanceDB workspace and loaded through
-core.shifts.Analysis. Compares our
+core.analysis.shifts.Analysis. Compares our
 incremental update (subtract the marked rows' sums) with a plain recompute over the kept rows.
 
     .venv/bin/python -m tests.bench.bench_whatif [--pairs 260000] [--d-sae 65536] [--nnz 150]
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.shifts import Analysis
+from core.analysis.shifts import Analysis
 from tests.bench.synthetic import synthetic_workspace
 
 

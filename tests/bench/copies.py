@@ -1,11 +1,11 @@
 """Workspaces of planted and label-shuffled copies, spliced from their base instead of re-read.
 
-A planted copy of a file (core.plant) differs from its base only in the planted pairs' chosen
+A planted copy of a file (core.data.plant) differs from its base only in the planted pairs' chosen
 replies, and indexing reads each pair on its own (its prompt, then each reply), so the copy's
 workspace is the base workspace, indexed with the same SAE and settings, with the planted pairs'
 rows replaced by the rows of an index of those pairs alone. A label-shuffled copy is the base
 workspace with the chosen and rejected columns exchanged in the swapped pairs. Both are written as
-proper workspaces (core.workspace): the meta names the copy file, written beside, with its sha256,
+proper workspaces (core.data.workspace): the meta names the copy file, written beside, with its sha256,
 so a Session opens them like any indexed workspace. tests/unit/test_copies.py shows that both equal
 a full `index` of the copy file to float tolerance, which is what lets the calibration bench read
 a 1,000-pair dataset through the model once instead of once per copy.
@@ -23,9 +23,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from core.ingest import iter_records
-from core.plant import plant_records, with_labels_swapped, write_records
-from core.workspace import PAIRS_SCHEMA, Workspace, file_sha256
+from core.data.ingest import iter_records
+from core.data.plant import plant_records, with_labels_swapped, write_records
+from core.data.workspace import PAIRS_SCHEMA, Workspace, file_sha256
 
 SIDE_COLUMNS = [name[len("chosen"):] for name in PAIRS_SCHEMA.names if name.startswith("chosen")]  # "", "_tokens", ...
 
@@ -59,7 +59,7 @@ def only_planted_file(base_data: Path | str, kind: str, rate: float, out: Path |
     """Write the planted records of (kind, rate, seed) of `base_data` alone to `out`, in the order of
     their source indices in the copy; returns those indices (row j of `out` is copy pair planted[j]).
     Index `out` with the base's SAE and settings for `splice_planted`: at the highest rate it serves
-    every lower one (core.plant: rates are nested, planted text independent of the rate)."""
+    every lower one (core.data.plant: rates are nested, planted text independent of the rate)."""
     pd = plant_records(base_data, kind, rate, seed=seed)
     write_records([pd.records[i] for i in pd.planted], out)
     return pd.planted

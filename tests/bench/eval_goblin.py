@@ -9,12 +9,12 @@ import json
 import sys
 import time
 import numpy as np
-from core.goblin import goblin_detection, goblin_hypothesis, goblin_paths
-from core.shifts import Analysis
-from core.workspace import Workspace
-from core.hypotheses import Hypotheses
-from core.naming import load_names
-from core.structure import structure
+from core.checks.goblin import goblin_detection, goblin_hypothesis, goblin_paths
+from core.analysis.shifts import Analysis
+from core.data.workspace import Workspace
+from core.analysis.hypotheses import Hypotheses
+from core.analysis.naming import load_names
+from core.analysis.structure import structure
 
 ws = sys.argv[1]
 truth = set(json.loads(goblin_paths(ws)["truth"].read_text())["planted"])

@@ -11,10 +11,10 @@ What it does, in one process:
   2. plain: `model(input_ids, attention_mask, output_hidden_states=True)` of the full 32-layer model
      over prompt+chosen and prompt+rejected rows, length-sorted batches under the same padded-token
      budget (a strong baseline: sorted rows pad little). The plain loop runs first; the model is then
-     cut after block 19 (Goodfire's SAE layer) by `core.lm.ResidualReader`, so both use the same
+     cut after block 19 (Goodfire's SAE layer) by `core.model.lm.ResidualReader`, so both use the same
      weights and the 32-layer model never shares the GPU with a second copy (bf16 weights: 16 GB).
   3. forward: the truncated, prompt-shared forward alone (`ResidualReader.forward`).
-  4. ours-topk / ours-jumprelu: `core.readout.read_batch` (the same call indexing and Ray workers
+  4. ours-topk / ours-jumprelu: `core.index.readout.read_batch` (the same call indexing and Ray workers
      make): truncated forward, SAE encode (TF32 matmul, float32 weights) straight to sparse codes,
      per-reply and per-prompt summaries on the GPU, sparse results to the host, token strings.
      Random 65,536-feature SAEs: TopK (k=64) and JumpReLU (one threshold set so ~64 features fire
@@ -34,7 +34,7 @@ FLOP count (real tokens only, padding excluded; per layer; P = prompt, R = a rep
 
 Dolci projection: 260,000 pairs / ours' pairs per second. Lengths are drawn per pair from
 log-normals with means prompt 300, chosen 500, rejected 500 tokens (sigma 0.9 / 1.0 / 1.0, each
-8..4,096) and fitted to an 8,192-token context as indexing does (`core.lm.fit_pair`). Why those:
+8..4,096) and fitted to an 8,192-token context as indexing does (`core.model.lm.fit_pair`). Why those:
 our UltraFeedback sample measures (SmolLM2 tokenizer, chat template included) prompt 206, chosen
 290, rejected 256 mean tokens, log-sd 0.95 / 1.49 / 1.33; Dolci-Instruct-DPO's replies come from
 2025 models (Qwen3 family), which answer at more length, so ~500 is assumed. Time scales roughly
@@ -62,8 +62,8 @@ import torch  # noqa: E402
 
 from bench_index import plain, sorted_row_batches  # noqa: E402
 from bench_summary import random_sae  # noqa: E402
-from core.lm import MAX_CONTEXT, ResidualReader, TokenizedPair, fit_pair, plan_batches  # noqa: E402
-from core.readout import IndexSettings, read_batch  # noqa: E402
+from core.model.lm import MAX_CONTEXT, ResidualReader, TokenizedPair, fit_pair, plan_batches  # noqa: E402
+from core.index.readout import IndexSettings, read_batch  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ class StubTokenizer:
     chat template with a fixed 3-token opening (so the prompt-opening skip runs as it does for real)."""
 
     pad_token_id = 0
-    chat_template = "stub"  # core.rollout.chat_prompt_ids takes the template path
+    chat_template = "stub"  # core.train.rollout.chat_prompt_ids takes the template path
 
     def decode(self, ids):
         return f"<{ids[0]}>"

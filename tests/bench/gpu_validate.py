@@ -8,11 +8,11 @@
     .venv/bin/python tests/bench/gpu_validate.py tiny --work /tmp/gpu-tiny
 
 Data: HH-RLHF harmless (../shared/data, all valid pairs) with goblin sentences planted in 5% of
-the chosen replies (`core.goblin.inject_goblins`); an SAE of the embedded recipe trained here on
+the chosen replies (`core.checks.goblin.inject_goblins`); an SAE of the embedded recipe trained here on
 that copy (so it has a goblin feature); the copy's first `--index-limit` pairs indexed here, from
-which come the concepts (`core.structure.load_concepts`, grouped concepts only), the goblin feature
-(`core.goblin.goblin_detection`) and its flagging threshold (`core.goblin_loop.flag_goblin_pairs`).
-A seeded 10% of the pairs is held out (`core.training.split_holdout`). UltraFeedback gives the SFT
+which come the concepts (`core.analysis.structure.load_concepts`, grouped concepts only), the goblin feature
+(`core.checks.goblin.goblin_detection`) and its flagging threshold (`core.checks.goblin_loop.flag_goblin_pairs`).
+A seeded 10% of the pairs is held out (`core.train.training.split_holdout`). UltraFeedback gives the SFT
 corpus (5% of its replies with a goblin sentence) and the unrelated prompts (`sft_and_unrelated`).
 
 On the GPU (`run`), everything the prediction needs is recomputed from the pairs at full size with
@@ -22,7 +22,7 @@ along as a check), then:
   r2      for each data-order seed: DPO (full fine-tuning, bf16 autocast) on the training split,
           sampled replies (T = 1, common random numbers) before and after on the held-out prompts
           and on the unrelated prompts, read through the original model and the SAE, compared
-          (`core.validate.compare`): concepts and features, R² fitted and after one global scale,
+          (`core.checks.validate.compare`): concepts and features, R² fitted and after one global scale,
           Spearman and slope with bootstrap CIs over prompts, the permutation null; mean and spread
           over seeds. Ablations on seed 0: greedy instead of sampled replies, and a quarter of the data.
   goblin  SFT on the goblin corpus, then DPO from the SFT model for each arm (poisoned, cleaned =
@@ -51,7 +51,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 try:
     import tomllib  # noqa: F401
-except ImportError:  # Python 3.10: core.catalog imports it, but the GPU run reads no catalogue
+except ImportError:  # Python 3.10: core.model.catalog imports it, but the GPU run reads no catalogue
     import types
 
     sys.modules["tomllib"] = types.ModuleType("tomllib")
@@ -115,19 +115,19 @@ def prepare(args) -> None:
 
     import numpy as np
 
-    from core.catalog import SAEEntry, load_catalog
-    from core.goblin import goblin_detection, inject_goblins
-    from core.goblin_loop import flag_goblin_pairs, sft_and_unrelated
-    from core.index import IndexSettings, index_dataset
-    from core.ingest import read_pairs
-    from core.rollout import ReplyStats
-    from core.sae_train import train_catalog_sae
-    from core.shifts import Analysis
-    from core.store import model_dir, package_gguf
-    from core.structure import Params, load_concepts
-    from core.training import split_holdout
-    from core.validate import ConceptGroups, predict
-    from core.workspace import Workspace
+    from core.model.catalog import SAEEntry, load_catalog
+    from core.checks.goblin import goblin_detection, inject_goblins
+    from core.checks.goblin_loop import flag_goblin_pairs, sft_and_unrelated
+    from core.index.build import IndexSettings, index_dataset
+    from core.data.ingest import read_pairs
+    from core.train.rollout import ReplyStats
+    from core.model.sae_train import train_catalog_sae
+    from core.analysis.shifts import Analysis
+    from core.model.store import model_dir, package_gguf
+    from core.analysis.structure import Params, load_concepts
+    from core.train.training import split_holdout
+    from core.checks.validate import ConceptGroups, predict
+    from core.data.workspace import Workspace
 
     work, inputs = Path(args.work), Path(args.inputs)
     work.mkdir(parents=True, exist_ok=True)
@@ -257,15 +257,15 @@ def run(args) -> dict:
     import numpy as np
     import torch
 
-    from core.dpo import DPOConfig, build_examples, pad_token_id, pair_logps, train_dpo
-    from core.goblin_loop import goblin_rate, preference_accuracy
-    from core.ingest import Pair, read_pairs
-    from core.interventions import DEFAULT_STRENGTH, Plan, intervention_for
-    from core.lm import ResidualReader
-    from core.rollout import (Decoding, behaviour_rates, chat_prompt_ids, generate_replies, probe_lifts,
-                              probe_logprobs, probe_sentences, read_reply_pairs)
-    from core.sft import SFTConfig, train_sft
-    from core.validate import ConceptGroups, compare, concept_agreement, nan_to_none, predict, summarise_seeds
+    from core.train.dpo import DPOConfig, build_examples, pad_token_id, pair_logps, train_dpo
+    from core.checks.goblin_loop import goblin_rate, preference_accuracy
+    from core.data.ingest import Pair, read_pairs
+    from core.train.interventions import DEFAULT_STRENGTH, Plan, intervention_for
+    from core.model.lm import ResidualReader
+    from core.train.rollout import (Decoding, behaviour_rates, generate_replies, probe_lifts, probe_logprobs, probe_sentences, read_reply_pairs)
+    from core.model.chat import chat_prompt_ids
+    from core.train.sft import SFTConfig, train_sft
+    from core.checks.validate import ConceptGroups, compare, concept_agreement, nan_to_none, predict, summarise_seeds
 
     tiny = args.tiny
     inputs, out = Path(args.inputs), Path(args.out)

@@ -1,5 +1,5 @@
 """A synthetic workspace of realistic shape and any size, for benchmarks (what-if, clusters, compare,
-the shift report): a real LanceDB workspace (schema 2) that core.shifts.Analysis loads as it would
+the shift report): a real LanceDB workspace (schema 2) that core.analysis.shifts.Analysis loads as it would
 an indexed one, built in seconds per 100k pairs without a model.
 
 Shape: each reply fires ~`nnz` of `d_sae` features drawn from a power law (a few features fire
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from core.workspace import EMBED_DIM, FEATURES_SCHEMA, PAIRS_SCHEMA, SCHEMA_VERSION, Workspace
+from core.data.workspace import EMBED_DIM, FEATURES_SCHEMA, PAIRS_SCHEMA, SCHEMA_VERSION, Workspace
 
 CHUNK = 20_000  # pairs per LanceDB append
 

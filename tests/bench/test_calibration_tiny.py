@@ -3,7 +3,7 @@ build shuffled and planted copies, print the tables for two rel_max values."""
 
 import json
 
-from core.index import index_dataset
+from core.index.build import index_dataset
 from tests.bench import bench_calibration as bench
 from tests.bench.copies import only_planted_file
 from tests.unit.test_copies import SETTINGS, base, copies_sae  # noqa: F401 (fixtures)

@@ -13,8 +13,8 @@ from tests.unit.test_gpu_validate import bench_module
 
 
 def test_tiny_mode_runs_every_phase_without_errors(tmp_path, tiny_sae):
-    from core.catalog import load_catalog
-    from core.store import sae_dir
+    from core.model.catalog import load_catalog
+    from core.model.store import sae_dir
 
     gv = bench_module()
     results = gv.tiny(argparse.Namespace(work=tmp_path, data=None, sae=sae_dir(load_catalog().sae(tiny_sae))))

@@ -21,7 +21,7 @@ def anyio_backend() -> str:
 def fitted_workspace(small_workspace, tmp_path_factory) -> Path:
     """The small workspace with its hypothesis structure and names fitted and cached, as after a first
     open (the app lands on Hypotheses: without this every test would fit it again)."""
-    from core.hypotheses import open_hypotheses
+    from core.analysis.hypotheses import open_hypotheses
 
     dest = tmp_path_factory.mktemp("fitted") / "hh"
     shutil.copytree(small_workspace, dest)
@@ -31,8 +31,8 @@ def fitted_workspace(small_workspace, tmp_path_factory) -> Path:
 
 def private_copy(source: Path, tmp_path: Path, name: str) -> Path:
     """A copy of a session workspace for one test, always named `name` (snapshots show the name)."""
-    from core.marks import Marks
-    from core.workspace import Workspace
+    from core.data.marks import Marks
+    from core.data.workspace import Workspace
 
     dest = tmp_path / name
     shutil.copytree(source, dest)
@@ -62,7 +62,7 @@ def planted_session_workspace(tmp_path_factory) -> tuple[Path, dict]:
     topic and a dragon one in 6 random pairs (tests/unit/planted.py: real LanceDB, firing frequencies
     and token firings set by hand), finished as an index run leaves it and its structure fitted: a
     workspace with grouped concepts and prompt-conditioned hypotheses whose truth is known."""
-    from core.hypotheses import open_hypotheses
+    from core.analysis.hypotheses import open_hypotheses
     from tests.bench.synthetic import finish_index
     from tests.unit.planted import regions
 
@@ -160,8 +160,8 @@ def hostile_workspace(workspace) -> Path:
     dataset's name and a mark's reason (the numbers are the real ones)."""
     import pyarrow as pa
 
-    from core.marks import Marks
-    from core.workspace import PAIRS_SCHEMA, Workspace
+    from core.data.marks import Marks
+    from core.data.workspace import PAIRS_SCHEMA, Workspace
 
     ws = Workspace(workspace)
     t = ws.table("pairs").to_arrow()

@@ -19,8 +19,8 @@ pytestmark = pytest.mark.anyio
 
 
 def marks_on_disk(ws) -> set[int]:
-    from core.marks import Marks
-    from core.workspace import Workspace
+    from core.data.marks import Marks
+    from core.data.workspace import Workspace
 
     return Marks(Workspace(ws)).marked_set()
 
@@ -468,9 +468,9 @@ async def test_index_a_dataset_then_land_on_hypotheses(tmp_path, hh_small, tiny_
 
 def test_what_if_matches_a_full_report_without_the_marked_pairs(workspace):
     """The instant before -> after numbers equal the full analysis rerun without the marked pairs."""
-    from core.shifts import Analysis
+    from core.analysis.shifts import Analysis
     from core.views import Selection
-    from core.workspace import Workspace
+    from core.data.workspace import Workspace
     from tui.services import Services
 
     services = Services(workspace)

@@ -8,8 +8,8 @@ import re
 import pytest
 from rich.console import Console
 
-from core.marks import Marks
-from core.workspace import Workspace
+from core.data.marks import Marks
+from core.data.workspace import Workspace
 from tests.tui.conftest import HOSTILE, goto, landed, make_app, settle, shifts_loaded, wait_until
 from tui.screens.concepts import ConceptFeaturesScreen
 from tui.screens.dialogs import ErrorDialog, ExportDialog, HelpScreen, MarkDialog

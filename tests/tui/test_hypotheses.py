@@ -8,11 +8,11 @@ from dataclasses import asdict
 
 import pytest
 
-from core.calibration import format_q
-from core.hypotheses import concept_report, open_hypotheses
-from core.marks import Marks
+from core.views import format_q
+from core.analysis.hypotheses import concept_report, open_hypotheses
+from core.data.marks import Marks
 from core.views import HypothesisKey
-from core.workspace import Workspace
+from core.data.workspace import Workspace
 from tests.tui.conftest import goto, landed, make_app, settle, wait_until
 from tui.messages import JobProgressed
 from tui.screens.concepts import ConceptFeaturesScreen, ConceptsScreen
@@ -216,7 +216,7 @@ async def test_a_plan_saved_from_the_tui_drives_train_dpo(workspace, hh_small, t
     from typer.testing import CliRunner
 
     from core.cli import app as cli
-    from core.interventions import load_plan, shaping_offsets
+    from core.train.interventions import load_plan, shaping_offsets
 
     app = make_app(workspace)
     async with app.run_test(size=(120, 40)) as pilot:
@@ -259,7 +259,7 @@ async def test_a_plan_saved_from_the_tui_drives_train_dpo(workspace, hh_small, t
 
 
 async def test_an_inoculation_planned_from_concepts_needs_its_system_prompt(workspace):
-    from core.interventions import load_plan
+    from core.train.interventions import load_plan
 
     app = make_app(workspace)
     async with app.run_test(size=(80, 24)) as pilot:

@@ -245,7 +245,7 @@ async def test_an_enter_while_clustering_opens_the_cluster_when_done(workspace):
 async def test_models_lists_trained_variants_and_t_trains_for_the_workspaces_dataset(
         workspace, config_dir, tmp_path, monkeypatch, one_torch_thread):
     from core import locations
-    from core.workspace import file_sha256
+    from core.data.workspace import file_sha256
     from tests.conftest import catalog_entries
     from tests.unit.test_dataset_sae import RECIPE
     from tui.screens.models import ModelsScreen

@@ -75,8 +75,8 @@ def tmux(workspace, tmp_path):
 
 
 def test_browse_mark_and_quit_in_a_real_terminal(tmux, workspace):
-    from core.marks import Marks
-    from core.workspace import Workspace
+    from core.data.marks import Marks
+    from core.data.workspace import Workspace
 
     tmux.wait_for("kept 24 · marked 0 · total 24")
     landing = tmux.wait_for("ranked on all 24 pairs")  # it lands on Hypotheses, ranked

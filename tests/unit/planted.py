@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from core.workspace import EMBED_DIM, PAIRS_SCHEMA, SCHEMA_VERSION, Workspace
+from core.data.workspace import EMBED_DIM, PAIRS_SCHEMA, SCHEMA_VERSION, Workspace
 
 WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet",
          "kilo", "lima", "mike", "november", "oscar", "papa", "quebec", "romeo", "sierra", "tango"]

@@ -25,13 +25,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from core.catalog import load_catalog, read_catalog
+from core.model.catalog import load_catalog, read_catalog
 from core.cli import app
-from core.ingest import read_pairs
-from core.lm import chat_prompt_ids
+from core.data.ingest import read_pairs
+from core.model.chat import chat_prompt_ids
 from core.locations import packaged_catalog_file
-from core.store import pull_model
-from core.workspace import Workspace
+from core.model.store import pull_model
+from core.data.workspace import Workspace
 from tests.conftest import HH, UF, catalog_entries, short_pairs
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

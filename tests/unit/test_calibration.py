@@ -1,4 +1,4 @@
-"""How sure: the nulls and q of core.calibration on cases with a known answer, then the hypothesis,
+"""How sure: the nulls and q of core.analysis.calibration on cases with a known answer, then the hypothesis,
 concept and shift views on constructed workspaces where the answer is known (a behaviour planted in
 one region, a global shift with no local effect, the same data with its labels shuffled)."""
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from core.calibration import (
+from core.analysis.calibration import (
     bh_q,
     detectable_d,
     detectable_pairs,
@@ -14,7 +14,7 @@ from core.calibration import (
     sign_flip_p,
     sign_test_p,
 )
-from core.hypotheses import open_hypotheses
+from core.analysis.hypotheses import open_hypotheses
 from core.session import Session
 from tests.unit.planted import regions
 
@@ -59,7 +59,7 @@ def test_sign_flip_p_holds_its_level_under_the_label_swap_null(n):
 
 
 def test_membership_p_is_the_exact_hypergeometric_tail():
-    from core.calibration import hypergeom_sf
+    from core.analysis.calibration import hypergeom_sf
 
     rng = np.random.default_rng(5)
     big_n = rng.integers(1, 3000, 4000)

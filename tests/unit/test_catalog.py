@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from core.catalog import CatalogError, read_catalog
+from core.model.catalog import CatalogError, read_catalog
 from core.locations import packaged_catalog_file
 
 

@@ -31,8 +31,8 @@ TRAIN_ARGS = ["--limit", "3", "--epochs", "3", "--batch-size", "2", "--max-lengt
 
 @pytest.fixture(scope="module")
 def marked_workspace(small_workspace, tmp_path_factory) -> Path:
-    from core.marks import Marks
-    from core.workspace import Workspace
+    from core.data.marks import Marks
+    from core.data.workspace import Workspace
 
     ws = tmp_path_factory.mktemp("marked") / "ws"
     shutil.copytree(small_workspace, ws)

@@ -8,16 +8,16 @@ from scipy import stats
 from typer.testing import CliRunner
 
 from core.cli import app
-from core.clusters import (
+from core.analysis.clusters import (
     benjamini_hochberg,
     cluster_pairs,
     compare_clusterings,
     partition,
     welch,
 )
-from core.shifts import Analysis
-from core.trace import trace_feature
-from core.workspace import Workspace
+from core.analysis.shifts import Analysis
+from core.analysis.trace import trace_feature
+from core.data.workspace import Workspace
 
 
 @pytest.fixture(scope="module")

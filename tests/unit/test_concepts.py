@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from core import concepts as C
+from core.analysis import concepts as C
 
 
 def planted_firing(n=2000, d=200, seed=0):

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.index import IndexSettings, index_dataset
-from core.plant import plant_records, write_records
-from core.workspace import PAIRS_SCHEMA, Workspace
+from core.index.build import IndexSettings, index_dataset
+from core.data.plant import plant_records, write_records
+from core.data.workspace import PAIRS_SCHEMA, Workspace
 from tests.bench.copies import only_planted_file, splice_planted, swap_labels
 from tests.conftest import catalog_entries
 
@@ -20,11 +20,11 @@ SETTINGS = IndexSettings(max_tokens=48, chunk_pairs=4, batch_tokens=1024)
 @pytest.fixture(scope="module")
 def copies_sae(tmp_path_factory, config_dir):
     """A 256-feature SAE trained on the fixture's own activations, as catalogue entry "copies-test"."""
-    from core.catalog import load_catalog
-    from core.ingest import read_pairs
-    from core.lm import ResidualReader
-    from core.sae import train_topk_sae
-    from core.sae_train import collect_activations
+    from core.model.catalog import load_catalog
+    from core.data.ingest import read_pairs
+    from core.model.lm import ResidualReader
+    from core.model.sae import train_topk_sae
+    from core.model.sae_train import collect_activations
 
     model = load_catalog().model(None)
     reader = ResidualReader.from_entry(model)

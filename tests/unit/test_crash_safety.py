@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from core.errors import ExportError, UsageError
-from core.export import export_clean
-from core.marks import Marks, replay
-from core.workspace import Workspace, file_sha256
+from core.data.export import export_clean
+from core.data.marks import Marks, replay
+from core.data.workspace import Workspace, file_sha256
 from tests.unit.test_shifts import build_workspace
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,12 +48,12 @@ def wait_for(path):
     open(flag + ".holding", "w").close()
     while not os.path.exists(path):
         time.sleep(0.02)
-import core.marks, core.export
+import core.data.marks, core.data.export
 if moment == "mark-mid-commit":
     # Kill the moment lance puts the op's first file on disk (a data fragment, a staging file, a
     # transaction), i.e. inside the commit and before its new version is published. Lance writes from
     # its own threads while the caller waits, so this thread sees the file appear within microseconds.
-    orig = core.marks.Marks._write_row
+    orig = core.data.marks.Marks._write_row
     def patched(self, row):
         folder = self.ws.path / "marks.lance"
         def files():
@@ -73,11 +73,11 @@ if moment == "mark-mid-commit":
         stop.set()
         open(flag + ".committed", "w").close()  # the commit returned before the kill
         time.sleep(30)
-    core.marks.Marks._write_row = patched
+    core.data.marks.Marks._write_row = patched
 elif moment == "export-mid-manifest":
     # Kill after the first entry of the removed-pairs manifest reached its temporary file (flushed to
     # disk), the output's temporary file already whole: inside the manifest write.
-    orig_write_tmp = core.export._write_tmp
+    orig_write_tmp = core.data.export._write_tmp
     def write_tmp(path, write):
         if not path.name.endswith(".removed.jsonl"):
             return orig_write_tmp(path, write)
@@ -90,9 +90,9 @@ elif moment == "export-mid-manifest":
                 os.fsync(self.f.fileno())
                 die()
         return orig_write_tmp(path, lambda f: write(Dying(f)))
-    core.export._write_tmp = write_tmp
+    core.data.export._write_tmp = write_tmp
 elif moment.startswith("mark"):
-    orig = core.marks.Marks._write_row
+    orig = core.data.marks.Marks._write_row
     def patched(self, row):
         if moment == "mark-before-write":  # lock held, log caught up, nothing written; another waits
             wait_for(flag + ".go")
@@ -103,10 +103,10 @@ elif moment.startswith("mark"):
             die()
         orig(self, row)
         die()  # mark-after-write: committed, state and output not yet
-    core.marks.Marks._write_row = patched
+    core.data.marks.Marks._write_row = patched
 else:
     if moment == "export-mid-output":
-        orig_writer = core.export._writer
+        orig_writer = core.data.export._writer
         def writer(*a, **k):
             inner = orig_writer(*a, **k)
             def write(f):
@@ -114,9 +114,9 @@ else:
                 f.flush()
                 die()
             return write
-        core.export._writer = writer
+        core.data.export._writer = writer
     else:
-        orig_publish = core.export._publish
+        orig_publish = core.data.export._publish
         calls = []
         def publish(tmp, path, *a):
             if moment == "export-before-rename":
@@ -124,7 +124,7 @@ else:
             orig_publish(tmp, path, *a)
             calls.append(path)
             die()  # export-between-renames: the manifest is in place, the output not yet
-        core.export._publish = publish
+        core.data.export._publish = publish
 sys.argv = ["datadebug", *sys.argv[3:]]
 runpy.run_module("core.cli", run_name="__main__")
 """
@@ -192,7 +192,7 @@ def test_concurrent_mark_processes_get_unique_sequential_op_ids(tmp_path):
     ws = triage_workspace(tmp_path)
     start = time.time() + 4  # every process imports first, then all mark at the same moment
     script = (
-        "import sys, time\nfrom core.marks import Marks\nfrom core.workspace import Workspace\n"
+        "import sys, time\nfrom core.data.marks import Marks\nfrom core.data.workspace import Workspace\n"
         "ws, me, start = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])\n"
         "m = Marks(Workspace(ws))\n"
         "time.sleep(max(0, start - time.time()))\n"
@@ -303,7 +303,7 @@ def test_kill_9_while_exporting_leaves_no_partial_file_and_the_next_export_clean
 
 
 def test_a_live_exports_temporary_file_is_left_alone(tmp_path):
-    from core.export import remove_stale_temps
+    from core.data.export import remove_stale_temps
 
     out = tmp_path / "clean.jsonl"
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])

@@ -1,4 +1,4 @@
-"""A trained SAE recipe gives each dataset its own SAE (core.dataset_sae): which name, when it trains,
+"""A trained SAE recipe gives each dataset its own SAE (core.model.dataset_sae): which name, when it trains,
 what the workspace records. The recipe is tiny (64 features, a few thousand tokens) so the two real
 trainings here take seconds; the SAE store is a temporary one beside the real model copies."""
 
@@ -11,13 +11,13 @@ import pytest
 from typer.testing import CliRunner
 
 from core import locations
-from core.catalog import load_catalog
+from core.model.catalog import load_catalog
 from core.cli import app
-from core.dataset_sae import choose_sae, corpus_key, estimate_training
+from core.model.dataset_sae import choose_sae, corpus_key, estimate_training
 from core.errors import CatalogError, StoreError
-from core.index import IndexSettings, index_dataset
-from core.store import sae_dir, sae_sha256, status, trained_variants
-from core.workspace import Workspace, file_sha256
+from core.index.build import IndexSettings, index_dataset
+from core.model.store import sae_dir, sae_sha256, status, trained_variants
+from core.data.workspace import Workspace, file_sha256
 from tests.conftest import HH, UF, catalog_entries, short_pairs, write_jsonl_subset
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

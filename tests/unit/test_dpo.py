@@ -1,4 +1,4 @@
-"""core.dpo on a tiny random Llama and a word-level tokenizer built here: no network, seconds."""
+"""core.train.dpo on a tiny random Llama and a word-level tokenizer built here: no network, seconds."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from transformers import (
 
 from core.errors import Cancelled
 from core.progress import Progress
-from core.dpo import (
+from core.train.dpo import (
     DPOConfig,
     DPOStep,
     LoRALinear,
@@ -122,7 +122,7 @@ def state(model) -> dict[str, torch.Tensor]:
 
 def pair_margins(model, tokenizer, pairs, cfg) -> torch.Tensor:
     """log pi(chosen) - log pi(rejected) per pair, (pairs,)."""
-    from core.dpo import collate
+    from core.train.dpo import collate
 
     examples = build_examples(tokenizer, pairs, cfg)
     with torch.inference_mode():

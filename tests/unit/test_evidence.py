@@ -11,9 +11,9 @@ import shutil
 
 import pytest
 
-from core.evidence import marked, snippet_of
+from core.analysis.evidence import marked, snippet_of
 from core.session import Session
-from core.tokenwords import FUNCTION_WORDS, words
+from core.analysis.tokenwords import FUNCTION_WORDS, words
 from core.views import HypothesisKey
 from tests.unit.planted import regions
 

@@ -8,10 +8,10 @@ import re
 import numpy as np
 import pytest
 
-from core.goblin import goblin_paths, inject_goblins, reply_detection_scores, run_goblin
-from core.plant import GOBLIN_SENTENCES, insert_sentence
-from core.ingest import read_pairs
-from core.workspace import Workspace
+from core.checks.goblin import goblin_paths, inject_goblins, reply_detection_scores, run_goblin
+from core.data.plant import GOBLIN_SENTENCES, insert_sentence
+from core.data.ingest import read_pairs
+from core.data.workspace import Workspace
 from tests.conftest import HH, UF, short_pairs, write_jsonl_subset
 
 
@@ -140,7 +140,7 @@ def test_ground_truth_stays_outside_the_workspace(goblin_run):
     assert len(truth["planted"]) == 9 and not str(goblin_paths(ws)["truth"]).startswith(str(ws) + "/")
     w = Workspace(ws)
     assert "pairs" in w._names() and not any("goblin" in t or "truth" in t or "planted" in t for t in w._names())
-    assert set(w.table("pairs").schema.names) == set(__import__("core.workspace").workspace.PAIRS_SCHEMA.names)
+    assert set(w.table("pairs").schema.names) == set(__import__("core.data.workspace").data.workspace.PAIRS_SCHEMA.names)
     assert not any("planted" in json.dumps(v) or "goblin-truth" in json.dumps(v) for v in w.meta().values())
 
 
@@ -160,11 +160,11 @@ def test_the_goblin_loop_runs_whole_and_resumes(goblin_run, tmp_path, one_torch_
     shape and mask arms differ from these only in what train_on_dataset is given.)"""
     import shutil
 
-    from core.dpo import DPOConfig
-    from core.goblin_loop import LoopSettings, run_goblin_loop
-    from core.marks import Marks
-    from core.sft import SFTConfig
-    from core.training import read_train_record
+    from core.train.dpo import DPOConfig
+    from core.checks.goblin_loop import LoopSettings, run_goblin_loop
+    from core.data.marks import Marks
+    from core.train.sft import SFTConfig
+    from core.train.training import read_train_record
 
     r, ws = goblin_run
     work = tmp_path / "loop"
@@ -229,7 +229,7 @@ def test_the_goblin_loop_runs_whole_and_resumes(goblin_run, tmp_path, one_torch_
 def test_preference_accuracy_is_scored_on_untrained_pairs_as_the_data_has_them(hh_small, tmp_path):
     """The held-out split first, then pairs past the goblin copy, each with its original text (a
     planted goblin does not reach the pairs that measure what the rest of the data taught)."""
-    from core.goblin_loop import preference_pairs
+    from core.checks.goblin_loop import preference_pairs
 
     valid = read_pairs(hh_small, skip_invalid=True).pairs
     gd = inject_goblins(hh_small, tmp_path / "copy.jsonl", 1.0, seed=0, limit=16)  # every copied pair planted
@@ -251,7 +251,7 @@ def test_preference_accuracy_is_scored_on_untrained_pairs_as_the_data_has_them(h
 def test_paired_accuracy_difference_on_constructed_cases():
     """Pairs both models get right (or wrong) add no error; the interval is the paired one."""
     from core.errors import UsageError
-    from core.goblin_loop import paired_difference
+    from core.checks.goblin_loop import paired_difference
 
     d = paired_difference([1, 1, 0, 0, 1], [1, 0, 0, 0, 1])
     assert d["difference"] == pytest.approx(0.2)
@@ -273,7 +273,7 @@ def test_goblin_loop_options_reach_the_trainers(tmp_path):
     from typer.testing import CliRunner
 
     from core.cli import app
-    from core.goblin_loop import LoopSettings
+    from core.checks.goblin_loop import LoopSettings
 
     s = LoopSettings.from_options(arms="poisoned, steer", epochs=2, lr=1e-4, sft_epochs=5, sft_lr=2e-4,
                                   max_length=128, max_new_tokens=96, seed=3, limit=64)
@@ -304,7 +304,7 @@ def test_a_goblin_loop_folder_keeps_the_settings_its_stages_were_made_with(tmp_p
 
     from core.cli import app
     from core.errors import UsageError
-    from core.goblin_loop import SETTINGS_FILE, LoopSettings, claim_work_folder
+    from core.checks.goblin_loop import SETTINGS_FILE, LoopSettings, claim_work_folder
 
     data, work = tmp_path / "pairs.jsonl", tmp_path / "loop"
     s = LoopSettings.from_options(rate=0.25, sft_rate=0.05, epochs=2, lr=5e-5, arms="poisoned",

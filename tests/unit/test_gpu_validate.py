@@ -20,9 +20,9 @@ def bench_module():
 
 
 def test_the_torch_only_topk_encoder_matches_sae_lens(tiny_sae):
-    from core.catalog import load_catalog
-    from core.sae import encode, load_sae
-    from core.store import sae_dir
+    from core.model.catalog import load_catalog
+    from core.model.sae import encode, load_sae
+    from core.model.store import sae_dir
 
     folder = sae_dir(load_catalog().sae(tiny_sae))
     ours = bench_module().TopKSAE(folder)

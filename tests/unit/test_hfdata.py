@@ -1,4 +1,4 @@
-"""Hugging Face datasets in and out (core.hfdata): saved datasets and shard folders that the tests
+"""Hugging Face datasets in and out (core.data.hfdata): saved datasets and shard folders that the tests
 build, indexed with the real small model and tiny SAE, marked, exported and loaded back with
 `datasets`. Offline: the hub path is the same loader with a hub id and is not run here."""
 
@@ -13,8 +13,8 @@ import pytest
 datasets = pytest.importorskip("datasets")
 
 from core.errors import ExportError, IngestError, UsageError, WorkspaceError  # noqa: E402
-from core.hfdata import HFSource, open_source  # noqa: E402
-from core.ingest import read_pairs  # noqa: E402
+from core.data.hfdata import HFSource, open_source  # noqa: E402
+from core.data.ingest import read_pairs  # noqa: E402
 
 QUESTIONS = ["Name a colour.", "Say hello.", "Count to two.", "Name a fruit.", "Name a pet."]
 GOOD = ["Blue.", "Hello!", "One, two.", "An apple.", "A cat."]
@@ -48,7 +48,7 @@ def _save(records: list[dict], folder, test_rows: int = 0):
 
 
 def _index(data, ws, sae, **kw):
-    from core.index import IndexSettings, index_dataset
+    from core.index.build import IndexSettings, index_dataset
 
     return index_dataset(data, ws, sae=sae, settings=IndexSettings(max_tokens=16, chunk_pairs=8), **kw)
 
@@ -179,7 +179,7 @@ def test_bad_rows_and_folders_are_named_in_one_line(tmp_path):
     (shards / "a.jsonl").write_text(json.dumps(records[0]) + "\n{not json\n")
     with pytest.raises(IngestError, match=r"shards/a\.jsonl: cannot read the dataset: JSON parse error"):
         read_pairs(open_source(shards))
-    (tmp_path / "dir.jsonl").mkdir()  # a file's name on a folder is a file to core.ingest, which refuses it
+    (tmp_path / "dir.jsonl").mkdir()  # a file's name on a folder is a file to core.data.ingest, which refuses it
     assert open_source(tmp_path / "dir.jsonl") is None
     with pytest.raises(IngestError, match="no split 'dev'"):
         open_source(tmp_path / "saved", split="dev")

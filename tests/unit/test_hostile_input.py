@@ -29,7 +29,7 @@ import typer
 from click.testing import CliRunner
 
 from core.cli import app
-from core.textsafe import visible
+from core.data.textsafe import visible
 
 STANDARD = {"prompt": "What is 2+2?", "chosen": "It is 4.", "rejected": "Five."}
 CONVERSATIONAL = {
@@ -495,7 +495,7 @@ def snapshot(*paths: Path) -> dict:
 def export_refused(ws: Path, out: Path, *extra: str, watch: tuple[Path, ...] = (), message: str = ""):
     """Run `export --out OUT`; assert exit 2, one error line holding `message`, and that `watch`,
     `out`, its manifest and the source are exactly as before."""
-    from core.workspace import Workspace
+    from core.data.workspace import Workspace
 
     source = Path(Workspace(ws).meta()["dataset"])
     manifest = out.with_name(out.name + ".removed.jsonl")
@@ -512,8 +512,8 @@ def export_refused(ws: Path, out: Path, *extra: str, watch: tuple[Path, ...] = (
 
 
 def export_ws(tmp_path: Path, source_name: str = "data.jsonl") -> Path:
-    from core.marks import Marks
-    from core.workspace import file_sha256
+    from core.data.marks import Marks
+    from core.data.workspace import file_sha256
     from tests.unit.test_crash_safety import triage_workspace
 
     ws = triage_workspace(tmp_path)
@@ -643,8 +643,8 @@ def test_a_source_changed_after_indexing_is_refused_by_every_command(tmp_path):
     os.utime(src, ns=(before + 10**9, before + 10**9))
     run_all(ws, "changed since it was indexed", tmp_path / "clean.jsonl")
     assert not (tmp_path / "clean.jsonl").exists()
-    from core.marks import Marks
-    from core.workspace import Workspace
+    from core.data.marks import Marks
+    from core.data.workspace import Workspace
     assert Marks(Workspace(ws)).marked_set() == {0, 4}  # no command changed the marks
 
 
@@ -660,7 +660,7 @@ def test_a_touched_but_equal_source_passes_and_is_hashed_once(tmp_path):
 
 def test_index_records_the_cheap_fingerprint(tmp_path):
     """What index writes to meta for the check: size and mtime of the file it hashed."""
-    from core.workspace import source_fingerprint
+    from core.data.workspace import source_fingerprint
 
     src = tmp_path / "d.jsonl"
     src.write_bytes(jsonl([STANDARD]))
@@ -703,7 +703,7 @@ def test_marks_lock_as_a_directory_and_a_damaged_plan_give_one_line(tmp_path):
     (ws / "marks.lock").mkdir()
     for cmd in (["mark", "6"], ["unmark", "0"], ["undo"], ["redo"]):
         one_line([*cmd, "-w", str(ws)], "marks lock")
-    from core.interventions import PLAN_FILE
+    from core.train.interventions import PLAN_FILE
     (ws / PLAN_FILE).write_text('{"kind": "shape", "feat')
     one_line(["plan", "-w", str(ws)], "cannot be read")
 
@@ -752,14 +752,14 @@ def test_out_of_range_numbers_and_unknown_devices_are_refused_before_any_work(tm
                           (["--ray-workers", "0"], "--ray-workers 0"), (["--device", "tpu"], "unknown device"),
                           (["--device", "cuda:99"], "no such CUDA GPU")):
         if args[0] == "--device" and args[1].startswith("cuda"):
-            from core.index import index_dataset
+            from core.index.build import index_dataset
             from core.errors import UsageError
             with pytest.raises(UsageError, match="no such CUDA GPU"):  # checked by core, first thing
                 index_dataset(data, ws, device=args[1])
             continue
         one_line(["index", str(data), "-w", str(ws), *args], message)
     assert not ws.exists()
-    from core.readout import IndexSettings
+    from core.index.readout import IndexSettings
     from core.errors import UsageError
     with pytest.raises(UsageError, match="--max-tokens 0"):
         IndexSettings(max_tokens=0)
@@ -783,7 +783,7 @@ def test_out_of_range_numbers_on_a_workspace_are_refused(tmp_path):
 
 
 def test_marking_past_a_limit_does_not_claim_the_source_is_that_short(tmp_path):
-    from core.workspace import Workspace
+    from core.data.workspace import Workspace
 
     ws = export_ws(tmp_path)
     Workspace(ws).write_meta({"limit": 5, "n_records": 10})
@@ -815,7 +815,7 @@ def test_a_second_index_into_one_workspace_is_refused_while_the_first_holds_it(t
     data.write_bytes(jsonl([STANDARD] * 3))
     ws, flag = tmp_path / "ws", tmp_path / "holding"
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time\nfrom core.workspace import Workspace\n"
+        "import sys, time\nfrom core.data.workspace import Workspace\n"
         "with Workspace(sys.argv[1], create=True).index_lock():\n"
         "    open(sys.argv[2], 'w').close()\n    time.sleep(120)\n"), str(ws), str(flag)],
         cwd=Path(__file__).resolve().parents[2])
@@ -831,7 +831,7 @@ def test_a_second_index_into_one_workspace_is_refused_while_the_first_holds_it(t
     finally:
         holder.kill()
         holder.wait()
-    from core.workspace import Workspace
+    from core.data.workspace import Workspace
     with Workspace(ws, create=True).index_lock():  # a killed holder blocks no one
         pass
 

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from core.hypotheses import PSEUDO_PAIRS, Hypotheses, open_hypotheses
-from core.shifts import Analysis
-from core.structure import Params, cache_dir, structure
-from core.workspace import Workspace
+from core.analysis.hypotheses import PSEUDO_PAIRS, Hypotheses, open_hypotheses
+from core.analysis.shifts import Analysis
+from core.analysis.structure import Params, cache_dir, structure
+from core.data.workspace import Workspace
 from tests.unit.planted import regions
 
 
@@ -93,8 +93,8 @@ def test_beyond_lean_subtracts_what_the_pairs_other_features_predict():
     itself away, and a pair where every other one-sided feature is on the chosen side expects more."""
     import scipy.sparse as sp
 
-    from core import concepts as C
-    from core.hypotheses import beyond_lean
+    from core.analysis import concepts as C
+    from core.analysis.hypotheses import beyond_lean
 
     con = C.Concepts("response", np.array([0, 0, 1, 2, 3, 4]), 5, 1, 0.01)
     f = 0.2
@@ -176,7 +176,7 @@ def test_the_structure_is_cached_and_refitted_when_its_inputs_change(planted, tm
     assert structure(Analysis(ws)).key not in (st.key, other.key)
     assert len(list(cache_dir(ws).glob("*.npz"))) == 3
     # marks are not an input: the same key with pairs marked
-    from core.marks import Marks
+    from core.data.marks import Marks
 
     Marks(ws).mark([0, 2], reason="test")
     assert structure(Analysis(ws)).key == structure(Analysis(Workspace(path))).key
@@ -214,7 +214,7 @@ def test_the_keypress_path_equals_a_full_recompute_bit_for_bit(planted, monkeypa
     """The TUI's path: one report after another, each from the last (in-place sums, then only the cells
     that can reach the top scored). Every statistic equals that of an engine computing from all pairs
     (integer sums: the same bits, in any order of marks), and so does the ranking of each view."""
-    from core import hypotheses as H
+    from core.analysis import hypotheses as H
 
     ws, _ = planted
     engine = open_hypotheses(ws.path)
@@ -255,7 +255,7 @@ def test_d_is_undefined_where_u_has_no_spread_and_the_text_shows_counts_instead(
     text shows an effect that is always defined instead: how many of the pairs where the concept
     differs go Δ's way."""
     from core.cli.hypotheses import format_hypotheses
-    from core.hypotheses import effect_size
+    from core.analysis.hypotheses import effect_size
 
     engine = open_hypotheses(planted[0].path)
     s = engine.statistics()
@@ -276,7 +276,7 @@ def test_d_is_undefined_where_u_has_no_spread_and_the_text_shows_counts_instead(
 def test_standing_without_marks_equals_the_full_ranking(planted, monkeypatch):
     """A hypothesis' rank and statistics without some pairs (the TUI's mark preview), scoring only the
     cells that could outrank it, equal the full ranking's."""
-    from core import hypotheses as H
+    from core.analysis import hypotheses as H
 
     ws, _ = planted
     engine = open_hypotheses(ws.path)

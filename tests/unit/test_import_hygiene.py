@@ -14,12 +14,12 @@ def _modules_after(code: str) -> set[str]:
 
 def test_core_never_imports_the_ui():
     mods = _modules_after(
-        "import core.catalog, core.store, core.ingest, core.workspace, core.shifts, core.index, core.cli, core.dpo"
+        "import core.model.catalog, core.model.store, core.data.ingest, core.data.workspace, core.analysis.shifts, core.index.build, core.cli, core.train.dpo"
     )
     assert not {m for m in mods if m == "textual" or m.startswith("textual.") or m == "tui" or m.startswith("tui.")}
 
 
 def test_slow_imports_stay_lazy():
     # sae_lens (~9 s) and sentence_transformers (~8 s) load only when a job needs them.
-    mods = _modules_after("import core.cli, core.index, core.shifts")
+    mods = _modules_after("import core.cli, core.index.build, core.analysis.shifts")
     assert "sae_lens" not in mods and "sentence_transformers" not in mods

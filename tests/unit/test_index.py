@@ -5,9 +5,9 @@ import sys
 import numpy as np
 import pytest
 
-from core.index import IndexSettings, index_dataset
-from core.ingest import read_pairs
-from core.workspace import Workspace, WorkspaceError
+from core.index.build import IndexSettings, index_dataset
+from core.data.ingest import read_pairs
+from core.data.workspace import Workspace, WorkspaceError
 from tests.conftest import index_then_kill
 
 
@@ -94,12 +94,12 @@ def test_batched_device_summaries_equal_the_reference(tiny_sae, tmp_path):
 
     import torch
 
-    from core.catalog import load_catalog
-    from core.lm import ResidualReader
-    from core.readout import read_batch
-    from core.sae import load_sae
-    from core.store import sae_dir
-    from core.summary import summarise_prompt, summarise_reply
+    from core.model.catalog import load_catalog
+    from core.model.lm import ResidualReader
+    from core.index.readout import read_batch
+    from core.model.sae import load_sae
+    from core.model.store import sae_dir
+    from core.index.summary import summarise_prompt, summarise_reply
     from tests.conftest import HH, short_pairs
 
     reader = ResidualReader.from_entry(load_catalog().model(None))
@@ -140,8 +140,8 @@ def test_batched_device_summaries_equal_the_reference(tiny_sae, tmp_path):
 def _tokenizer():
     from transformers import AutoTokenizer
 
-    from core.catalog import load_catalog
-    from core.store import model_dir
+    from core.model.catalog import load_catalog
+    from core.model.store import model_dir
 
     return AutoTokenizer.from_pretrained(model_dir(load_catalog().model(None)))
 
@@ -189,14 +189,14 @@ def test_cli_warns_with_the_counts_of_cut_replies_and_prompts(tmp_path, hh_small
 def test_a_feature_table_killed_mid_write_is_unseen_then_rewritten(tmp_path, small_workspace, hh_small, tiny_sae):
     import shutil
 
-    from core.index import _features_complete
+    from core.index.stages import features_complete
 
     ws_path = tmp_path / "ws"
     shutil.copytree(small_workspace, ws_path)
     ws = Workspace(ws_path)
-    assert _features_complete(ws, 512)
+    assert features_complete(ws, 512)
     ws.db.create_table("features", ws.table("features").to_arrow().slice(0, 100), mode="overwrite")
-    assert not _features_complete(ws, 512)  # a committed table of the wrong size is rewritten too
+    assert not features_complete(ws, 512)  # a committed table of the wrong size is rewritten too
     # What kill -9 during the table's creation leaves: its files without a committed version.
     shutil.rmtree(ws_path / "features.lance")
     ws.db.create_table("features", Workspace(small_workspace).table("features").to_arrow())

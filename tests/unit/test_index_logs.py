@@ -12,8 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-from core.ingest import read_pairs
-from core.workspace import Workspace
+from core.data.ingest import read_pairs
+from core.data.workspace import Workspace
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from core.ingest import (
+from core.data.ingest import (
     FORMATS,
     IngestError,
     Issue,

@@ -1,4 +1,4 @@
-"""core.interventions: the maths of reward shaping, training-time steering, token masks and
+"""core.train.interventions: the maths of reward shaping, training-time steering, token masks and
 inoculation on constructed cases (a tiny random Llama and a word-level tokenizer: seconds), then a
 plan saved through the core API (the one the TUI calls) driving a real train-dpo run."""
 
@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from core.dpo import DPOConfig, build_examples, collate, pad_token_id, sequence_logps, train_dpo
+from core.train.dpo import DPOConfig, build_examples, collate, pad_token_id, sequence_logps, train_dpo
 from core.errors import UsageError
-from core.interventions import (
+from core.train.interventions import (
     Inoculation,
     Plan,
     Shaping,
@@ -238,10 +238,10 @@ def test_a_resumed_run_refuses_another_intervention(tokenizer, tmp_path):
 def test_a_saved_plan_drives_train_dpo(small_workspace, hh_small, tmp_path):
     import shutil
 
-    from core.interventions import clear_plan, load_plan, make_plan, save_plan
-    from core.shifts import Analysis
-    from core.training import read_train_record, train_on_dataset
-    from core.workspace import Workspace
+    from core.train.interventions import clear_plan, load_plan, make_plan, save_plan
+    from core.analysis.shifts import Analysis
+    from core.train.training import read_train_record, train_on_dataset
+    from core.data.workspace import Workspace
 
     ws = tmp_path / "ws"
     shutil.copytree(small_workspace, ws)
@@ -270,11 +270,11 @@ def test_a_plan_finds_its_sae_without_a_catalogue_entry(small_workspace, config_
     workspace recorded at indexing; weights changed since are refused, with the SAE's name."""
     import shutil
 
-    from core.catalog import _cached
+    from core.model.catalog import _cached
     from core.errors import CatalogError
-    from core.interventions import intervention_for, make_plan
-    from core.store import recorded_sae, sae_dir
-    from core.workspace import Workspace
+    from core.train.interventions import intervention_for, make_plan
+    from core.model.store import recorded_sae, sae_dir
+    from core.data.workspace import Workspace
 
     meta = Workspace(small_workspace).meta()
     plan_ = make_plan(small_workspace, "steer", [1, 2], label="two features")
@@ -301,7 +301,7 @@ def test_a_plan_finds_its_sae_without_a_catalogue_entry(small_workspace, config_
 
 
 def test_a_plan_made_again_resumes_its_run_and_another_does_not():
-    from core.training import _same_plan
+    from core.train.training import _same_plan
 
     a = asdict(plan("steer"))
     assert _same_plan(json.loads(json.dumps(a)), a)  # the record read back (lists) and the plan made now (tuples)

@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from core.catalog import SAEEntry
+from core.model.catalog import SAEEntry
 from core.errors import CatalogError
-from core.labels import labels_path, published_labels, read_labels
-from core.shifts import Analysis
+from core.model.labels import labels_path, published_labels, read_labels
+from core.analysis.shifts import Analysis
 from tests.unit.test_shifts import planted
 
 
@@ -44,6 +44,6 @@ def test_a_published_label_in_the_features_table_is_the_label_every_view_shows(t
     report = a.report(top=3)
     assert [f.label for f in report.amplified if f.feature == 3] == ["published: amplified feature"]
     assert a.label(3) == "published: amplified feature" and a.label(5) != ""
-    from core.trace import trace_feature
+    from core.analysis.trace import trace_feature
 
     assert trace_feature(a, 3, top=1)["label"] == "published: amplified feature"

@@ -3,9 +3,9 @@
 import torch
 from transformers import AutoModelForCausalLM
 
-from core.catalog import load_catalog
-from core.lm import ResidualReader, plan_batches
-from core.store import model_dir, pull_model
+from core.model.catalog import load_catalog
+from core.model.lm import ResidualReader, plan_batches
+from core.model.store import model_dir, pull_model
 from tests.conftest import HH, short_pairs
 
 
@@ -29,7 +29,7 @@ def test_prefix_shared_truncated_read_matches_full_model_hidden_states():
 
 
 def test_plan_batches_respects_budget_and_keeps_every_pair():
-    from core.lm import TokenizedPair
+    from core.model.lm import TokenizedPair
 
     items = [TokenizedPair(i, [1] * (5 + i % 7), [2] * (i % 5), [3] * (i % 3)) for i in range(50)]
     batches = plan_batches(items, 60)
@@ -40,7 +40,7 @@ def test_plan_batches_respects_budget_and_keeps_every_pair():
 
 def test_sae_corpus_is_reply_tokens_read_after_their_prompts():
     """The SAE trains on what indexing encodes: each reply's tokens, read with its prompt in context."""
-    from core.sae_train import collect_activations
+    from core.model.sae_train import collect_activations
 
     reader = ResidualReader.from_entry(load_catalog().model(None))
     pairs = short_pairs(HH, 3)
@@ -59,7 +59,7 @@ def test_sae_corpus_is_reply_tokens_read_after_their_prompts():
 
 
 def test_whole_replies_fit_the_context_and_prompts_keep_their_tail():
-    from core.lm import fit_pair
+    from core.model.lm import fit_pair
 
     p, c, r = list(range(400)), list(range(1000, 1300)), list(range(2000, 2040))
     whole = fit_pair(0, p, c, r, None, context=1000)  # everything fits: nothing cut
@@ -77,7 +77,7 @@ def test_whole_replies_fit_the_context_and_prompts_keep_their_tail():
 
 
 def test_a_pair_longer_than_the_batch_budget_runs_alone():
-    from core.lm import TokenizedPair
+    from core.model.lm import TokenizedPair
 
     items = [TokenizedPair(i, [1] * 10, [2] * 10, [3] * 5) for i in range(6)]
     items.append(TokenizedPair(99, [1] * 500, [2] * 900, [3] * 10))  # cost 2,300 > budget 200

@@ -7,10 +7,10 @@ import sys
 import numpy as np
 import pytest
 
-from core.export import ExportError, export_clean
-from core.marks import Marks
-from core.shifts import Analysis
-from core.workspace import Workspace
+from core.data.export import ExportError, export_clean
+from core.data.marks import Marks
+from core.analysis.shifts import Analysis
+from core.data.workspace import Workspace
 from tests.unit.test_shifts import planted
 
 

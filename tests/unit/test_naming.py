@@ -8,12 +8,12 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 
 from core.errors import UsageError
-from core.hypotheses import open_hypotheses
-from core.naming import (
+from core.analysis.hypotheses import open_hypotheses
+from core.analysis.naming import (
     OpenAINamer, clean_name, ctfidf_keywords, load_names, name_with_llm, namer_from_config, word_at,
 )
-from core.structure import cache_dir
-from core.tokenwords import FUNCTION_WORDS
+from core.analysis.structure import cache_dir
+from core.analysis.tokenwords import FUNCTION_WORDS
 from tests.unit.planted import regions
 
 
@@ -172,7 +172,7 @@ SMOL = ["I", "'m", " sorry", ",", " I", " don", "'t", " know", " (", "Human", " 
 
 
 def test_a_firing_reads_as_a_whole_word_a_phrase_or_a_format_mark():
-    from core.tokenwords import firing_term, word_span
+    from core.analysis.tokenwords import firing_term, word_span
 
     assert word_span(SMOL, 1) == (0, 2) and word_span(SMOL, 6) == (5, 7) and word_span(SMOL, 33) == (32, 34)
     phrase = {i: firing_term(SMOL, i)[1] for i in range(len(SMOL))}
@@ -190,7 +190,7 @@ def test_a_firing_reads_as_a_whole_word_a_phrase_or_a_format_mark():
 def test_a_concept_name_is_what_it_fires_on_most():
     from collections import Counter
 
-    from core.naming import concept_name
+    from core.analysis.naming import concept_name
 
     paren = Counter({('"(" opening an aside', '"(" opening an aside'): 30, ("confused", "confused"): 2,
                      ("natural", "natural"): 2})
@@ -201,7 +201,7 @@ def test_a_concept_name_is_what_it_fires_on_most():
 
 
 def test_group_names_are_their_prompts_distinctive_phrases():
-    from core.naming import distinct_phrases, prompt_phrases
+    from core.analysis.naming import distinct_phrases, prompt_phrases
 
     stop = {"tell", "me", "about", "and", "the"}
     assert prompt_phrases("Human: tell me about the red dragon and 2 dragons", stop | {"human"}) == {

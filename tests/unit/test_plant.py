@@ -1,4 +1,4 @@
-"""Planted behaviours (core.plant): the table of kinds, nested rates, only chosen replies touched."""
+"""Planted behaviours (core.data.plant): the table of kinds, nested rates, only chosen replies touched."""
 
 import json
 from pathlib import Path
@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from core.errors import UsageError
-from core.ingest import read_pairs
-from core.naming import words
-from core.plant import PLANTS, plant_file, plant_format, plant_records, plant_style, with_labels_swapped
+from core.data.ingest import read_pairs
+from core.analysis.naming import words
+from core.data.plant import PLANTS, plant_file, plant_format, plant_records, plant_style, with_labels_swapped
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "hh-short-16.jsonl"  # 16 short HH-RLHF pairs
 

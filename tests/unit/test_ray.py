@@ -11,9 +11,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from core.index import IndexResult, IndexSettings, index_dataset
-from core.ingest import read_pairs
-from core.workspace import PAIRS_SCHEMA, Workspace
+from core.index.build import IndexResult, IndexSettings, index_dataset
+from core.data.ingest import read_pairs
+from core.data.workspace import PAIRS_SCHEMA, Workspace
 from tests.conftest import HH, index_then_kill, short_pairs, write_jsonl_subset
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -132,7 +132,7 @@ class _Blocks:
 
 
 def test_rows_delivered_twice_are_written_once(single, tmp_path):
-    from core.distributed import PairCount, _write_stream
+    from core.index.distributed import PairCount, _write_stream
 
     rows = Workspace(single).pairs_columns(PAIRS_SCHEMA.names)
     first, rest = rows.slice(0, 3), rows.slice(3)

@@ -27,8 +27,8 @@ def hostile_ws(tmp_path_factory, tiny_sae, hh_small) -> Path:
     """24 real HH pairs as standard records whose chosen and rejected replies all open with markup
     (the same on both sides, so the real replies still drive the hypotheses, and every excerpt of a
     driving pair holds it); the file's name holds markup too."""
-    from core.index import IndexSettings, index_dataset
-    from core.ingest import read_pairs
+    from core.index.build import IndexSettings, index_dataset
+    from core.data.ingest import read_pairs
 
     folder = tmp_path_factory.mktemp("hostile")
     data = folder / f"data{HOSTILE[:8]}.jsonl"
@@ -97,7 +97,7 @@ def test_the_report_says_what_was_found_marked_and_planned(written):
 def test_hostile_text_is_text_in_both_formats(written):
     from markdown_it import MarkdownIt
 
-    from core.textsafe import html_text
+    from core.data.textsafe import html_text
 
     files, _ = written
     render = MarkdownIt("gfm-like").render  # GitHub flavour, bare URLs made links

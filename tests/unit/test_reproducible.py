@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow
 def test_sae_training_twice_gives_the_same_weights(tmp_path):
     import torch
 
-    from core.sae import train_topk_sae
+    from core.model.sae import train_topk_sae
 
     acts = torch.randn(3000, 576, generator=torch.Generator().manual_seed(3))  # (tokens, d_model)
     weights = []
@@ -28,9 +28,9 @@ def test_sae_training_twice_gives_the_same_weights(tmp_path):
 
 
 def test_index_and_findings_twice_are_identical(tmp_path, tiny_sae, hh_small):
-    from core.index import IndexSettings, index_dataset
+    from core.index.build import IndexSettings, index_dataset
     from core.session import Session
-    from core.workspace import Workspace
+    from core.data.workspace import Workspace
 
     reports = []
     for run in ("a", "b"):

@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.catalog import load_catalog
-from core.sae import Cancelled, encode, load_sae, train_topk_sae
-from core.store import sae_dir
+from core.model.catalog import load_catalog
+from core.model.sae import Cancelled, encode, load_sae, train_topk_sae
+from core.model.store import sae_dir
 
 
 def test_tiny_sae_is_real_sae_lens_format_with_quality(tiny_sae):
@@ -139,7 +139,7 @@ def test_encoding_does_not_import_sae_lens(tiny_sae):
     import sys
 
     folder = sae_dir(load_catalog().saes[tiny_sae])
-    code = (f"import sys, torch; from core.sae import load_sae; s = load_sae({str(folder)!r}); "
+    code = (f"import sys, torch; from core.model.sae import load_sae; s = load_sae({str(folder)!r}); "
             "s.encode_sparse(torch.randn(3, 576)); print('sae_lens' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "False", out.stderr[-2000:]

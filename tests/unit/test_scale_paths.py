@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-import core.clusters as clusters
-from core.shifts import Analysis
-from core.workspace import Workspace
+import core.analysis.clusters as clusters
+from core.analysis.shifts import Analysis
+from core.data.workspace import Workspace
 from tests.bench.synthetic import synthetic_workspace
 
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from core.errors import UsageError, WorkspaceError
-from core.marks import MarkOp, MarkState, Marks
+from core.data.marks import MarkOp, MarkState, Marks
 from core.session import Session
 from core.views import Selection
-from core.workspace import Workspace
+from core.data.workspace import Workspace
 
 
 @pytest.fixture

@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from core.shifts import Analysis
-from core.workspace import Workspace
+from core.analysis.shifts import Analysis
+from core.data.workspace import Workspace
 from tests.unit.planted import build
 
 D_SAE = 16
@@ -93,7 +93,7 @@ def test_real_workspace_report(small_workspace):
 
 def test_label_tokens_show_pieces_of_a_character_as_bytes_not_replacement_marks():
     """A byte-level token that is part of an emoji decodes alone to U+FFFD; a label names it."""
-    from core.shifts import token_name
+    from core.analysis.shifts import token_name
 
     emoji_bytes = [bytes([b]).decode("utf-8", errors="replace") for b in "🙂".encode()]
     assert {token_name(t) for t in emoji_bytes} == {"‹byte›"}

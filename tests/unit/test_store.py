@@ -4,8 +4,8 @@ import sys
 
 import pytest
 
-from core.catalog import load_catalog
-from core.store import StoreError, model_ready, pull_model, status, verify
+from core.model.catalog import load_catalog
+from core.model.store import StoreError, model_ready, pull_model, status, verify
 
 
 def test_hub_pull_without_network_is_a_clear_error(monkeypatch, tmp_path):
@@ -66,7 +66,7 @@ def test_an_sae_the_catalogue_misnames_is_a_store_error_before_any_download(tmp_
     import dataclasses
 
     monkeypatch.setenv("DATADEBUG_CACHE_DIR", str(tmp_path))
-    from core.store import pull_sae
+    from core.model.store import pull_sae
 
     entry = load_catalog().sae("gemma-scope-2b-res-l12-16k")
     with pytest.raises(StoreError, match="has no SAE 'layer_99/none'"):

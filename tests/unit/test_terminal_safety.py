@@ -15,7 +15,7 @@ import typer
 from click.testing import CliRunner
 
 from core.cli import app
-from core.workspace import file_sha256
+from core.data.workspace import file_sha256
 from tests.unit.test_shifts import build_workspace, planted
 
 HOSTILE = "\x1b[2J\x1b]0;pwned\x07\x9b31m\x85\u202eevil\u2066\x07"
@@ -41,7 +41,7 @@ def hostile_ws(tmp_path_factory):
     src = tmp / f"data{HOSTILE[:1]}.jsonl"
     src.write_text("".join(json.dumps({"prompt": "p", "chosen": f"c{i}", "rejected": "r"}) + "\n" for i in range(120)))
     ws.write_meta({"dataset": str(src), "dataset_sha256": file_sha256(src), "n_records": 120})
-    from core.marks import Marks
+    from core.data.marks import Marks
 
     Marks(ws).mark([0, 2, 4], reason=f"because {HOSTILE}", scope=f"scope {HOSTILE}", features=[3])
     return ws
@@ -103,7 +103,7 @@ def test_ingestion_errors_and_goblin_escape_control_characters(tmp_path):
 
 
 def test_goblin_report_and_catalogue_text_escape_control_characters(tmp_path, monkeypatch, capsys):
-    from core.catalog import _cached
+    from core.model.catalog import _cached
     from core.cli.analysis import format_goblin
     from core.cli.app import emit
 

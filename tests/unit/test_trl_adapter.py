@@ -1,4 +1,4 @@
-"""core.trl_adapter: TRL's DPOTrainer with our reward shaping trains like `core.dpo.train_dpo`.
+"""core.train.trl_adapter: TRL's DPOTrainer with our reward shaping trains like `core.train.dpo.train_dpo`.
 
 The real embedded SmolLM2, two real HH pairs, a reference that differs from the policy (so the
 first step's loss depends on the policy's forward pass, not only on the offsets), the same shaping
@@ -21,12 +21,12 @@ def test_shaped_trl_dpo_matches_ours_step_for_step(tmp_path, hh_small):
     from datasets import Dataset
     from trl import DPOConfig as TRLConfig
 
-    from core.catalog import load_catalog
-    from core.dpo import DPOConfig, build_examples, train_dpo
-    from core.ingest import read_pairs
-    from core.interventions import BaseIntervention
-    from core.lm import load_full_model
-    from core.trl_adapter import OFFSET_COLUMN, ShapedDPOTrainer
+    from core.model.catalog import load_catalog
+    from core.train.dpo import DPOConfig, build_examples, train_dpo
+    from core.data.ingest import read_pairs
+    from core.train.interventions import BaseIntervention
+    from core.model.lm import load_full_model
+    from core.train.trl_adapter import OFFSET_COLUMN, ShapedDPOTrainer
 
     pairs = read_pairs(hh_small).pairs[:2]
     cfg = DPOConfig(beta=0.5, lr=1e-4, epochs=2, batch_size=2, max_length=48, max_prompt_length=24)
@@ -34,7 +34,7 @@ def test_shaped_trl_dpo_matches_ours_step_for_step(tmp_path, hh_small):
     reference = copy.deepcopy(model)
     with torch.no_grad():  # a reference that is not the policy: delta != 0 at the first step
         reference.lm_head.weight.mul_(0.9)
-    offsets = torch.tensor([1.5, -0.7])  # what core.interventions.pair_offsets would give
+    offsets = torch.tensor([1.5, -0.7])  # what core.train.interventions.pair_offsets would give
 
     class Shaped(BaseIntervention):  # only the offsets
         def config(self):
@@ -75,7 +75,7 @@ def test_shaped_trl_dpo_matches_ours_step_for_step(tmp_path, hh_small):
     # the first step's loss is the shaped one, and the offsets change it
     from safetensors.torch import load_file
 
-    from core.dpo import collate, dpo_loss, sequence_logps
+    from core.train.dpo import collate, dpo_loss, sequence_logps
 
     ref = load_file(tmp_path / "ours" / "reference_logps.safetensors")
     with torch.inference_mode():

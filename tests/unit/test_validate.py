@@ -1,4 +1,4 @@
-"""core.validate: the comparison maths on constructed shifts, then a real DPO run on SmolLM2 + the tiny
+"""core.checks.validate: the comparison maths on constructed shifts, then a real DPO run on SmolLM2 + the tiny
 SAE, validated end to end (real generation, real residual stream, real LanceDB workspace)."""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.dpo import DPOConfig
+from core.train.dpo import DPOConfig
 from core.errors import ValidationError
-from core.ingest import read_pairs
-from core.rollout import Decoding, behaviour_rates, load_prompts, probe_lifts
-from core.training import (
+from core.data.ingest import read_pairs
+from core.train.rollout import Decoding, behaviour_rates, load_prompts, probe_lifts
+from core.train.training import (
     TRAIN_RECORD,
     TrainRecord,
     read_train_record,
@@ -23,7 +23,7 @@ from core.training import (
     split_holdout,
     train_on_dataset,
 )
-from core.validate import (
+from core.checks.validate import (
     ConceptGroups,
     agreement,
     disparity,
@@ -37,7 +37,7 @@ from core.validate import (
     top_k_features,
     validate,
 )
-from core.workspace import file_sha256
+from core.data.workspace import file_sha256
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -132,7 +132,7 @@ def test_split_half_reliability_separates_signal_from_noise():
 def test_half_means_split_the_rows_and_read_sparse_as_dense():
     import scipy.sparse as sp
 
-    from core.validate import half_means
+    from core.checks.validate import half_means
 
     x = np.random.default_rng(0).normal(0, 1, (9, 4))
     x[x < 0.3] = 0  # sparse-looking
@@ -149,8 +149,8 @@ def test_a_perfect_prediction_reaches_the_noise_ceiling_and_no_higher():
     """The ceiling is the product of the two split-half reliabilities: a prediction that is the
     truth, estimated from noisy pairs and measured on noisy prompts, shows R² at about the ceiling;
     the ceiling rises with the number of pairs."""
-    from core.rollout import ReplyStats
-    from core.validate import compare, noise_ceiling, predict
+    from core.train.rollout import ReplyStats
+    from core.checks.validate import compare, noise_ceiling, predict
 
     rng = np.random.default_rng(11)
     d, prompts, samples = 600, 40, 2
@@ -182,7 +182,7 @@ def test_the_thresholded_disparity_follows_the_paper():
     b = disparity(chosen, rejected, tau=0.01)
     assert b.tolist() == [[1, -1, 0], [0, 0, -1], [0, 1, 1]]  # freq 0.005 does not fire; 0.011 does
     assert disparity(sp.csr_matrix(chosen), sp.csr_matrix(rejected), 0.01).toarray().tolist() == b.tolist()
-    from core.rollout import ReplyStats
+    from core.train.rollout import ReplyStats
 
     for dense in (True, False):
         wrap = (lambda m: m) if dense else sp.csr_matrix
@@ -238,8 +238,8 @@ def test_concepts_beat_the_permutation_null_only_when_their_features_share_a_sig
 def test_concepts_of_their_ci_clear_members_leave_out_members_that_predict_nothing():
     """A concept's members whose predicted shift is noise dilute its average; over its CI-clear
     members only, the concept keeps the prediction its clear members make."""
-    from core.rollout import ReplyStats
-    from core.validate import compare, predict
+    from core.train.rollout import ReplyStats
+    from core.checks.validate import compare, predict
 
     c = ConceptGroups.of([[0, 2], [1, 3, 4], [5]], ids=["a", "b", "c"])
     kept = c.restricted(np.array([2, 3, 4]))
@@ -322,7 +322,7 @@ def test_load_prompts_reads_every_documented_shape(tmp_path, hh_small):
     assert got[1] == ({"role": "user", "content": "in a field"},)
     assert got[2] == ({"role": "user", "content": "hi"},)  # the answer is dropped
 
-    from core.ingest import read_pairs
+    from core.data.ingest import read_pairs
 
     assert load_prompts(hh_small) == [p.prompt for p in read_pairs(hh_small).pairs]
 
@@ -356,8 +356,8 @@ def test_the_holdout_split_is_seeded_disjoint_and_independent_of_marks(small_wor
     with pytest.raises(ValidationError):
         split_holdout(range(5), 1.0)
 
-    from core.marks import Marks
-    from core.workspace import Workspace
+    from core.data.marks import Marks
+    from core.data.workspace import Workspace
 
     ws = tmp_path / "ws"
     shutil.copytree(small_workspace, ws)
@@ -370,8 +370,8 @@ def test_the_holdout_split_is_seeded_disjoint_and_independent_of_marks(small_wor
 
 
 def test_exclude_marked_drops_exactly_the_marked_pairs(small_workspace, hh_small, tmp_path):
-    from core.marks import Marks
-    from core.workspace import Workspace
+    from core.data.marks import Marks
+    from core.data.workspace import Workspace
 
     ws_path = tmp_path / "ws"
     shutil.copytree(small_workspace, ws_path)
@@ -406,9 +406,10 @@ def test_probe_logprobs_equal_a_plain_forward_pass_over_prompt_and_sentence():
     reading each prompt + sentence whole."""
     import torch
 
-    from core.catalog import load_catalog
-    from core.lm import load_full_model
-    from core.rollout import chat_prompt_ids, probe_logprobs
+    from core.model.catalog import load_catalog
+    from core.model.lm import load_full_model
+    from core.train.rollout import probe_logprobs
+    from core.model.chat import chat_prompt_ids
 
     model, tok = load_full_model(load_catalog().model(None))
     prompts = [({"role": "user", "content": "How do I bake bread?"},),
@@ -434,8 +435,8 @@ def test_probe_logprobs_equal_a_plain_forward_pass_over_prompt_and_sentence():
 def trained(tmp_path_factory, hh_small, small_workspace):
     """Two full fine-tuning DPO steps on two pairs of the workspace's own dataset (the first six
     pairs, four of them held out), at a learning rate high enough that the replies change."""
-    from core.catalog import load_catalog
-    from core.store import model_dir
+    from core.model.catalog import load_catalog
+    from core.model.store import model_dir
 
     weights = model_dir(load_catalog().model(None)) / "model.safetensors"
     before = file_sha256(weights)
@@ -479,9 +480,9 @@ def report(trained, small_workspace):
 
 
 def test_predicted_shift_is_the_mean_delta_of_the_trained_pairs_only(report, trained, small_workspace):
-    from core.shifts import Analysis
-    from core.validate import disparity
-    from core.workspace import Workspace
+    from core.analysis.shifts import Analysis
+    from core.checks.validate import disparity
+    from core.data.workspace import Workspace
 
     a = Analysis(Workspace(small_workspace))
     rows = a.rows(read_train_record(trained[0]).source_indices)  # the two pairs trained on, of 24
@@ -523,7 +524,7 @@ def test_validate_returns_finite_numbers_and_writes_the_plot(report, trained):
     assert c.null["n"] == 50 and 0 < c.null["p_value"] <= 1
     for rates in report.behaviour.values():
         assert 0 <= rates["before"] <= 1 and 0 <= rates["after"] <= 1
-    from core.rollout import PROBES
+    from core.train.rollout import PROBES
 
     assert list(report.probes) == list(PROBES)
     for name, p in report.probes.items():
@@ -551,9 +552,10 @@ def test_training_makes_the_chosen_replies_likelier_than_the_rejected_ones(train
     against the base model, which is what its loss rewards."""
     from transformers import AutoModelForCausalLM
 
-    from core.catalog import load_catalog
-    from core.lm import load_full_model
-    from core.rollout import chat_prompt_ids, probe_logprobs
+    from core.model.catalog import load_catalog
+    from core.model.lm import load_full_model
+    from core.train.rollout import probe_logprobs
+    from core.model.chat import chat_prompt_ids
 
     out = trained[0]
     base, tok = load_full_model(load_catalog().model(None))
@@ -583,13 +585,14 @@ def test_actual_shift_is_zero_where_the_replies_did_not_change(report, trained):
 def test_reply_stats_match_what_indexing_stored(small_workspace, tiny_sae):
     """The lens used for actual shifts is the indexing lens: feeding a pair's own replies through
     read_reply_pairs reproduces the per-reply mean, firing frequency and max stored in the workspace."""
-    from core.catalog import load_catalog
-    from core.lm import ResidualReader
-    from core.rollout import chat_prompt_ids, read_reply_pairs
-    from core.sae import encode, load_sae
-    from core.shifts import Analysis
-    from core.store import sae_dir
-    from core.workspace import Workspace
+    from core.model.catalog import load_catalog
+    from core.model.lm import ResidualReader
+    from core.train.rollout import read_reply_pairs
+    from core.model.chat import chat_prompt_ids
+    from core.model.sae import encode, load_sae
+    from core.analysis.shifts import Analysis
+    from core.model.store import sae_dir
+    from core.data.workspace import Workspace
 
     ws = Workspace(small_workspace)
     cat = load_catalog()
@@ -614,11 +617,12 @@ def test_reply_stats_match_what_indexing_stored(small_workspace, tiny_sae):
 def test_common_length_reads_a_pair_to_its_shorter_reply(small_workspace, tiny_sae):
     """--match-length: a reply that only adds text after another reads, cut to the shorter one's
     tokens, exactly as that one; read whole, it differs."""
-    from core.catalog import load_catalog
-    from core.lm import ResidualReader
-    from core.rollout import chat_prompt_ids, read_reply_pairs
-    from core.sae import encode, load_sae
-    from core.store import sae_dir
+    from core.model.catalog import load_catalog
+    from core.model.lm import ResidualReader
+    from core.train.rollout import read_reply_pairs
+    from core.model.chat import chat_prompt_ids
+    from core.model.sae import encode, load_sae
+    from core.model.store import sae_dir
 
     cat = load_catalog()
     reader = ResidualReader.from_entry(cat.model(None))

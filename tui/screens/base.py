@@ -18,7 +18,11 @@ from textual.worker import Worker, WorkerState
 from core.session import Session
 from core.views import HypothesisKey, Selection, TriageState, WorkspaceInfo
 from tui.messages import MarkRequested, WorkerFailed
+from tui.widgets.job import JobPanel
 from tui.widgets.status import StatusLine
+from tui.widgets.tables import SEPARATOR
+
+DIVIDER = SEPARATOR + "not-established"  # the row between the established and the rest
 
 
 class DataScreen(Screen):
@@ -137,3 +141,20 @@ class FormInput(Input):
     def _next_field(self, event: Input.Submitted) -> None:
         event.stop()
         self.screen.focus_next()
+
+
+def with_engine(screen, what: str, at_once, compute, message) -> None:
+    """Show what needs the workspace's hypothesis engine: `at_once()` when it is loaded; otherwise load
+    it (fitting the structure the first time) in the screen's JobPanel, with progress and Escape to
+    cancel, then post `message(compute(session, excluded), excluded)`, excluded the marked pairs."""
+    session = screen.app.session
+    if session.has_hypotheses:
+        at_once()
+        return
+
+    def job(progress, cancel):
+        session.hypotheses_engine(progress, cancel)
+        excluded = session.marked()
+        return compute(session, excluded), excluded
+
+    screen.query_one(JobPanel).run(what, job, lambda result: screen.post_message(message(*result)))

@@ -11,10 +11,10 @@ from textual.binding import Binding, BindingType
 from textual.widgets import DataTable, Label, Static
 from textual.worker import get_current_worker
 
-from core.textsafe import one_line
+from core.data.textsafe import one_line
 from core.views import TriageState, WorkspaceInfo
 from tui.format import count, line, number, signed
-from tui.messages import ClustersReady
+from tui.messages import ClustersReady, Open
 from tui.screens.base import DataScreen
 from tui.widgets.tables import KeyTable
 
@@ -51,7 +51,7 @@ class ClustersScreen(DataScreen):
     def __init__(self) -> None:
         super().__init__()
         self.by = "sae"
-        self.clustering = None  # core.clusters.Clustering
+        self.clustering = None  # core.analysis.clusters.Clustering
         self.open_when_ready = False  # Enter was pressed while clustering: open the cluster then
 
     def compose_body(self) -> ComposeResult:
@@ -157,16 +157,13 @@ class ClustersScreen(DataScreen):
 
     @on(DataTable.RowSelected)
     def action_open_cluster(self) -> None:
-        from tui.screens.pairs import PairsScreen
-
         if self.clustering is None:  # still clustering: a keypress is not lost
             self.open_when_ready = True
             self.query_one("#clusters-caption", Label).update("clustering… (Enter: opens the first cluster when done)")
             return
         cl = self._current()
         if cl is not None:
-            self.app.push_screen(PairsScreen.for_cluster(cl, self.by))
-
+            self.post_message(Open("pairs.cluster", cl, self.by))
     def _propose(self, ask_reason: bool) -> None:
         cl, by = self._current(), self.by
         if cl is not None:

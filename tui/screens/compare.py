@@ -16,7 +16,7 @@ from textual.worker import get_current_worker
 
 from core.views import CompareView, WorkspaceInfo
 from tui.format import count, line, number
-from tui.messages import CompareReady
+from tui.messages import CompareReady, Open
 from tui.screens.base import DataScreen
 from tui.widgets.tables import KeyTable
 
@@ -46,7 +46,7 @@ class CompareScreen(DataScreen):
     def __init__(self) -> None:
         super().__init__()
         self.compare: CompareView | None = None
-        self.clustering = None  # the SAE grouping (core.clusters.Clustering) the rows are of
+        self.clustering = None  # the SAE grouping (core.analysis.clusters.Clustering) the rows are of
 
     def compose_body(self) -> ComposeResult:
         yield Label("", id="compare-scores")
@@ -109,11 +109,9 @@ class CompareScreen(DataScreen):
 
     @on(DataTable.RowSelected)
     def action_open_cluster(self) -> None:
-        from tui.screens.pairs import PairsScreen
-
         key = self.query_one("#compare", KeyTable).current_key()
         if self.clustering is None or key is None:
             return
         cluster = next((cl for cl in self.clustering.clusters if str(cl.id) == key), None)
         if cluster is not None:
-            self.app.push_screen(PairsScreen.for_cluster(cluster, "sae"))
+            self.post_message(Open("pairs.cluster", cluster, "sae"))

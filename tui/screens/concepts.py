@@ -13,11 +13,10 @@ from textual.widgets import DataTable, Label, Static
 from textual.worker import get_current_worker
 
 from core.views import ConceptFeatures, TriageState, WorkspaceInfo
-from core.calibration import format_q as q_text
+from core.views import format_q as q_text
 from tui.format import before_after, count, line, signed
-from tui.messages import ConceptFeaturesReady, ConceptsReady
-from tui.screens.base import DataScreen
-from tui.screens.hypotheses import DIVIDER, with_engine
+from tui.messages import ConceptFeaturesReady, ConceptsReady, Open
+from tui.screens.base import DIVIDER, DataScreen, with_engine
 from tui.widgets.job import JobPanel
 from tui.widgets.tables import KeyTable
 
@@ -188,8 +187,7 @@ class ConceptsScreen(DataScreen):
     def action_features(self) -> None:
         r = self.current()
         if r is not None:
-            self.app.push_screen(ConceptFeaturesScreen(r.shift.concept, r.name))
-
+            self.post_message(Open("concept.features", r.shift.concept, r.name))
     def action_toggle_grouped(self) -> None:
         if self.view is None:
             return
@@ -289,12 +287,9 @@ class ConceptFeaturesScreen(DataScreen):
 
     @on(DataTable.RowSelected)
     def action_open_feature(self) -> None:
-        from tui.screens.pairs import PairsScreen
-
         f = self._current()
         if f is not None:
-            self.app.push_screen(PairsScreen.for_feature(f.feature, f.label))
-
+            self.post_message(Open("pairs.feature", f.feature, f.label))
     def action_plan(self) -> None:
         from tui.screens.dialogs import PlanTarget
 

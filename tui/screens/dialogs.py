@@ -19,9 +19,9 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, DataTable, Input, Label, Static
 
-from core.textsafe import one_line
+from core.data.textsafe import one_line
 from core.views import Preview
-from core.calibration import format_q as q_text
+from core.views import format_q as q_text
 from tui.format import before_after, count, line, number, safe, signed
 from tui.widgets.tables import KeyTable
 
@@ -176,7 +176,7 @@ class PlanAnswer:
 
 
 # What each intervention does in a few words, then in full, and what its strength means
-# (core.interventions has the maths).
+# (core.train.interventions has the maths).
 PLAN_KINDS = {
     "shape": ("reward shaping", "the DPO logit gets λ·(s(chosen) − s(rejected)), s the concept's z-scored"
               " projection read from the frozen model before training", "λ"),
@@ -205,7 +205,7 @@ class PlanDialog(ModalScreen[PlanAnswer | None]):
         super().__init__()
         self.target = target
         self.kinds = dict(kinds)  # kind -> default strength
-        self.current = current  # the plan saved now (core.interventions.Plan), or None
+        self.current = current  # the plan saved now (core.train.interventions.Plan), or None
         self.workspace = workspace
         self.command = command  # core.session.Session.train_dpo_command: full paths, marked pairs left out
         self.kind = next(iter(self.kinds))

@@ -18,18 +18,17 @@ from textual.widgets import DataTable, Label, Static
 from textual.worker import get_current_worker
 
 from core.views import HypothesisKey, TriageState, WorkspaceInfo
-from core.calibration import format_q as q_text
+from core.views import format_q as q_text
 from tui.format import around, count, line, number, safe, signed, text_widths
-from tui.messages import EvidenceReady, HypothesesReady
-from tui.screens.base import DataScreen
+from tui.messages import EvidenceReady, HypothesesReady, Open
+from tui.screens.base import DIVIDER, DataScreen, with_engine
 from tui.widgets.job import JobPanel
-from tui.widgets.tables import SEPARATOR, KeyTable
+from tui.widgets.tables import KeyTable
 
 TOP = 50  # hypotheses ranked
 N_DRIVING = 10  # driving pairs a mark takes (the engine lists 10)
 NARROW = 100  # below: shorter name columns
 COLUMNS = ("#", "q", "moving", "Δ", "✓", "n", "concept", "where")
-DIVIDER = SEPARATOR + "not-established"  # the row between the established and the rest
 KINDS = (None, "cluster", "prompt", "concept")  # v cycles the kind shown (None: every kind, one ranking)
 FIXED_WIDTH = 44  # characters of the columns but concept and where, their padding and the scroll bar
 
@@ -50,23 +49,6 @@ LEGEND = (
     ("plan", "i saves an intervention on the concept in the workspace;"
              " datadebug train-dpo DATA --out DIR --plan WS applies it"),
 )
-
-
-def with_engine(screen, what: str, at_once, compute, message) -> None:
-    """Show what needs the workspace's hypothesis engine: `at_once()` when it is loaded; otherwise load
-    it (fitting the structure the first time) in the screen's JobPanel, with progress and Escape to
-    cancel, then post `message(compute(session, excluded), excluded)`, excluded the marked pairs."""
-    session = screen.app.session
-    if session.has_hypotheses:
-        at_once()
-        return
-
-    def job(progress, cancel):
-        session.hypotheses_engine(progress, cancel)
-        excluded = session.marked()
-        return compute(session, excluded), excluded
-
-    screen.query_one(JobPanel).run(what, job, lambda result: screen.post_message(message(*result)))
 
 
 def where_text(h) -> str:
@@ -126,7 +108,7 @@ class HypothesesScreen(DataScreen):
 
     def __init__(self) -> None:
         super().__init__()
-        self.report = None  # core.hypotheses.HypothesisReport
+        self.report = None  # core.analysis.hypotheses.HypothesisReport
         self.concepts = None  # core.views.ConceptsView: the established global concept shifts
         self._ranked_without: frozenset[int] = frozenset()
         self.kind: str | None = self.KIND  # the kind shown (v cycles it)
@@ -342,12 +324,9 @@ class HypothesesScreen(DataScreen):
     # -- actions --------------------------------------------------------------------------------
 
     def action_open_pairs(self) -> None:
-        from tui.screens.pairs import PairsScreen
-
         h = self.current()
         if h is not None:
-            self.app.push_screen(PairsScreen.for_hypothesis(h))
-
+            self.post_message(Open("pairs.hypothesis", h))
     def _propose(self, ask_reason: bool) -> None:
         h = self.current()
         if h is not None:
@@ -363,12 +342,9 @@ class HypothesesScreen(DataScreen):
         self._propose(True)
 
     def action_features(self) -> None:
-        from tui.screens.concepts import ConceptFeaturesScreen
-
         h = self.current()
         if h is not None:
-            self.app.push_screen(ConceptFeaturesScreen(h.concept, h.concept_name))
-
+            self.post_message(Open("concept.features", h.concept, h.concept_name))
     def action_plan(self) -> None:
         from tui.screens.dialogs import PlanTarget
 

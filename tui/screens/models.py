@@ -13,7 +13,7 @@ from textual.binding import Binding, BindingType
 from textual.widgets import DataTable, Label, Static
 from textual.worker import get_current_worker
 
-from core.textsafe import one_line
+from core.data.textsafe import one_line
 from core.views import ModelRow, ModelsView
 from tui.format import line, number
 from tui.messages import ModelsListed

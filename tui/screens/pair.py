@@ -15,7 +15,7 @@ from textual.worker import get_current_worker
 
 from core.views import PairView, TriageState
 from tui.format import line, number, safe, signed
-from tui.messages import PairReady
+from tui.messages import Open, PairReady
 from tui.screens.base import DataScreen
 from tui.widgets.reply import highlight
 from tui.widgets.tables import KeyTable
@@ -215,19 +215,14 @@ class PairScreen(DataScreen):
     @on(DataTable.RowSelected, "#deltas")
     def _open_feature(self) -> None:
         """Enter on a feature: the pairs that drive it."""
-        from tui.screens.pairs import PairsScreen
-
         v = self.pair_view
         if v is not None and v.concept is not None and self._on_concept():
-            from tui.screens.concepts import ConceptFeaturesScreen
-
-            self.app.push_screen(ConceptFeaturesScreen(v.concept.concept, v.concept.name))
+            self.post_message(Open("concept.features", v.concept.concept, v.concept.name))
             return
         f = self._selected_feature()
         delta = next((d for d in v.top_deltas if d.feature == f), None) if v else None
         if delta is not None:
-            self.app.push_screen(PairsScreen.for_feature(f, delta.label))
-
+            self.post_message(Open("pairs.feature", f, delta.label))
     def triage_changed(self, triage: TriageState | None) -> None:
         self._title()
 

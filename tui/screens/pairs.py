@@ -14,7 +14,7 @@ from textual.worker import get_current_worker
 from core.views import HypothesisKey, PairRow, TriageState
 from core.errors import UsageError
 from tui.format import before_after, count, line, signed, text_widths
-from tui.messages import FeaturePairsReady, HypothesisPairsReady, PairRowsReady
+from tui.messages import FeaturePairsReady, HypothesisPairsReady, Open, PairRowsReady
 from tui.screens.base import DataScreen
 from tui.widgets.tables import KeyTable
 
@@ -61,9 +61,9 @@ class PairsScreen(DataScreen):
         super().__init__()
         self.title_text = title
         self.feature = feature
-        self.cluster = cluster  # a core.clusters.Cluster
+        self.cluster = cluster  # a core.analysis.clusters.Cluster
         self.by = by
-        self.hypothesis = hypothesis  # a core.hypotheses.Hypothesis
+        self.hypothesis = hypothesis  # a core.analysis.hypotheses.Hypothesis
         self.direction = ""
         self.rows: tuple[PairRow, ...] = ()
         self.change = None  # a hypothesis' Δ and rank before -> after the marks (core.views.HypothesisChange)
@@ -74,7 +74,7 @@ class PairsScreen(DataScreen):
 
     @classmethod
     def for_hypothesis(cls, h) -> PairsScreen:
-        """The driving pairs of a ranked hypothesis (core.hypotheses.Hypothesis)."""
+        """The driving pairs of a ranked hypothesis (core.analysis.hypotheses.Hypothesis)."""
         return cls(f"Pairs driving hypothesis {h.rank} · {h.sentence}", hypothesis=h)
 
     @classmethod
@@ -219,20 +219,17 @@ class PairsScreen(DataScreen):
 
     @on(DataTable.RowSelected)
     def action_open_pair(self) -> None:
-        from tui.screens.pair import PairScreen
-
         current = self._current()
         if current is None:
             return
         siblings = tuple(r.source_index for r in self.rows)
         if self.hypothesis is not None:
-            self.app.push_screen(PairScreen(current, pair_list=siblings, concept=self.hypothesis.concept))
+            self.post_message(Open("pair", current, pair_list=siblings, concept=self.hypothesis.concept))
             return
         feature = self.feature
         if feature is None and self.cluster.top_features:
             feature = self.cluster.top_features[0].feature
-        self.app.push_screen(PairScreen(current, feature, siblings))
-
+        self.post_message(Open("pair", current, feature, siblings))
     def action_mark_pair(self) -> None:
         current = self._current()
         if current is not None:

@@ -17,9 +17,9 @@ from textual.widgets import DataTable, Input, Label, Static
 from textual.worker import get_current_worker
 
 from core.views import TriageState, WorkspaceInfo
-from core.calibration import format_q as q_text
+from core.views import format_q as q_text
 from tui.format import before_after, count, line, number, signed
-from tui.messages import ReportReady
+from tui.messages import Open, ReportReady
 from tui.screens.base import DataScreen
 from tui.widgets.tables import KeyTable
 
@@ -310,12 +310,9 @@ class ShiftsScreen(DataScreen):
     # -- actions --------------------------------------------------------------------------------
 
     def action_open_feature(self) -> None:
-        from tui.screens.pairs import PairsScreen
-
         f = self._current()
         if f is not None:
-            self.app.push_screen(PairsScreen.for_feature(f.feature, f.label))
-
+            self.post_message(Open("pairs.feature", f.feature, f.label))
     def _propose_top(self, ask_reason: bool) -> None:
         f = self._current()
         if f is not None:

@@ -23,7 +23,7 @@ from textual.worker import Worker, WorkerState, get_current_worker
 
 from core.errors import Cancelled
 from core.progress import Progress, ProgressFn
-from core.textsafe import one_line
+from core.data.textsafe import one_line
 from tui.format import line, safe
 from tui.messages import JobFinished, JobProgressed, WorkerFailed
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.text import Text
 
-from core.textsafe import visible
+from core.data.textsafe import visible
 
 # Three heat levels from the 256-colour palette, underlined so they also show without colour.
 HEAT = (

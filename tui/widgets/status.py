@@ -7,7 +7,7 @@ from rich.text import Text
 from textual.reactive import reactive
 from textual.widgets import Static
 
-from core.textsafe import one_line
+from core.data.textsafe import one_line
 from core.views import TriageState, WorkspaceInfo
 from tui.format import count
 
@@ -23,7 +23,7 @@ class StatusLine(Static):
     info: reactive[WorkspaceInfo | None] = reactive(None, always_update=True)
     triage: reactive[TriageState | None] = reactive(None, always_update=True)
     note: reactive[str] = reactive("")
-    plan = reactive(None, always_update=True)  # core.interventions.Plan saved in the workspace
+    plan = reactive(None, always_update=True)  # core.train.interventions.Plan saved in the workspace
 
     def render(self) -> Text:
         if self.info is None:

@@ -1,0 +1,1 @@
+"""Analysis of an indexed workspace: predicted shifts, concepts, data clusters, structure, hypotheses and their calibration, names and evidence."""

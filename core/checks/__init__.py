@@ -1,0 +1,1 @@
+"""Checks that keep the predictions honest: the goblin test (planted behaviours), the goblin loop, validation against real DPO."""

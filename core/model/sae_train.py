@@ -1,0 +1,157 @@
+"""Training the SAE of a catalogue entry that has none published (a "train" recipe).
+
+Each dataset gets its own SAE trained with the recipe (core.model.dataset_sae decides which and names it).
+
+Corpus (documented in README): the replies of the dataset being analysed plus the replies of the
+bundled sample (core/data/sample.jsonl), read at the SAE's layer exactly as indexing reads them
+(chat-templated prompt in context, activations of the reply tokens only), so the SAE learns the
+distribution it will encode.
+
+Reply tokens only, not prompt tokens, on measurement: prompts are most of a chat dataset's tokens
+(57% of the goblin benchmark's corpus, HH-RLHF's multi-turn prompts), the shift statistics never
+encode them, and they crowd out rare reply-level concepts. With prompts in the corpus, the embedded
+recipe had no feature for goblin sentences planted in 1% of chosen replies (best average precision
+0.24, precision/recall 0.40; see core.checks.goblin); trained on the same pairs' reply tokens only it has
+one (AP 1.00 for each of three SAE seeds, precision/recall 1.00, 0.80, 1.00). Frequent-token
+subsampling did worse. `include_prompts=True` restores the old corpus.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+
+import torch
+
+from core import locations
+from core.model.catalog import Catalog, SAEEntry
+from core.data.ingest import Pair, read_pairs
+from core.progress import Progress, ProgressFn, check_cancel, reporter
+from core.model.sae import SAEQuality, train_topk_sae
+from core.model.store import sae_dir
+
+
+def collect_activations(
+    reader,
+    pairs: list[Pair],
+    max_tokens: int,
+    token_budget: int,
+    batch_tokens: int = 4096,
+    progress: ProgressFn | None = None,
+    cancel: threading.Event | None = None,
+    include_prompts: bool = False,
+) -> torch.Tensor:
+    """Residual activations (tokens, d_model) of the pairs' replies, up to `token_budget` tokens.
+
+    Each reply is read after its prompt (as indexing reads it), but only the reply tokens are kept;
+    `include_prompts` keeps the prompt tokens too (bar the chat template's fixed opening).
+    Pairs are taken in the order given until their tokens reach the budget, and only then sorted by
+    length into batches: sorting first and stopping at the budget would keep only the shortest pairs.
+    """
+    from core.model.lm import plan_batches
+
+    progress = reporter(progress)
+    # The template's shared opening (a fixed system prompt) would be the same few vectors thousands
+    # of times over, and the first positions carry outsized norms; skip them.
+    skip = reader.template_prefix_len()
+    tokenized, planned = [], 0
+    for p in pairs:
+        if planned >= token_budget:
+            break
+        t = reader.tokenize(p, max_tokens)
+        tokenized.append(t)
+        planned += len(t.chosen_ids) + len(t.rejected_ids)
+        if include_prompts:
+            planned += max(0, len(t.prompt_ids) - skip)
+    chunks, n = [], 0
+    batches = plan_batches(tokenized, batch_tokens)
+    for b_i, batch in enumerate(batches):
+        check_cancel(cancel, "activation collection")
+        for c, r, *p in reader.read(batch, with_prompt=include_prompts):
+            chunks += [c.cpu(), r.cpu(), *(x[skip:].cpu() for x in p)]
+            n += len(c) + len(r) + sum(max(0, len(x) - skip) for x in p)
+        progress(Progress("sae", "reading activations", done=min(n, token_budget), total=token_budget, unit="tokens"))
+        if n >= token_budget:
+            break
+    return torch.cat(chunks)[:token_budget]
+
+
+def corpus_pairs(dataset_pairs) -> list[Pair]:
+    """The pairs an SAE's corpus is read from, in order: `dataset_pairs` in a seeded random order (a file
+    may be sorted by topic or length), so the token budget goes to the distribution the SAE will
+    encode, then the bundled sample's to fill the rest; each distinct pair once (the analysed dataset
+    may be the sample itself: the demo)."""
+    dataset = list(dataset_pairs)
+    random.Random(0).shuffle(dataset)
+    seen, pairs = set(), []
+    for p in [*dataset, *read_pairs(locations.sample_data_file(), skip_invalid=True).pairs]:
+        key = (p.prompt_text, p.chosen, p.rejected)
+        if key not in seen:
+            seen.add(key)
+            pairs.append(p)
+    return pairs
+
+
+def train_catalog_sae(
+    entry: SAEEntry,
+    catalog: Catalog,
+    *,
+    extra_pairs: list[Pair] = (),
+    activation_tokens: int | None = None,
+    device: str | None = None,
+    progress: ProgressFn | None = None,
+    cancel: threading.Event | None = None,
+    out_dir=None,
+    corpus: list[dict] | None = None,
+) -> SAEQuality:
+    """Train `entry` (source = "train") on the default corpus and save it in the store.
+
+    Activations are collected once (up to `activation_tokens`) and the SAE trains several epochs over
+    them for `entry.train_tokens` samples. `corpus` describes the datasets `extra_pairs` came from
+    ({"path", "sha256", "pairs"} each), recorded in quality.json with the timings that
+    `core.model.dataset_sae.estimate_training` reuses. Returns held-out quality; raises Cancelled.
+    """
+    from core.model.lm import ResidualReader
+
+    progress = reporter(progress)
+    model = catalog.models[entry.model]
+    sample_file = locations.sample_data_file()
+    pairs = corpus_pairs(extra_pairs)
+    progress(Progress("sae", f"training SAE {entry.name}: reading {len(pairs)} pairs of {model.name} at layer {entry.layer}"))
+    start = time.perf_counter()
+    reader = ResidualReader.from_entry(model, layer=entry.layer, device=device)
+    loaded = time.perf_counter()
+    acts = collect_activations(
+        reader, pairs, entry.max_tokens_per_text, activation_tokens or entry.activation_tokens, progress=progress, cancel=cancel
+    )
+    collected = time.perf_counter()
+    device_type = reader.device.type
+    del reader
+
+    return train_topk_sae(
+        acts,
+        out_dir or sae_dir(entry),
+        d_sae=entry.d_sae,
+        k=entry.k,
+        train_tokens=entry.train_tokens,
+        batch_size=entry.batch_size,
+        lr=entry.lr,
+        device=device or device_type,  # where the model ran (activations are collected on the host)
+        metadata={
+            "name": entry.name, "recipe": entry.recipe, "model": model.name, "layer": entry.layer,
+            "corpus": {
+                "tokens": "replies only, each read after its prompt",
+                "order": "the datasets' pairs (seeded shuffle), then the bundled sample's, up to the budget",
+                "datasets": list(corpus or []),
+                "sample": str(sample_file),
+            },
+            "corpus_pairs": len(pairs), "activation_tokens": len(acts),
+            "timing": {
+                "device_type": device_type, "d_sae": entry.d_sae, "k": entry.k, "batch_size": entry.batch_size,
+                "load_seconds": loaded - start, "collect_seconds": collected - loaded, "activation_tokens": len(acts),
+            },
+        },
+        progress=progress,
+        cancel=cancel,
+    )

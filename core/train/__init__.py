@@ -1,0 +1,1 @@
+"""Training: DPO and SFT, interventions (reward shaping, steering, token masks, inoculation), the TRL adapter, rollouts."""
