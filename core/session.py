@@ -329,14 +329,14 @@ class Session:
 
     def trace(self, feature: int, top: int = 20):
         """The pairs driving one feature's predicted shift, with the tokens it fires on
-        (core.analysis.clusters.trace_feature)."""
-        from core.analysis.clusters import trace_feature
+        (core.analysis.trace.trace_feature)."""
+        from core.analysis.trace import trace_feature
 
         return trace_feature(self.analysis, feature, top=top)
 
     def feature_pairs(self, feature: int, top: int = 20) -> FeaturePairs:
         """The pairs that drive `feature`'s shift, largest delta in its direction first."""
-        from core.analysis.clusters import trace_feature
+        from core.analysis.trace import trace_feature
 
         t = trace_feature(self.analysis, int(feature), top=top)
         rows = tuple(

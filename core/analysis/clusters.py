@@ -43,7 +43,6 @@ from scipy import stats
 from core.errors import UsageError, WorkspaceError
 from core.analysis.recovery import best_cluster, best_matching_feature
 from core.analysis.shifts import Analysis
-from core.analysis.trace import trace_feature  # noqa: F401  (moved to core.analysis.trace; tui/services.py still imports it here)
 
 K_MAX = 16  # largest k tried by the silhouette search
 MIN_CLUSTER = 3  # the search tries k only up to n / MIN_CLUSTER

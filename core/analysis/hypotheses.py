@@ -78,9 +78,7 @@ PSEUDO_PAIRS = 3.0
 MIN_SUPPORT = 3
 N_DRIVING = 10
 KINDS = ("cluster", "prompt", "concept")
-CONCEPT_VIEW = True
 CONCEPT_MAX_SHARE = 0.1
-LEAN_AWARE = True
 V_SCALE = 2.0**32  # v is summed in fixed point, v·V_SCALE rounded (module doc, What-if)
 REFRESH_ROWS = 1000  # a what-if touching up to this many rows goes on from the last one, not from all pairs
 CALIBRATIONS = 2  # (p, q) kept per state of the marks (a preview alternates between two)
@@ -267,7 +265,7 @@ class Hypotheses:
         chosen, rejected = reply_frequencies(analysis, self.st.params)
         self.u = C.disparity(self.st.response, chosen, rejected)  # (n, M)
         self.u_csc = self.u.tocsc()
-        self.v = beyond_lean(self.st.response, chosen, rejected, self.u) if LEAN_AWARE else self.u  # (n, M)
+        self.v = beyond_lean(self.st.response, chosen, rejected, self.u)  # (n, M)
         M = self.st.response.n_concepts
         active = self.st.clusters >= 0
         K, P = self.st.k, self.st.prompt_groups.shape[1]
@@ -282,8 +280,7 @@ class Hypotheses:
         self.A = (fired > 0).astype(np.float32).tocsr()  # (n, M)
         self.A_csc = self.A.tocsc()
         df = np.diff(self.A_csc.indptr)
-        self.diag = np.nonzero((df >= MIN_SUPPORT) & (df <= CONCEPT_MAX_SHARE * n))[0] if CONCEPT_VIEW else \
-            np.zeros(0, np.int64)
+        self.diag = np.nonzero((df >= MIN_SUPPORT) & (df <= CONCEPT_MAX_SHARE * n))[0]
         self.view_rows = np.stack([active, np.ones(n, bool)])  # (view, n): who takes part in each view
         self.half = np.arange(n) % 2
         self.M = M

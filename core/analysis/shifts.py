@@ -509,8 +509,3 @@ class FiringIndex:
 
     def __getitem__(self, feature: int):
         return self.get(feature)
-
-
-def predicted_shifts(ws: Workspace, top: int = 20, excluded: set[int] | None = None, **kw) -> ShiftReport:
-    """Convenience: load `ws` and report its predicted shifts (see Analysis.report)."""
-    return Analysis(ws).report(top=top, excluded=excluded, **kw)

@@ -429,9 +429,3 @@ def train_topk_sae(
         shutil.rmtree(out_dir)
     tmp.rename(out_dir)
     return q
-
-
-def read_quality(sae_path: Path) -> dict | None:
-    q = Path(sae_path) / "quality.json"
-    return json.loads(q.read_text()) if q.is_file() else None
-
