@@ -20,7 +20,6 @@ from pathlib import Path
 import torch
 
 from core.train.dpo import (
-    add_lora,
     autocast,
     collate,
     linear_schedule,
@@ -28,8 +27,8 @@ from core.train.dpo import (
     save_model,
     sequence_logps,
     tokenize_replies,
-    unwrap_lora,
 )
+from core.train.lora import add_lora, unwrap_lora
 from core.errors import ValidationError
 from core.progress import Progress, ProgressFn, check_cancel
 

@@ -26,12 +26,12 @@ from core.progress import Progress
 from core.train.dpo import (
     DPOConfig,
     DPOStep,
-    LoRALinear,
     build_examples,
     dpo_loss,
     sequence_logps,
     train_dpo,
 )
+from core.train.lora import LoRALinear
 
 SPECIAL = ["<pad>", "<bos>", "<eos>", "<unk>", "<user>", "<assistant>", "<end>"]
 # fmt: off
