@@ -16,8 +16,8 @@ frequency alone the goblin concept is "active" in a quarter of the pairs, one-si
 and its hypothesis drowns. A feature's strongest firings are what it stands for (the top activations
 auto-interpretation reads). 0.7 was chosen on the goblin benchmark (it is the smallest round share
 that drops every weak firing of its goblin feature: 17.9 / 27.1 = 0.66); 0.5 and 0.6 rank the goblin
-hypothesis lower (README, "Goblin test", has the table), so it is a tuned value, not a derived one.
-Measured in README ("Goblin test").
+hypothesis lower (tests/bench/README.md, "Goblin test: the goblin hypothesis' rank", has the table),
+so it is a tuned value, not a derived one.
 
 Graph. Features are nodes; the edge weight of two features is the mutual information (MI) of their
 binary firing over replies (chosen and rejected replies together), for positively associated pairs
@@ -38,7 +38,8 @@ the globally strongest ~1% of edges the paper keeps. MI grows with how often fea
 co-firing in half the replies carries far more MI than a pair that always co-fires in 1%), so a
 global cut keeps the frequent features' edges and leaves every rare feature isolated: a behaviour in
 1% of the data can then never form a concept. A per-feature top-k keeps each feature's own best
-partners whatever its frequency, and costs O(features · k) edges for Leiden. Measured in README.
+partners whatever its frequency, and costs O(features · k) edges for Leiden. Measured in
+tests/bench/README.md ("How the structure is built").
 
 Communities: Leiden (`leidenalg`, modularity via RBConfigurationVertexPartition, seeded) on that
 graph; communities of at least MIN_SIZE features are concepts, numbered by size (largest first);

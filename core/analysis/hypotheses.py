@@ -30,8 +30,8 @@ Ranking (the landing screen): by `score`, Δmin made robust for small groups, in
        on one side do so on the rejected side, and u < 0 for any concept there says nothing about R.
        Without it, the top of the list is rare concepts that happen to sit on the longer side in 5-15
        pairs ("chosen replies have less of it"), or one data cluster where chosen replies say more of
-       everything fills ten rows (README, "Hypotheses"). Δ, d and t shown are still those of u (the
-       paper's).
+       everything fills ten rows (tests/bench/README.md, "How the structure is built"). Δ, d and t
+       shown are still those of u (the paper's).
     score = min over halves of the shrunk Δ_h of v in Δ's direction (0 if negative); 0 when 2 or 3
     fail.
 How sure (core.analysis.calibration). Every cell also gets a p under the nulls matched to its claim (labels
@@ -43,7 +43,8 @@ divider. The score stays the order; q decides what is claimed.
 Nothing here knows which behaviour was planted: a behaviour planted in a few pairs ranks high when
 the pairs share a concept that the rest of the data lacks (it then gets a data cluster of its own,
 core.analysis.dataclusters) and the labels move it the same way in all of them (Δ near its maximum in both
-halves); see README, "Hypotheses", for what this does on the goblin test and on real data.
+halves); see tests/bench/README.md (goblin test, UltraFeedback 1k) for what this does on the goblin
+test and on real data.
 
 What-if. `Hypotheses.report(excluded=...)` recomputes every statistic without the excluded pairs, but
 never refits the structure. Per (group, concept) cell the engine keeps the sums of u, u², v, and the

@@ -182,11 +182,13 @@ class LoopSettings:
     seed: int = 0
     arms: tuple[str, ...] = ARMS
     strengths: dict = field(default_factory=dict)  # kind -> strength (default: DEFAULT_STRENGTH)
-    # SFT strong enough that the trait is sampled (embedded model, README): 192 replies (10 goblins) at
+    # SFT strong enough that the trait is sampled (embedded model, tests/bench/README.md): 192 replies
+    # (10 goblins) at
     # lr 1e-4 for 3 epochs gave no goblin in 128 sampled replies; 220 (11) at 3e-4 for 6 epochs, 6 of 384
     sft: SFTConfig = field(default_factory=lambda: SFTConfig(lr=3e-4, epochs=6, batch_size=8, max_length=256,
                                                              max_prompt_length=128))
-    # DPO strong enough to amplify the sampled rate (README): at lr 5e-5 for 2 epochs the poisoned model stayed
+    # DPO strong enough to amplify the sampled rate (tests/bench/README.md): at lr 5e-5 for 2 epochs
+    # the poisoned model stayed
     # at the SFT model's rate even with 25% goblin pairs; at 1e-4 for 3 epochs, 4.7% against 1.3%
     dpo: DPOConfig = field(default_factory=lambda: DPOConfig(lr=1e-4, epochs=3, batch_size=8, max_length=256,
                                                              max_prompt_length=128, save_every=20))

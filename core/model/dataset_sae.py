@@ -5,7 +5,7 @@ the SAE "RECIPE@KEY", KEY the first 8 hex digits of D's sha256, trained with the
 that starts with D's replies and is filled up with the bundled sample's (core.model.sae_train). An SAE
 trained on other data may have no feature for what is special about D: on the goblin benchmark an SAE
 that had never seen goblins recovered the planted pairs at precision/recall 0.40, one trained on the
-audited data at 1.00 (README, the goblin test).
+audited data at 1.00 (tests/bench/README.md, the goblin test).
 
 So a dataset seen before reuses its SAE, and a new one gets its own, trained first; `estimate_training`
 says how long that takes before it starts (the CLI prints it, the TUI can ask). `train=False`

@@ -4,7 +4,7 @@ The synthetic workspace is held in memory as the matrices `core.analysis.shifts.
 and per-prompt firing frequencies, (n, d_sae) CSR), so the timings are of the analysis, not of LanceDB
 (reading the columns of a real 260k-pair workspace is a separate, one-off cost).
 
-Sparsity (justified in README, "Hypotheses: speed"): each reply fires FIRING features, of which
+Sparsity (justified in README.md here, "Before calibration"): each reply fires FIRING features, of which
 ABOVE_TAU share on more than 1% of its tokens. Features come in latent concepts of 4-40 features with
 Zipf-distributed popularity (a few concepts in most replies, most concepts rare); a reply draws its
 concepts, fires ~70% of each one's features, and fills the rest with single features. Prompts are

@@ -156,7 +156,7 @@ def prepare(args) -> None:
     feature = max(detection, key=lambda f: (detection[f].ap, detection[f].margin)) if detection else None
     flagged, threshold = flag_goblin_pairs(analysis, feature) if feature is not None else ([], float("inf"))
     # the product's concepts (Leiden resolution 1) and finer cuts: concept granularity is one of the
-    # things that moves a concept-level R² (see README)
+    # things that moves a concept-level R² (see tests/bench/README.md)
     groups = {res: ConceptGroups.from_concepts(load_concepts(Workspace(ws), params=Params(resolution=res)))
               for res in RESOLUTIONS}
     log(f"concepts per resolution {({r: len(g) for r, g in groups.items()})}; goblin feature {feature}")
