@@ -6,7 +6,7 @@ The layers, from the bottom (a module may import its own layer and the layers be
     0 foundation   core.errors, core.progress, core.locations, core.arguments
     1 data         core.data: formats, workspace, marks, export, planted behaviours, safe text
     2 model        core.model: catalogue, store, LM, SAE, chat template, SAE training, embedder
-    3 index        core.index.build: pairs through the model and the SAE into a workspace (one machine or Ray)
+    3 index        core.index: pairs through the model and the SAE into a workspace (one machine or Ray)
     4 analysis     core.analysis: shifts, concepts, clusters, hypotheses, calibration, names, evidence
     5 train        core.train: DPO, SFT, interventions, TRL adapter, rollouts
     6 checks       core.checks: goblin test, goblin loop, validation, plots
