@@ -7,7 +7,8 @@ trained on other data may have no feature for what is special about D: on the go
 that had never seen goblins recovered the planted pairs at precision/recall 0.40, one trained on the
 audited data at 1.00 (tests/bench/README.md, the goblin test).
 
-So a dataset seen before reuses its SAE, and a new one gets its own, trained first; `estimate_training`
+So a dataset seen before reuses its SAE, the bundled sample's ships with the package
+(core.model.shipped: `demo` trains nothing), and a new one gets its own, trained first; `estimate_training`
 says how long that takes before it starts (the CLI prints it, the TUI can ask). `train=False`
 (`--no-train-sae`) reads a new dataset with the newest SAE of the recipe already in the store instead.
 Any other SAE (sae-lens releases, local folders) is used as named.
@@ -27,6 +28,7 @@ from core import locations
 from core.model.catalog import VARIANT_SEP, Catalog, SAEEntry
 from core.errors import StoreError
 from core.progress import Progress, ProgressFn, format_seconds, reporter
+from core.model.shipped import install as install_shipped
 from core.model.store import sae_dir, sae_ready, trained_variants
 
 KEY_HEX = 8  # hex digits of the corpus hash in an SAE's name
@@ -90,7 +92,7 @@ def choose_sae(catalog: Catalog, dataset_sha256: str, model: str | None = None, 
         return SAEChoice(s, False, f"SAE {s.name} ({s.source})")
     own = variant(s, corpus_key([dataset_sha256]))
     if s.corpus_key:  # a variant named explicitly
-        if sae_ready(s):
+        if sae_ready(s) or install_shipped(s):
             return SAEChoice(s, False, f"SAE {s.name}, {_trained_on(s)}")
         if s.name == own.name:
             return SAEChoice(s, True, f"SAE {s.name} has not been trained yet: training it on this dataset first")
@@ -98,6 +100,8 @@ def choose_sae(catalog: Catalog, dataset_sha256: str, model: str | None = None, 
                          f"starts {s.corpus_key}: index that dataset, or `datadebug sae train --data` it)")
     if sae_ready(own):
         return SAEChoice(own, False, f"SAE {own.name}, {_trained_on(own)}")
+    if install_shipped(own):
+        return SAEChoice(own, False, f"SAE {own.name}, shipped with datadebug ({_trained_on(own)})")
     if train:
         return SAEChoice(own, True, f"SAE recipe {s.name} has not seen this dataset: training {own.name} "
                                     "on it first (--no-train-sae or --sae NAME uses an existing SAE)")

@@ -65,13 +65,14 @@ def collect_activations(
         if include_prompts:
             planned += max(0, len(t.prompt_ids) - skip)
     chunks, n = [], 0
+    total = min(planned, token_budget)  # what the corpus holds, not the budget (the sample: 23k of 150k)
     batches = plan_batches(tokenized, batch_tokens)
     for b_i, batch in enumerate(batches):
         check_cancel(cancel, "activation collection")
         for c, r, *p in reader.read(batch, with_prompt=include_prompts):
             chunks += [c.cpu(), r.cpu(), *(x[skip:].cpu() for x in p)]
             n += len(c) + len(r) + sum(max(0, len(x) - skip) for x in p)
-        progress(Progress("sae", "reading activations", done=min(n, token_budget), total=token_budget, unit="tokens"))
+        progress(Progress("sae", "reading activations", done=min(n, total), total=total, unit="tokens"))
         if n >= token_budget:
             break
     return torch.cat(chunks)[:token_budget]
