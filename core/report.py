@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from itertools import zip_longest
 from pathlib import Path
 
+from core.analysis.kinds import Kind
 from core.errors import Cancelled, UsageError
 from core.progress import Progress, ProgressFn, reporter
 from core.data.textsafe import html_text, markdown_text
@@ -218,12 +219,13 @@ def _plain(h) -> str:
     """A hypothesis as a person says it: what DPO would teach, and where."""
     what = f"«{h.concept_name}»" if h.concept_name else f"concept {h.concept}"
     verb = "produce more" if h.direction == "more" else "produce less"
-    if h.kind == "concept":
+    kind = Kind(h.kind)
+    if kind is Kind.CONCEPT:
         where = "wherever replies touch it at all"
-    elif h.kind == "cluster":
-        where = f"in data cluster {h.group}" + (f" «{h.group_name}»" if h.group_name else "")
+    elif kind is Kind.PROMPT and h.group_name:
+        where = f"when the prompt is about «{h.group_name}»"
     else:
-        where = f"when the prompt is about {('«' + h.group_name + '»') if h.group_name else 'prompt concept ' + str(h.group)}"
+        where = kind.where(h.group, h.group_name)
     return f"to {verb} {what} {where} ({h.n:,} pairs, Δ {h.delta:+.2f}, q {_q(h.q)})."
 
 
@@ -317,7 +319,7 @@ def _cluster_rows(session) -> tuple[list[tuple[str, int, float]], int] | None:
         return None
     sizes = np.bincount(labels[labels >= 0], minlength=engine.st.k)
     contrast: dict[int, float] = {}
-    for h in session.hypotheses(top=RANKED, kind="cluster", excluded=frozenset()).hypotheses:
+    for h in session.hypotheses(top=RANKED, kind=Kind.CLUSTER, excluded=frozenset()).hypotheses:
         contrast.setdefault(int(h.group), float(h.delta))
     names = engine.names
     order = np.argsort(-sizes, kind="stable")[:N_CLUSTERS]

@@ -13,6 +13,7 @@ from pathlib import Path
 # Records and formats of the layers below that the front ends show as they are:
 from core.analysis.calibration import DEFAULT_FDR, format_q  # noqa: F401
 from core.analysis.evidence import Snippet, marked  # noqa: F401
+from core.analysis.kinds import Kind  # noqa: F401
 from core.data.marks import MarkInfo
 from core.analysis.shifts import WhatIf
 

@@ -71,6 +71,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from core.analysis import concepts as C
+from core.analysis.kinds import KINDS, Kind  # noqa: F401  (KINDS: the names, for importers)
 from core.analysis.calibration import DEFAULT_FDR, bh_q, check_fdr, detectable_pairs, membership_p, sign_test_p
 from core.errors import UsageError
 from core.progress import ProgressFn
@@ -78,7 +79,6 @@ from core.progress import ProgressFn
 PSEUDO_PAIRS = 3.0
 MIN_SUPPORT = 3
 N_DRIVING = 10
-KINDS = ("cluster", "prompt", "concept")
 CONCEPT_MAX_SHARE = 0.1
 V_SCALE = 2.0**32  # v is summed in fixed point, v·V_SCALE rounded (module doc, What-if)
 REFRESH_ROWS = 1000  # a what-if touching up to this many rows goes on from the last one, not from all pairs
@@ -209,7 +209,7 @@ class _Reference:
         self.total_v, self.rows, self.size = st.total[2].copy(), st.rows.copy(), st.size.copy()
         self.touched = np.zeros(len(potential), bool)
         self.seeds = {}
-        for kind in (None, 0, 1, 2):
+        for kind in (None, *(k.code for k in Kind)):
             cells = np.nonzero(engine._cell_kind == kind)[0] if kind is not None else np.arange(len(potential))
             if len(cells) > self.SEEDS:
                 cells = cells[np.argpartition(-potential[cells], self.SEEDS - 1)[:self.SEEDS]]
@@ -447,7 +447,7 @@ class Hypotheses:
         pos, neg = st.cell[2][:, c].sum(0), st.cell[3][:, c].sum(0)
         x, k = np.where(up, pos, neg), pos + neg
         p = sign_test_p(x, k)
-        local = self._cell_kind[c] != 2  # the concept view is a claim about the labels alone
+        local = self._cell_kind[c] != Kind.CONCEPT.code  # the concept view is a claim about the labels alone
         if local.any():
             t_pos = st.total[3].reshape(2, -1)[:, vm].sum(0)[local]
             t_neg = st.total[4].reshape(2, -1)[:, vm].sum(0)[local]
@@ -475,7 +475,7 @@ class Hypotheses:
         """The cells a view of `kind` tests (all cells when None)."""
         if kind is None:
             return np.arange(len(self.keys))
-        return np.nonzero(self._cell_kind == KINDS.index(kind))[0]
+        return np.nonzero(self._cell_kind == Kind(kind).code)[0]
 
     def calibration(self, excluded=frozenset(), kind: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(p, q) per cell (aligned with `cell_group`, `cell_concept`) without the `excluded` source
@@ -539,7 +539,7 @@ class Hypotheses:
         """The cells of the `top` hypotheses under the sums `st` (of `kind`, when given), best first;
         ties go to the lower key. Scores only the cells that can reach the top since the last full
         pass (_Reference), or, when too many could, all of them (a new full pass)."""
-        wanted = None if kind is None else KINDS.index(kind)
+        wanted = None if kind is None else Kind(kind).code
         cells, score = self._scored(st, self._ref.candidates(self, st, wanted, top) if self._ref else None)
         keep = score > 0
         if wanted is not None:
@@ -552,26 +552,25 @@ class Hypotheses:
 
     # -- the report -------------------------------------------------------------------------------
 
-    def kind_of(self, group: int) -> tuple[str, int]:
-        """(kind, id) of a group column: a data cluster or a prompt concept."""
+    def kind_of(self, group: int) -> tuple[Kind, int]:
+        """(kind, id) of a group column: a data cluster, a prompt concept or a concept's own view."""
         k, p = self.st.k, self.st.prompt_groups.shape[1]
         if group < k:
-            return "cluster", group
-        return ("prompt", group - k) if group < k + p else ("concept", int(self.diag[group - k - p]))
+            return Kind.CLUSTER, group
+        return (Kind.PROMPT, group - k) if group < k + p else (Kind.CONCEPT, int(self.diag[group - k - p]))
 
     def cell_of(self, kind: str, group: int, concept: int) -> int | None:
         """The cell (index into `keys` and `statistics()`) of a hypothesis' (kind, group, concept),
         None when that cell is not ranked (too little support). The inverse of `kind_of`."""
         k, p = self.st.k, self.st.prompt_groups.shape[1]
-        if kind == "concept":
+        kind = Kind.parse(kind)
+        if kind is Kind.CONCEPT:
             hit = np.nonzero(self.diag == concept)[0]
             if not len(hit):
                 return None
             column = k + p + int(hit[0])
-        elif kind in ("cluster", "prompt"):
-            column = group + (k if kind == "prompt" else 0)
         else:
-            raise UsageError(f"unknown hypothesis kind {kind!r}: expected one of {', '.join(KINDS)}")
+            column = group + (k if kind is Kind.PROMPT else 0)
         key = np.int64(column) * self.M + concept
         i = int(np.searchsorted(self.keys, key))
         return i if i < len(self.keys) and self.keys[i] == key else None
@@ -629,8 +628,7 @@ class Hypotheses:
         over the cells of the view, core.analysis.calibration), then the rest, each part by score (module doc);
         `kind` "cluster", "prompt" or "concept" keeps one view (default: all, in one ranking). Ties go
         to the lower cell key. Raises UsageError."""
-        if kind is not None and kind not in KINDS:
-            raise UsageError(f"unknown hypothesis kind {kind!r}: expected one of {', '.join(KINDS)}")
+        Kind.parse(kind)  # UsageError for an unknown kind
         try:
             fdr = check_fdr(fdr)
         except ValueError as e:
@@ -669,7 +667,7 @@ class Hypotheses:
         kind, gid = self.kind_of(group)
         sign = 1.0 if s["delta"][at] >= 0 else -1.0
         names = self.names
-        group_name = names.group(kind, gid) if names is not None and kind != "concept" else ""
+        group_name = names.group(kind, gid) if names is not None and kind.local else ""
         concept_name = names.concept(concept) if names is not None else ""
         d = float(s["d"][at])
         h = dict(
@@ -729,14 +727,11 @@ def sentence(kind: str, group: int, group_name: str, concept: int, concept_name:
     where the concept differs between the replies go this way; Δ)."""
     what = f"concept {concept}" + (f" «{concept_name}»" if concept_name else "")
     votes = f"{n_support} of {n_moving} that differ go this way, " if n_moving else ""
-    if kind == "concept":
+    kind = Kind(kind)
+    if kind is Kind.CONCEPT:
         return (f"where replies have {what} at all, chosen replies have {direction} of it "
                 f"({n} pairs, {votes}Δ {delta:+.2f})")
-    if kind == "cluster":
-        where = f"in data cluster {group}" + (f" «{group_name}»" if group_name else "")
-    else:
-        where = f"when the prompt is about prompt concept {group}" + (f" «{group_name}»" if group_name else "")
-    return f"{where}, chosen replies have {direction} {what} ({n} pairs, {votes}Δ {delta:+.2f})"
+    return f"{kind.where(group, group_name)}, chosen replies have {direction} {what} ({n} pairs, {votes}Δ {delta:+.2f})"
 
 
 def effect_size(d: float | None) -> str:

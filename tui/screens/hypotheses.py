@@ -17,7 +17,7 @@ from textual.binding import Binding, BindingType
 from textual.widgets import DataTable, Label, Static
 from textual.worker import get_current_worker
 
-from core.views import HypothesisKey, TriageState, WorkspaceInfo
+from core.views import HypothesisKey, Kind, TriageState, WorkspaceInfo
 from core.views import format_q as q_text
 from tui.format import around, count, line, number, safe, signed, text_widths
 from tui.messages import EvidenceReady, HypothesesReady, Open
@@ -29,7 +29,7 @@ TOP = 50  # hypotheses ranked
 N_DRIVING = 10  # driving pairs a mark takes (the engine lists 10)
 NARROW = 100  # below: shorter name columns
 COLUMNS = ("#", "q", "moving", "Δ", "✓", "n", "concept", "where")
-KINDS = (None, "cluster", "prompt", "concept")  # v cycles the kind shown (None: every kind, one ranking)
+KINDS = (None, *Kind)  # v cycles the kind shown (None: every kind, one ranking)
 FIXED_WIDTH = 44  # characters of the columns but concept and where, their padding and the scroll bar
 
 LEGEND = (
@@ -53,11 +53,7 @@ LEGEND = (
 
 def where_text(h) -> str:
     """The group of a hypothesis in a few words."""
-    if h.kind == "cluster":
-        return f"cluster {h.group}" + (f" · {h.group_name}" if h.group_name else "")
-    if h.kind == "prompt":
-        return f"prompt concept {h.group}" + (f" · {h.group_name}" if h.group_name else "")
-    return "wherever it appears"
+    return Kind(h.kind).short(h.group, h.group_name)
 
 
 def nothing_established(rep, concepts) -> Text:
