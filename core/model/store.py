@@ -8,6 +8,7 @@ Layout under the cache dir (see `core.locations`):
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 import importlib.util
 import json
 import shutil
@@ -95,16 +96,12 @@ def _size(path: Path) -> int:
 
 def model_dir(entry: ModelEntry) -> Path:
     """Where the ready-to-load float copy of `entry` lives (or would live)."""
-    if entry.source == "local":
-        return Path(entry.path).expanduser()
-    return locations.models_dir() / entry.name
+    return locations.models_dir() / entry.name if _owned(MODEL_SOURCES, entry) else Path(entry.path).expanduser()
 
 
 def sae_dir(entry: SAEEntry) -> Path:
     """Where `entry` lives in sae-lens format (or would live)."""
-    if entry.source == "local":
-        return Path(entry.path).expanduser()
-    return locations.saes_dir() / entry.name
+    return locations.saes_dir() / entry.name if _owned(SAE_SOURCES, entry) else Path(entry.path).expanduser()
 
 
 def model_ready(entry: ModelEntry) -> bool:
@@ -148,49 +145,61 @@ def _save_float_copy(model, tokenizer, out: Path) -> None:
 
 def pull_model(entry: ModelEntry, progress: ProgressFn | None = None) -> Path:
     """Make `entry` ready offline and return its folder. Raises StoreError when it cannot."""
-    say = messages(progress, "pull")
     out = model_dir(entry)
     if model_ready(entry):
         return out
-    if entry.source == "local":
-        raise StoreError(f"model {entry.name}: {out} has no config.json + *.safetensors")
+    _source(MODEL_SOURCES, entry, "model").pull(entry, out, messages(progress, "pull"))
+    return out
+
+
+def _refuse_local_model(entry: ModelEntry, out: Path, say) -> None:
+    raise StoreError(f"model {entry.name}: {out} has no config.json + *.safetensors")
+
+
+def _dequantise_package_gguf(entry: ModelEntry, out: Path, say) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    if entry.source == "package-gguf":
-        gguf = package_gguf(entry)
-        say(f"dequantising {gguf.name} to a float32 copy (once; ~30 s)")
-        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(
-            gguf.parent, gguf_file=gguf.name, dtype=torch.float32
-        )
-        _save_float_copy(model, tok, out)
-        return out
-    if entry.source == "hf":
-        with _from_hub(f"model {entry.name}: cannot download {entry.repo}", out):
-            from huggingface_hub import snapshot_download
+    gguf = package_gguf(entry)
+    say(f"dequantising {gguf.name} to a float32 copy (once; ~30 s)")
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    _save_float_copy(model, tok, out)
 
-            say(f"downloading {entry.repo} from the hub")
-            snapshot_download(
-                entry.repo,
-                local_dir=out,
-                allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"],
-            )
-        return out
-    raise StoreError(f"model {entry.name}: unknown source {entry.source!r}")
+
+def _download_hf_model(entry: ModelEntry, out: Path, say) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with _from_hub(f"model {entry.name}: cannot download {entry.repo}", out):
+        from huggingface_hub import snapshot_download
+
+        say(f"downloading {entry.repo} from the hub")
+        snapshot_download(
+            entry.repo,
+            local_dir=out,
+            allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"],
+        )
 
 
 def pull_sae(entry: SAEEntry, progress: ProgressFn | None = None) -> Path:
-    """Fetch a catalogue SAE into the store (sae-lens releases). Trained SAEs come from `core.model.sae_train`."""
-    say = messages(progress, "pull")
+    """Fetch a catalogue SAE into the store (sae-lens releases). Trained SAEs come from
+    `core.model.sae_train` (the bundled sample's ships: core.model.shipped)."""
     out = sae_dir(entry)
     if sae_ready(entry):
         return out
-    if entry.source == "train":
-        raise StoreError(f"SAE {entry.name} is trained here: run `datadebug sae train {entry.name}`")
-    if entry.source == "local":
-        raise StoreError(f"SAE {entry.name}: {out} is not an sae-lens folder (cfg.json + sae_weights.safetensors)")
+    _source(SAE_SOURCES, entry, "SAE").pull(entry, out, messages(progress, "pull"))
+    return out
+
+
+def _refuse_trained(entry: SAEEntry, out: Path, say) -> None:
+    raise StoreError(f"SAE {entry.name} is trained here: run `datadebug sae train {entry.name}`")
+
+
+def _refuse_local_sae(entry: SAEEntry, out: Path, say) -> None:
+    raise StoreError(f"SAE {entry.name}: {out} is not an sae-lens folder (cfg.json + sae_weights.safetensors)")
+
+
+def _download_sae_lens(entry: SAEEntry, out: Path, say) -> None:
     from sae_lens import SAE
     from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
 
@@ -207,7 +216,43 @@ def pull_sae(entry: SAEEntry, progress: ProgressFn | None = None) -> Path:
         if isinstance(sae, tuple):  # older sae-lens returned (sae, cfg, sparsity)
             sae = sae[0]
         sae.save_model(out)
-    return out
+
+
+# -- the sources: where a catalogue entry's weights come from (models.toml's `source`) --------------
+
+
+@dataclass(frozen=True)
+class Source:
+    pull: Callable  # (entry, folder, say) -> None: make the folder ready, or raise StoreError
+    owned: bool = True  # the store owns the folder (under the cache dir; `models rm` may delete it)
+    note: str = ""  # what `models list` says of an entry of this source that is not ready
+
+
+MODEL_SOURCES = {
+    "hf": Source(_download_hf_model),
+    "package-gguf": Source(_dequantise_package_gguf, note="GGUF in a Python package (float copy made on first use)"),
+    "local": Source(_refuse_local_model, owned=False),
+}
+SAE_SOURCES = {
+    "sae-lens": Source(_download_sae_lens),
+    "train": Source(_refuse_trained,
+                    note="a recipe: an SAE is trained with it for each dataset indexed (datadebug sae train)"),
+    "local": Source(_refuse_local_sae, owned=False),
+}
+
+
+def _owned(table: dict[str, Source], entry) -> bool:
+    """Whether the store owns the entry's folder (an unknown source too: pulling it will say so)."""
+    src = table.get(entry.source)
+    return src is None or src.owned
+
+
+def _source(table: dict[str, Source], entry, what: str) -> Source:
+    try:
+        return table[entry.source]
+    except KeyError:
+        raise StoreError(f"{what} {entry.name}: unknown source {entry.source!r} "
+                         f"(known: {', '.join(table)}; check models.toml)") from None
 
 
 def sae_sha256(entry: SAEEntry) -> str:
@@ -308,8 +353,8 @@ def status(catalog: Catalog, trained: bool = False) -> list[StoreStatus]:
             detail = f"FVU {qual['fvu']:.3f}, L0 {qual['l0']:.1f}, dead {qual['dead_fraction']:.1%}"
             if qual.get("corpus", {}).get("datasets"):
                 detail += f"; trained on {Path(qual['corpus']['datasets'][0]['path']).name}"
-        elif not ready and s.source == "train":
-            detail = "a recipe: an SAE is trained with it for each dataset indexed (datadebug sae train)"
+        elif not ready and s.source in SAE_SOURCES:
+            detail = SAE_SOURCES[s.source].note
         rows.append(StoreStatus(s.name, "sae", s.source, ready, str(sae_dir(s)), _size(sae_dir(s)), detail))
     return rows
 
@@ -352,11 +397,11 @@ def remove(catalog: Catalog, name: str) -> int:
     """Delete `name`'s files from the store (never a user's local folder). Returns bytes freed."""
     if name in catalog.models:
         entry = catalog.models[name]
-        if entry.source == "local":
+        if not _owned(MODEL_SOURCES, entry):
             raise StoreError(f"model {name} is a local folder the store does not own: {entry.path}")
         path = model_dir(entry)
     elif (entry := _find_sae(catalog, name)) is not None:
-        if entry.source == "local":
+        if not _owned(SAE_SOURCES, entry):
             raise StoreError(f"SAE {name} is a local folder the store does not own: {entry.path}")
         path = sae_dir(entry)
     else:

@@ -73,3 +73,34 @@ def test_an_sae_the_catalogue_misnames_is_a_store_error_before_any_download(tmp_
         pull_sae(dataclasses.replace(entry, sae_id="layer_99/none"))
     with pytest.raises(StoreError, match="knows no release 'no-such-release'"):
         pull_sae(dataclasses.replace(entry, release="no-such-release"))
+
+
+def test_a_new_sae_source_is_one_table_entry(tmp_path, monkeypatch):
+    """core.model.store.SAE_SOURCES is the extension point: a source registered there is pulled,
+    listed and removed like the others, with no other code."""
+    import dataclasses
+    import shutil
+
+    from core.model import store
+    from core.model.catalog import load_catalog
+    from core.model.shipped import SHIPPED_DIR
+
+    monkeypatch.setenv("DATADEBUG_CACHE_DIR", str(tmp_path / "cache"))
+    shipped = next(p for p in SHIPPED_DIR.iterdir() if p.is_dir())
+    calls = []
+
+    def copy(entry, out, say):
+        calls.append(entry.name)
+        say(f"copying {shipped.name}")
+        shutil.copytree(shipped, out)
+
+    monkeypatch.setitem(store.SAE_SOURCES, "mirror", store.Source(copy, note="copied from a mirror"))
+    cat = load_catalog()
+    entry = dataclasses.replace(cat.sae(None, cat.model(None)), name="mirrored", source="mirror")
+    assert not store.sae_ready(entry)
+    out = store.pull_sae(entry)
+    assert calls == ["mirrored"] and store.sae_ready(entry) and out == tmp_path / "cache" / "saes" / "mirrored"
+    assert store.pull_sae(entry) == out and calls == ["mirrored"]  # ready: not pulled again
+    bad = dataclasses.replace(entry, name="typo", source="sae-lenz")
+    with pytest.raises(StoreError, match="unknown source 'sae-lenz'"):
+        store.pull_sae(bad)
