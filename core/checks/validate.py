@@ -38,6 +38,11 @@ something systematic; R² near a low ceiling says more data (pairs or prompts) i
 Replies are sampled with common random numbers (`core.train.rollout.generate_replies`): the before and
 after replies to a prompt share their sampling noise, so an unchanged distribution gives the same
 reply and the difference isolates what training changed.
+
+`validate` runs four stages, each a function: predict (`predict_trained`), roll out (`roll_out`:
+replies and probe sentences before and after), measure (`measure`: the replies through the original
+model and the SAE, against the prediction) and write (`write`: replies, plots, numbers; the report
+JSON last).
 """
 
 from __future__ import annotations
@@ -723,22 +728,39 @@ def validate(
     none of the trained pairs is in the workspace, or no prompt is left; WorkspaceError for no
     workspace; Cancelled when `cancel` is set.
     """
-    from transformers import AutoModelForCausalLM
-
-    from core.model.catalog import load_catalog
-    from core.model.lm import ResidualReader, load_full_model
-    from core.train.rollout import (behaviour_rates, generate_replies, load_prompts, probe_logprobs, read_reply_pairs)
-    from core.model.chat import chat_prompt_ids
-    from core.model.sae import encode, load_sae
-    from core.analysis.shifts import Analysis
-    from core.model.store import recorded_sae, sae_dir
-    from core.train.training import read_train_record
-    from core.data.workspace import Workspace
-
     start = time.perf_counter()
     emit = reporter(progress)
-    catalog = catalog or load_catalog()
+    if catalog is None:
+        from core.model.catalog import load_catalog
+
+        catalog = load_catalog()
     trained = Path(trained)
+    ws, meta, record = _trained_on_workspace(workspace, trained)
+    if isinstance(concepts, str | Path):
+        concepts = read_concepts(concepts)
+    elif concepts is None:
+        concepts = _workspace_concepts(ws)
+    prediction = predict_trained(ws, record, tau)
+    prompt_list, prompt_indices, source = _prompts(prompts, n_prompts, meta, record, decoding.seed)
+    rollout = roll_out(trained, record, meta, prompt_list, decoding, catalog, device, emit, cancel)
+    measured = measure(rollout, meta, catalog, prediction, concepts, decoding, tau=tau, top_k=top_k,
+                       n_boot=n_boot, n_perm=n_perm, match_length=match_length, emit=emit, cancel=cancel)
+    report = _report(ws, trained, record, meta, prediction, measured, rollout, prompt_list, prompt_indices,
+                     source, decoding, concepts, tau, top_k, match_length,
+                     Path(plot) if plot else trained / "validation.png")
+    write(report, prediction, measured, rollout, prompt_list, prompt_indices)
+    report.seconds = time.perf_counter() - start
+    Path(report.plot).with_suffix(".json").write_text(json.dumps(report.to_json(), indent=1))
+    emit(Progress("encode", "done", rollout.n_replies, rollout.n_replies, unit="replies"))
+    return report
+
+
+def _trained_on_workspace(workspace: Path | str, trained: Path):
+    """(workspace, its meta, the run's record), after checking the run trained the workspace's dataset
+    and model and finished. Raises ValidationError, WorkspaceError."""
+    from core.data.workspace import Workspace
+    from core.train.training import read_train_record
+
     ws = Workspace(workspace)
     meta = ws.meta()
     record = read_train_record(trained)
@@ -754,33 +776,66 @@ def validate(
             f"{trained} has no finished model (training stopped at step {record.steps} of "
             f"{record.total_steps}); rerun the same train-dpo command to resume"
         )
-    if isinstance(concepts, str | Path):
-        concepts = read_concepts(concepts)
-    elif concepts is None:
-        concepts = _workspace_concepts(ws)
+    return ws, meta, record
 
-    # Predicted: the trained pairs that the workspace indexed.
+
+def predict_trained(ws, record, tau: float = TAU) -> Prediction:
+    """Predict: the shifts the workspace predicts from the pairs the run trained on (those it indexed).
+    Raises ValidationError when it indexed none of them."""
+    from core.analysis.shifts import Analysis
+
     analysis = Analysis(ws)
     rows = analysis.rows(record.source_indices)
     if not len(rows):
-        raise ValidationError(f"none of the pairs {trained} was trained on is in workspace {workspace}")
+        raise ValidationError(f"none of the pairs the run trained on ({record.dataset}) is in workspace {ws.path}")
     c_freq, r_freq = (m[rows] for m in analysis.frequencies())
-    prediction = predict(ReplyStats(analysis.chosen[rows], c_freq, None),
-                         ReplyStats(analysis.rejected[rows], r_freq, None), tau)
+    return predict(ReplyStats(analysis.chosen[rows], c_freq, None),
+                   ReplyStats(analysis.rejected[rows], r_freq, None), tau)
 
-    # Prompts.
+
+def _prompts(prompts, n_prompts: int, meta: dict, record, seed: int):
+    """(prompts, their source indices in the dataset or [], where they come from)."""
+    from core.train.rollout import load_prompts
+
     if prompts is not None:
-        prompt_list = load_prompts(prompts)[:n_prompts]
-        source, prompt_indices = str(prompts), []
+        prompt_list, source, indices = load_prompts(prompts)[:n_prompts], str(prompts), []
     else:
-        chosen = held_out_prompts(meta["dataset"], record, n_prompts, decoding.seed)
-        prompt_list = [p for _, p in chosen]
-        prompt_indices = [s for s, _ in chosen]
+        chosen = held_out_prompts(meta["dataset"], record, n_prompts, seed)
+        prompt_list, indices = [p for _, p in chosen], [s for s, _ in chosen]
         source = ("held-out split" if record.heldout_indices else "untrained pairs") + f" of {meta['dataset']}"
     if not prompt_list:
         raise ValidationError(f"no prompts in {prompts}")
+    return prompt_list, indices, source
 
-    # Replies of both models, then the original model's residual stream through the SAE.
+
+@dataclass
+class Rollout:
+    """Replies of the model before and after training to the same prompts, and the probe sentences'
+    log-probabilities under each. `base` and `tokenizer` are the model before training."""
+
+    base: object
+    tokenizer: object
+    ids: list  # each prompt's token ids
+    replies: dict  # "before" / "after" -> per prompt, its replies
+    probe_lp: dict  # "before" / "after" -> probe_logprobs
+    probe_names: list
+    per_prompt: int
+
+    @property
+    def n_replies(self) -> int:
+        return 2 * len(self.ids) * self.per_prompt
+
+
+def roll_out(trained: Path, record, meta: dict, prompt_list, decoding: Decoding, catalog, device, emit,
+             cancel) -> Rollout:
+    """Roll out: replies of the base (or the run's starting model) and of the trained model, decoded
+    alike, and the probe sentences' log-probabilities under each. Progress "load", "generate", "probe"."""
+    from transformers import AutoModelForCausalLM
+
+    from core.model.chat import chat_prompt_ids
+    from core.model.lm import load_full_model
+    from core.train.rollout import generate_replies, probe_logprobs
+
     emit(Progress("load", f"loading {record.model} (base and trained)"))
     base, tokenizer = load_full_model(catalog.model(record.model), device=device)
     if record.init_model:  # the run started from another model (e.g. an SFT run): that is "before"
@@ -789,10 +844,9 @@ def validate(
         load_weights(base, Path(record.init_model))
     max_tokens = int(meta.get("max_tokens", 256))
     ids = [chat_prompt_ids(tokenizer, p, 2 * max_tokens) for p in prompt_list]
-    per_prompt = decoding.replies_per_prompt
-    total = 2 * len(ids) * per_prompt
-    names, sentences = probe_sentences()
-    replies, probe_lp = {}, {}
+    out = Rollout(base, tokenizer, ids, {}, {}, [], decoding.replies_per_prompt)
+    total = out.n_replies
+    out.probe_names, sentences = probe_sentences()
     for which in ("before", "after"):
         if which == "before":
             lm = base
@@ -805,53 +859,74 @@ def validate(
         def on_batch(done: int, _total: int, which=which, offset=offset) -> None:
             emit(Progress("generate", f"replies {which} training", offset + done, total, unit="replies"))
 
-        replies[which] = generate_replies(lm, tokenizer, ids, decoding, cancel=cancel, on_batch=on_batch)
+        out.replies[which] = generate_replies(lm, tokenizer, ids, decoding, cancel=cancel, on_batch=on_batch)
         emit(Progress("probe", f"probe sentences {which} training"))
-        probe_lp[which] = probe_logprobs(lm, tokenizer, ids, sentences, cancel)
+        out.probe_lp[which] = probe_logprobs(lm, tokenizer, ids, sentences, cancel)
         if which == "after":
             del lm
+    return out
+
+
+@dataclass
+class Measured:
+    """What the rollout's replies show through the original model and the SAE, against the prediction."""
+
+    result: dict  # compare()'s
+    actual: np.ndarray  # (d_sae,) mean shift per feature over prompts
+    actual_se: np.ndarray  # (d_sae,)
+    flat_before: list
+    flat_after: list
+    reply_tokens: dict
+
+
+def measure(rollout: Rollout, meta: dict, catalog, prediction: Prediction, concepts, decoding: Decoding, *,
+            tau: float, top_k: int, n_boot: int, n_perm: int, match_length: bool, emit, cancel) -> Measured:
+    """Measure: read both models' replies through the original model and the workspace's SAE, and
+    compare the shifts they show with the prediction (`compare`). Progress "encode"."""
+    from core.model.lm import ResidualReader
+    from core.model.sae import encode, load_sae
+    from core.model.store import recorded_sae, sae_dir
+    from core.train.rollout import read_reply_pairs
+
     emit(Progress("encode", "reading replies through the original model + SAE"))
-    reader = ResidualReader(base, tokenizer, int(meta["layer"]))
+    max_tokens = int(meta.get("max_tokens", 256))
+    reader = ResidualReader(rollout.base, rollout.tokenizer, int(meta["layer"]))
     sae_entry = recorded_sae(meta["sae"], meta.get("sae_path"), meta.get("sae_sha256"), catalog)
     sae = load_sae(sae_dir(sae_entry), device=str(reader.device))
+    ids, per_prompt = rollout.ids, rollout.per_prompt
     flat_ids = [ids[i] for i in range(len(ids)) for _ in range(per_prompt)]
-    flat_before = [r for rs in replies["before"] for r in rs]
-    flat_after = [r for rs in replies["after"] for r in rs]
+    flat_before = [r for rs in rollout.replies["before"] for r in rs]
+    flat_after = [r for rs in rollout.replies["after"] for r in rs]
     before, after = read_reply_pairs(reader, lambda acts: encode(sae, acts), flat_ids, flat_before,
                                      flat_after, max_tokens, cancel=cancel, common_length=match_length)
     reply_tokens = {which: float(np.mean([len(reader.reply_ids(r)[:max_tokens]) for r in rs]))
                     for which, rs in (("before", flat_before), ("after", flat_after))}
     result = compare(prediction, before, after, len(ids), concepts, tau=tau, top_k=top_k,
                      n_boot=n_boot, n_perm=n_perm, seed=decoding.seed)
-
-    p = prediction
     mean_pp = result["per_prompt"]["mean"]
     actual = mean_pp.mean(0)
     actual_se = mean_pp.std(0, ddof=1) / np.sqrt(len(mean_pp)) if len(mean_pp) > 1 else np.zeros_like(actual)
+    return Measured(result, actual, actual_se, flat_before, flat_after, reply_tokens)
+
+
+def _report(ws, trained: Path, record, meta: dict, p: Prediction, m: Measured, rollout: Rollout, prompt_list,
+            prompt_indices, source: str, decoding: Decoding, concepts, tau: float, top_k: int,
+            match_length: bool, plot_path: Path) -> ValidationReport:
+    from core.train.rollout import behaviour_rates
+
+    result = m.result
     info = ws.feature_info()
     top = result["sets"]["top_k"]
     features = [
-        FeatureComparison(int(f), float(p.mean[f]), float(actual[f]), float(actual_se[f]),
+        FeatureComparison(int(f), float(p.mean[f]), float(m.actual[f]), float(m.actual_se[f]),
                           list(info.get(int(f), {}).get("promoted") or [])[:3])
         for f in top
     ]
-    rates_before, rates_after = behaviour_rates(flat_before), behaviour_rates(flat_after)
+    rates_before, rates_after = behaviour_rates(m.flat_before), behaviour_rates(m.flat_after)
     behaviour = {k: {"before": rates_before[k], "after": rates_after[k]} for k in rates_before}
-
-    plot_path = Path(plot) if plot else trained / "validation.png"
-    plot_path.parent.mkdir(parents=True, exist_ok=True)
-    gen_path = plot_path.with_name(plot_path.stem + "_replies.jsonl")
-    with gen_path.open("w", encoding="utf-8") as f:
-        for i, prompt in enumerate(prompt_list):
-            f.write(json.dumps({
-                "source_index": prompt_indices[i] if prompt_indices else None,
-                "prompt": list(prompt),
-                "before": replies["before"][i],
-                "after": replies["after"][i],
-            }, ensure_ascii=False) + "\n")
     ma = result["mean_activation"]
     sig = Fit(**ma["significant"])
-    report = ValidationReport(
+    return ValidationReport(
         workspace=str(ws.path),
         trained=str(trained),
         model=record.model,
@@ -860,13 +935,13 @@ def validate(
         n_pairs_trained=len(record.source_indices),
         n_pairs_predicted=int(p.n),
         n_prompts=len(prompt_list),
-        n_replies=len(flat_before),
+        n_replies=len(m.flat_before),
         prompts_source=source,
         prompt_source_indices=prompt_indices,
         decoding=asdict(decoding),
         tau=tau,
         match_length=match_length,
-        reply_tokens=reply_tokens,
+        reply_tokens=m.reply_tokens,
         n_features=sig.n_features,
         r2=sig.r2,
         pearson_r2=sig.pearson_r2,
@@ -886,26 +961,39 @@ def validate(
         concepts_clear_mean_activation=result["concepts_clear_mean_activation"],
         n_concepts=len(concepts) if concepts is not None else 0,
         behaviour=behaviour,
-        probes=probe_lifts(probe_lp["before"], probe_lp["after"], names),
+        probes=probe_lifts(rollout.probe_lp["before"], rollout.probe_lp["after"], rollout.probe_names),
         features=features,
         plot=str(plot_path),
         concepts_plot=None,
-        generations=str(gen_path),
+        generations=str(plot_path.with_name(plot_path.stem + "_replies.jsonl")),
         seconds=0.0,
     )
+
+
+def write(report: ValidationReport, p: Prediction, m: Measured, rollout: Rollout, prompt_list,
+          prompt_indices) -> None:
+    """Write: the replies (JSONL), the feature scatter and concept plots, and the numbers (npz) beside
+    `report.plot`; sets `report.concepts_plot`."""
     from core.checks.plots import agreement_plot, scatter_plot
 
-    scatter_plot(p.mean, actual, result["sets"]["significant"], top, report, plot_path)
+    plot_path = Path(report.plot)
+    plot_path.parent.mkdir(parents=True, exist_ok=True)
+    with Path(report.generations).open("w", encoding="utf-8") as f:
+        for i, prompt in enumerate(prompt_list):
+            f.write(json.dumps({
+                "source_index": prompt_indices[i] if prompt_indices else None,
+                "prompt": list(prompt),
+                "before": rollout.replies["before"][i],
+                "after": rollout.replies["after"][i],
+            }, ensure_ascii=False) + "\n")
+    result = m.result
+    scatter_plot(p.mean, m.actual, result["sets"]["significant"], result["sets"]["top_k"], report, plot_path)
     if report.concepts is not None:
         report.concepts_plot = str(agreement_plot(report.concepts, f"{report.model} / {report.sae}",
                                                   plot_path.with_name(plot_path.stem + "_concepts.png")))
     np.savez_compressed(
         plot_path.with_name(plot_path.stem + "_shifts.npz"),
-        predicted=p.mean, predicted_sd=p.sd, predicted_fire=p.fire, actual=actual,
-        actual_se=actual_se, significant=result["sets"]["significant"], per_prompt=mean_pp,
+        predicted=p.mean, predicted_sd=p.sd, predicted_fire=p.fire, actual=m.actual,
+        actual_se=m.actual_se, significant=result["sets"]["significant"], per_prompt=result["per_prompt"]["mean"],
         per_prompt_fire=result["per_prompt"]["fire"],
     )
-    report.seconds = time.perf_counter() - start
-    plot_path.with_suffix(".json").write_text(json.dumps(report.to_json(), indent=1))
-    emit(Progress("encode", "done", total, total, unit="replies"))
-    return report
