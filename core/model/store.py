@@ -145,10 +145,13 @@ def _save_float_copy(model, tokenizer, out: Path) -> None:
 
 def pull_model(entry: ModelEntry, progress: ProgressFn | None = None) -> Path:
     """Make `entry` ready offline and return its folder. Raises StoreError when it cannot."""
-    out = model_dir(entry)
-    if model_ready(entry):
-        return out
-    _source(MODEL_SOURCES, entry, "model").pull(entry, out, messages(progress, "pull"))
+    return _pull(entry, model_dir(entry), model_ready(entry), MODEL_SOURCES, "model", progress)
+
+
+def _pull(entry, out: Path, ready: bool, table: dict, what: str, progress: ProgressFn | None) -> Path:
+    """`out`, made ready by the entry's source unless it is."""
+    if not ready:
+        _source(table, entry, what).pull(entry, out, messages(progress, "pull"))
     return out
 
 
@@ -184,11 +187,7 @@ def _download_hf_model(entry: ModelEntry, out: Path, say) -> None:
 def pull_sae(entry: SAEEntry, progress: ProgressFn | None = None) -> Path:
     """Fetch a catalogue SAE into the store (sae-lens releases). Trained SAEs come from
     `core.model.sae_train` (the bundled sample's ships: core.model.shipped)."""
-    out = sae_dir(entry)
-    if sae_ready(entry):
-        return out
-    _source(SAE_SOURCES, entry, "SAE").pull(entry, out, messages(progress, "pull"))
-    return out
+    return _pull(entry, sae_dir(entry), sae_ready(entry), SAE_SOURCES, "SAE", progress)
 
 
 def _refuse_trained(entry: SAEEntry, out: Path, say) -> None:
