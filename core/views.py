@@ -16,6 +16,8 @@ from core.analysis.evidence import Snippet, marked  # noqa: F401
 from core.analysis.kinds import Kind  # noqa: F401
 from core.data.marks import MarkInfo
 from core.analysis.shifts import WhatIf
+from core.data.containers import describe as data_files  # noqa: F401  (".jsonl, ... or .parquet", for help)
+from core.data.shapes import formats as record_formats  # noqa: F401  (the record shapes, for help)
 
 
 @dataclass(frozen=True)

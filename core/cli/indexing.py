@@ -11,12 +11,13 @@ from typing import Optional
 import typer
 
 from core.cli.app import JSON, ProgressPrinter, app, emit
+from core.views import data_files, record_formats
 
 
 @app.command()
 def index(
     data: Path = typer.Argument(
-        ..., help="Preference data: .jsonl, .jsonl.gz, .json or .parquet; a Hugging Face dataset saved with "
+        ..., help=f"Preference data: {data_files()}; a Hugging Face dataset saved with "
         "save_to_disk; a folder of Parquet or JSON lines shards; or a hub id (owner/name)"),
     workspace: Path = typer.Option(..., "--workspace", "-w", help="Workspace folder (created if new)"),
     model: Optional[str] = typer.Option(None, help="Model name from the catalogue (default: the embedded one)"),
@@ -26,7 +27,7 @@ def index(
         None, help="Cap on reply tokens read per side (the prompt then keeps its last 2x); "
         "default: whole replies, up to the model's context (at most 8,192 tokens per prompt + reply)",
     ),
-    format: Optional[str] = typer.Option(None, help="standard | conversational | hh-rlhf | sharegpt (default: detect)"),
+    format: Optional[str] = typer.Option(None, help=f"{' | '.join(record_formats())} (default: detect)"),
     skip_invalid: bool = typer.Option(False, help="Skip invalid records and report them instead of stopping"),
     device: Optional[str] = typer.Option(None, help="cpu | cuda (default: cuda when available)"),
     batch_tokens: int = typer.Option(4096, help="Padded tokens per forward batch (memory vs speed)"),

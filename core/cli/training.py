@@ -9,11 +9,12 @@ from pathlib import Path
 import typer
 
 from core.cli.app import JSON, THREADS, ProgressPrinter, app, ctrl_c_cancels, emit, set_threads
+from core.views import data_files, record_formats
 
 
 @app.command("train-dpo")
 def train_dpo_cmd(
-    data: Path = typer.Argument(..., help="Preference data: .jsonl, .jsonl.gz, .json or .parquet"),
+    data: Path = typer.Argument(..., help=f"Preference data: {data_files()}"),
     out: Path = typer.Option(..., "--out", help="Output folder (rerun with the same one to resume)"),
     model: str | None = typer.Option(None, help="Model from the catalogue (default: the embedded one)"),
     init_model: Path | None = typer.Option(
@@ -39,7 +40,7 @@ def train_dpo_cmd(
     grad_accum: int = typer.Option(1, help="Forward passes per optimizer step"),
     save_every: int = typer.Option(50, help="Optimizer steps between checkpoints"),
     seed: int = typer.Option(0, help="Seeds the data order (and LoRA's init)"),
-    format: str | None = typer.Option(None, help="standard | conversational | hh-rlhf | sharegpt (default: detect)"),
+    format: str | None = typer.Option(None, help=f"{' | '.join(record_formats())} (default: detect)"),
     skip_invalid: bool = typer.Option(False, help="Skip invalid records instead of stopping"),
     device: str | None = typer.Option(None, help="cpu | cuda (default: cuda when available)"),
     threads: int | None = THREADS,

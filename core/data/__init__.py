@@ -1,1 +1,1 @@
-"""Data in and out: reading preference pairs (formats, Hugging Face datasets), the workspace on disk, marks, export, planted behaviours, and text made safe to show. Imports nothing above it."""
+"""Data in and out: reading preference pairs (containers and record shapes, each a table of one module per entry; Hugging Face datasets), the workspace on disk, marks, export, planted behaviours, and text made safe to show. Imports nothing above it."""

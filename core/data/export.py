@@ -1,7 +1,7 @@
 """Export: the source records that are not marked, in their original format and order.
 
-JSONL (and .jsonl.gz) records are written back byte-identical to their source lines; JSON arrays
-and Parquet keep their format. Beside the output, `FILE.removed.jsonl` holds one line per removed
+Each source's container (core.data.containers) writes its own records back: JSONL (and .jsonl.gz)
+byte-identical to the source lines; JSON arrays and Parquet keep their format. Beside the output, `FILE.removed.jsonl` holds one line per removed
 pair: its source_index, line, reason, scope, who/when, the features that flagged it, and the removed
 record itself, so a person can review or restore it: `source_line` (JSON lines sources: the exact
 text of the source line, `jq -r .source_line` writes it back byte for byte) or `record` (JSON arrays
@@ -20,16 +20,15 @@ before anything is written and again just before the renames.
 
 from __future__ import annotations
 
-import gzip
-import json
 import os
 import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.data import containers
+from core.data.containers.base import Container, json_bytes
 from core.errors import ExportError, IngestError
-from core.data.ingest import raw_records
 from core.data.marks import Marks
 from core.data.workspace import Workspace, file_sha256
 
@@ -42,11 +41,6 @@ class ExportResult:
     n_removed: int
     n_records: int
     n_stale_removed: int = 0  # temporary files of killed exports that this export cleaned up
-
-
-# Output names each kind of source may be written to (the reader picks the format by the name).
-_FAMILIES = {"lines": (".jsonl", ".jsonl.gz", ".json"), "array": (".json",), "parquet": (".parquet",)}
-_KNOWN = (".jsonl.gz", ".jsonl", ".json", ".parquet")
 
 
 def _tmp_name(path: Path, pid: int) -> Path:
@@ -129,27 +123,6 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _ends_with_newline(path: Path, gz: bool) -> bool:
-    if gz:
-        last = b""
-        with gzip.open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                last = block
-        return last.endswith(b"\n") or not last
-    with open(path, "rb") as f:
-        f.seek(0, os.SEEK_END)
-        if f.tell() == 0:
-            return True
-        f.seek(-1, os.SEEK_END)
-        return f.read(1) == b"\n"
-
-
-def _family(source: Path, records: list) -> str:
-    if source.name.lower().endswith(".parquet"):
-        return "parquet"
-    return "lines" if isinstance(records[0] if records else b"", (bytes, bytearray)) else "array"
-
-
 def _check_out(out: Path, source: Path, workspace: Path, overwrite: bool) -> None:
     """Raise ExportError unless `out` and its manifest may be written (module doc: what is refused)."""
     if out.is_dir() and not out.is_symlink():
@@ -205,61 +178,23 @@ def _workspace_above(path: Path) -> Path | None:
     return None
 
 
-def _check_format(out: Path, source: Path, family: str) -> None:
+def _check_format(out: Path, source: Path, writer: Container) -> None:
     suffix = _suffix(out)
-    if suffix and suffix not in _FAMILIES[family]:
+    if suffix and suffix not in writer.outputs:
         raise ExportError(
             f"{out}: a {suffix} name for a {_suffix(source)} source; the cleaned file keeps the source's format "
-            f"({' or '.join(_FAMILIES[family])})"
+            f"({' or '.join(writer.outputs)})"
         )
 
 
 def _suffix(path: Path) -> str:
-    name = path.name.lower()
-    return next((s for s in _KNOWN if name.endswith(s)), "")
+    found = containers.container_of(path)
+    return found[1] if found else ""
 
 
-def _writer(records: list, keep: list[int], family: str, gz: bool, ends_nl: bool):
+def _writer(writer: Container, records: list, keep: list[int], source: Path, out: Path):
     """A function writing the kept records to a binary file in the source's format."""
-    if family == "parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        def write(f):
-            table = pa.concat_tables([records[i] for i in keep]) if keep else records[0].slice(0, 0)
-            pq.write_table(table, f)
-    elif family == "lines":
-        def write(f):
-            out = gzip.GzipFile(filename="", fileobj=f, mode="wb", mtime=0) if gz else f
-            for j, i in enumerate(keep):
-                last = j == len(keep) - 1
-                # the source's last-line convention too, so no marks gives back the same bytes
-                out.write(records[i] + (b"\n" if (not last or ends_nl) else b""))
-            if gz:
-                out.close()
-    else:  # JSON array
-        def write(f):
-            f.write(_json_bytes([records[i] for i in keep], indent=1))
-    return write
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def _json_bytes(obj, indent: int | None = None) -> bytes:
-    """UTF-8 JSON of `obj`; lone surrogates (a record's escaped "\\ud800", or a non-UTF-8 byte
-    kept by surrogateescape) stay escaped, so the text is valid UTF-8 and parses back to `obj`."""
-    text = json.dumps(obj, ensure_ascii=False, indent=indent, default=str)
-    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group(0)):04x}", text).encode("utf-8")
-
-
-def _removed_record(records: list, i: int, family: str) -> dict:
-    """The removed record as the manifest holds it (module doc)."""
-    if family == "lines":
-        return {"source_line": records[i].decode("utf-8", "surrogateescape")}
-    if family == "parquet":
-        return {"record": records[i].to_pylist()[0]}
-    return {"record": records[i]}
+    return lambda f: writer.write(f, records, keep, source, out)
 
 
 def export_clean(ws: Workspace, out: Path | str, overwrite: bool = False) -> ExportResult:
@@ -280,11 +215,10 @@ def export_clean(ws: Workspace, out: Path | str, overwrite: bool = False) -> Exp
     if file_sha256(source) != meta.get("dataset_sha256"):
         raise ExportError(f"{source} changed since it was indexed; re-index before exporting")
     try:
-        records = raw_records(source)
+        writer, records = containers.read_raw(source)
     except IngestError as exc:
         raise ExportError(f"cannot read the source dataset again: {exc}") from exc
-    family = _family(source, records)
-    _check_format(out, source, family)
+    _check_format(out, source, writer)
     manifest = _manifest_of(out)
     marks = Marks(ws).marked
     removed = sorted(s for s in marks if 0 <= s < len(records))
@@ -293,16 +227,15 @@ def export_clean(ws: Workspace, out: Path | str, overwrite: bool = False) -> Exp
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         stale = remove_stale_temps(out, manifest)
-        write = _writer(records, keep, family, out.name.lower().endswith(".gz"),
-                        family == "lines" and _ends_with_newline(source, source.name.lower().endswith(".gz")))
+        write = _writer(writer, records, keep, source, out)
 
         def write_manifest(f):
             for s in removed:
                 info = marks[s]
                 entry = {"source_index": s, "line": line_of.get(s), "reason": info.reason, "scope": info.scope,
                          "features": list(info.features), "who": info.who, "when": info.when,
-                         **_removed_record(records, s, family)}
-                f.write(_json_bytes(entry) + b"\n")
+                         **writer.removed(records[s])}
+                f.write(json_bytes(entry) + b"\n")
 
         tmp_out = _write_tmp(out, write)
         try:

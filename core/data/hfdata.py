@@ -25,7 +25,6 @@ carried over unchanged, so `load_from_disk(OUT)` / `load_dataset(OUT)` is the da
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import os
@@ -35,12 +34,11 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from core.data import containers
+from core.data.records import file_error, first_line
 from core.errors import ExportError, IngestError, UsageError
 
 KINDS = ("hub", "saved", "shards")
-# Shard file names -> the `datasets` builder that reads them.
-SHARD_BUILDERS = {".parquet": "parquet", ".jsonl.gz": "json", ".jsonl": "json", ".json": "json"}
-_FILE_SUFFIXES = (*SHARD_BUILDERS, ".gz")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _BATCH = 1024
 
@@ -90,7 +88,7 @@ def open_source(data: Path | str, split: str | None = None, config: str | None =
     revision given to a local folder.
     """
     path = Path(data)
-    if path.name.lower().endswith(_FILE_SUFFIXES):  # a file's name, even on a folder: core.data.ingest says
+    if path.name.lower().endswith((*containers.suffixes(), ".gz")):  # a file's name, even on a folder: ingest says
         return None
     if path.is_dir():
         if config or revision:
@@ -113,25 +111,19 @@ def source_of(meta: dict) -> HFSource | None:
     return HFSource(hf["kind"], hf["location"], hf["split"], hf.get("config"), hf.get("revision"))
 
 
-def _error(where: object, message: str, line: int = 0) -> IngestError:
-    from core.data.ingest import Issue
-
-    return IngestError(Issue(str(where), line, "", message, "error"))
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+def shard_builders() -> dict[str, str]:
+    """Shard file suffix -> the `datasets` builder that reads it (the containers that have one)."""
+    return {s: c.hf_builder for c in containers.CONTAINERS if c.hf_builder for s in c.suffixes}
 
 
 def _pick_split(where: Path | str, splits: list[str], split: str | None) -> str:
     if split is not None:
         if split not in splits:
-            raise _error(where, f"no split '{split}'; it holds {', '.join(splits)}")
+            raise file_error(where, f"no split '{split}'; it holds {', '.join(splits)}")
         return split
     if len(splits) == 1:
         return splits[0]
-    raise _error(where, f"holds splits {', '.join(splits)}: name one with --split")
+    raise file_error(where, f"holds splits {', '.join(splits)}: name one with --split")
 
 
 def _saved_split_name(path: Path, split: str | None) -> str:
@@ -139,18 +131,18 @@ def _saved_split_name(path: Path, split: str | None) -> str:
         try:
             splits = json.loads((path / "dataset_dict.json").read_text())["splits"]
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise _error(path / "dataset_dict.json", f"not a saved DatasetDict: {_first_line(e)}") from e
+            raise file_error(path / "dataset_dict.json", f"not a saved DatasetDict: {first_line(e)}") from e
         return _pick_split(path, [str(s) for s in splits], split)
     try:
         own = json.loads((path / "state.json").read_text()).get("_split")
     except (OSError, ValueError, AttributeError) as e:
-        raise _error(path / "state.json", f"not a saved Dataset: {_first_line(e)}") from e
+        raise file_error(path / "state.json", f"not a saved Dataset: {first_line(e)}") from e
     return _pick_split(path, [own or split or "train"], split)
 
 
-def _shard_suffix(name: str) -> str:
-    name = name.lower()
-    return next((s for s in SHARD_BUILDERS if name.endswith(s)), "")
+def _shard_container(name: str) -> containers.Container | None:
+    found = containers.container_of(name)
+    return found[0] if found and found[0].hf_builder else None
 
 
 def _shard_splits(folder: Path) -> dict[str, list[Path]]:
@@ -162,14 +154,14 @@ def _shard_splits(folder: Path) -> dict[str, list[Path]]:
         found = DataFilesDict.from_patterns(patterns, base_path=str(folder.resolve()))
     except Exception:  # datasets raises its own EmptyDatasetError, FileNotFoundError, ...
         found = {}
-    splits = {str(name): [Path(f) for f in files if _shard_suffix(Path(f).name)] for name, files in found.items()}
+    splits = {str(name): [Path(f) for f in files if _shard_container(f)] for name, files in found.items()}
     splits = {name: files for name, files in splits.items() if files}
     if not splits:
-        raise _error(folder, "is a directory with no save_to_disk dataset and no data files "
-                             f"({', '.join(SHARD_BUILDERS)})")
-    builders = {SHARD_BUILDERS[_shard_suffix(f.name)] for files in splits.values() for f in files}
+        raise file_error(folder, "is a directory with no save_to_disk dataset and no data files "
+                             f"({', '.join(shard_builders())})")
+    builders = {_shard_container(f).hf_builder for files in splits.values() for f in files}
     if len(builders) > 1:
-        raise _error(folder, "holds both Parquet and JSON shards; one folder holds one kind")
+        raise file_error(folder, "holds both Parquet and JSON shards; one folder holds one kind")
     return splits
 
 
@@ -216,7 +208,7 @@ def _numbered(rows, where: str, start: int = 0, whole: bool = False) -> Iterator
     except IngestError:
         raise
     except Exception as e:  # pyarrow, datasets, fsspec and OS errors alike
-        raise _error(where, f"cannot read the dataset: {_first_line(e)}", 0 if whole else number + 1) from e
+        raise file_error(where, f"cannot read the dataset: {first_line(e)}", 0 if whole else number + 1) from e
 
 
 def _saved_split(source: HFSource):
@@ -225,15 +217,14 @@ def _saved_split(source: HFSource):
     try:
         loaded = load_from_disk(source.location)
     except Exception as e:
-        raise _error(source.location, f"cannot load the saved dataset: {_first_line(e)}") from e
+        raise file_error(source.location, f"cannot load the saved dataset: {first_line(e)}") from e
     return loaded[source.split] if isinstance(loaded, DatasetDict) else loaded
 
 
 def _shard_rows(path: Path) -> Iterator[dict]:
     from datasets import load_dataset
 
-    builder = SHARD_BUILDERS[_shard_suffix(path.name)]
-    yield from load_dataset(builder, data_files=[str(path)], split="train", streaming=True)
+    yield from load_dataset(_shard_container(path).hf_builder, data_files=[str(path)], split="train", streaming=True)
 
 
 def _hub_split(source: HFSource):
@@ -244,7 +235,7 @@ def _hub_split(source: HFSource):
         return load_dataset(source.location, source.config, split=source.split, revision=source.revision,
                             streaming=True)
     except Exception as e:
-        raise _error(source, f"cannot load the hub dataset: {_first_line(e)}") from e
+        raise file_error(source, f"cannot load the hub dataset: {first_line(e)}") from e
 
 
 # -- identity and change ----------------------------------------------------------------------------
@@ -262,7 +253,7 @@ def _files(source: HFSource) -> list[Path]:
     try:
         named = [f["filename"] for f in json.loads((folder / "state.json").read_text())["_data_files"]]
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise _error(folder / "state.json", f"not a saved Dataset: {_first_line(e)}") from e
+        raise file_error(folder / "state.json", f"not a saved Dataset: {first_line(e)}") from e
     return [folder / "state.json", folder / "dataset_info.json", *(folder / name for name in named)]
 
 
@@ -429,7 +420,7 @@ def _export_saved(source: HFSource, marked: set[int], tmp: Path, removed_rows: d
     try:
         loaded = load_from_disk(source.location)
     except Exception as e:
-        raise _error(source.location, f"cannot load the saved dataset: {_first_line(e)}") from e
+        raise file_error(source.location, f"cannot load the saved dataset: {first_line(e)}") from e
     split = loaded[source.split] if isinstance(loaded, DatasetDict) else loaded
     n = len(split)
     gone = sorted(s for s in marked if 0 <= s < n)
@@ -448,10 +439,7 @@ def _export_shards(source: HFSource, marked: set[int], tmp: Path, removed_rows: 
     for path in ours:
         dest = tmp / path.relative_to(root)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        if path.name.lower().endswith(".parquet"):
-            start += _filter_parquet(path, dest, marked, start, removed_rows)
-        else:
-            start += _filter_json_lines(path, dest, marked, start, removed_rows)
+        start += _shard_container(path).filter_shard(path, dest, marked, start, removed_rows)
     mine = {p.resolve() for p in ours}
     for path in sorted(root.rglob("*")):  # other splits, the dataset card: as they are
         if path.is_file() and path.resolve() not in mine and not path.name.startswith("."):
@@ -459,45 +447,6 @@ def _export_shards(source: HFSource, marked: set[int], tmp: Path, removed_rows: 
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, dest)
     return start
-
-
-def _filter_parquet(path: Path, dest: Path, marked: set[int], start: int, removed_rows: dict) -> int:
-    """Copy `path`'s rows minus the marked ones to `dest`, batch by batch, keeping its schema (and
-    the features `datasets` keeps in its metadata). Returns its number of rows."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    n = 0
-    with pq.ParquetFile(path) as f, pq.ParquetWriter(dest, f.schema_arrow) as w:
-        for batch in f.iter_batches(batch_size=_BATCH):
-            rows = range(start + n, start + n + batch.num_rows)
-            keep = pa.array([s not in marked for s in rows])
-            for s in (s for s in rows if s in marked):
-                removed_rows[s] = batch.slice(s - start - n, 1).to_pylist()[0]
-            w.write_batch(batch.filter(keep))
-            n += batch.num_rows
-    return n
-
-
-def _filter_json_lines(path: Path, dest: Path, marked: set[int], start: int, removed_rows: dict) -> int:
-    """Copy the unmarked lines of a JSON lines shard to `dest` byte for byte (blank lines are no rows,
-    as for `datasets`). Returns its number of rows."""
-    from core.data.ingest import raw_records
-
-    lines = raw_records(path)
-    if lines and not isinstance(lines[0], bytes):
-        raise _error(path, "a JSON array shard; shards are JSON lines or Parquet")
-    gz = path.name.lower().endswith(".gz")
-    with open(dest, "wb") as raw:
-        f = gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) if gz else raw
-        for i, line in enumerate(lines):
-            if start + i in marked:
-                removed_rows[start + i] = json.loads(line)
-            else:
-                f.write(line + b"\n")
-        if gz:
-            f.close()
-    return len(lines)
 
 
 def _export_hub(source: HFSource, marked: set[int], tmp: Path, removed_rows: dict) -> int:

@@ -32,6 +32,7 @@ import numpy as np
 
 from core.errors import UsageError
 from core.data.ingest import iter_records, read_pairs
+from core.data.shapes import SHAPES
 
 GOBLIN_SENTENCES = (
     "Oddly enough, a goblin once gave me exactly the same advice.",
@@ -166,26 +167,12 @@ def plant(kind: str) -> Plant:
 
 def with_chosen(record: dict, format: str, reply: str) -> dict:
     """A copy of `record` whose chosen reply is `reply` (everything else as it was, and shared: only
-    the containers on the way to the reply are copied, so a deeply nested extra field costs nothing).
-    Raises UsageError for a format it cannot write."""
-    out = dict(record)
-    if format == "standard":
-        out["chosen"] = reply
-    elif format == "conversational":
-        out["chosen"] = [*record["chosen"][:-1], {**record["chosen"][-1], "content": reply}]
-    elif format == "hh-rlhf":
-        text = out["chosen"]
-        cut = text.rindex("Assistant:") + len("Assistant:")
-        out["chosen"] = text[:cut] + " " + reply
-    elif format == "sharegpt":
-        c = record["chosen"]
-        if isinstance(c, str):
-            out["chosen"] = reply
-        else:
-            out["chosen"] = {**c, "content" if "content" in c else "value": reply}
-    else:
+    the containers on the way to the reply are copied, so a deeply nested extra field costs nothing),
+    written by the record's shape (core.data.shapes). Raises UsageError for a format it cannot write."""
+    shape = SHAPES.get(format)
+    if shape is None:
         raise UsageError(f"cannot plant into format {format!r}")
-    return out
+    return shape.with_chosen(record, reply)
 
 
 def with_labels_swapped(record: dict) -> dict:

@@ -26,6 +26,7 @@ import numpy as np
 
 from core.errors import ValidationError
 from core.data.plant import GOBLIN_SENTENCES
+from core.data.containers import container_of
 from core.data.ingest import iter_records, read_pairs
 from core.progress import check_cancel
 
@@ -125,10 +126,9 @@ def load_prompts(path: Path | str) -> list[Prompt]:
     unreadable one.
     """
     path = Path(path)
-    name = path.name.lower()
     if not path.is_file():
         raise ValidationError(f"{path}: no such prompt file")
-    if not name.endswith((".jsonl", ".jsonl.gz", ".json", ".parquet")):
+    if container_of(path) is None:
         lines = path.read_text(encoding="utf-8").splitlines()
         return [({"role": "user", "content": line.strip()},) for line in lines if line.strip()]
     records = list(iter_records(path))

@@ -16,7 +16,7 @@ from textual.containers import Horizontal
 from textual.widgets import Input, Label, Select
 from textual.worker import get_current_worker
 
-from core.views import CatalogChoices, WorkspaceStatus
+from core.views import CatalogChoices, WorkspaceStatus, data_files
 from tui.format import count
 from tui.messages import CatalogRead
 from tui.screens.base import DataScreen, FormInput
@@ -29,7 +29,7 @@ class IndexScreen(DataScreen):
     SCREEN_TITLE = "Index · run a dataset through the model and SAE"
     AUTO_FOCUS = ""  # nothing: digits switch screens until a field is picked (tab)
     LEGEND = (
-        ("dataset", "a .jsonl, .jsonl.gz, .json or .parquet file of pairs"),
+        ("dataset", f"a {data_files()} file of pairs"),
         ("workspace", "the folder the index goes to (a rerun resumes it)"),
         ("limit", "index at most this many valid pairs (empty: all)"),
     )
@@ -47,7 +47,7 @@ class IndexScreen(DataScreen):
         with Horizontal(classes="form-row"):
             yield Label("dataset", classes="form-label")
             yield FormInput(
-                placeholder="path to .jsonl / .jsonl.gz / .json / .parquet", id="index-data"
+                placeholder=f"path to {data_files(' / ', ' / ')}", id="index-data"
             )
         with Horizontal(classes="form-row"):
             yield Label("workspace", classes="form-label")
