@@ -52,9 +52,9 @@ def store(tmp_path_factory, config_dir):
 def datasets(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("datasets")
     return {
-        "a": write_jsonl_subset(HH, short_pairs(HH, 6, max_chars=400, skip=300), d / "a.jsonl"),
+        "a": write_jsonl_subset(HH, short_pairs(HH, 6, max_chars=400, skip=120), d / "a.jsonl"),
         "b": write_jsonl_subset(UF, short_pairs(UF, 6, max_chars=700, skip=5), d / "b.jsonl"),
-        "c": write_jsonl_subset(HH, short_pairs(HH, 6, max_chars=400, skip=400), d / "c.jsonl"),
+        "c": write_jsonl_subset(HH, short_pairs(HH, 6, max_chars=400, skip=128), d / "c.jsonl"),
     }
 
 

@@ -35,7 +35,7 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    return write_jsonl_subset(HH, short_pairs(HH, N, max_chars=400, skip=200), tmp_path_factory.mktemp("raydata") / "d.jsonl")
+    return write_jsonl_subset(HH, short_pairs(HH, N, max_chars=400, skip=100), tmp_path_factory.mktemp("raydata") / "d.jsonl")
 
 
 @pytest.fixture(scope="module")
