@@ -90,6 +90,7 @@ def tmux(workspace, tmp_path):
     subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True, check=False)
 
 
+@pytest.mark.slow  # 21.6 s call, after the session's workspace (2026-12-04, shared 2-core machine under load)
 def test_browse_mark_and_quit_in_a_real_terminal(tmux, workspace):
     from core.marks import Marks
     from core.workspace import Workspace

@@ -79,6 +79,7 @@ def test_decision_without_training(store, datasets):
     assert corpus_key([sha]) == sha[:8] and corpus_key([sha, sha]) != sha[:8]
 
 
+@pytest.mark.slow  # 48 s call (2026-12-04, shared 2-core machine under load ~8)
 def test_sae_per_dataset_trained_once_and_recorded(store, datasets, tmp_path):
     a, b, c = datasets["a"], datasets["b"], datasets["c"]
     # `sae train --data A` trains A's SAE (the first training here: its rates are measured first)
