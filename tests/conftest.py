@@ -14,9 +14,28 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# The tests' own real data (tests/data/make_fixtures.py drew it from ../shared/data, copied unchanged):
+# 236 short HH-RLHF pairs and 42 UltraFeedback pairs, and ~40 pairs in each format under formats/.
+DATA = ROOT / "tests" / "data"
+HH = DATA / "hh-rlhf.jsonl"
+UF = DATA / "ultrafeedback.jsonl"
+FORMATS = DATA / "formats"
+# The whole shared data sets, beside the checkout: only tests marked `shared_data` read them (they
+# need the sets for their size). Absent, such a test skips; under DATADEBUG_CI=1 (.ci/run) it fails.
 SHARED_DATA = ROOT.parent / "shared" / "data"
-HH = SHARED_DATA / "hh-rlhf-harmless-base-test.jsonl.gz"
-UF = SHARED_DATA / "ultrafeedback-1k.jsonl"
+SHARED_HH = SHARED_DATA / "hh-rlhf-harmless-base-test.jsonl.gz"
+SHARED_UF = SHARED_DATA / "ultrafeedback-1k.jsonl"
+
+
+def pytest_runtest_setup(item):
+    """A `shared_data` test without ../shared/data: a skip, or a failure under CI (DATADEBUG_CI=1),
+    so a CI run never passes on tests that did not run."""
+    if item.get_closest_marker("shared_data") is None or (SHARED_HH.is_file() and SHARED_UF.is_file()):
+        return
+    why = f"{SHARED_DATA} is absent (the shared data sets sit beside the checkout)"
+    if os.environ.get("DATADEBUG_CI") == "1":
+        pytest.fail(f"{why}; CI (DATADEBUG_CI=1) runs every shared_data test", pytrace=False)
+    pytest.skip(why)
 
 
 def pytest_configure(config):
@@ -35,16 +54,18 @@ def config_dir() -> Path:
 
 
 def short_pairs(path: Path, n: int, max_chars: int = 600, skip: int = 0):
-    """The first `n` valid pairs of `path` (after `skip`) whose texts are short, for fast tests."""
+    """The first `n` valid pairs of `path` (after `skip`) whose texts are short, for fast tests.
+
+    On the fixtures these are the pairs the same call picks from the whole shared file (HH holds the
+    first 236 pairs under 600 characters, UF the first 40 under 900)."""
     from core.data.ingest import read_pairs
 
-    if not path.exists():
-        pytest.skip(f"{path} is absent (tests read ../shared/data beside the checkout)")
     pairs = [
         p for p in read_pairs(path, skip_invalid=True).pairs
         if len(p.prompt_text) + len(p.chosen) + len(p.rejected) < max_chars
-    ]
-    return pairs[skip : skip + n]
+    ][skip : skip + n]
+    assert len(pairs) == n, f"{path} holds {len(pairs)} such pairs after {skip}, not {n}"
+    return pairs
 
 
 def write_jsonl_subset(src: Path, pairs, out: Path) -> Path:

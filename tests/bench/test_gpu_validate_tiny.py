@@ -9,9 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 
+import pytest
+
 from tests.unit.test_gpu_validate import bench_module
 
 
+# gpu_validate's prepare reads its SFT prompts from ../shared/data/ultrafeedback-1k.jsonl, as the GPU run does
+@pytest.mark.shared_data
 def test_tiny_mode_runs_every_phase_without_errors(tmp_path, tiny_sae):
     from core.model.catalog import load_catalog
     from core.model.store import sae_dir

@@ -97,10 +97,6 @@ elif moment.startswith("mark"):
         if moment == "mark-before-write":  # lock held, log caught up, nothing written; another waits
             wait_for(flag + ".go")
             die()
-        if moment == "mark-during-write":
-            threading.Timer(0.002, die).start()
-            orig(self, row)
-            die()
         orig(self, row)
         die()  # mark-after-write: committed, state and output not yet
     core.data.marks.Marks._write_row = patched
@@ -207,8 +203,13 @@ def test_concurrent_mark_processes_get_unique_sequential_op_ids(tmp_path):
     assert Marks(Workspace(ws.path)).marked_set() == {2 * i for i in range(16)}
 
 
-@pytest.mark.parametrize("moment", ["mark-before-write", "mark-during-write", "mark-after-write"])
+# A kill inside the write is test_kill_9_inside_a_marks_commit_loses_and_duplicates_nothing: it proves
+# where each kill landed. A timer-fired kill here ("mark-during-write") passed whether it landed in
+# the write or after it, so it proved nothing and is gone.
+@pytest.mark.parametrize("moment", ["mark-before-write", "mark-after-write"])
 def test_kill_9_while_marking_loses_and_duplicates_nothing(tmp_path, moment):
+    """Each moment is certain: before the write the victim waits, lock held, until it is told to
+    die; after the write it dies the moment the commit returned (its op must then be there)."""
     ws = triage_workspace(tmp_path)
     Marks(ws).mark([0], reason="first")
     flag = tmp_path / "flag"
@@ -233,10 +234,8 @@ def test_kill_9_while_marking_loses_and_duplicates_nothing(tmp_path, moment):
     victims = [op for op in ops if op.reason == "victim"]
     if moment == "mark-before-write":
         assert victims == [] and [op.reason for op in ops] == ["first", "other"]
-    elif moment == "mark-after-write":
+    else:  # mark-after-write
         assert len(victims) == 1 and victims[0].source_indices == (4, 6)
-    else:
-        assert len(victims) <= 1  # whole or absent, never twice or half
     marks = Marks(Workspace(ws.path))
     assert marks.marked_set() == replay(ops).marked.keys()
     op = marks.mark([10])  # the log goes on where it stopped
@@ -347,6 +346,7 @@ def test_kill_9_inside_the_manifest_write_leaves_no_manifest_and_no_output(tmp_p
     assert out.read_bytes() == want_out and manifest.read_bytes() == want_manifest
 
 
+@pytest.mark.slow  # 21.3 s call (2026-12-04, shared 2-core machine under load)
 def test_kill_9_inside_a_marks_commit_loses_and_duplicates_nothing(tmp_path):
     """The kill lands inside lance's commit of the op: after the op's first file appeared in the
     marks table, before the commit returned. An attempt whose commit returned first (the kill came

@@ -17,9 +17,10 @@ from core.data.ingest import (
     read_pairs,
 )
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
-HH_FILE = DATA / "hh-rlhf-harmless-base-test.jsonl.gz"
-ULTRAFEEDBACK_FILE = DATA / "ultrafeedback-1k.jsonl"
+from tests.conftest import FORMATS as FORMAT_FIXTURES
+from tests.conftest import HH as HH_FILE
+from tests.conftest import SHARED_HH, SHARED_UF
+from tests.conftest import UF as ULTRAFEEDBACK_FILE
 
 STANDARD = {"prompt": "What is 2+2?", "chosen": "4", "rejected": "5"}
 HH_PROMPT = "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Tell me a joke"
@@ -379,11 +380,8 @@ def test_raw_records_are_the_exact_source_bytes(tmp_path):
 
 
 # --- real data -----------------------------------------------------------------------
-
-needs_real_data = pytest.mark.skipif(
-    not (HH_FILE.exists() and ULTRAFEEDBACK_FILE.exists()),
-    reason=f"real preference data not found in {DATA} (shared/ sits beside the checkout in CI)",
-)
+# The fixtures (tests/data, drawn from the shared sets by make_fixtures.py) in every format, and
+# the whole shared files: their few bad records are only in the whole files.
 
 
 def assert_round_trip(path: Path, pairs: list[Pair]) -> None:
@@ -393,32 +391,74 @@ def assert_round_trip(path: Path, pairs: list[Pair]) -> None:
         assert json.loads(raw[pair.source_index]) == records[pair.line]
 
 
-@needs_real_data
-def test_real_hh_rlhf():
-    result = read_pairs(HH_FILE, skip_invalid=True, limit=200)
-    assert result.format == "hh-rlhf"
-    assert len(result.pairs) == 200
-    assert len(result.pairs) + result.skipped == result.n_records
-    # The only bad records in the first 200 are transcripts whose chosen reply is empty.
-    assert {(i.field, i.message) for i in result.issues} <= {("chosen", "empty reply")}
-    for pair in result.pairs:
+def assert_real_pairs(pairs: list[Pair]) -> None:
+    for pair in pairs:
         assert pair.prompt and pair.prompt[-1]["role"] == "user"
         assert pair.prompt_text.strip()
         assert pair.chosen.strip() and pair.rejected.strip() and pair.chosen != pair.rejected
+
+
+def test_real_hh_rlhf():
+    result = read_pairs(HH_FILE)
+    assert result.format == "hh-rlhf" and len(result.pairs) == result.n_records == 236
+    assert_real_pairs(result.pairs)
+    assert any(len(p.prompt) > 1 for p in result.pairs)  # multi-turn transcripts are split into turns
     assert_round_trip(HH_FILE, result.pairs)
 
 
-@needs_real_data
 def test_real_ultrafeedback():
-    result = read_pairs(ULTRAFEEDBACK_FILE, skip_invalid=True, limit=200)
-    assert result.format == "standard"
-    assert len(result.pairs) == 200
-    assert len(result.pairs) + result.skipped == result.n_records
+    result = read_pairs(ULTRAFEEDBACK_FILE)
+    assert result.format == "standard" and len(result.pairs) == result.n_records == 42
     # Our source_index is the position in the file, not the record's own "source_index".
     assert [p.source_index for p in result.pairs[:3]] == [0, 1, 2]
-    for pair in result.pairs:
-        assert pair.prompt_text.strip() and pair.chosen != pair.rejected
+    assert [json.loads(r)["source_index"] for r in raw_records(ULTRAFEEDBACK_FILE)[:3]] != [0, 1, 2]
+    assert_real_pairs(result.pairs)
     assert_round_trip(ULTRAFEEDBACK_FILE, result.pairs)
+
+
+# Each format fixture holds the first 40 pairs of one source fixture, in another shape or container.
+FORMAT_CASES = [
+    ("hh-rlhf.jsonl.gz", "hh-rlhf", HH_FILE),
+    ("standard.json", "standard", ULTRAFEEDBACK_FILE),
+    ("conversational.parquet", "conversational", HH_FILE),
+    ("sharegpt.jsonl", "sharegpt", ULTRAFEEDBACK_FILE),
+    ("hf-saved", "conversational", HH_FILE),
+    ("hf-shards", "standard", ULTRAFEEDBACK_FILE),
+]
+
+
+@pytest.mark.parametrize("name, shape, source", FORMAT_CASES, ids=[c[0] for c in FORMAT_CASES])
+def test_every_format_fixture_reads_the_same_real_pairs(name, shape, source):
+    from core.data.hfdata import open_source
+
+    path = FORMAT_FIXTURES / name
+    got = read_pairs(open_source(path) or path)
+    assert got.format == shape and len(got.pairs) == got.n_records == 40 and not got.issues
+    want = read_pairs(source, limit=40).pairs
+    assert [p.source_index for p in got.pairs] == list(range(40))
+    assert [(p.prompt, p.chosen, p.rejected) for p in got.pairs] == [(p.prompt, p.chosen, p.rejected) for p in want]
+
+
+@pytest.mark.shared_data  # every record of the whole sets: their bad records are left out of the fixtures
+def test_whole_shared_hh_rlhf():
+    result = read_pairs(SHARED_HH, skip_invalid=True)
+    assert result.format == "hh-rlhf" and result.n_records == 2312
+    assert len(result.pairs) + result.skipped == result.n_records and result.skipped > 0
+    # The bad records: an empty chosen reply, or rejected's conversation differs before its reply.
+    assert {(i.field, i.message) for i in result.issues} == {
+        ("chosen", "empty reply"), ("rejected", "conversation before the reply differs from chosen's")}
+    assert_real_pairs(result.pairs)
+    assert_round_trip(SHARED_HH, result.pairs)
+
+
+@pytest.mark.shared_data
+def test_whole_shared_ultrafeedback():
+    result = read_pairs(SHARED_UF, skip_invalid=True)
+    assert result.format == "standard" and result.n_records == 1000
+    assert len(result.pairs) + result.skipped + result.identical == result.n_records
+    assert result.skipped and result.identical  # empty replies; pairs with no preference
+    assert all(p.prompt_text.strip() and p.chosen != p.rejected for p in result.pairs)
+    assert_round_trip(SHARED_UF, result.pairs)
 
 
 # --- hostile input: each of these raised a traceback or read wrongly before -------------
