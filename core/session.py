@@ -562,10 +562,21 @@ class Session:
     def hypothesis_pairs(self, h) -> HypothesisPairs:
         """The driving pairs of a ranked hypothesis (core.analysis.hypotheses.Hypothesis), with their texts
         and each pair's u on its concept."""
-        texts = self.pair_rows([p.source_index for p in h.driving])
-        u = self.pair_u(h.concept, [r.source_index for r in texts])
-        rows = tuple(PairRow(r.source_index, x, r.prompt, r.chosen, r.rejected) for r, x in zip(texts, u))
+        rows = self._rows_with_u(h.concept, [p.source_index for p in h.driving])
         return HypothesisPairs(HypothesisKey.of(h), h.sentence, h.concept_name, tuple(h.features), rows)
+
+    def data_cluster_pairs(self, cluster: DataCluster) -> tuple[PairRow, ...]:
+        """The pairs of a data cluster (of `data_clusters`), in source order, each with its u on the
+        concept of the cluster's best hypothesis (`delta` None when it has none)."""
+        if not cluster.hypotheses:
+            return self.pair_rows(cluster.source_indices)
+        return self._rows_with_u(cluster.hypotheses[0].concept, cluster.source_indices)
+
+    def _rows_with_u(self, concept: int, source_indices) -> tuple[PairRow, ...]:
+        """The texts of the given pairs, each with its u on response `concept` as its delta."""
+        texts = self.pair_rows(source_indices)
+        u = self.pair_u(concept, [r.source_index for r in texts])
+        return tuple(PairRow(r.source_index, x, r.prompt, r.chosen, r.rejected) for r, x in zip(texts, u))
 
     def pair_u(self, concept: int, source_indices) -> list[float]:
         """Each pair's u on response `concept` (core.analysis.hypotheses.Hypotheses.concept_in_pairs: the one
