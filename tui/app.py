@@ -200,7 +200,7 @@ class DataDebugApp(App):
             self.post_message(WorkspaceNeedsIndex(status, autostart))
 
     @on(Open)
-    def _open(self, event: Open) -> None:
+    def _open_screen(self, event: Open) -> None:
         self.push_screen(SCREENS[event.target](*event.args, **event.kwargs))
 
     @on(WorkspaceOpened)
