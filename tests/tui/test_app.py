@@ -308,7 +308,7 @@ async def test_groupings_drill_into_a_cluster_and_mark_it(workspace):
     app = make_app(workspace)
     async with app.run_test(size=(120, 40)) as pilot:
         await shifts_loaded(pilot)
-        await pilot.press("6", "g")  # the k-means groupings are under Compare
+        await pilot.press("6", "K")  # the k-means groupings are under Compare
         await wait_until(
             pilot,
             lambda: isinstance(app.screen, GroupingScreen) and app.screen.clustering,

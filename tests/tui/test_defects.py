@@ -59,7 +59,7 @@ async def test_a_reason_for_a_marked_pair_or_a_partly_marked_cluster_is_kept(wor
         assert reasons_on_disk(workspace) == {first: "dup"}
 
         await goto(pilot, "6", CompareScreen, "compare")
-        clusters = await goto(pilot, "g", GroupingScreen, "clustering")  # every pair is in a k-means cluster
+        clusters = await goto(pilot, "K", GroupingScreen, "clustering")  # every pair is in a k-means cluster
         holder = next(cl for cl in clusters.clustering.clusters if first in cl.source_indices)
         table = clusters.query_one("#clusters", KeyTable)
         keys = [table.coordinate_to_cell_key((i, 0)).row_key.value for i in range(table.row_count)]
@@ -135,7 +135,7 @@ async def test_compare_opens_a_cluster_on_enter_with_the_k_groupings_shows(works
     async with app.run_test(size=(120, 40)) as pilot:
         await shifts_loaded(pilot)
         await goto(pilot, "6", CompareScreen, "compare")
-        k_sae = (await goto(pilot, "g", GroupingScreen, "clustering")).clustering.k
+        k_sae = (await goto(pilot, "K", GroupingScreen, "clustering")).clustering.k
         await pilot.press("e")
         await wait_until(
             pilot, lambda: app.screen.clustering and app.screen.clustering.by == "embedding"
@@ -400,7 +400,7 @@ async def test_hostile_text_is_shown_never_executed(hostile_workspace):
         await goto(pilot, "5", ClustersScreen, "view")  # names fitted from the hostile prompts
         assert_safe(app, "Clusters")
         await goto(pilot, "6", CompareScreen, "compare")
-        await goto(pilot, "g", GroupingScreen, "clustering")
+        await goto(pilot, "K", GroupingScreen, "clustering")
         assert_safe(app, "Groupings")
         app.push_screen(ErrorDialog("reading a pair failed", HOSTILE + "cause"))
         await pilot.pause()

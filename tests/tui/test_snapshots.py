@@ -71,10 +71,10 @@ SCREENS = {
     "feature_pairs_after_marking_one": (TO_PAIRS, ("m", None, "")),
     # the data clusters the hypotheses read: names, sizes, the best hypothesis' q and concept.
     "clusters": (("5", "ClustersScreen", "view"),),
-    # the same k on both sides; Enter (a cluster's pairs) and g (the groupings) are offered.
+    # the same k on both sides; Enter (a cluster's pairs) and K (the groupings) are offered.
     "compare": (("6", "CompareScreen", "compare"),),
     # the k-means groupings under Compare: silhouette k, contrast, top features.
-    "groupings": (("6", "CompareScreen", "compare"), ("g", "GroupingScreen", "clustering")),
+    "groupings": (("6", "CompareScreen", "compare"), ("K", "GroupingScreen", "clustering")),
     # no field focused (digits switch screens); ctrl+g is the only way to start.
     "goblin_form": (("7", "GoblinScreen", ""),),
 }
