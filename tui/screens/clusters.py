@@ -20,7 +20,7 @@ from textual.worker import get_current_worker
 
 from core.views import DataClustersView, TriageState, WorkspaceInfo
 from core.views import format_q as q_text
-from tui.format import count, line, safe, signed, text_widths
+from tui.format import concept_text, count, line, safe, signed, text_widths
 from tui.messages import DataClustersReady, Open
 from tui.screens.base import DataScreen, with_engine
 from tui.widgets.job import JobPanel
@@ -29,14 +29,6 @@ from tui.widgets.tables import KeyTable
 PER_CLUSTER = 3  # hypotheses shown per cluster
 COLUMNS = ("id", "pairs", "share", "✗", "q", "name", "what the labels select here")
 FIXED_WIDTH = 44  # characters of the columns but name and what, their padding and the scroll bar
-
-
-def selects(h, width: int) -> Text:
-    """↑/↓ and the concept of a cluster hypothesis, as the landing view's concept column."""
-    up = h.direction == "more"
-    out = Text("↑ " if up else "↓ ", style="bold green" if up else "bold red")
-    out.append_text(line(h.concept_name or f"concept {h.concept}", width - 2))
-    return out
 
 
 class ClustersScreen(DataScreen):
@@ -148,7 +140,7 @@ class ClustersScreen(DataScreen):
                 Text(count(n_marked), style="bold red") if n_marked else "",
                 Text(q_text(best.q), style="bold" if best.established else "dim") if best else "",
                 line(c.name or "(no name)", name_w),
-                selects(best, what_w) if best else Text("nothing ranked here", style="dim"),
+                concept_text(best, what_w) if best else Text("nothing ranked here", style="dim"),
             )
 
         self.query_one("#clusters", KeyTable).refill((str(c.id), cells(c)) for c in v.clusters)
