@@ -145,10 +145,10 @@ class ClustersScreen(DataScreen):
 
         self.query_one("#clusters", KeyTable).refill((str(c.id), cells(c)) for c in v.clusters)
         n_est = sum(c.n_established > 0 for c in v.clusters)
-        basis = f"without {count(v.n_excluded)} marked pairs" if v.n_excluded else "on all pairs"
+        basis = f" (without {count(v.n_excluded)} marked)" if v.n_excluded else ""
         self.query_one("#clusters-caption", Label).update(line(
-            f"{len(v.clusters)} data clusters of {count(v.n_pairs)} pairs ({count(len(v.silent))} silent in"
-            f" none) · {n_est} with an established hypothesis (ranked {basis}) · ? explains the columns"
+            f"{len(v.clusters)} data clusters of {count(v.n_pairs)} pairs, {count(len(v.silent))} silent in none"
+            f" · {n_est} with an established row{basis}"
         ))
         self._detail()
 
@@ -159,21 +159,29 @@ class ClustersScreen(DataScreen):
         return next((c for c in self.view.clusters if str(c.id) == key), None)
 
     def _detail(self) -> None:
+        """The cluster under the cursor: its name, size and first pairs, then one line per hypothesis
+        listed (rank on Hypotheses, q, Δ, pairs going its way, the concept), each cut to the pane."""
         c = self._current()
         out = Text()
         if c is not None:
-            out.append(f"cluster {c.id}", style="bold")
-            out.append_text(safe(f" «{c.name}»" if c.name else ""))
-            out.append(f" · {count(c.size)} pairs ({c.share:.0%}) · first pairs: ", style="bold")
-            out.append(" ".join(f"#{s}" for s in c.source_indices[:8]) + "\n")
+            width = self.query_one("#cluster-detail", Static).content_region.width or 100
+            head = Text(f"cluster {c.id}", style="bold")
+            head.append_text(safe(f" «{c.name}»" if c.name else "", style="bold"))
+            head.append(f" · {count(c.size)} pairs ({c.share:.0%}) · first: "
+                        + " ".join(f"#{s}" for s in c.source_indices[:12]))
+            head.truncate(width, overflow="ellipsis")
+            out.append_text(head)
             for h in c.hypotheses:
-                sure = "established" if h.established else "not established"
-                out.append(f"#{h.rank} on Hypotheses · {sure} · q {q_text(h.q)} · Δ {signed(h.delta)} · "
-                           f"{count(h.n_support)} of {count(h.n_moving)} that differ go this way\n", style="dim")
-                out.append_text(line(h.sentence))
+                row = Text(f"#{h.rank:<4} q {q_text(h.q)} ", style="bold" if h.established else "")
+                row.append(f"Δ {signed(h.delta)} · {h.n_support}/{h.n_moving} go its way · ", style="dim")
+                row.append_text(concept_text(h, max(12, width - row.cell_len)))
                 out.append("\n")
-            if not c.hypotheses:
-                out.append("no hypothesis is ranked here: none has agreeing halves and enough supporting pairs",
+                out.append_text(row)
+            if c.hypotheses:
+                out.append("\n(# its rank on Hypotheses; bold: established) Enter: its pairs · c: mark them",
+                           style="dim")
+            else:
+                out.append("\nno hypothesis is ranked here: none has agreeing halves and enough supporting pairs",
                            style="dim")
         self.query_one("#cluster-detail", Static).update(out)
 

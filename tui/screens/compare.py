@@ -43,7 +43,7 @@ class CompareScreen(DataScreen):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("enter", "open_cluster", "Open the cluster's pairs", show=False, id="compare.open"),
         Binding("r", "refresh", "Recompute", id="compare.refresh"),
-        Binding("K", "groupings", "Groupings (k-means clusters)", id="compare.groupings"),
+        Binding("K", "groupings", "Groupings", id="compare.groupings"),
     ]
 
     def __init__(self) -> None:

@@ -41,7 +41,7 @@ class GroupingScreen(DataScreen):
         Binding(
             "enter", "open_cluster", "Open the cluster's pairs", show=False, id="grouping.open"
         ),
-        Binding("c", "mark_cluster", "Mark cluster", id="grouping.mark"),
+        Binding("c", "mark_cluster", "Mark", id="grouping.mark"),
         Binding(
             "C",
             "mark_cluster_reason",
@@ -106,7 +106,8 @@ class GroupingScreen(DataScreen):
         if c is None:
             return
         self.query_one("#clusters-caption", Label).update(
-            f"k = {c.k} {c.by} clusters, largest first · ? explains the columns"
+            f"k = {c.k} {c.by} clusters (the SAE grouping's silhouette choice), largest first"
+            " · ? explains the columns"
         )
         marked = self.triage.marked if self.triage else frozenset()
 
