@@ -33,6 +33,8 @@ from core.views import (
     ConceptFeatures,
     ConceptInPair,
     ConceptsView,
+    DataCluster,
+    DataClustersView,
     FeaturePairs,
     HypothesisChange,
     HypothesisKey,
@@ -56,6 +58,24 @@ from core.data.workspace import Workspace
 N_EXAMPLES = 5  # pairs shown in a preview
 N_CHANGES = 4  # features whose shift a preview shows before -> after
 N_POINT_LOOKUPS = 32  # up to this many pairs are read one by one; more read three text columns at once
+
+
+GROUPINGS = ("data", "sae", "embedding")
+
+
+def grouping(by: str | None, k: int | None = None) -> str:
+    """The grouping of pairs that `by` names: "data", the data clusters the hypotheses read (fitted
+    once with the structure), or a k-means grouping by SAE features ("sae") or by MiniLM embedding
+    ("embedding"). None: "data", or "sae" when a `k` is given (only the k-means groupings take one).
+    Raises UsageError for another name, or a k with "data"."""
+    if by is None:
+        return "data" if k is None else "sae"
+    if by not in GROUPINGS:
+        raise UsageError(f"unknown clustering {by!r}; expected one of {', '.join(GROUPINGS)}")
+    if by == "data" and k is not None:
+        raise UsageError("--k sets the k of the k-means groupings (--by sae or embedding); the data clusters "
+                         "are fitted once with the workspace's structure")
+    return by
 
 
 def probe(path: Path | str) -> WorkspaceStatus:
@@ -194,13 +214,14 @@ class Session:
         feature: int | None = None,
         top: int = 20,
         cluster: int | None = None,
-        by: str = "sae",
+        by: str | None = None,
         k: int | None = None,
         skip_marked: bool = False,
         hypothesis: HypothesisKey | None = None,
     ) -> Selection:
         """The pairs a mark names: source indices, a feature's `top` pairs (largest delta in its
-        direction), a cluster's pairs (clustered `by` with this workspace's k unless `k` is given), a
+        direction), a cluster's pairs (of the grouping `by` names, see `grouping`: a data cluster, or a
+        k-means cluster with this workspace's k unless `k` is given), a
         hypothesis' `top` driving pairs not marked yet, or any union of them. With skip_marked, a
         feature's top pairs are found among the pairs not marked yet (its next drivers). Raises
         UsageError when nothing is named, a cluster is unknown or a hypothesis is not ranked.
@@ -219,7 +240,14 @@ class Session:
             chosen |= {p.source_index for p in tops}
             scopes.append(f"feature {feature} top {top}")
             features.append(int(feature))
-        if cluster is not None:
+        by = grouping(by, k) if cluster is not None else by
+        if cluster is not None and by == "data":
+            data = self.data_cluster(cluster)
+            chosen |= set(data.source_indices)
+            scopes.append(f"cluster data:{cluster}")
+            best = data.hypotheses[0].features[:3] if data.hypotheses else ()
+            features.extend(f for f in best if f not in features)
+        elif cluster is not None:
             clustering = self.clusters(by, k)
             match = [c for c in clustering.clusters if c.id == cluster]
             if not match:
@@ -534,10 +562,21 @@ class Session:
     def hypothesis_pairs(self, h) -> HypothesisPairs:
         """The driving pairs of a ranked hypothesis (core.analysis.hypotheses.Hypothesis), with their texts
         and each pair's u on its concept."""
-        texts = self.pair_rows([p.source_index for p in h.driving])
-        u = self.pair_u(h.concept, [r.source_index for r in texts])
-        rows = tuple(PairRow(r.source_index, x, r.prompt, r.chosen, r.rejected) for r, x in zip(texts, u))
+        rows = self._rows_with_u(h.concept, [p.source_index for p in h.driving])
         return HypothesisPairs(HypothesisKey.of(h), h.sentence, h.concept_name, tuple(h.features), rows)
+
+    def data_cluster_pairs(self, cluster: DataCluster) -> tuple[PairRow, ...]:
+        """The pairs of a data cluster (of `data_clusters`), in source order, each with its u on the
+        concept of the cluster's best hypothesis (`delta` None when it has none)."""
+        if not cluster.hypotheses:
+            return self.pair_rows(cluster.source_indices)
+        return self._rows_with_u(cluster.hypotheses[0].concept, cluster.source_indices)
+
+    def _rows_with_u(self, concept: int, source_indices) -> tuple[PairRow, ...]:
+        """The texts of the given pairs, each with its u on response `concept` as its delta."""
+        texts = self.pair_rows(source_indices)
+        u = self.pair_u(concept, [r.source_index for r in texts])
+        return tuple(PairRow(r.source_index, x, r.prompt, r.chosen, r.rejected) for r, x in zip(texts, u))
 
     def pair_u(self, concept: int, source_indices) -> list[float]:
         """Each pair's u on response `concept` (core.analysis.hypotheses.Hypotheses.concept_in_pairs: the one
@@ -643,6 +682,40 @@ class Session:
         return plan
 
     # -- clusters -------------------------------------------------------------------------------
+
+    def data_clusters(self, per_cluster: int = 3, excluded=None, fdr: float = DEFAULT_FDR) -> DataClustersView:
+        """The workspace's data clusters, the groups of the hypotheses' "cluster" rows
+        (core.analysis.dataclusters, read from the fitted structure: nothing is refitted), largest
+        first, each with its name, its pairs and its `per_cluster` best hypotheses of kind cluster
+        ranked without the marked pairs (or the `excluded` ones) as `hypotheses` ranks them (the
+        established first, q over every cell). Loads the hypothesis engine (as `hypotheses_engine`).
+        Raises UsageError for per_cluster < 1 or an fdr outside (0, 0.25]."""
+        at_least("--per-cluster", per_cluster)
+        engine = self.hypotheses_engine()
+        excluded = self.marked() if excluded is None else frozenset(excluded)
+        with self._engine_lock:
+            best = engine.best_by_group("cluster", excluded, per_cluster, fdr)
+        st, names = engine.st, engine.names
+        order = np.argsort(st.clusters, kind="stable")  # analysis rows by cluster, silent (-1) first
+        bounds = np.searchsorted(st.clusters[order], np.arange(-1, st.k + 1))
+        members = [tuple(sorted(int(x) for x in st.source_index[order[lo:hi]]))
+                   for lo, hi in zip(bounds[:-1], bounds[1:])]
+        clusters = tuple(
+            DataCluster(k, names.group("cluster", k) if names is not None else "", len(members[k + 1]),
+                        len(members[k + 1]) / max(st.n, 1), members[k + 1], best.get(k, ()))
+            for k in range(st.k)
+        )
+        return DataClustersView(clusters, st.n, members[0], len(self.analysis.rows(excluded)),
+                                fdr, st.key)
+
+    def data_cluster(self, cluster: int) -> DataCluster:
+        """One data cluster of `data_clusters` (its best hypothesis only). Raises UsageError for an
+        unknown id."""
+        view = self.data_clusters(per_cluster=1)
+        match = [c for c in view.clusters if c.id == cluster]
+        if not match:
+            raise UsageError(f"no data cluster {cluster} (there are {len(view.clusters)})")
+        return match[0]
 
     @property
     def k(self) -> int:

@@ -7,6 +7,7 @@ the TUI renders them (dataset text in them is raw: a front end makes it visible,
 from __future__ import annotations
 
 from collections.abc import Mapping
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -214,6 +215,40 @@ class CompareView:
     ari: float
     nmi: float
     rows: tuple[CompareRow, ...]
+
+
+@dataclass(frozen=True)
+class DataCluster:
+    """One data cluster as the hypotheses read it (core.analysis.dataclusters, fitted once with the
+    workspace's structure), with its keyword name and what the labels select there."""
+
+    id: int  # its number in the hypotheses' "cluster N" rows (largest cluster first)
+    name: str  # its keyword name (core.analysis.naming), "" when it has none
+    size: int  # pairs in the cluster (marked ones included)
+    share: float  # of the workspace's pairs
+    source_indices: tuple[int, ...]
+    # its best hypotheses of kind cluster (core.analysis.hypotheses.Hypothesis), as Hypotheses ranks
+    # them without the marked pairs: the established first; empty when none is ranked
+    hypotheses: tuple = ()
+
+    @property
+    def n_established(self) -> int:
+        return sum(h.established for h in self.hypotheses)
+
+
+@dataclass(frozen=True)
+class DataClustersView:
+    """The data clusters of a workspace, largest first."""
+
+    clusters: tuple[DataCluster, ...]
+    n_pairs: int  # pairs indexed
+    silent: tuple[int, ...]  # the silent bucket (least active pairs): in no cluster, read by no hypothesis
+    n_excluded: int  # marked pairs left out of the hypotheses' statistics
+    fdr: float  # a hypothesis is established at q below it
+    structure_key: str  # the fitted structure read (core.analysis.structure)
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)

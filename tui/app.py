@@ -58,6 +58,7 @@ from tui.screens.dialogs import (
     PlanTarget,
 )
 from tui.screens.goblin import GoblinScreen
+from tui.screens.grouping import GroupingScreen
 from tui.screens.hypotheses import HypothesesScreen, PromptHypothesesScreen
 from tui.screens.index import IndexScreen
 from tui.screens.models import ModelsScreen
@@ -73,6 +74,8 @@ SCREENS = {
     "pairs.feature": PairsScreen.for_feature,
     "pairs.hypothesis": PairsScreen.for_hypothesis,
     "pairs.cluster": PairsScreen.for_cluster,
+    "pairs.datacluster": PairsScreen.for_data_cluster,
+    "grouping": GroupingScreen,
     "pair": PairScreen,
     "concept.features": ConceptFeaturesScreen,
 }
@@ -466,6 +469,7 @@ HELP_SECTIONS = [
     ("Pair", PairScreen),
     ("Clusters", ClustersScreen),
     ("Compare", CompareScreen),
+    ("Groupings", GroupingScreen),
     ("Goblin", GoblinScreen),
     ("Models", ModelsScreen),
     ("Index", IndexScreen),

@@ -88,3 +88,12 @@ def around(before: str, span: str, after: str, width: int) -> tuple[str, str, st
     if keep_a < len(a):
         a = a[: keep_a - 1] + "…" if keep_a > 0 else ""
     return b, m, a
+
+
+def concept_text(h, width: int) -> Text:
+    """↑/↓ and the concept's name (its number when it has none) of a hypothesis
+    (core.analysis.hypotheses.Hypothesis): ↑ chosen replies have more of it."""
+    up = h.direction == "more"
+    out = Text("↑ " if up else "↓ ", style="bold green" if up else "bold red")
+    out.append_text(line(h.concept_name or f"concept {h.concept}", width - 2))
+    return out

@@ -16,6 +16,7 @@ from core.views import (
     CompareView,
     ConceptFeatures,
     ConceptsView,
+    DataClustersView,
     FeaturePairs,
     HypothesisPairs,
     ModelsView,
@@ -117,6 +118,16 @@ class ClustersReady(Message):
     def __init__(self, clustering) -> None:
         super().__init__()
         self.clustering = clustering
+
+
+class DataClustersReady(Message):
+    """The data clusters (core.views.DataClustersView), their hypotheses ranked without the `excluded`
+    (marked) pairs."""
+
+    def __init__(self, view: DataClustersView, excluded: frozenset[int]) -> None:
+        super().__init__()
+        self.view = view
+        self.excluded = excluded
 
 
 class CompareReady(Message):

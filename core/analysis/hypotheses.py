@@ -629,10 +629,7 @@ class Hypotheses:
         `kind` "cluster", "prompt" or "concept" keeps one view (default: all, in one ranking). Ties go
         to the lower cell key. Raises UsageError."""
         Kind.parse(kind)  # UsageError for an unknown kind
-        try:
-            fdr = check_fdr(fdr)
-        except ValueError as e:
-            raise UsageError(str(e)) from None
+        fdr = _checked_fdr(fdr)
         excluded = (excluded if isinstance(excluded, frozenset) else frozenset(excluded)) & self._source_set
         with self._lock:
             st = self._state(excluded)
@@ -657,6 +654,40 @@ class Hypotheses:
             n_cells=len(self.keys), structure_key=self.st.key, hypotheses=hyps,
             n_tested=n_tested, fdr=fdr, n_established=len(est), detectable_pairs=detectable_pairs(n_tested, fdr),
         )
+
+    def best_by_group(self, kind: str, excluded=frozenset(), per_group: int = 3, fdr: float = DEFAULT_FDR,
+                      n_driving: int = N_DRIVING) -> dict[int, tuple[Hypothesis, ...]]:
+        """Per group of `kind` ("cluster": a data cluster, "prompt": a prompt concept) its `per_group`
+        best hypotheses without the `excluded` source indices, each as `report` (every kind, one
+        ranking) gives it: its rank there, its q over every cell, established or not, and in that
+        order (the established first, then the rest, each by score). Groups with no ranked hypothesis
+        are left out. Scores every cell once (a full pass). Raises UsageError for another kind."""
+        wanted = Kind.parse(kind)
+        if wanted is None or not wanted.local:
+            raise UsageError(f"hypotheses by group need a kind of group: cluster or prompt, not {kind!r}")
+        fdr = _checked_fdr(fdr)
+        excluded = (excluded if isinstance(excluded, frozenset) else frozenset(excluded)) & self._source_set
+        with self._lock:
+            st = self._state(excluded)
+            p, q = self._calibrated(st, excluded, None)
+            cells, score = self._scored(st, None)  # every cell, in cell order
+            est = (q < fdr) & (score > 0)
+            order = np.lexsort((self.keys, -score, ~est))  # report's order: established, score, key
+            order = order[score[order] > 0]
+            rank = np.zeros(len(cells), np.int64)
+            rank[order] = np.arange(1, len(order) + 1)
+            mine = order[self._cell_kind[order] == wanted.code]
+            group = self.cell_group[mine]
+            by_group = np.argsort(group, kind="stable")  # each group's cells stay in report's order
+            place = np.arange(len(mine)) - np.searchsorted(group[by_group], group[by_group])
+            picked = mine[np.sort(by_group[place < per_group])]
+            shown = self._measures(st, picked)
+        shown["p"], shown["q"], shown["established"] = p[picked], q[picked], est[picked]
+        out: dict[int, list[Hypothesis]] = {}
+        for i, c in enumerate(picked):
+            h = self._hypothesis(int(rank[c]), int(c), shown, excluded, n_driving, at=i)
+            out.setdefault(h.group, []).append(h)
+        return {g: tuple(hs) for g, hs in out.items()}
 
     def _hypothesis(self, rank: int, c: int, s: dict, excluded: frozenset, n_driving: int, at: int | None = None
                     ) -> Hypothesis:
@@ -684,6 +715,14 @@ class Hypotheses:
             driving=self.driving_pairs(group, concept, sign, excluded, n_driving),
             features=tuple(int(f) for f in self.st.response.features(concept)),
         )
+
+
+def _checked_fdr(fdr: float) -> float:
+    """`fdr` when it is a level the calibration accepts; UsageError otherwise."""
+    try:
+        return check_fdr(fdr)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 def _variance(s1, s2, n, size):

@@ -29,17 +29,54 @@ def format_clusters(c) -> str:
     return "\n".join(lines)
 
 
+def format_data_clusters(v, n_pairs_shown: int = 12) -> str:
+    """The data clusters as text: each with its name, size, best hypotheses of kind cluster and first pairs."""
+    lines = [
+        f"{len(v.clusters)} data clusters of {v.n_pairs} pairs ({len(v.silent)} silent pairs in none): the groups "
+        "of the hypotheses' cluster rows, as fitted with the workspace's structure",
+        f"hypotheses ranked without {v.n_excluded} marked pairs; established at q < {v.fdr:g}",
+    ]
+    for c in v.clusters:
+        name = f" «{c.name}»" if c.name else ""
+        more = f" and {c.size - n_pairs_shown} more" if c.size > n_pairs_shown else ""
+        lines += ["", f"cluster {c.id}{name}: {c.size} pairs ({c.share:.0%}); "
+                      f"{c.n_established} established hypotheses here"]
+        for h in c.hypotheses:
+            sure = "established" if h.established else "not established"
+            lines.append(f"  #{h.rank} {sure}, q {format_q(h.q)}: chosen replies have {h.direction} of concept "
+                         f"{h.concept} «{h.concept_name}» ({h.n_support} of {h.n_moving} that differ go this way, "
+                         f"Δ {h.delta:+.2f})")
+        if not c.hypotheses:
+            lines.append("  no hypothesis ranked here (none with agreeing halves and enough supporting pairs)")
+        lines.append("  pairs: " + " ".join(f"#{s}" for s in c.source_indices[:n_pairs_shown]) + more)
+    return "\n".join(lines)
+
+
 @app.command()
 def clusters(
     workspace: Path = typer.Option(..., "--workspace", "-w"),
-    by: str = typer.Option("sae", help="sae (SAE feature activity) | embedding (MiniLM prompt + chosen)"),
-    k: Optional[int] = typer.Option(None, help="Number of clusters (default: the SAE grouping's silhouette k, for either grouping)"),
+    by: Optional[str] = typer.Option(
+        None, help="data (the data clusters the hypotheses read; the default) | sae (k-means on SAE feature "
+                   "activity) | embedding (k-means on MiniLM prompt + chosen)"),
+    k: Optional[int] = typer.Option(
+        None, help="k of the sae or embedding grouping (alone: --by sae; default: the SAE grouping's silhouette k)"),
+    per_cluster: int = typer.Option(3, help="Data clusters: hypotheses shown per cluster"),
     as_json: bool = JSON,
 ):
-    """Group the pairs into clusters, each with its characteristic features and shift contrast."""
-    from core.session import Session
+    """The data clusters the hypotheses read, each with its name and what the labels select there;
+    --by sae or embedding: the k-means groupings `compare` sets side by side, each cluster with its
+    characteristic features and shift contrast."""
+    from core.session import Session, grouping
 
-    c = Session(workspace).clusters(by, k)
+    session = Session(workspace)
+    by = grouping(by, k)
+    if by == "data":
+        with ProgressPrinter() as progress:
+            session.hypotheses_engine(progress)  # the structure is fitted and cached on first use
+        v = session.data_clusters(per_cluster)
+        emit(v.to_json(), as_json, format_data_clusters(v))
+        return
+    c = session.clusters(by, k)
     emit(c.to_json(), as_json, format_clusters(c))
 
 

@@ -17,8 +17,10 @@ def mark(
     feature: Optional[int] = typer.Option(None, help="Mark the top pairs driving this feature's shift"),
     top: int = typer.Option(20, help="With --feature: how many of its top pairs"),
     cluster: Optional[int] = typer.Option(None, help="Mark a whole cluster"),
-    by: str = typer.Option("sae", help="With --cluster: sae | embedding"),
-    k: Optional[int] = typer.Option(None, help="With --cluster: clusters (default: the SAE grouping's silhouette k)"),
+    by: Optional[str] = typer.Option(
+        None, help="With --cluster: data (the data clusters `clusters` lists; the default) | sae | embedding"),
+    k: Optional[int] = typer.Option(
+        None, help="With --cluster: k of the sae or embedding grouping (alone: --by sae; default: its silhouette k)"),
     reason: str = typer.Option("", help="Why (kept in the manifest)"),
     as_json: bool = JSON,
 ):
@@ -46,7 +48,7 @@ def unmark(
     feature: Optional[int] = typer.Option(None),
     top: int = typer.Option(20),
     cluster: Optional[int] = typer.Option(None),
-    by: str = typer.Option("sae"),
+    by: Optional[str] = typer.Option(None),
     k: Optional[int] = typer.Option(None),
     all_: bool = typer.Option(False, "--all", help="Unmark every marked pair"),
     reason: str = typer.Option(""),

@@ -301,17 +301,17 @@ async def test_user_keymap_remaps_bindings_by_id(workspace, tmp_path):
         assert marks_on_disk(workspace) == set()
 
 
-async def test_clusters_drill_into_a_cluster_and_mark_it(workspace):
-    from tui.screens.clusters import ClustersScreen
+async def test_groupings_drill_into_a_cluster_and_mark_it(workspace):
     from tui.screens.compare import CompareScreen
+    from tui.screens.grouping import GroupingScreen
 
     app = make_app(workspace)
     async with app.run_test(size=(120, 40)) as pilot:
         await shifts_loaded(pilot)
-        await pilot.press("5")
+        await pilot.press("6", "K")  # the k-means groupings are under Compare
         await wait_until(
             pilot,
-            lambda: isinstance(app.screen, ClustersScreen) and app.screen.clustering,
+            lambda: isinstance(app.screen, GroupingScreen) and app.screen.clustering,
             what="clusters",
         )
         clusters = app.screen.clustering
@@ -343,7 +343,7 @@ async def test_clusters_drill_into_a_cluster_and_mark_it(workspace):
             what="embedding clusters",
         )
 
-        await pilot.press("6")
+        await pilot.press("escape")  # back to Compare
         await wait_until(
             pilot,
             lambda: isinstance(app.screen, CompareScreen) and app.screen.compare,

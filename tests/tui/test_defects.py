@@ -41,7 +41,8 @@ async def to_pairs(pilot) -> PairsScreen:
 
 
 async def test_a_reason_for_a_marked_pair_or_a_partly_marked_cluster_is_kept(workspace):
-    from tui.screens.clusters import ClustersScreen
+    from tui.screens.compare import CompareScreen
+    from tui.screens.grouping import GroupingScreen
 
     app = make_app(workspace)
     async with app.run_test(size=(120, 40)) as pilot:
@@ -57,7 +58,8 @@ async def test_a_reason_for_a_marked_pair_or_a_partly_marked_cluster_is_kept(wor
         await settle(pilot)
         assert reasons_on_disk(workspace) == {first: "dup"}
 
-        clusters = await goto(pilot, "5", ClustersScreen, "clustering")
+        await goto(pilot, "6", CompareScreen, "compare")
+        clusters = await goto(pilot, "K", GroupingScreen, "clustering")  # every pair is in a k-means cluster
         holder = next(cl for cl in clusters.clustering.clusters if first in cl.source_indices)
         table = clusters.query_one("#clusters", KeyTable)
         keys = [table.coordinate_to_cell_key((i, 0)).row_key.value for i in range(table.row_count)]
@@ -125,20 +127,21 @@ async def test_bulk_marks_show_how_many_and_which_before_marking(workspace):
         assert set(reasons_on_disk(workspace)) == {r.source_index for r in pairs.rows}
 
 
-async def test_compare_opens_a_cluster_on_enter_with_the_k_clusters_shows(workspace):
-    from tui.screens.clusters import ClustersScreen
+async def test_compare_opens_a_cluster_on_enter_with_the_k_groupings_shows(workspace):
     from tui.screens.compare import CompareScreen
+    from tui.screens.grouping import GroupingScreen
 
     app = make_app(workspace)
     async with app.run_test(size=(120, 40)) as pilot:
         await shifts_loaded(pilot)
-        k_sae = (await goto(pilot, "5", ClustersScreen, "clustering")).clustering.k
+        await goto(pilot, "6", CompareScreen, "compare")
+        k_sae = (await goto(pilot, "K", GroupingScreen, "clustering")).clustering.k
         await pilot.press("e")
         await wait_until(
             pilot, lambda: app.screen.clustering and app.screen.clustering.by == "embedding"
         )
         assert app.screen.clustering.k == k_sae
-        compare = await goto(pilot, "6", CompareScreen, "compare")
+        compare = await goto(pilot, "escape", CompareScreen, "compare")
         assert compare.compare.k == k_sae
         row = compare.compare.rows[0]
         pairs = await to_pairs(pilot)
@@ -367,6 +370,8 @@ def assert_safe(app, where: str) -> str:
 
 async def test_hostile_text_is_shown_never_executed(hostile_workspace):
     from tui.screens.clusters import ClustersScreen
+    from tui.screens.compare import CompareScreen
+    from tui.screens.grouping import GroupingScreen
 
     app = make_app(hostile_workspace)
     async with app.run_test(size=(120, 40)) as pilot:
@@ -392,8 +397,11 @@ async def test_hostile_text_is_shown_never_executed(hostile_workspace):
         await dialog(pilot)
         assert "[red]x[/red]" in assert_safe(app, "the mark preview")
         await pilot.press("escape")
-        await goto(pilot, "5", ClustersScreen, "clustering")
+        await goto(pilot, "5", ClustersScreen, "view")  # names fitted from the hostile prompts
         assert_safe(app, "Clusters")
+        await goto(pilot, "6", CompareScreen, "compare")
+        await goto(pilot, "K", GroupingScreen, "clustering")
+        assert_safe(app, "Groupings")
         app.push_screen(ErrorDialog("reading a pair failed", HOSTILE + "cause"))
         await pilot.pause()
         assert "[red]x[/red]" in assert_safe(app, "an error dialog")

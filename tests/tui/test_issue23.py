@@ -229,17 +229,18 @@ async def test_an_enter_while_clustering_opens_the_cluster_when_done(workspace):
     async with app.run_test(size=(120, 40)) as pilot:
         await landed(pilot)
         session = app.session
-        session._lock.acquire()  # clustering waits on the session's lock: the Enter comes first
+        session._lock.acquire()  # reading the clusters waits on the session's lock: the Enter comes first
         try:
             screen = await goto(pilot, "5", ClustersScreen)
             await pilot.pause(0.3)
-            assert screen.clustering is None  # still clustering: the race this test is about
+            assert screen.view is None  # still loading: the race this test is about
             await pilot.press("enter")
-            assert screen.clustering is None and screen.open_when_ready
+            assert screen.view is None and screen.open_when_ready
         finally:
             session._lock.release()
         pairs = await goto(pilot, (), PairsScreen, "rows")
-        assert pairs.cluster is screen.clustering.clusters[0]
+        assert pairs.cluster is screen.view.clusters[0]
+        assert {r.source_index for r in pairs.rows} == set(screen.view.clusters[0].source_indices)
 
 
 async def test_models_lists_trained_variants_and_t_trains_for_the_workspaces_dataset(

@@ -40,7 +40,8 @@ def steps(*moves, start=shifts_loaded):
         from tui.screens import dialogs
 
         screens = {**{c.__name__: c for c in tui_app.DataDebugApp.MODES.values()}, **vars(dialogs)}
-        screens.update(PairsScreen=tui_app.PairsScreen, PairScreen=tui_app.PairScreen)
+        screens.update(PairsScreen=tui_app.PairsScreen, PairScreen=tui_app.PairScreen,
+                       GroupingScreen=tui_app.GroupingScreen)
         await start(pilot)
         for keys, screen, ready in moves:
             if screen is None:
@@ -68,9 +69,12 @@ SCREENS = {
     "pair": (TO_PAIRS, ("enter", "PairScreen", "pair_view")),
     # the header shows the feature's shift before -> after.
     "feature_pairs_after_marking_one": (TO_PAIRS, ("m", None, "")),
-    "clusters": (("5", "ClustersScreen", "clustering"),),
-    # the same k as Clusters on both sides; Enter is offered (it opens the cluster's pairs).
+    # the data clusters the hypotheses read: names, sizes, the best hypothesis' q and concept.
+    "clusters": (("5", "ClustersScreen", "view"),),
+    # the same k on both sides; Enter (a cluster's pairs) and K (the groupings) are offered.
     "compare": (("6", "CompareScreen", "compare"),),
+    # the k-means groupings under Compare: silhouette k, contrast, top features.
+    "groupings": (("6", "CompareScreen", "compare"), ("K", "GroupingScreen", "clustering")),
     # no field focused (digits switch screens); ctrl+g is the only way to start.
     "goblin_form": (("7", "GoblinScreen", ""),),
 }

@@ -162,3 +162,37 @@ def test_cli_clusters_trace_compare(small_workspace, tmp_path):
                  ["trace", "-w", ws, "--feature", "99999"], ["clusters", "-w", str(tmp_path / "none")]):
         r = runner.invoke(app, args)
         assert r.exit_code == 2 and "Traceback" not in r.output and "error:" in r.output, args
+
+
+def test_cli_clusters_prints_the_data_clusters_the_hypotheses_read(small_workspace, tmp_path):
+    import shutil
+
+    from core.session import Session
+
+    ws = tmp_path / "hh"
+    shutil.copytree(small_workspace, ws)
+    runner = CliRunner()
+    r = runner.invoke(app, ["clusters", "-w", str(ws), "--json"], env={"DATADEBUG_PROGRESS": "0"})
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    session = Session(ws)
+    report = session.hypotheses(top=10_000)
+    rows = [h for h in report.hypotheses if h.kind == "cluster"]
+    assert [c["id"] for c in out["clusters"]] == list(range(report.k))
+    assert sum(c["size"] for c in out["clusters"]) + len(out["silent"]) == 24 == out["n_pairs"]
+    for c in out["clusters"]:  # the same names, sizes and rows as the hypotheses' cluster rows
+        mine = [h.to_json() for h in rows if h.group == c["id"]]
+        assert c["hypotheses"] == json.loads(json.dumps(mine[:3]))
+        assert all(h["group_name"] == c["name"] and h["n"] == c["size"] for h in mine)
+    structure = sorted((ws / "structure").iterdir())
+    r = runner.invoke(app, ["clusters", "-w", str(ws)])
+    assert r.exit_code == 0 and f"{report.k} data clusters of 24 pairs" in r.stdout
+    for c in out["clusters"]:
+        assert f"cluster {c['id']}" + (f" «{c['name']}»" if c["name"] else "") + f": {c['size']} pairs" in r.stdout
+    assert sorted((ws / "structure").iterdir()) == structure  # read back, not fitted again
+    # mark --cluster names the same data clusters; --k alone still means the SAE k-means grouping
+    r = runner.invoke(app, ["mark", "--cluster", "0", "-w", str(ws), "--json"])
+    assert r.exit_code == 0, r.output
+    assert sorted(json.loads(r.stdout)["marked"]) == out["clusters"][0]["source_indices"]
+    r = runner.invoke(app, ["clusters", "-w", str(ws), "--by", "data", "--k", "3"])
+    assert r.exit_code == 2 and "--k sets the k of the k-means groupings" in r.output

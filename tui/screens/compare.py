@@ -1,7 +1,8 @@
 """Compare: SAE clusters against embedding clusters (ARI, NMI) and where each SAE cluster's pairs fall.
 
-Both groupings use the workspace's one k (the SAE grouping's silhouette choice), the k the Clusters
-screen shows; Enter on a row lists that SAE cluster's pairs.
+Both groupings are k-means with the workspace's one k (the SAE grouping's silhouette choice); Enter on
+a row lists that SAE cluster's pairs, K opens the groupings themselves (each cluster with what sets it
+apart, e switches SAE / embedding). They are not the data clusters the hypotheses read (Clusters, 5).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from tui.widgets.tables import KeyTable
 
 EXPLAIN = (
     "ARI / NMI near 1: the SAE groups pairs as their text embedding does (it adds little); "
-    "near 0: it sees structure the embedding does not. Enter lists a cluster's pairs."
+    "near 0: it sees structure the embedding does not. Enter lists a cluster's pairs; K shows each "
+    "grouping's clusters with what sets them apart."
 )
 
 
@@ -31,8 +33,8 @@ class CompareScreen(DataScreen):
     LEGEND = (
         ("ARI", "adjusted Rand index of the groupings: 1 same, 0 as by chance"),
         ("NMI", "normalised mutual information: 1 same, 0 independent"),
-        ("k", "clusters per side: the SAE silhouette choice, as on Clusters"),
-        ("SAE cluster", "its number on the Clusters screen (SAE grouping)"),
+        ("k", "clusters per side: the SAE silhouette choice, as on Groupings (K)"),
+        ("SAE cluster", "its number on Groupings (K), SAE side"),
         ("size", "pairs in the cluster"),
         ("top feature", "its most characteristic SAE feature"),
         ("emb j", "how many of its pairs fall in embedding cluster j"),
@@ -41,6 +43,7 @@ class CompareScreen(DataScreen):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("enter", "open_cluster", "Open the cluster's pairs", show=False, id="compare.open"),
         Binding("r", "refresh", "Recompute", id="compare.refresh"),
+        Binding("K", "groupings", "Groupings", id="compare.groupings"),
     ]
 
     def __init__(self) -> None:
@@ -106,6 +109,11 @@ class CompareScreen(DataScreen):
             rows.append((str(r.cluster), cells))
         table.refill(rows)
         table.focus()
+
+    def action_groupings(self) -> None:
+        """The SAE and embedding groupings, each cluster with its features (the old Clusters view)."""
+        if self.app.info is not None:
+            self.post_message(Open("grouping", "sae"))
 
     @on(DataTable.RowSelected)
     def action_open_cluster(self) -> None:

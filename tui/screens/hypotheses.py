@@ -19,7 +19,7 @@ from textual.worker import get_current_worker
 
 from core.views import HypothesisKey, Kind, TriageState, WorkspaceInfo
 from core.views import format_q as q_text
-from tui.format import around, count, line, number, safe, signed, text_widths
+from tui.format import around, concept_text, count, line, number, safe, signed, text_widths
 from tui.messages import EvidenceReady, HypothesesReady, Open
 from tui.screens.base import DIVIDER, DataScreen, with_engine
 from tui.widgets.job import JobPanel
@@ -68,14 +68,6 @@ def nothing_established(rep, concepts) -> Text:
         out.append_text(Text("\nestablished global shifts (Concepts, 2): ") + safe(names))
     elif concepts is not None:
         out.append(f"\nno global concept shift established either (it could show ≥ {concepts.detectable_d:.2f} SD)")
-    return out
-
-
-def concept_text(h, width: int) -> Text:
-    """↑/↓ and the concept's name (its number when it has none)."""
-    up = h.direction == "more"
-    out = Text("↑ " if up else "↓ ", style="bold green" if up else "bold red")
-    out.append_text(line(h.concept_name or f"concept {h.concept}", width - 2))
     return out
 
 

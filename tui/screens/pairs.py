@@ -1,4 +1,5 @@
-"""A list of pairs: the pairs that drive one feature or one hypothesis, or the pairs of one cluster."""
+"""A list of pairs: the pairs that drive one feature or one hypothesis, or the pairs of one cluster (a
+data cluster, or a k-means cluster of a grouping)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from textual.binding import Binding, BindingType
 from textual.widgets import DataTable, Label
 from textual.worker import get_current_worker
 
-from core.views import HypothesisKey, PairRow, TriageState
+from core.views import HypothesisKey, PairRow, TriageState, format_q
 from core.errors import UsageError
 from tui.format import before_after, count, line, signed, text_widths
 from tui.messages import FeaturePairsReady, HypothesisPairsReady, Open, PairRowsReady
@@ -23,7 +24,8 @@ FIXED_WIDTH = 31  # pair (#12345), ✗, delta, the six columns' padding and the 
 
 
 class PairsScreen(DataScreen):
-    """Pairs in a table; Enter opens one. Built with `for_feature`, `for_hypothesis` or `for_cluster`."""
+    """Pairs in a table; Enter opens one. Built with `for_feature`, `for_hypothesis`, `for_data_cluster`
+    or `for_cluster`."""
 
     SCREEN_TITLE = "Pairs"
     LEGEND = (
@@ -31,7 +33,8 @@ class PairsScreen(DataScreen):
         ("✗", "marked for removal"),
         ("delta", "a feature's pairs: its mean activation, chosen minus rejected reply;"
                   " a hypothesis' pairs: u, the share of the concept's features firing in the chosen"
-                  " reply minus in the rejected one"),
+                  " reply minus in the rejected one; a data cluster's pairs: u on the concept of its"
+                  " best hypothesis"),
     )
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "app.pop_screen", "Back", id="pairs.back"),
@@ -61,7 +64,7 @@ class PairsScreen(DataScreen):
         super().__init__()
         self.title_text = title
         self.feature = feature
-        self.cluster = cluster  # a core.analysis.clusters.Cluster
+        self.cluster = cluster  # a core.views.DataCluster (by "data"), else a core.analysis.clusters.Cluster
         self.by = by
         self.hypothesis = hypothesis  # a core.analysis.hypotheses.Hypothesis
         self.direction = ""
@@ -76,6 +79,18 @@ class PairsScreen(DataScreen):
     def for_hypothesis(cls, h) -> PairsScreen:
         """The driving pairs of a ranked hypothesis (core.analysis.hypotheses.Hypothesis)."""
         return cls(f"Pairs driving hypothesis {h.rank} · {h.sentence}", hypothesis=h)
+
+    @classmethod
+    def for_data_cluster(cls, cluster) -> PairsScreen:
+        """The pairs of a data cluster (core.views.DataCluster)."""
+        name = f" «{cluster.name}»" if cluster.name else ""
+        return cls(f"Data cluster {cluster.id}{name} · {count(cluster.size)} pairs", cluster=cluster, by="data")
+
+    @property
+    def _best(self):
+        """A data cluster's best hypothesis (core.analysis.hypotheses.Hypothesis), None otherwise."""
+        hyps = self.cluster.hypotheses if self.by == "data" and self.cluster is not None else ()
+        return hyps[0] if hyps else None
 
     @classmethod
     def for_cluster(cls, cluster, by: str) -> PairsScreen:
@@ -117,7 +132,10 @@ class PairsScreen(DataScreen):
             if not get_current_worker().is_cancelled:
                 self.post_message(HypothesisPairsReady(pairs, change))
         else:
-            rows = session.pair_rows(self.cluster.source_indices)
+            if self.by == "data":
+                rows = session.data_cluster_pairs(self.cluster)
+            else:
+                rows = session.pair_rows(self.cluster.source_indices)
             if not get_current_worker().is_cancelled:
                 self.post_message(PairRowsReady(rows))
 
@@ -155,6 +173,11 @@ class PairsScreen(DataScreen):
                 f"{now}the {len(self.rows)} pairs that move «{name}» most in Δ's direction"
                 f" (u per pair) · enter: the pair with the concept's tokens highlighted"
             )
+        if self.by == "data":
+            best = self._best
+            what = (f"its best hypothesis (#{best.rank}, q {format_q(best.q)}): {best.sentence} · delta: u on"
+                    f" «{best.concept_name or best.concept}»" if best else "no hypothesis is ranked in it")
+            return line(f"{len(self.rows)} pairs · {what}")
         if self.feature is None:
             feats = "; ".join(f"#{f.feature} {f.label}" for f in self.cluster.top_features[:3])
             return line(f"top features: {feats or '(none)'}")
@@ -213,6 +236,8 @@ class PairsScreen(DataScreen):
             return (self.feature,)
         if self.hypothesis is not None:
             return tuple(self.hypothesis.features)
+        if self.by == "data":
+            return tuple(self._best.features[:3]) if self._best else ()
         return tuple(f.feature for f in self.cluster.top_features[:3])
 
     # -- actions --------------------------------------------------------------------------------
@@ -225,6 +250,10 @@ class PairsScreen(DataScreen):
         siblings = tuple(r.source_index for r in self.rows)
         if self.hypothesis is not None:
             self.post_message(Open("pair", current, pair_list=siblings, concept=self.hypothesis.concept))
+            return
+        if self.by == "data":
+            concept = self._best.concept if self._best else None
+            self.post_message(Open("pair", current, pair_list=siblings, concept=concept))
             return
         feature = self.feature
         if feature is None and self.cluster.top_features:
