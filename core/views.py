@@ -10,15 +10,18 @@ from collections.abc import Mapping
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 # Records and formats of the layers below that the front ends show as they are:
 from core.analysis.calibration import DEFAULT_FDR, format_q  # noqa: F401
 from core.analysis.evidence import Snippet, marked  # noqa: F401
 from core.analysis.kinds import Kind  # noqa: F401
-from core.data.marks import MarkInfo
-from core.analysis.shifts import WhatIf
 from core.data.containers import describe as data_files  # noqa: F401  (".jsonl, ... or .parquet", for help)
 from core.data.shapes import formats as record_formats  # noqa: F401  (the record shapes, for help)
+
+if TYPE_CHECKING:  # annotations only: front ends import this module at start-up, before lance loads
+    from core.analysis.shifts import WhatIf
+    from core.data.marks import MarkInfo
 
 
 @dataclass(frozen=True)

@@ -40,12 +40,18 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import special
 
 DEFAULT_FDR = 0.1  # q below which a finding is established
 NORMAL_MIN = 50  # a global test uses the normal tail from this many moving pairs on
 MAX_FDR = 0.25  # the largest false discovery rate a view accepts
 
+
+
+def _special():
+    """scipy.special, imported on first use: the front ends import this module (format_q) at start-up."""
+    from scipy import special
+
+    return special
 
 def check_fdr(fdr: float) -> float:
     """`fdr` when it is a usable false discovery rate (0 < fdr ≤ MAX_FDR), else ValueError."""
@@ -60,7 +66,7 @@ def sign_flip_p(s1: np.ndarray, s2: np.ndarray, n_moving: np.ndarray) -> np.ndar
     s1, s2 = np.asarray(s1, np.float64), np.asarray(s2, np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         z = np.where(s2 > 0, np.abs(s1) / np.sqrt(s2), 0.0)
-    normal = 2 * special.ndtr(-z)
+    normal = 2 * _special().ndtr(-z)
     bound = np.minimum(2 * np.exp(-0.5 * z * z), 1.0)
     return np.where(np.asarray(n_moving) >= NORMAL_MIN, normal, bound)
 
@@ -68,7 +74,7 @@ def sign_flip_p(s1: np.ndarray, s2: np.ndarray, n_moving: np.ndarray) -> np.ndar
 def sign_test_p(x: np.ndarray, k: np.ndarray) -> np.ndarray:
     """Two-sided exact sign test: x of k moving pairs go Δ's way, each way equally likely."""
     x, k = np.asarray(x, np.int64), np.asarray(k, np.int64)
-    one = np.where(x > 0, special.bdtrc(np.maximum(x - 1, 0), k, 0.5), 1.0)  # P(X ≥ x)
+    one = np.where(x > 0, _special().bdtrc(np.maximum(x - 1, 0), k, 0.5), 1.0)  # P(X ≥ x)
     return np.where(k > 0, np.minimum(2 * one, 1.0), 1.0)
 
 
@@ -81,7 +87,7 @@ def membership_p(x: np.ndarray, k: np.ndarray, big_k: np.ndarray, big_n: np.ndar
 
 def _log_pmf(x, n, big_k, big_n):
     """log P(X = x), X hypergeometric: `n` draws from `big_n` holding `big_k` successes."""
-    g = special.gammaln
+    g = _special().gammaln
     return (g(big_k + 1) - g(x + 1) - g(big_k - x + 1) + g(big_n - big_k + 1) - g(n - x + 1)
             - g(big_n - big_k - n + x + 1) - g(big_n + 1) + g(n + 1) + g(big_n - n + 1))
 
@@ -162,7 +168,7 @@ def detectable_d(m: int, n: int, fdr: float = DEFAULT_FDR) -> float:
     `m` claims (two-sided normal tail at fdr / m): about z / √n."""
     if m < 1 or n < 1:
         return math.inf
-    return float(special.ndtri(1 - fdr / (2 * m)) / math.sqrt(n))
+    return float(_special().ndtri(1 - fdr / (2 * m)) / math.sqrt(n))
 
 
 def format_q(q: float) -> str:

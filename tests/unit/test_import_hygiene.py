@@ -23,3 +23,11 @@ def test_slow_imports_stay_lazy():
     # sae_lens (~9 s) and sentence_transformers (~8 s) load only when a job needs them.
     mods = _modules_after("import core.cli, core.index.build, core.analysis.shifts")
     assert "sae_lens" not in mods and "sentence_transformers" not in mods
+
+
+def test_the_cli_starts_without_lance_torch_or_scipy():
+    """Every command's bad input fails in well under a second, before any heavy library loads, and
+    lance's Rust logger is configured (core.cli.app.QUIET_ENV) before lance is first imported: a
+    start-up import of lance printed its WARN lines into logs."""
+    mods = _modules_after("import core.cli, core.views, core.jobs")
+    assert not {"lancedb", "torch", "scipy", "pyarrow"} & mods, sorted({"lancedb", "torch", "scipy", "pyarrow"} & mods)
