@@ -856,7 +856,7 @@ def models() -> ModelsView:
         else:
             sae = cat.saes.get(cat.models[r.name].sae or "")
             trainable = sae is not None and sae.source == "train" and not sae_ready(sae)
-        rows.append(ModelRow(r.name, r.kind, r.source, r.ready, r.size_bytes, r.detail, trainable))
+        rows.append(ModelRow(r.name, r.kind, r.source, r.ready, r.size_bytes, r.detail, trainable, r.path))
     return ModelsView(tuple(rows), tuple(cat.files), str(locations.user_catalog_file()))
 
 

@@ -263,6 +263,7 @@ class ModelRow:
     size_bytes: int
     detail: str
     trainable: bool  # an SAE trained here (or a model whose SAE is), not yet in the store
+    path: str | None = None  # where it lives (or would) on disk
 
 
 @dataclass(frozen=True)

@@ -47,9 +47,10 @@ class Tmux:
             time.sleep(0.3)
         raise AssertionError(f"{text!r} never appeared; the screen was:\n{self.screen()}")
 
-    def ended(self, timeout: float = 20) -> str:
+    def ended(self, timeout: float = 60) -> str:
         """How the app's process ended ("exit 0", "signal 11"), once it has (the pane stays:
-        remain-on-exit); fails when it is still running after `timeout` seconds."""
+        remain-on-exit); fails when it is still running after `timeout` seconds (60: on a loaded 2-core
+        machine the process took over 20 s to end after its screen had closed)."""
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             dead, status, sig = self.run(

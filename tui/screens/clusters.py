@@ -42,7 +42,7 @@ class ClustersScreen(DataScreen):
         ("✗", "pairs of the cluster marked for removal"),
         ("q", "of the cluster's best hypothesis, as Hypotheses ranks it (bold: established, q < 0.1)"),
         ("name", "keyword name from the cluster's prompts' distinctive phrases"),
-        ("what…", "the concept of its best hypothesis: ↑ chosen replies have more of it here, ↓ less"),
+        ("what the labels select here", "the concept of its best hypothesis: ↑ chosen replies have more of it here, ↓ less"),
         ("clusters", "spherical k-means on concept activity, fitted once with the concepts; the"
                      " least active pairs are in none (silent)"),
     )
