@@ -175,6 +175,17 @@ class KeyTable(DataTable):
                     grow = width > column.content_width
                     self.update_cell(key, column_key, new, update_width=grow)
 
+    async def _on_idle(self, event) -> None:
+        # Textual's DataTable caches rendered cells by its update count, not by width: a frame drawn
+        # between update_cell(update_width=True) and the idle re-measure keeps the cell cropped to
+        # its old column width until the next edit (a marked pair's "before→after" showed as
+        # "before"). When the re-measure changes a width, drop those caches and draw again.
+        widths = [c.content_width for c in self.columns.values()]
+        await super()._on_idle(event)
+        if [c.content_width for c in self.columns.values()] != widths:
+            self._clear_caches()
+            self.refresh()
+
     def clear(self, columns: bool = False) -> KeyTable:
         self._keys = []
         return super().clear(columns)
