@@ -119,3 +119,28 @@ def test_sae_per_dataset_trained_once_and_recorded(store, datasets, tmp_path):
     # the estimate the TUI can ask for: from the recorded rates, tokens capped by the recipe's budget
     est = estimate_training(load_catalog().saes["tiny-recipe"], load_catalog())
     assert est.seconds > 0 and est.activation_tokens == 1200 and est.steps == 150 and "rates of" in est.basis
+
+
+RECIPE_FRESH = RECIPE.replace("[saes.tiny-recipe]", "[saes.fresh-recipe]").replace("d_sae = 64", "d_sae = 96")
+
+
+@pytest.mark.parametrize("rates", ["measured just now", "rates of the training"])
+def test_the_estimate_is_within_2x_of_the_training_it_announces(store, datasets, config_dir, rates):
+    """The line `index` shows before training ("about 40s"): from rates measured on the spot (no earlier
+    training of this recipe's shape) and from an earlier training's recorded rates, it is within 2x
+    of the time the training then takes (load + read + train, as quality.json records them)."""
+    from core.data.ingest import read_pairs
+    from core.model.dataset_sae import train_dataset_sae
+
+    with catalog_entries(config_dir, RECIPE_FRESH):
+        cat = load_catalog()
+        recipe = cat.saes["fresh-recipe"]
+        data = datasets["a"] if rates == "measured just now" else datasets["c"]
+        est = estimate_training(recipe, cat, read_pairs(data, skip_invalid=True).pairs)
+        assert est.basis.startswith(rates), est.basis
+        entry, _ = train_dataset_sae(recipe, cat, [data])
+        q = json.loads((sae_dir(entry) / "quality.json").read_text())
+        t = q["timing"]
+        took = t["load_seconds"] + t["collect_seconds"] + q["train_seconds"]
+        assert est.activation_tokens == q["activation_tokens"]
+        assert 0.5 <= est.seconds / took <= 2.0, (est.line(), f"took {took:.1f} s", t, q["train_seconds"])
