@@ -65,6 +65,7 @@ from tui.screens.models import ModelsScreen
 from tui.screens.pair import PairScreen
 from tui.screens.pairs import PairsScreen
 from tui.screens.shifts import ShiftsScreen
+from tui.quit import leave, serve
 from tui.services import Services
 from tui.widgets.tables import KeyTable
 
@@ -372,10 +373,11 @@ class DataDebugApp(App):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="plan", description="saving the plan")
     def _save_plan(self, target: PlanTarget, answer: PlanAnswer) -> None:
-        plan = self.session.save_plan(
-            answer.kind, target.features, answer.strength, label=target.name or f"concept {target.concept}",
-            source=target.source, text=answer.text,
-        )
+        with self.services.in_flight("saving the plan"):
+            plan = self.session.save_plan(
+                answer.kind, target.features, answer.strength, label=target.name or f"concept {target.concept}",
+                source=target.source, text=answer.text,
+            )
         self.post_message(PlanChanged(plan, saved=True))
 
     # -- export ---------------------------------------------------------------------------------
@@ -397,7 +399,9 @@ class DataDebugApp(App):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="export", description="exporting")
     def _export(self, out: Path, overwrite: bool) -> None:
-        self.post_message(Exported(self.session.export(out, overwrite=overwrite)))
+        with self.services.in_flight("exporting"):
+            result = self.session.export(out, overwrite=overwrite)
+        self.post_message(Exported(result))
 
     @on(Exported)
     def _exported(self, event: Exported) -> None:
@@ -425,7 +429,9 @@ class DataDebugApp(App):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="report", description="writing the report")
     def _report(self) -> None:
-        self.post_message(ReportWritten(self.session.write_report()))
+        with self.services.in_flight("writing the report"):
+            files = self.session.write_report()
+        self.post_message(ReportWritten(files))
 
     @on(ReportWritten)
     def _report_written(self, event: ReportWritten) -> None:
@@ -544,7 +550,8 @@ def main(argv: list[str] | None = None) -> None:
         services, keymap=keymap, keymap_problems=problems, autostart_index=data is not None
     )
     with native_stderr_to(locations.cache_dir() / "datadebug-tui.log"):
-        app.run()
+        code, left = serve(app, services.in_flight)
+    leave(code, left)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from core import session as core_session
 from core.errors import WorkspaceError
 from core.session import Session
 from core.views import Selection, TriageState, WorkspaceInfo, WorkspaceStatus
+from tui.quit import InFlight
 
 
 class Services:
@@ -54,6 +55,7 @@ class Services:
         self._session: Session | None = None
         # Mark changes are applied in the order they were asked for, whatever thread runs them.
         self._turn = threading.Condition()
+        self.in_flight = InFlight()  # saves and jobs the process must not leave behind (tui.quit)
         self._next_ticket = 0
         self._serving = 0
 
@@ -105,8 +107,9 @@ class Services:
                     "an earlier mark change never finished; restart the app to reload the marks"
                 )
         try:
-            session = self.session
-            note = session.change(action, selection, reason)
+            with self.in_flight("saving marks"):
+                session = self.session
+                note = session.change(action, selection, reason)
             return session.triage(), note
         finally:
             with self._turn:

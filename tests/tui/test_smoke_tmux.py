@@ -56,22 +56,37 @@ class Tmux:
             time.sleep(0.3)
         raise AssertionError(f"the app still showed {text!r} {timeout:.0f} s after the quit:\n{self.screen()}")
 
-    def ended(self, timeout: float = 60, required: bool = True) -> str | None:
-        """How the app's process ended ("exit 0", "signal 11"), once it has (the pane stays:
-        remain-on-exit); fails when it is still running after `timeout` seconds (60: on a loaded 2-core
-        machine the process took over 20 s to end after its screen had closed)."""
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
+    def ended(self, timeout: float = 60, reaped_within: float = 60) -> str:
+        """How the app's process ended ("exit 0", "signal 11"; the pane stays: remain-on-exit). Fails
+        when it still runs `timeout` s after the call. A process that has ended but that tmux has not
+        reaped yet (a zombie: under load 7 one stayed so past 20 s) counts as ended, and its status is
+        awaited `reaped_within` s more; "ended" when tmux never gives it."""
+        pid = self.run("list-panes", "-t", self.name, "-F", "#{pane_pid}").strip()
+        end, exited_at = time.monotonic() + timeout, None
+        while True:
             dead, status, sig = self.run(
                 "list-panes", "-t", self.name, "-F", "#{pane_dead}:#{pane_dead_status}:#{pane_dead_signal}"
             ).strip().split(":")
             # tmux may mark the pane dead (its terminal closed) a moment before it reaps the process
             if dead == "1" and (status or sig):
                 return f"exit {status}" if status else f"signal {sig}"
+            now = time.monotonic()
+            if exited_at is None and _process_state(pid) in ("Z", "X", None):
+                exited_at = now
+            if exited_at is not None and now > exited_at + reaped_within:
+                return "ended"
+            if exited_at is None and now > end:
+                raise AssertionError(f"the app was still running {timeout:.0f} s later (state "
+                                     f"{_process_state(pid)}); the screen was:\n{self.screen()}")
             time.sleep(0.3)
-        if not required:
-            return None
-        raise AssertionError(f"the app was still running {timeout:.0f} s later; the screen was:\n{self.screen()}")
+
+
+def _process_state(pid: str) -> str | None:
+    """The state letter of /proc/PID/stat (R, S, D, Z, ...), None when there is no such process."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
 
 
 @pytest.fixture
@@ -131,8 +146,7 @@ def test_browse_mark_and_quit_in_a_real_terminal(tmux, workspace):
     # the quit must really happen (the process ends, cleanly) before the mark is read back from disk:
     # a check while the app still ran would pass without it
     tmux.left_the_screen("pushing it hardest")
-    how = tmux.ended(required=False)
-    # In two full-suite runs (not alone) the process outlived its closed screen by over 60 s: an open
-    # defect (closing note of 2026-12-05); a process that did end must have ended cleanly.
-    assert how in ("exit 0", None), f"the app ended by {how}; the screen was:\n{tmux.screen()}"
+    # The process ends within seconds of its screen: computations still running are dropped, only
+    # saves and jobs are waited for (tui.quit; it outlived its screen by over 60 s before).
+    assert tmux.ended(timeout=20) in ("exit 0", "ended"), tmux.screen()
     assert len(Marks(Workspace(workspace)).marked_set()) == 1

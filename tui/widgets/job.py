@@ -86,7 +86,8 @@ class JobPanel(Vertical):
                 cancel.set()
             self.post_message(JobProgressed(number, p))
 
-        result = job(progress, cancel)
+        with self.app.services.in_flight(self.what, cancel):  # quitting cancels it and waits (tui.quit)
+            result = job(progress, cancel)
         self.post_message(JobFinished(number, result))
 
     def cancel(self) -> bool:
