@@ -5,7 +5,9 @@ set; it writes in chunks of whole pairs, so a killed run resumes where it stoppe
 
 Three stages overlap: a thread tokenises pairs ahead of the model, the calling thread runs
 `core.index.readout.read_batch` (forward, SAE encode and summaries on the model's device), and a writer
-thread embeds texts with MiniLM and appends finished chunks to LanceDB.
+thread embeds texts with MiniLM and appends finished chunks to LanceDB. When the dataset's SAE was
+trained just before, the pairs its corpus read skip the forward: they are encoded from the residuals
+that read kept (core.model.residuals), deleted once the index completes.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 
 from core import __version__
 from core.model.catalog import Catalog, ModelEntry, SAEEntry, load_catalog
-from core.errors import Cancelled, WorkspaceError
+from core.errors import Cancelled, StoreError, WorkspaceError
 from core.data.hfdata import identity, open_source
 from core.data.ingest import IngestResult, read_pairs
 from core.progress import Progress, ProgressFn, reporter
@@ -259,7 +261,12 @@ def _index_pairs(ws, reader, sae_model, todo, n_total, n_done, settings, result,
             stored = [t for t, f in zip(batch, found) if f]
             rest = [t for t, f in zip(batch, found) if not f]
             if stored:
-                states = kept.states(stored, reader.device, reader.dtype)
+                try:
+                    states = kept.states(stored, reader.device, reader.dtype)
+                except StoreError as exc:  # deleted or damaged under us: the model reads what is left
+                    progress(Progress("index", f"{exc}; reading the remaining pairs through the model"))
+                    kept, rest, stored = None, batch, []
+            if stored:
                 pending += read_batch(reader, sae_model, stored, settings, states=states)
                 result.n_from_residuals += len(stored)
             if rest:

@@ -34,6 +34,7 @@ import torch
 
 from core import locations
 from core.data.ingest import Pair
+from core.errors import StoreError
 from core.model.lm import BatchStates, TokenizedPair
 from core.progress import Progress, ProgressFn, reporter
 
@@ -160,8 +161,9 @@ class ResidualStore:
 
     def load(self, batch: list[TokenizedPair]) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Each pair's (prompt (Tp, d), chosen (Tc, d), rejected (Tr, d)) in float16 on the host.
-        Raises KeyError for a pair not kept (`has`), OSError when a shard cannot be read."""
-        from safetensors import safe_open
+        Raises KeyError for a pair not kept (`has`), StoreError when a shard cannot be read (deleted
+        or damaged since the store was opened)."""
+        from safetensors import SafetensorError, safe_open
 
         by_shard: dict[str, list[int]] = defaultdict(list)
         for i, t in enumerate(batch):
@@ -170,13 +172,16 @@ class ResidualStore:
             by_shard[self.pairs[str(t.source_index)]["shard"]].append(i)
         out: list = [None] * len(batch)
         for shard, rows in by_shard.items():
-            with safe_open(str(self.path / shard), framework="pt") as f:
-                for i in rows:
-                    key = str(batch[i].source_index)
-                    out[i] = tuple(f.get_tensor(f"{key}.{name}") for name in ("prompt", "chosen", "rejected"))
+            try:
+                with safe_open(str(self.path / shard), framework="pt") as f:
+                    for i in rows:
+                        key = str(batch[i].source_index)
+                        out[i] = tuple(f.get_tensor(f"{key}.{name}") for name in ("prompt", "chosen", "rejected"))
+            except (OSError, SafetensorError) as exc:
+                raise StoreError(f"{self.path / shard}: kept residuals unreadable ({exc})") from exc
         for t, (p, c, r) in zip(batch, out):
             if (len(p), len(c), len(r)) != (len(t.prompt_ids), len(t.chosen_ids), len(t.rejected_ids)):
-                raise OSError(f"{self.path}: the residuals of pair {t.source_index} do not match its tokens")
+                raise StoreError(f"{self.path}: the kept residuals of pair {t.source_index} do not match its tokens")
         return out
 
     def states(self, batch: list[TokenizedPair], device: torch.device | str, dtype: torch.dtype) -> BatchStates:

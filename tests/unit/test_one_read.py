@@ -133,7 +133,7 @@ def test_a_second_read_gives_the_same_workspace(first, second):
 def test_a_leftover_is_used_where_fingerprints_match_and_the_byte_cap_stops_keeping(second, dataset, tmp_path):
     """A store a stopped run left behind: its pairs are encoded from it, bar one whose fingerprint no
     longer matches (read by the model); it is deleted once the index completes. A byte cap keeps the
-    first pairs only."""
+    first pairs only; unreadable shards, or a store of another layer, are read past."""
     from core.model.lm import ResidualReader
     from core.model.sae_train import collect_activations
 
@@ -173,6 +173,17 @@ def test_a_leftover_is_used_where_fingerprints_match_and_the_byte_cap_stops_keep
     assert any("byte cap was reached" in p.message for p in said)
     store = ResidualStore.open(folder, model=entry.model, layer=entry.layer, d_model=reader.d_model)
     assert store is not None and len(store) == len(capped.pairs)
+
+    # damaged shards (a store deleted or overwritten under a run): the model reads those pairs
+    for shard in folder.glob("*.safetensors"):
+        shard.write_bytes(b"not a safetensors file")
+    r = index_dataset(dataset, tmp_path / "damaged", sae=entry.name, settings=SETTINGS)
+    assert r.n_new == 8 and r.n_from_residuals == 0 and not folder.exists()
+    assert assert_same_reads(tmp_path / "damaged", second[0]) > 20
+
     # a folder kept for another layer (or model) is removed, not used
+    empty = ResidualWriter(folder, model=entry.model, layer=entry.layer)
+    empty.start()
+    empty.finish()
     assert ResidualStore.open(folder, model=entry.model, layer=entry.layer - 1, d_model=reader.d_model) is None
     assert not folder.exists()
