@@ -119,9 +119,9 @@ def index_dataset(
     `data` is a file, or a Hugging Face dataset (a hub id, a save_to_disk folder, a folder of shards;
     `split` and `config` pick from it, see core.data.hfdata); the workspace meta records its identity.
     `ray` (an address, "auto" or "local") shards the pairs over Ray workers instead (core.index.distributed).
-When the SAE is trained first, the pairs its corpus reads are read as this index reads them and their
-residuals kept (core.model.residuals), so they are encoded without a second read (one process only:
-Ray workers read every pair); the kept residuals are deleted once the index completes.
+    When the SAE is trained first, the pairs its corpus reads are read as this index reads them and
+    their residuals kept (core.model.residuals), so they are encoded without a second read (one
+    process only: Ray workers read every pair); the kept residuals are deleted once the index completes.
     Progress: stage "sae" / "load" / "labels" messages, then stage "index" with `done` = pairs saved
     in the workspace (not merely read), `rate` in tokens/s and an ETA.
     Raises IngestError for bad input (unless skip_invalid), WorkspaceError for a workspace indexed

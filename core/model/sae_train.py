@@ -64,7 +64,8 @@ def collect_activations(
     # The template's shared opening (a fixed system prompt) would be the same few vectors thousands
     # of times over, and the first positions carry outsized norms; skip them.
     skip = reader.template_prefix_len()
-    keeping = keep is not None and not include_prompts and (keep.max_tokens is None or keep.max_tokens >= max_tokens)
+    if keep is not None and (include_prompts or (keep.max_tokens is not None and keep.max_tokens < max_tokens)):
+        keep = None  # the corpus would not hold what it holds without keeping
     if keep is not None:
         keep.store.start()
     kept: set[int] = set()  # id() of the TokenizedPairs whose residuals are kept
@@ -73,7 +74,7 @@ def collect_activations(
         if planned >= token_budget:
             break
         t = None
-        if keeping and keep.wants(p):
+        if keep is not None and keep.wants(p):
             t = reader.tokenize(p, keep.max_tokens)
             if keep.store.reserve(t, reader.d_model):
                 kept.add(id(t))
@@ -148,8 +149,8 @@ def train_catalog_sae(
     them for `entry.train_tokens` samples. `corpus` describes the datasets `extra_pairs` came from
     ({"path", "sha256", "pairs"} each), recorded in quality.json with the timings that
     `core.model.dataset_sae.estimate_training` reuses. `keep` keeps the residuals of the dataset's
-pairs for the index that follows (`collect_activations`, core.model.residuals). Returns held-out
-quality; raises Cancelled.
+    pairs for the index that follows (`collect_activations`, core.model.residuals). Returns held-out
+    quality; raises Cancelled.
     """
     from core.model.lm import ResidualReader
 

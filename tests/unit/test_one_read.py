@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from core import locations
 from core.data.ingest import read_pairs
@@ -133,7 +134,8 @@ def test_a_second_read_gives_the_same_workspace(first, second):
 def test_a_leftover_is_used_where_fingerprints_match_and_the_byte_cap_stops_keeping(second, dataset, tmp_path):
     """A store a stopped run left behind: its pairs are encoded from it, bar one whose fingerprint no
     longer matches (read by the model); it is deleted once the index completes. A byte cap keeps the
-    first pairs only; unreadable shards, or a store of another layer, are read past."""
+    first pairs only; unreadable shards, or a store of another layer, are read past. An index cap
+    below the recipe's keeps nothing."""
     from core.model.lm import ResidualReader
     from core.model.sae_train import collect_activations
 
@@ -145,6 +147,11 @@ def test_a_leftover_is_used_where_fingerprints_match_and_the_byte_cap_stops_keep
     said = []
     writer = ResidualWriter(folder, model=entry.model, layer=entry.layer)
     plain = collect_activations(reader, pairs, 32, token_budget=10**6)
+    # an index cap below the recipe's would shrink the corpus: nothing kept, the corpus read as without
+    low = collect_activations(reader, pairs, 32, token_budget=10**6,
+                              keep=Keep(ResidualWriter(folder, model=entry.model, layer=entry.layer),
+                                        {p.source_index: p for p in pairs}, 16))
+    assert torch.equal(low, plain) and not folder.exists()
     acts = collect_activations(reader, pairs, 32, token_budget=10**6, progress=said.append,
                                keep=Keep(writer, {p.source_index: p for p in pairs}, SETTINGS.max_tokens))
     assert acts.shape == plain.shape  # the corpus holds the same tokens: replies cut at 32
