@@ -13,7 +13,8 @@ its source_index and a fingerprint of its token ids, so a pair tokenised differe
 cap, another tokenizer or chat template) is never matched: the index reads it through the model.
 
 Size: at most MAX_BYTES (2 bytes x d_model per token read: 1,152 bytes for SmolLM2-135M); the pairs
-past it are not kept, and the index reads them itself.
+past it are not kept, and the index reads them itself, as it does the pairs whose prompt the corpus
+read cuts (the corpus must hold what it holds without keeping: see collect_activations).
 
 Lifetime: deleted when the index completes. A run that stops before (cancelled, crashed) leaves it
 behind: the rerun encodes the pairs whose fingerprints still match from it, and a folder without a

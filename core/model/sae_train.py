@@ -54,9 +54,11 @@ def collect_activations(
     `keep` (core.model.residuals) keeps the residuals of the dataset pairs it names, up to its byte
     cap, for the index that follows: those pairs are read as the index reads them (its reply cap,
     the prompt's residuals stored too), and the corpus takes each reply's first `max_tokens` tokens,
-    what reading the reply cut there gives (the model is causal); the budget counts those. Kept
-    only when the index's cap is at least `max_tokens` and `include_prompts` is off (the corpus
-    would change); the other pairs are read as without `keep`.
+    what reading the reply cut there gives (the model is causal); the budget counts those. So the
+    corpus holds what it holds without `keep` (to float noise), a pair is kept only when the index
+    reads the same prompt tokens as the corpus (whose read keeps a prompt's last 2 x `max_tokens`),
+    and nothing is when the index's cap is below `max_tokens` or with `include_prompts`. The other
+    pairs are read as without `keep`.
     """
     from core.model.lm import plan_batches
 
@@ -73,15 +75,14 @@ def collect_activations(
     for p in pairs:
         if planned >= token_budget:
             break
-        t = None
+        t = reader.tokenize(p, max_tokens)
         if keep is not None and keep.wants(p):
-            t = reader.tokenize(p, keep.max_tokens)
-            if keep.store.reserve(t, reader.d_model):
+            whole = reader.tokenize(p, keep.max_tokens)
+            # Only when its replies follow the same prompt tokens as here (`max_tokens` also cuts the
+            # prompt, to its last 2 x max_tokens): their first tokens are then what the corpus reads.
+            if whole.prompt_ids == t.prompt_ids and keep.store.reserve(whole, reader.d_model):
+                t = whole
                 kept.add(id(t))
-            else:
-                t = None
-        if t is None:
-            t = reader.tokenize(p, max_tokens)
         tokenized.append(t)
         planned += min(len(t.chosen_ids), max_tokens) + min(len(t.rejected_ids), max_tokens)
         if include_prompts:
