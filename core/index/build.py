@@ -5,7 +5,9 @@ set; it writes in chunks of whole pairs, so a killed run resumes where it stoppe
 
 Three stages overlap: a thread tokenises pairs ahead of the model, the calling thread runs
 `core.index.readout.read_batch` (forward, SAE encode and summaries on the model's device), and a writer
-thread embeds texts with MiniLM and appends finished chunks to LanceDB.
+thread embeds texts with MiniLM and appends finished chunks to LanceDB. When the dataset's SAE was
+trained just before, the pairs its corpus read skip the forward: they are encoded from the residuals
+that read kept (core.model.residuals), deleted once the index completes.
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ import torch
 
 from core import __version__
 from core.model.catalog import Catalog, ModelEntry, SAEEntry, load_catalog
-from core.errors import Cancelled, WorkspaceError
+from core.errors import Cancelled, StoreError, WorkspaceError
 from core.data.hfdata import identity, open_source
 from core.data.ingest import IngestResult, read_pairs
 from core.progress import Progress, ProgressFn, reporter
 from core.model.dataset_sae import choose_sae
 from core.model.dataset_sae import prepare as prepare_sae
+from core.model.residuals import Keep, ResidualStore, ResidualWriter, discard, residuals_dir
 from core.index.readout import IndexSettings, read_batch
 from core.model.store import sae_dir, sae_sha256
 from core.index.stages import Prefetch, Writer, features_complete, rows_table, write_feature_table
@@ -46,6 +49,7 @@ class IndexResult:
     max_tokens: int = 0  # reply tokens read at most per side (the model's context with whole replies)
     n_replies_cut: int = 0  # replies of this run's pairs cut at max_tokens (or to fit the context)
     n_prompts_cut: int = 0  # prompts of this run's pairs whose head was dropped (their tail is read)
+    n_from_residuals: int = 0  # pairs of this run encoded from residuals kept by the SAE's training (no second read)
 
     @property
     def tokens_per_s(self) -> float:
@@ -115,6 +119,9 @@ def index_dataset(
     `data` is a file, or a Hugging Face dataset (a hub id, a save_to_disk folder, a folder of shards;
     `split` and `config` pick from it, see core.data.hfdata); the workspace meta records its identity.
     `ray` (an address, "auto" or "local") shards the pairs over Ray workers instead (core.index.distributed).
+    When the SAE is trained first, the pairs its corpus reads are read as this index reads them and
+    their residuals kept (core.model.residuals), so they are encoded without a second read (one
+    process only: Ray workers read every pair); the kept residuals are deleted once the index completes.
     Progress: stage "sae" / "load" / "labels" messages, then stage "index" with `done` = pairs saved
     in the workspace (not merely read), `rate` in tokens/s and an ETA.
     Raises IngestError for bad input (unless skip_invalid), WorkspaceError for a workspace indexed
@@ -172,7 +179,13 @@ def index_dataset(
         _check_meta(ws, meta)
 
         progress(Progress("sae", sae_choice.reason))
-        prepare_sae(sae_choice, catalog, data, device=device, progress=progress, cancel=cancel)
+        kept_dir = residuals_dir(s_entry.name, dataset_sha256)
+        keep = None
+        if sae_choice.train and ray is None:  # read the dataset once: for the SAE's corpus and for the index
+            done = set(ws.indexed_source_indices().tolist())
+            keep = Keep(ResidualWriter(kept_dir, model=m_entry.name, layer=s_entry.layer),
+                        {p.source_index: p for p in ingest.pairs if p.source_index not in done}, settings.max_tokens)
+        prepare_sae(sae_choice, catalog, data, device=device, progress=progress, cancel=cancel, keep=keep)
 
         meta["sae_sha256"] = sae_sha256(s_entry)
         meta["sae_path"] = str(sae_dir(s_entry).expanduser().resolve())  # core.model.store.recorded_sae
@@ -183,6 +196,7 @@ def index_dataset(
         result = IndexResult(str(ws.path), len(done), 0, ingest.skipped, [str(i) for i in ingest.issues],
                              max_tokens=max_tokens)
         if not todo and features_complete(ws, read_sae_config(sae_dir(s_entry)).d_sae):
+            discard(kept_dir)
             return result
 
         if ray is not None:  # the same run sharded over Ray workers; this process only writes
@@ -194,15 +208,19 @@ def index_dataset(
                          labels=not features_complete(ws, d_sae), address=ray, workers=ray_workers,
                          n_total=len(ingest.pairs), n_done=len(done), result=result, progress=progress, cancel=cancel)
             ws.compact()
+            discard(kept_dir)
             return result
 
         reader, sae_model = _load(m_entry, s_entry, device, progress)
         ws.write_meta({"d_sae": sae_model.cfg.d_sae, "d_model": reader.d_model})
+        kept = ResidualStore.open(kept_dir, model=m_entry.name, layer=s_entry.layer, d_model=reader.d_model)
         if todo:
-            _index_pairs(ws, reader, sae_model, todo, len(ingest.pairs), len(done), settings, result, progress, cancel)
+            _index_pairs(ws, reader, sae_model, todo, len(ingest.pairs), len(done), settings, result, progress,
+                         cancel, kept)
         if not features_complete(ws, sae_model.cfg.d_sae):
             write_feature_table(ws, reader, sae_model, progress)
         ws.compact()
+        discard(kept_dir)  # the index is complete: a rerun reads nothing
         return result
 
 
@@ -218,8 +236,10 @@ def _load(m_entry: ModelEntry, s_entry: SAEEntry, device: str | None, progress):
     return reader, sae_model
 
 
-def _index_pairs(ws, reader, sae_model, todo, n_total, n_done, settings, result, progress, cancel) -> None:
-    """Read `todo` pairs into `ws`, tokenising ahead and writing behind the model; fills `result`."""
+def _index_pairs(ws, reader, sae_model, todo, n_total, n_done, settings, result, progress, cancel,
+                 kept: ResidualStore | None = None) -> None:
+    """Read `todo` pairs into `ws`, tokenising ahead and writing behind the model; fills `result`.
+    The pairs found in `kept` are encoded from their kept residuals, the others read by the model."""
     from core.model.embed import Embedder
 
     by_index = {p.source_index: p for p in todo}
@@ -228,13 +248,29 @@ def _index_pairs(ws, reader, sae_model, todo, n_total, n_done, settings, result,
     start = time.perf_counter()
     pending: list[dict] = []
     n_read = 0
+    if kept:
+        progress(Progress("index", f"encoding the pairs whose residuals the SAE's training kept ({len(kept)} in "
+                                   f"{kept.path}) without reading them again; the model reads the others"))
     cancelled = failed = False
     try:
         for batch in tokenizer:
             if cancel is not None and cancel.is_set():
                 cancelled = True
                 break
-            pending += read_batch(reader, sae_model, batch, settings)
+            found = [kept is not None and kept.has(t) for t in batch]
+            stored = [t for t, f in zip(batch, found) if f]
+            rest = [t for t, f in zip(batch, found) if not f]
+            if stored:
+                try:
+                    states = kept.states(stored, reader.device, reader.dtype)
+                except StoreError as exc:  # deleted or damaged under us: the model reads what is left
+                    progress(Progress("index", f"{exc}; reading the remaining pairs through the model"))
+                    kept, rest, stored = None, batch, []
+            if stored:
+                pending += read_batch(reader, sae_model, stored, settings, states=states)
+                result.n_from_residuals += len(stored)
+            if rest:
+                pending += read_batch(reader, sae_model, rest, settings)
             n_read += len(batch)
             for t in batch:
                 result.tokens += t.n_tokens

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from core.model.lm import ResidualReader, TokenizedPair
+from core.model.lm import BatchStates, ResidualReader, TokenizedPair
 from core.model.sae import SparseAutoencoder, SparseCodes
 from core.index.summary import PROMPT_KEYS, summarise_segments
 
@@ -43,16 +43,20 @@ def _split(codes: SparseCodes, n: int) -> tuple[SparseCodes, SparseCodes]:
 
 @torch.inference_mode()
 def read_batch(
-    reader: ResidualReader, sae: SparseAutoencoder, batch: list[TokenizedPair], settings: IndexSettings
+    reader: ResidualReader, sae: SparseAutoencoder, batch: list[TokenizedPair], settings: IndexSettings,
+    states: BatchStates | None = None,
 ) -> list[dict]:
     """Model forward + SAE encode + summaries for one batch of pairs.
+
+    `states` are the batch's residuals when they were read before (core.model.residuals: laid out
+    as `reader.forward(batch)` returns them); then the model does not run.
 
     Returns one row per pair, in batch order: source_index, n_prompt_tokens, chosen / rejected
     (`core.index.summary.summarise_reply`'s dict), chosen_tokens / rejected_tokens (each token's text),
     prompt (feat, max, freq over the prompt's tokens after the chat template's fixed opening, which
     is only skipped while the prompt still has its head).
     """
-    s = reader.forward(batch)
+    s = states if states is not None else reader.forward(batch)
     dev = s.replies.device
     B, P = s.prompt_mask.shape
     R = s.reply_mask.shape[1]

@@ -23,6 +23,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from core import locations
 from core.model.catalog import VARIANT_SEP, Catalog, SAEEntry
@@ -30,6 +31,9 @@ from core.errors import StoreError
 from core.progress import Progress, ProgressFn, format_seconds, reporter
 from core.model.shipped import install as install_shipped
 from core.model.store import sae_dir, sae_ready, trained_variants
+
+if TYPE_CHECKING:
+    from core.model.residuals import Keep
 
 KEY_HEX = 8  # hex digits of the corpus hash in an SAE's name
 
@@ -269,12 +273,14 @@ def train_dataset_sae(
     progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
     why: str = "",
+    keep: Keep | None = None,
 ):
     """Train the SAE "RECIPE@KEY" whose corpus starts with the replies of `datasets` (every valid pair
     of each, shuffled together), filled up with the bundled sample's; KEY from their sha256s in order.
 
     With no datasets the corpus is the sample alone (the demo's SAE). First reports how long it will
-    take (`estimate_training`), after `why` when given. Returns (entry, SAEQuality).
+    take (`estimate_training`), after `why` when given. `keep` (a core.model.residuals.Keep) keeps
+    the residuals of the dataset's pairs for the index that follows. Returns (entry, SAEQuality).
     Raises IngestError for an unreadable file, Cancelled.
     """
     from core.data.hfdata import HFSource, dataset_sha256
@@ -292,20 +298,21 @@ def train_dataset_sae(
     est = estimate_training(entry, catalog, pairs, device=device, progress=progress)
     reporter(progress)(Progress("sae", f"{why or 'training SAE ' + entry.name}: {est.line()}", eta_s=est.seconds))
     q = train_catalog_sae(entry, catalog, extra_pairs=pairs, device=device, progress=progress, cancel=cancel,
-                          corpus=corpus)
+                          corpus=corpus, keep=keep)
     return entry, q
 
 
 def prepare(choice: SAEChoice, catalog: Catalog, data: Path | str, *, device: str | None = None,
-            progress: ProgressFn | None = None, cancel: threading.Event | None = None) -> SAEEntry:
+            progress: ProgressFn | None = None, cancel: threading.Event | None = None, keep: Keep | None = None) -> SAEEntry:
     """Make `choice.entry` ready in the store: train it on `data` when `choice.train` (after reporting
-    how long that will take), pull it when it is a release not yet downloaded. Returns the entry.
+    how long that will take; `keep`, a core.model.residuals.Keep, keeps the residuals of `data`'s
+    pairs read for its corpus), pull it when it is a release not yet downloaded. Returns the entry.
     Raises StoreError, IngestError, Cancelled."""
     progress = reporter(progress)
     entry = choice.entry
     if choice.train:
         trained, _ = train_dataset_sae(catalog.saes[entry.recipe], catalog, [data], device=device,
-                                       progress=progress, cancel=cancel, why=choice.reason)
+                                       progress=progress, cancel=cancel, why=choice.reason, keep=keep)
         assert trained.name == entry.name, (trained.name, entry.name)
         return entry
     if not sae_ready(entry):

@@ -28,6 +28,7 @@ from core import locations
 from core.model.catalog import Catalog, SAEEntry
 from core.data.ingest import Pair, read_pairs
 from core.progress import Progress, ProgressFn, check_cancel, reporter
+from core.model.residuals import Keep
 from core.model.sae import SAEQuality, train_topk_sae
 from core.model.store import sae_dir
 
@@ -41,6 +42,7 @@ def collect_activations(
     progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
     include_prompts: bool = False,
+    keep: Keep | None = None,
 ) -> torch.Tensor:
     """Residual activations (tokens, d_model) of the pairs' replies, up to `token_budget` tokens.
 
@@ -48,6 +50,15 @@ def collect_activations(
     `include_prompts` keeps the prompt tokens too (bar the chat template's fixed opening).
     Pairs are taken in the order given until their tokens reach the budget, and only then sorted by
     length into batches: sorting first and stopping at the budget would keep only the shortest pairs.
+
+    `keep` (core.model.residuals) keeps the residuals of the dataset pairs it names, up to its byte
+    cap, for the index that follows: those pairs are read as the index reads them (its reply cap,
+    the prompt's residuals stored too), and the corpus takes each reply's first `max_tokens` tokens,
+    what reading the reply cut there gives (the model is causal); the budget counts those. So the
+    corpus holds what it holds without `keep` (to float noise), a pair is kept only when the index
+    reads the same prompt tokens as the corpus (whose read keeps a prompt's last 2 x `max_tokens`),
+    and nothing is when the index's cap is below `max_tokens` or with `include_prompts`. The other
+    pairs are read as without `keep`.
     """
     from core.model.lm import plan_batches
 
@@ -55,26 +66,52 @@ def collect_activations(
     # The template's shared opening (a fixed system prompt) would be the same few vectors thousands
     # of times over, and the first positions carry outsized norms; skip them.
     skip = reader.template_prefix_len()
+    if keep is not None and (include_prompts or (keep.max_tokens is not None and keep.max_tokens < max_tokens)):
+        keep = None  # the corpus would not hold what it holds without keeping
+    if keep is not None:
+        keep.store.start()
+    kept: set[int] = set()  # id() of the TokenizedPairs whose residuals are kept
     tokenized, planned = [], 0
     for p in pairs:
         if planned >= token_budget:
             break
         t = reader.tokenize(p, max_tokens)
+        if keep is not None and keep.wants(p):
+            whole = reader.tokenize(p, keep.max_tokens)
+            # Only when its replies follow the same prompt tokens as here (`max_tokens` also cuts the
+            # prompt, to its last 2 x max_tokens): their first tokens are then what the corpus reads.
+            if whole.prompt_ids == t.prompt_ids and keep.store.reserve(whole, reader.d_model):
+                t = whole
+                kept.add(id(t))
         tokenized.append(t)
-        planned += len(t.chosen_ids) + len(t.rejected_ids)
+        planned += min(len(t.chosen_ids), max_tokens) + min(len(t.rejected_ids), max_tokens)
         if include_prompts:
             planned += max(0, len(t.prompt_ids) - skip)
     chunks, n = [], 0
     total = min(planned, token_budget)  # what the corpus holds, not the budget (the sample: 23k of 150k)
-    batches = plan_batches(tokenized, batch_tokens)
+    # Kept pairs first: the budget can stop the read before the last batches (whose pairs the index
+    # would then read again); length-sorted, they would come last.
+    batches = (plan_batches([t for t in tokenized if id(t) in kept], batch_tokens)
+               + plan_batches([t for t in tokenized if id(t) not in kept], batch_tokens))
     for b_i, batch in enumerate(batches):
         check_cancel(cancel, "activation collection")
-        for c, r, *p in reader.read(batch, with_prompt=include_prompts):
+        stored = []
+        read = reader.read(batch, with_prompt=include_prompts or any(id(t) in kept for t in batch))
+        for t, (c, r, *p) in zip(batch, read):
+            if id(t) in kept:
+                stored.append((t, p[0], c, r))  # (Tp, d), (Tc, d), (Tr, d)
+                c, r, p = c[:max_tokens], r[:max_tokens], []
+            elif not include_prompts:
+                p = []  # read for a kept pair of the same batch
             chunks += [c.cpu(), r.cpu(), *(x[skip:].cpu() for x in p)]
             n += len(c) + len(r) + sum(max(0, len(x) - skip) for x in p)
+        if stored:
+            keep.store.put(stored)
         progress(Progress("sae", "reading activations", done=min(n, total), total=total, unit="tokens"))
         if n >= token_budget:
             break
+    if keep is not None:
+        keep.store.finish(progress)
     return torch.cat(chunks)[:token_budget]
 
 
@@ -105,13 +142,16 @@ def train_catalog_sae(
     cancel: threading.Event | None = None,
     out_dir=None,
     corpus: list[dict] | None = None,
+    keep: Keep | None = None,
 ) -> SAEQuality:
     """Train `entry` (source = "train") on the default corpus and save it in the store.
 
     Activations are collected once (up to `activation_tokens`) and the SAE trains several epochs over
     them for `entry.train_tokens` samples. `corpus` describes the datasets `extra_pairs` came from
     ({"path", "sha256", "pairs"} each), recorded in quality.json with the timings that
-    `core.model.dataset_sae.estimate_training` reuses. Returns held-out quality; raises Cancelled.
+    `core.model.dataset_sae.estimate_training` reuses. `keep` keeps the residuals of the dataset's
+    pairs for the index that follows (`collect_activations`, core.model.residuals). Returns held-out
+    quality; raises Cancelled.
     """
     from core.model.lm import ResidualReader
 
@@ -124,7 +164,8 @@ def train_catalog_sae(
     reader = ResidualReader.from_entry(model, layer=entry.layer, device=device)
     loaded = time.perf_counter()
     acts = collect_activations(
-        reader, pairs, entry.max_tokens_per_text, activation_tokens or entry.activation_tokens, progress=progress, cancel=cancel
+        reader, pairs, entry.max_tokens_per_text, activation_tokens or entry.activation_tokens, progress=progress, cancel=cancel,
+        keep=keep,
     )
     collected = time.perf_counter()
     device_type = reader.device.type
