@@ -158,6 +158,36 @@ def catalog_entries(config_dir: Path, toml: str):
         _cached.cache_clear()
 
 
+def tiny_recipe(name: str, d_sae: int = 64) -> str:
+    """A "train" recipe on the embedded model so small (64 features, a few thousand tokens, replies cut
+    at 32 tokens) that training it on a few pairs takes seconds."""
+    return f"""
+[saes.{name}]
+model = "smollm2-135m"
+layer = 15
+source = "train"
+d_sae = {d_sae}
+k = 8
+train_tokens = 9600
+batch_size = 64
+lr = 2e-3
+activation_tokens = 1200
+max_tokens_per_text = 32
+"""
+
+
+@contextlib.contextmanager
+def temporary_store(cache: Path, config_dir: Path, *recipes: str):
+    """DATADEBUG_CACHE_DIR at `cache` (its models/ the real one: no second float copy) with `recipes` in
+    the user's catalogue, for the duration."""
+    from core import locations
+
+    (cache / "models").symlink_to(locations.models_dir(), target_is_directory=True)
+    with pytest.MonkeyPatch.context() as mp, catalog_entries(config_dir, "".join(recipes)):
+        mp.setenv("DATADEBUG_CACHE_DIR", str(cache))
+        yield cache
+
+
 @pytest.fixture(scope="session")
 def hh_small(tmp_path_factory) -> Path:
     """24 short real HH-RLHF pairs, their source lines copied unchanged."""

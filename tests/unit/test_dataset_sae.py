@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from core import locations
 from core.model.catalog import load_catalog
 from core.cli import app
 from core.model.dataset_sae import choose_sae, corpus_key, estimate_training
@@ -18,33 +17,18 @@ from core.errors import CatalogError, StoreError
 from core.index.build import IndexSettings, index_dataset
 from core.model.store import sae_dir, sae_sha256, status, trained_variants
 from core.data.workspace import Workspace, file_sha256
-from tests.conftest import HH, UF, catalog_entries, short_pairs, write_jsonl_subset
+from tests.conftest import HH, UF, catalog_entries, short_pairs, temporary_store, tiny_recipe, write_jsonl_subset
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-RECIPE = """
-[saes.tiny-recipe]
-model = "smollm2-135m"
-layer = 15
-source = "train"
-d_sae = 64
-k = 8
-train_tokens = 9600
-batch_size = 64
-lr = 2e-3
-activation_tokens = 1200
-max_tokens_per_text = 32
-"""
+RECIPE = tiny_recipe("tiny-recipe")
 SETTINGS = IndexSettings(max_tokens=32, chunk_pairs=4)
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, config_dir):
     """A temporary SAE store (its models/ is the real one: no second float copy) and the tiny recipe."""
-    cache = tmp_path_factory.mktemp("cache")
-    (cache / "models").symlink_to(locations.models_dir(), target_is_directory=True)
-    with pytest.MonkeyPatch.context() as mp, catalog_entries(config_dir, RECIPE):
-        mp.setenv("DATADEBUG_CACHE_DIR", str(cache))
+    with temporary_store(tmp_path_factory.mktemp("cache"), config_dir, RECIPE) as cache:
         yield cache
 
 
@@ -121,7 +105,7 @@ def test_sae_per_dataset_trained_once_and_recorded(store, datasets, tmp_path):
     assert est.seconds > 0 and est.activation_tokens == 1200 and est.steps == 150 and "rates of" in est.basis
 
 
-RECIPE_FRESH = RECIPE.replace("[saes.tiny-recipe]", "[saes.fresh-recipe]").replace("d_sae = 64", "d_sae = 96")
+RECIPE_FRESH = tiny_recipe("fresh-recipe", d_sae=96)  # another shape: no earlier training's rates
 
 
 @pytest.mark.parametrize("rates", ["measured just now", "rates of the training"])

@@ -12,29 +12,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from core import locations
 from core.data.ingest import read_pairs
 from core.data.workspace import Workspace, file_sha256
 from core.index.build import IndexSettings, index_dataset
 from core.model.catalog import load_catalog
 from core.model.residuals import INDEX_FILE, Keep, ResidualStore, ResidualWriter, residuals_dir
-from tests.conftest import HH, catalog_entries, short_pairs, write_jsonl_subset
+from tests.conftest import HH, short_pairs, temporary_store, tiny_recipe, write_jsonl_subset
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-RECIPE = """
-[saes.tiny-oneread]
-model = "smollm2-135m"
-layer = 15
-source = "train"
-d_sae = 64
-k = 8
-train_tokens = 9600
-batch_size = 64
-lr = 2e-3
-activation_tokens = 1200
-max_tokens_per_text = 32
-"""
+RECIPE = tiny_recipe("tiny-oneread")
 SETTINGS = IndexSettings(chunk_pairs=4)  # whole replies: the default; several are longer than the recipe's 32
 KEPT = re.compile(r"kept the float16 residuals of (\d+) dataset pairs")
 # The tiny SAE's maxima are 17-101 here; read from float16 residuals (11 significant bits) they moved
@@ -46,10 +33,7 @@ ABS_TOL, REL_TOL = 0.01, 1e-3
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, config_dir):
-    cache = tmp_path_factory.mktemp("cache")
-    (cache / "models").symlink_to(locations.models_dir(), target_is_directory=True)
-    with pytest.MonkeyPatch.context() as mp, catalog_entries(config_dir, RECIPE):
-        mp.setenv("DATADEBUG_CACHE_DIR", str(cache))
+    with temporary_store(tmp_path_factory.mktemp("cache"), config_dir, RECIPE) as cache:
         yield cache
 
 
@@ -59,22 +43,23 @@ def dataset(tmp_path_factory) -> Path:
     return write_jsonl_subset(HH, short_pairs(HH, 8, max_chars=600, skip=40), d / "d.jsonl")
 
 
-@pytest.fixture(scope="module")
-def first(store, dataset, tmp_path_factory):
-    """The first index of the dataset: its SAE is trained, the corpus's residuals kept and used."""
-    ws = tmp_path_factory.mktemp("ws") / "first"
+def index_into(name: str, dataset: Path, tmp_path_factory):
+    ws = tmp_path_factory.mktemp("ws") / name
     said = []
     r = index_dataset(dataset, ws, sae="tiny-oneread", settings=SETTINGS, progress=said.append)
     return ws, r, [p.message for p in said]
+
+
+@pytest.fixture(scope="module")
+def first(store, dataset, tmp_path_factory):
+    """The first index of the dataset: its SAE is trained, the corpus's residuals kept and used."""
+    return index_into("first", dataset, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def second(first, dataset, tmp_path_factory):
     """The same file indexed again with the now-trained SAE: every pair read through the model."""
-    ws = tmp_path_factory.mktemp("ws") / "second"
-    said = []
-    r = index_dataset(dataset, ws, sae="tiny-oneread", settings=SETTINGS, progress=said.append)
-    return ws, r, [p.message for p in said]
+    return index_into("second", dataset, tmp_path_factory)
 
 
 def sae_name(dataset: Path) -> str:
