@@ -45,10 +45,6 @@ class InFlight:
                 del self._running[key]
                 self._cond.notify_all()
 
-    def running(self) -> list[str]:
-        with self._cond:
-            return [what for what, _ in self._running.values()]
-
     def finish(self, timeout: float = SAVE_TIMEOUT_S) -> list[str]:
         """Cancel every job, wait up to `timeout` s for saves and jobs to end; returns what did not."""
         with self._cond:

@@ -46,12 +46,12 @@ NORMAL_MIN = 50  # a global test uses the normal tail from this many moving pair
 MAX_FDR = 0.25  # the largest false discovery rate a view accepts
 
 
-
 def _special():
     """scipy.special, imported on first use: the front ends import this module (format_q) at start-up."""
     from scipy import special
 
     return special
+
 
 def check_fdr(fdr: float) -> float:
     """`fdr` when it is a usable false discovery rate (0 < fdr ≤ MAX_FDR), else ValueError."""

@@ -178,21 +178,20 @@ def index_dataset(
         meta.update(max_tokens=max_tokens, context_tokens=context)
         _check_meta(ws, meta)
 
+        done = set(ws.indexed_source_indices().tolist())
+        todo = [p for p in ingest.pairs if p.source_index not in done]
         progress(Progress("sae", sae_choice.reason))
         kept_dir = residuals_dir(s_entry.name, dataset_sha256)
         keep = None
         if sae_choice.train and ray is None:  # read the dataset once: for the SAE's corpus and for the index
-            done = set(ws.indexed_source_indices().tolist())
             keep = Keep(ResidualWriter(kept_dir, model=m_entry.name, layer=s_entry.layer),
-                        {p.source_index: p for p in ingest.pairs if p.source_index not in done}, settings.max_tokens)
+                        {p.source_index: p for p in todo}, settings.max_tokens)
         prepare_sae(sae_choice, catalog, data, device=device, progress=progress, cancel=cancel, keep=keep)
 
         meta["sae_sha256"] = sae_sha256(s_entry)
         meta["sae_path"] = str(sae_dir(s_entry).expanduser().resolve())  # core.model.store.recorded_sae
         _check_meta(ws, meta)
         ws.write_meta(meta)
-        done = set(ws.indexed_source_indices().tolist())
-        todo = [p for p in ingest.pairs if p.source_index not in done]
         result = IndexResult(str(ws.path), len(done), 0, ingest.skipped, [str(i) for i in ingest.issues],
                              max_tokens=max_tokens)
         if not todo and features_complete(ws, read_sae_config(sae_dir(s_entry)).d_sae):
