@@ -156,8 +156,13 @@ def concept_rate(concepts: Concepts, freq: sp.csr_matrix, tau: float | None = No
 def disparity(concepts: Concepts, chosen: sp.csr_matrix, rejected: sp.csr_matrix) -> sp.csr_matrix:
     """(n, n_concepts) CSR u: per pair, mean over a concept's features of 1{chosen freq > τ} −
     1{rejected freq > τ} (module doc). `chosen`, `rejected`: (n, d_sae) firing frequencies."""
-    b = fires(chosen, concepts.tau) - fires(rejected, concepts.tau)
-    u = (b @ concepts.indicator(mean=True)).tocsr()
+    return disparity_of(fires(chosen, concepts.tau) - fires(rejected, concepts.tau), concepts.indicator(mean=True))
+
+
+def disparity_of(b: sp.csr_matrix, mean_indicator: sp.csr_matrix) -> sp.csr_matrix:
+    """(n, n_concepts) CSR u from `b` (n, d_sae), 1{chosen freq > τ} − 1{rejected freq > τ}, and the
+    concepts' `indicator(mean=True)` (d_sae, n_concepts): `disparity` when those are at hand."""
+    u = (b @ mean_indicator).tocsr()
     u.eliminate_zeros()
     return u
 

@@ -264,9 +264,13 @@ class Hypotheses:
         self.names = names
         n = analysis.n
         chosen, rejected = reply_frequencies(analysis, self.st.params)
-        self.u = C.disparity(self.st.response, chosen, rejected)  # (n, M)
+        resp = self.st.response
+        fired_c, fired_r = C.fires(chosen, resp.tau), C.fires(rejected, resp.tau)  # (n, d_sae) 0/1 each
+        mean, b = resp.indicator(mean=True), fired_c - fired_r  # (d_sae, M), (n, d_sae)
+        self.u = C.disparity_of(b, mean)  # (n, M): C.disparity
         self.u_csc = self.u.tocsc()
-        self.v = beyond_lean(self.st.response, chosen, rejected, self.u)  # (n, M)
+        self.v = beyond_lean(resp, b, self.u)  # (n, M)
+        del b
         M = self.st.response.n_concepts
         active = self.st.clusters >= 0
         K, P = self.st.k, self.st.prompt_groups.shape[1]
@@ -276,7 +280,8 @@ class Hypotheses:
         self.G_csc = self.G.tocsc()
         # The concept view: per concept, the pairs where either reply expresses it (module doc).
         # each reply's share of each concept's features firing (strong firings only): concept_in_pairs
-        self.rates = tuple(C.concept_rate(self.st.response, m) for m in (chosen, rejected))  # (n, M) each
+        self.rates = tuple((f @ mean).tocsr() for f in (fired_c, fired_r))  # (n, M) each: C.concept_rate
+        del fired_c, fired_r
         fired = (self.rates[0] >= EXPRESSES) + (self.rates[1] >= EXPRESSES)
         self.A = (fired > 0).astype(np.float32).tocsr()  # (n, M)
         self.A_csc = self.A.tocsc()
@@ -311,6 +316,10 @@ class Hypotheses:
         # integer copies whose sums are exact (module doc, What-if): u·|R|, v·V_SCALE
         self._u_int, self._v_int = _integer(self.u, sizes[self.u.indices]), _integer(self.v, V_SCALE)
         self._G_int, self._A_int = self.G.astype(np.int64), self.A.astype(np.int64)
+        # one bit per (data or prompt group, concept): is it a cell (most product entries are not)
+        self._is_cell = np.zeros(((K + P) * M + 7) // 8, np.uint8)
+        flat = self.keys[: len(self.keys) - len(diag)]
+        np.bitwise_or.at(self._is_cell, flat >> 3, (1 << (flat & 7)).astype(np.uint8))
         self.full = self._add(_Sums(len(self.keys), self.n_groups, M), np.arange(n), +1)
         self._cache: tuple[frozenset, _Sums] | None = None  # the last call's excluded pairs and sums
         # (excluded, kind) -> (p, q) of the last CALIBRATIONS states: a mark preview asks for two
@@ -332,9 +341,8 @@ class Hypotheses:
         if not len(self.keys):
             return np.zeros(0, np.int64), coo.data[:0]
         key = coo.row.astype(np.int64) * self.M + coo.col
-        idx = np.minimum(np.searchsorted(self.keys, key), len(self.keys) - 1)
-        hit = self.keys[idx] == key
-        return idx[hit], coo.data[hit]
+        hit = ((self._is_cell[key >> 3] >> (key & 7).astype(np.uint8)) & 1).astype(bool)
+        return np.searchsorted(self.keys, key[hit]), coo.data[hit]
 
     def _add(self, st: _Sums, rows: np.ndarray, sign: int, touched: np.ndarray | None = None) -> _Sums:
         """Add (`sign` +1) or subtract (-1) the sums over `rows` to `st`, in place; returns `st`. The
@@ -345,27 +353,34 @@ class Hypotheses:
             r = rows[self.half[rows] == h]
             if not len(r):
                 continue
-            g, u, v = self._G_int[r], self._u_int[r], self._v_int[r]
-            u2 = u.multiply(u).tocsr()
+            g, u, v, a = self._G_int[r], self._u_int[r], self._v_int[r], self._A_int[r]  # (rows, K + P), (rows, M) x 3
             gt = g.T.tocsr()
-            a_diag = self._A_int[r][:, self.diag]
-            for j, m in enumerate((u, u2, (u > 0).astype(np.int64), (u < 0).astype(np.int64), v)):
+            ua, va = u.multiply(a).tocsr(), v.multiply(a).tocsr()  # the rows that express each concept
+            for j, (m, ma) in enumerate(zip(_moments(u), _moments(ua))):
                 idx, val = self._cell_entries(gt @ m)
-                np.add.at(st.cell[j, h], idx, sign * val)
+                st.cell[j, h, idx] += sign * val  # idx holds each cell once
                 # the concept view: each concept's own group, the rows that express it
-                diag = np.asarray(m[:, self.diag].multiply(a_diag).sum(0)).ravel()
+                diag = _column_sums(ma, self.M)[self.diag]
                 st.cell[j, h, self.diag_cells] += sign * diag
                 if touched is not None:
                     touched[idx] = True
                     touched[self.diag_cells[diag != 0]] = True
-            st.size[h] += sign * np.r_[np.asarray(g.sum(0)).ravel(), np.asarray(a_diag.sum(0)).ravel()]
+            idx, val = self._cell_entries(gt @ v)
+            st.cell[4, h, idx] += sign * val
+            diag = _column_sums(va, self.M)[self.diag]
+            st.cell[4, h, self.diag_cells] += sign * diag
+            if touched is not None:
+                touched[idx] = True
+                touched[self.diag_cells[diag != 0]] = True
+            st.size[h] += sign * np.r_[np.diff(gt.indptr), _column_sums(a, self.M)[self.diag]]
             for view in (0, 1):
                 sel = np.nonzero(self.view_rows[view, r])[0]
                 st.rows[h, view] += sign * len(sel)
                 if len(sel):
-                    us = u[sel]
-                    for j, m in enumerate((us, u2[sel], v[sel], us > 0, us < 0)):
-                        st.total[j, h, view] += sign * np.asarray(m.sum(0), np.int64).ravel()
+                    us, vs = (u, v) if len(sel) == len(r) else (u[sel], v[sel])
+                    sq, up, down = _moments(us)[1:]
+                    for j, m in enumerate((us, sq, vs, up, down)):
+                        st.total[j, h, view] += sign * _column_sums(m, self.M)
         return st
 
     def _state(self, excluded: frozenset) -> _Sums:
@@ -734,16 +749,31 @@ def _variance(s1, s2, n, size):
     return np.where(n * s2 == s1 * s1, 0.0, var)
 
 
-def beyond_lean(concepts, chosen: sp.csr_matrix, rejected: sp.csr_matrix, u: sp.csr_matrix) -> sp.csr_matrix:
+def _moments(u: sp.csr_matrix) -> tuple[sp.csr_matrix, ...]:
+    """u, u², 1{u > 0}, 1{u < 0} of an int64 CSR with no stored zeros, all on u's pattern."""
+    def on_pattern(data):
+        return sp.csr_matrix((data, u.indices, u.indptr), shape=u.shape)
+    return (u, on_pattern(u.data * u.data), on_pattern((u.data > 0).astype(np.int64)),
+            on_pattern((u.data < 0).astype(np.int64)))
+
+
+def _column_sums(m: sp.csr_matrix, n_cols: int) -> np.ndarray:
+    """(n_cols,) int64 exact column sums of an integer CSR (explicit zeros add nothing)."""
+    out = np.zeros(n_cols, np.int64)
+    np.add.at(out, m.indices, m.data.astype(np.int64, copy=False))
+    return out
+
+
+def beyond_lean(concepts, b: sp.csr_matrix, u: sp.csr_matrix) -> sp.csr_matrix:
     """(n, M) CSR v = u − E[u | the pair's lean]: u beyond what each pair's lean on *other* features
-    predicts (module doc, Lean). For pair i and concept m, with c (r) the features firing above τ in
-    the chosen (rejected) reply only, c_m (r_m) those of them in concept m, and a_im = (c_m + r_m) /
-    |R_m| the share of m's features that fire on one side only:
+    predicts (module doc, Lean). `b` (n, d_sae): 1{chosen freq > τ} − 1{rejected freq > τ}. For pair
+    i and concept m, with c (r) the features firing above τ in the chosen (rejected) reply only, c_m
+    (r_m) those of them in concept m, and a_im = (c_m + r_m) / |R_m| the share of m's features that
+    fire on one side only:
         lean_im = ((c − c_m) − (r − r_m)) / ((c − c_m) + (r − r_m) + 2)
         v_im    = u_im − a_im · lean_im
     lean_im is 2p − 1 for p the smoothed chance that a feature outside m firing on one side of this
     pair is on the chosen side; leaving m out keeps a concept from explaining itself away."""
-    b = C.fires(chosen, concepts.tau) - C.fires(rejected, concepts.tau)
     pos, neg = (b > 0).astype(np.float64), (b < 0).astype(np.float64)
     c, r = np.asarray(pos.sum(1)).ravel(), np.asarray(neg.sum(1)).ravel()
     ind = concepts.indicator().astype(np.float64)

@@ -3,13 +3,15 @@
 # training read kept and encoded) against `index` of the same file with that SAE already trained.
 # Prints both wall times, their ratio, the load average, and the SAE's timing from its quality.json.
 #
-#   bash tests/bench/oneread.sh DATA.jsonl [OUT_DIR]      (run from the repository root)
+#   bash tests/bench/oneread.sh DATA.jsonl [OUT_DIR [INDEX_OPTIONS...]]   (from the repository root)
 #
+# INDEX_OPTIONS go to both runs (e.g. --skip-invalid for a file with invalid records).
 # OUT_DIR (default: a temporary folder) gets a fresh SAE store (its models/ links to the real one,
 # so no second float copy of the model) and the two workspaces.
 set -euo pipefail
 data=$(realpath "$1")
 out=${2:-$(mktemp -d)}
+shift $(( $# < 2 ? $# : 2 ))
 root=$(pwd)
 DD="$root/.venv/bin/datadebug"
 mkdir -p "$out"; cd "$out"
@@ -18,9 +20,9 @@ ln -s "$(PYTHONPATH=$root "$root/.venv/bin/python" -c 'from core import location
 export DATADEBUG_CACHE_DIR="$out/cache" DATADEBUG_PROGRESS=lines
 key="smollm2-135m-l15-topk@$(sha256sum "$data" | cut -c1-8)"
 echo "commit $(git -C "$root" rev-parse --short HEAD), $(basename "$data"), start $(date -u +%FT%TZ)"
-s=$(date +%s); "$DD" index "$data" -w ws1 2> first.err | tail -1; a=$(( $(date +%s) - s ))
+s=$(date +%s); "$DD" index "$data" -w ws1 "$@" 2> first.err | tail -1; a=$(( $(date +%s) - s ))
 echo "first index, SAE trained first: $a s (load $(cut -d' ' -f1-3 /proc/loadavg))"
-s=$(date +%s); "$DD" index "$data" -w ws2 --sae "$key" 2> second.err | tail -1; b=$(( $(date +%s) - s ))
+s=$(date +%s); "$DD" index "$data" -w ws2 --sae "$key" "$@" 2> second.err | tail -1; b=$(( $(date +%s) - s ))
 echo "index with the SAE trained: $b s (load $(cut -d' ' -f1-3 /proc/loadavg))"
 python3 - "$a" "$b" "cache/saes/$key/quality.json" <<'PY'
 import json, sys

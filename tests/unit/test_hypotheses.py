@@ -101,7 +101,7 @@ def test_beyond_lean_subtracts_what_the_pairs_other_features_predict():
     chosen = sp.csr_matrix(np.array([[f, f, f, f, f, 0], [f, 0, 0, 0, 0, 0], [f, f, 0, 0, 0, 0]]))
     rejected = sp.csr_matrix(np.array([[0, 0, 0, 0, 0, f], [0, 0, f, f, 0, 0], [0, 0, 0, 0, 0, 0]]))
     u = C.disparity(con, chosen, rejected)
-    v = beyond_lean(con, chosen, rejected, u).toarray()
+    v = beyond_lean(con, C.fires(chosen, con.tau) - C.fires(rejected, con.tau), u).toarray()
     # pair 0, concept 0 (u = 1): others c = 3, r = 1 -> lean 2/6; v = 1 - 1 * 1/3
     # pair 1, concept 0 (u = 0.5, a = 0.5): others c = 0, r = 2 -> lean -2/4; v = 0.5 + 0.25
     # pair 2, concept 0 (u = 1): no other one-sided feature -> lean 0; v = u
