@@ -21,6 +21,7 @@ import torch
 
 from core.errors import Cancelled  # noqa: F401  (re-exported: older callers import it from here)
 from core.errors import StoreError
+from core.model.publish import partial_folder, publish
 from core.progress import Progress, ProgressFn, check_cancel
 
 # What sae-lens saves for inference. Its BatchTopK and Matryoshka-BatchTopK trainers save a
@@ -416,16 +417,12 @@ def train_topk_sae(
 
     # Save the inference form, then check it through the same loader everything else uses.
     out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".partial")
+    tmp = partial_folder(out_dir)
     trained.save_inference_model(tmp)
     meta = dict(metadata or {})
     loaded = load_sae(tmp)
     q = quality(loaded, held_out.to(loaded.W_enc.device))
     q = SAEQuality(**{**asdict(q), "train_tokens": total_steps * batch_size, "train_seconds": seconds})
     (tmp / "quality.json").write_text(json.dumps({**asdict(q), **meta}, indent=2))
-    if out_dir.exists():
-        import shutil
-
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
+    publish(tmp, out_dir, lambda d: False)  # a retraining replaces the SAE that was there
     return q

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from core.errors import StoreError
 from core.model.catalog import SAEEntry
-from core.model.store import sae_dir, sae_ready
+from core.model.publish import partial_folder, publish
+from core.model.store import sae_dir, sae_folder_ready, sae_ready
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"
 FILES = ("cfg.json", "sae_weights.safetensors", "quality.json")
@@ -45,10 +46,9 @@ def install(entry: SAEEntry, root: Path = SHIPPED_DIR) -> bool:
         raise StoreError(f"{src / 'sae_weights.safetensors'}: sha256 {digest[:12]}… is not the recorded "
                          f"{meta['sha256'][:12]}… of the shipped SAE {entry.name} (reinstall datadebug)")
     out = sae_dir(entry)
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = partial_folder(out)
     tmp.mkdir(parents=True)
     for f in FILES:
         shutil.copyfile(src / f, tmp / f)
-    tmp.rename(out)
+    publish(tmp, out, sae_folder_ready)
     return True

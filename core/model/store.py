@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core import locations
+from core.model.publish import PARTIAL, partial_folder, publish
 from core.model.catalog import VARIANT_SEP, Catalog, ModelEntry, SAEEntry
 from core.errors import CatalogError, StoreError
 from core.progress import ProgressFn, messages
@@ -105,12 +106,19 @@ def sae_dir(entry: SAEEntry) -> Path:
 
 
 def model_ready(entry: ModelEntry) -> bool:
-    d = model_dir(entry)
+    return _model_folder_ready(model_dir(entry))
+
+
+def _model_folder_ready(d: Path) -> bool:
     return (d / "config.json").is_file() and any(d.glob("*.safetensors"))
 
 
 def sae_ready(entry: SAEEntry) -> bool:
-    d = sae_dir(entry)
+    return sae_folder_ready(sae_dir(entry))
+
+
+def sae_folder_ready(d: Path) -> bool:
+    """`d` holds an sae-lens SAE (cfg.json and its weights)."""
     return (d / "cfg.json").is_file() and (d / "sae_weights.safetensors").is_file()
 
 
@@ -135,12 +143,10 @@ def _save_float_copy(model, tokenizer, out: Path) -> None:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = partial_folder(out)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    publish(tmp, out, _model_folder_ready)
 
 
 def pull_model(entry: ModelEntry, progress: ProgressFn | None = None) -> Path:
@@ -315,7 +321,7 @@ def trained_variants(recipe: SAEEntry) -> list[SAEEntry]:
     found = [
         dataclasses.replace(recipe, name=d.name)
         for d in locations.saes_dir().glob(f"{recipe.name}{VARIANT_SEP}*")
-        if d.is_dir() and not d.name.endswith(".partial")
+        if d.is_dir() and PARTIAL not in d.name
     ]
     found = [v for v in found if sae_ready(v)]
     return sorted(found, key=lambda v: (sae_dir(v) / "sae_weights.safetensors").stat().st_mtime, reverse=True)

@@ -104,3 +104,57 @@ def test_a_new_sae_source_is_one_table_entry(tmp_path, monkeypatch):
     bad = dataclasses.replace(entry, name="typo", source="sae-lenz")
     with pytest.raises(StoreError, match="unknown source 'sae-lenz'"):
         store.pull_sae(bad)
+
+
+_SAVER = r"""
+import sys, time
+from pathlib import Path
+import torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from core.model.store import _save_float_copy
+
+out, tokenizer, start = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+torch.manual_seed(0)
+model = LlamaForCausalLM(LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                     num_attention_heads=4, num_key_value_heads=2))
+tok = AutoTokenizer.from_pretrained(tokenizer)
+while time.time() < start:  # both processes write at the same moment
+    time.sleep(0.001)
+began = time.time()
+_save_float_copy(model, tok, out)
+print(began, time.time())
+"""
+
+
+def test_two_processes_making_the_float_copy_at_once_leave_one_whole_copy(tmp_path):
+    """Two commands on a fresh machine (or two test workers) dequantise the embedded model at once.
+    Each writes its own folder and the first to finish publishes it (with one shared `.partial`
+    folder, one process deleted the other's half-written copy). The two writes must overlap in time,
+    or the test proved nothing."""
+    import time
+
+    from core.model.store import model_dir
+
+    tokenizer = model_dir(load_catalog().model(None))  # the embedded model's tokenizer (its float copy)
+    pull_model(load_catalog().model(None))
+    out = tmp_path / "models" / "copy"
+    out.parent.mkdir()
+    for attempt in range(3):
+        start = time.time() + 8  # after both have imported torch and built the model
+        procs = [subprocess.Popen([sys.executable, "-c", _SAVER, str(out), str(tokenizer), str(start)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        runs = [p.communicate(timeout=300) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in runs]
+        (a0, a1), (b0, b1) = (map(float, o.split()) for o, _ in runs)
+        if a0 < b1 and b0 < a1:  # the two writes overlapped
+            break
+        import shutil
+
+        shutil.rmtree(out)
+    else:
+        pytest.fail("the two writes never overlapped in 3 attempts: the race was not exercised")
+    assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["copy"]  # no partial folder left behind
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(out).config.hidden_size == 64  # whole and loadable
