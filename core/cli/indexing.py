@@ -68,8 +68,8 @@ def index(
         f"{r.n_skipped_invalid} invalid skipped, {ingest.identical} with identical replies skipped); "
         f"{r.tokens:,} tokens in {r.seconds:.1f}s ({r.tokens_per_s:.0f} tok/s)"
     )
-    if r.n_from_residuals:
-        text += f"; {r.n_from_residuals} pairs encoded from the residuals read for the SAE's training"
+    if r.reads():
+        text += f"; {r.reads()}"
     if r.n_replies_cut or r.n_prompts_cut:
         text += (
             f"\nwarning: {r.n_replies_cut} replies cut at {r.max_tokens} tokens (or to fit the context), "

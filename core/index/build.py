@@ -55,6 +55,13 @@ class IndexResult:
     def tokens_per_s(self) -> float:
         return self.tokens / self.seconds if self.seconds else 0.0
 
+    def reads(self) -> str:
+        """How the model read this run's pairs, for a person (both front ends show it): the pairs encoded
+        from the residuals the SAE's training read, when any; '' otherwise."""
+        if not self.n_from_residuals:
+            return ""
+        return f"{self.n_from_residuals:,} of {self.n_new:,} pairs encoded from the residuals read for the SAE's training"
+
 
 def resolve(catalog: Catalog, model: str | None, sae: str | None) -> tuple[ModelEntry, SAEEntry]:
     """The model and SAE entries to use (catalogue defaults where None)."""

@@ -95,7 +95,7 @@ def assert_same_reads(a: Path, b: Path, only: set[int] | None = None) -> int:
     return compared
 
 
-@pytest.mark.slow
+@pytest.mark.slow(13)  # 13 s, call + the fixtures it sets up first (2026-12-05, 2-core machine idle)
 def test_training_index_encodes_the_kept_residuals(first, dataset, store):
     ws, r, said = first
     assert any("has not seen this dataset" in m for m in said), said  # it did train
@@ -104,12 +104,12 @@ def test_training_index_encodes_the_kept_residuals(first, dataset, store):
     # 8 short pairs, all within the corpus budget; the 8th's prompt (110 tokens) is longer than the
     # corpus reads before a reply (2 x 32), so its replies there follow fewer prompt tokens: not kept
     assert r.n_from_residuals == kept[0] == 7 and r.n_new == 8
+    assert r.reads() == "7 of 8 pairs encoded from the residuals read for the SAE's training"  # CLI and TUI say it
     assert not residuals_dir(sae_name(dataset), file_sha256(dataset)).exists()  # deleted once complete
     assert not any((store / "residuals").iterdir())
     assert Workspace(ws).meta()["sae"] == sae_name(dataset)
 
 
-@pytest.mark.slow
 def test_a_second_read_gives_the_same_workspace(first, second):
     (a, ra, _), (b, rb, said) = first, second
     assert not any("training" in m for m in said), said
@@ -117,7 +117,7 @@ def test_a_second_read_gives_the_same_workspace(first, second):
     assert assert_same_reads(a, b) > 20  # enough maxima compared to mean something
 
 
-@pytest.mark.slow
+@pytest.mark.slow(12)  # 12 s, call + the fixtures it sets up first (2026-12-05, 2-core machine idle)
 def test_a_leftover_is_used_where_fingerprints_match_and_the_byte_cap_stops_keeping(second, dataset, tmp_path):
     """A store a stopped run left behind: its pairs are encoded from it, bar one whose fingerprint no
     longer matches (read by the model); it is deleted once the index completes. A byte cap keeps the

@@ -150,7 +150,7 @@ class IndexScreen(DataScreen):
         def done(result) -> None:
             self.query_one(JobPanel).say(
                 f"{count(result.n_pairs)} pairs indexed ({count(result.n_new)} this run, "
-                f"{count(result.n_skipped_invalid)} invalid skipped)"
+                f"{count(result.n_skipped_invalid)} invalid skipped)" + (f"; {result.reads()}" if result.reads() else "")
             )
             self.app.open_workspace(ws_path)
 
