@@ -29,7 +29,10 @@ Print the tables:
     the index read the marker in (a reply cut before its planted sentence cannot show it);
 (iii) the phrase (goblin) kind at 5% on each dataset.
 With several --rel-max values (core.analysis.structure.Params) the tables are printed once per value over
-the same workspaces: a parameter is justified on the whole suite, not on one benchmark.
+the same workspaces: a parameter is justified on the whole suite, not on one benchmark. `--engine
+NAME=V1,V2 ...` sweeps the hypothesis engine's own settings the same way, one at a time with the
+others at their defaults: pseudo_pairs (the shrinkage, core.analysis.hypotheses.PSEUDO_PAIRS),
+min_support (MIN_SUPPORT) and lean (on: the score reads v, u beyond each pair's lean; off: u itself).
 
 The counts "established" use the names of issue 26's API (Hypothesis.established, p, q;
 HypothesisReport.n_established, n_tested, detectable_pairs; ConceptsView and ShiftReport .n_established);
@@ -39,6 +42,7 @@ where a workspace's code predates them the cell reads "n/a".
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -290,27 +294,79 @@ def _order(item):
     return (truth["dataset"], truth["kind"], truth.get("rate", 0), seed)
 
 
-def report(real: list[Path], dirs: list[Path], rel_max: list[float | None], top: int, as_json: Path | None) -> None:
+ENGINE = {  # --engine NAME: the module constant it sets (lean: whether v or u is scored)
+    "pseudo_pairs": ("PSEUDO_PAIRS", float),
+    "min_support": ("MIN_SUPPORT", int),
+    "lean": (None, lambda v: {"on": True, "off": False}[v]),
+}
+
+
+@contextlib.contextmanager
+def engine_setting(name: str | None, value):
+    """The hypothesis engine with one setting changed while the block runs (bench only: the product
+    has them as module constants)."""
+    import core.analysis.hypotheses as H
+
+    if name is None:
+        yield
+        return
+    const, _ = ENGINE[name]
+    if const is not None:
+        old = getattr(H, const)
+        setattr(H, const, value)
+        try:
+            yield
+        finally:
+            setattr(H, const, old)
+        return
+    old = H.beyond_lean
+    if not value:
+        H.beyond_lean = lambda concepts, b, u: u.copy()  # v = u: no lean correction
+    try:
+        yield
+    finally:
+        H.beyond_lean = old
+
+
+def _engine_sweep(text: str) -> list[tuple[str, object]]:
+    name, sep, values = text.partition("=")
+    if not sep or name not in ENGINE:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=V1,V2 with NAME one of {', '.join(ENGINE)}")
+    try:
+        return [(name, ENGINE[name][1](v)) for v in values.split(",")]
+    except (KeyError, ValueError):
+        raise argparse.ArgumentTypeError(f"{text!r}: a value {name} does not take") from None
+
+
+def report(real: list[Path], dirs: list[Path], rel_max: list[float | None], top: int, as_json: Path | None,
+           engine: list[tuple[str, object]] = ()) -> None:
     copies = sorted(_copies(dirs), key=_order)
     results = []
-    for value in rel_max:
+    runs = [(value, None, None) for value in rel_max] + [(None, n, v) for n, v in engine]
+    for value, setting, setting_value in runs:
         params = Params() if value is None else Params(rel_max=value)
-        print(f"\n===== structure params: rel_max = {params.rel_max} =====", flush=True)
-        real_counts = [counts(ws, params, top)[0] for ws in real]
-        shuffled: dict[str, list[Counts]] = {}
-        planted = []
-        for ws, truth in copies:
-            if truth["kind"] == "shuffled":
-                shuffled.setdefault(truth["dataset"], []).append(counts(ws, params, top)[0])
-            else:
-                planted.append(planted_row(ws, truth, params, top))
-        summary = print_counts(real_counts, shuffled)
-        print_planted(planted)
-        results.append({"rel_max": params.rel_max, "real": [c.__dict__ for c in real_counts],
-                        "shuffled": {k: [c.__dict__ for c in v] for k, v in shuffled.items()},
-                        "shuffled_summary": summary, "planted": [r.__dict__ for r in planted]})
+        label = f"rel_max = {params.rel_max}" + (f", engine {setting} = {setting_value}" if setting else "")
+        print(f"\n===== {label} =====", flush=True)
+        with engine_setting(setting, setting_value):
+            results.append(_report_one(real, copies, params, top, label))
     if as_json:
         as_json.write_text(json.dumps(results, indent=1, default=str))
+
+
+def _report_one(real: list[Path], copies, params: Params, top: int, label: str) -> dict:
+    real_counts = [counts(ws, params, top)[0] for ws in real]
+    shuffled: dict[str, list[Counts]] = {}
+    planted = []
+    for ws, truth in copies:
+        if truth["kind"] == "shuffled":
+            shuffled.setdefault(truth["dataset"], []).append(counts(ws, params, top)[0])
+        else:
+            planted.append(planted_row(ws, truth, params, top))
+    summary = print_counts(real_counts, shuffled)
+    print_planted(planted)
+    return {"settings": label, "rel_max": params.rel_max, "real": [c.__dict__ for c in real_counts],
+            "shuffled": {k: [c.__dict__ for c in v] for k, v in shuffled.items()},
+            "shuffled_summary": summary, "planted": [r.__dict__ for r in planted]}
 
 
 def _kv(text: str) -> tuple[str, Path]:
@@ -337,6 +393,8 @@ def main(argv=None) -> None:
     c.add_argument("--real", type=Path, nargs="*", default=[])
     c.add_argument("--copies", type=Path, nargs="*", default=[], help="folders holding copies (*.truth.json)")
     c.add_argument("--rel-max", type=float, nargs="*", default=[None], help="sweep core.analysis.structure.Params.rel_max")
+    c.add_argument("--engine", type=_engine_sweep, nargs="*", default=[],
+                   help="NAME=V1,V2: sweep pseudo_pairs, min_support or lean (on/off), one at a time")
     c.add_argument("--top", type=int, default=200, help="hypotheses read per workspace")
     c.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -345,7 +403,8 @@ def main(argv=None) -> None:
     elif args.cmd == "plant":
         build_planted(args.base, dict(args.only), args.out, args.rates, args.seed)
     else:
-        report(args.real, args.copies, args.rel_max or [None], args.top, args.json)
+        report(args.real, args.copies, args.rel_max or [None], args.top, args.json,
+               [x for sweep in args.engine for x in sweep])
 
 
 if __name__ == "__main__":
