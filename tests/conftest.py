@@ -38,6 +38,24 @@ def pytest_runtest_setup(item):
     pytest.skip(why)
 
 
+def pytest_collection_modifyitems(config, items):
+    """The heaviest files first, by the seconds their `slow(SECONDS)` marks record: the suite runs a
+    file per pytest-xdist worker at a time (pyproject's addopts), and a long file that started last
+    would finish alone. Within a file, and among unmarked files, the order stays as collected."""
+    weight: dict = {}
+    for item in items:
+        mark = item.get_closest_marker("slow")
+        weight[item.path] = weight.get(item.path, 0) + (mark.args[0] if mark and mark.args else 0)
+    first = {path: i for i, path in enumerate(dict.fromkeys(item.path for item in items))}
+    items.sort(key=lambda item: (-weight[item.path], first[item.path]))
+
+
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto`: one worker per core, at most 4 (every worker loads the model and builds the shared
+    fixtures once)."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
 def pytest_configure(config):
     # A test must never read the developer's own ~/.config/datadebug.
     os.environ["DATADEBUG_CONFIG_DIR"] = tempfile.mkdtemp(prefix="datadebug-config-")

@@ -438,7 +438,6 @@ async def test_missing_workspace_opens_the_index_screen(tmp_path):
         assert isinstance(app.screen, IndexScreen)
 
 
-@pytest.mark.slow
 async def test_index_a_dataset_then_land_on_hypotheses(tmp_path, hh_small, tiny_sae):
     """The real pipeline from the TUI: autostart with --data, progress, then Hypotheses on the new
     workspace (its structure fitted on first open), and Shifts one key away."""

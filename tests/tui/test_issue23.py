@@ -243,6 +243,7 @@ async def test_an_enter_while_clustering_opens_the_cluster_when_done(workspace):
         assert {r.source_index for r in pairs.rows} == set(screen.view.clusters[0].source_indices)
 
 
+@pytest.mark.slow(14)  # 14 s, call + the fixtures it sets up first (2026-12-05, 2-core machine idle)
 async def test_models_lists_trained_variants_and_t_trains_for_the_workspaces_dataset(
         workspace, config_dir, tmp_path, monkeypatch, one_torch_thread):
     from core import locations

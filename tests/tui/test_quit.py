@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 SCRIPT = r'''
 import sys, threading, time
 from pathlib import Path
@@ -62,6 +64,7 @@ def run(tmp_path: Path, how: str, save_s: float = 1.0, timeout: float = 60.0):
     return p, time.monotonic() - start, {f.name for f in out.iterdir()}
 
 
+@pytest.mark.slow(12)  # 12 s, call + the fixtures it sets up first (2026-12-05, 2-core machine idle)
 def test_quit_waits_for_saves_and_jobs_and_not_for_computations(tmp_path):
     # The defect: App.run returns only once every worker thread is done, computations included.
     p, plain_s, files = run(tmp_path, "plain")

@@ -117,7 +117,7 @@ def tmux(workspace, tmp_path):
     subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True, check=False)
 
 
-@pytest.mark.slow  # 21.6 s call, after the session's workspace (2026-12-04, shared 2-core machine under load)
+@pytest.mark.slow(67)  # 67 s, call + the fixtures it sets up first (2026-12-05, 2-core machine idle)
 def test_browse_mark_and_quit_in_a_real_terminal(tmux, workspace):
     from core.data.marks import Marks
     from core.data.workspace import Workspace

@@ -65,6 +65,7 @@ def interrupted(hh_small, marked_workspace, tmp_path_factory):
     return out, proc.returncode, stdout, "".join(seen) + stderr
 
 
+@pytest.mark.slow(67)  # 67 s, call + the fixtures it sets up first (2026-12-05, 2-core machine idle)
 def test_ctrl_c_saves_a_checkpoint(interrupted):
     out, code, stdout, stderr = interrupted
     assert code == 130, stderr
@@ -90,6 +91,7 @@ def resumed(interrupted, hh_small, marked_workspace):
     return out, json.loads(result.stdout)
 
 
+@pytest.mark.slow(13)  # 13 s, call + the fixtures it sets up first (2026-12-05, 2-core machine idle)
 def test_rerun_resumes_and_marked_pairs_are_left_out(resumed):
     out, r = resumed
     assert set(r) >= {"out_dir", "model_dir", "n_pairs", "n_excluded", "n_heldout", "steps",
@@ -105,6 +107,7 @@ def test_rerun_resumes_and_marked_pairs_are_left_out(resumed):
     assert Path(r["model_dir"]) == out / "model"
 
 
+@pytest.mark.slow(32)  # 32 s, call + the fixtures it sets up first (2026-12-05, 2-core machine idle)
 def test_validate_json_shape(resumed, small_workspace, tmp_path):
     out, _ = resumed
     plot = tmp_path / "scatter.png"
@@ -135,6 +138,7 @@ def test_validate_json_shape(resumed, small_workspace, tmp_path):
     assert not {0, 2} & set(r["prompt_source_indices"])
 
 
+@pytest.mark.slow(16)  # 16 s, call + the fixtures it sets up first (2026-12-05, 2-core machine idle)
 def test_validate_text_summary(resumed, small_workspace, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("Tell me a joke.\nWhat is the capital of France?\nHow do plants grow?\n")
@@ -151,6 +155,7 @@ def test_validate_text_summary(resumed, small_workspace, tmp_path):
     assert "concepts" in result.stdout and "features (CI clear)" in result.stdout
 
 
+@pytest.mark.slow(32)  # 32 s, call + the fixtures it sets up first (2026-12-05, 2-core machine idle)
 def test_validate_seeds_summarises_real_reports_and_refuses_what_does_not_compare(resumed, small_workspace,
                                                                                  tmp_path):
     concepts = tmp_path / "concepts.json"

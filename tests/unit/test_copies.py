@@ -57,6 +57,7 @@ def assert_same_pairs(a: Workspace, b: Workspace) -> None:
                 assert va == vb, f"{name} of pair {ra['source_index']}"
 
 
+@pytest.mark.slow(25)  # 25 s, call + the fixtures it sets up first (2026-12-05, 2-core machine idle)
 def test_a_spliced_planted_copy_equals_a_full_index_of_the_copy(base, copies_sae):
     root, ws = base
     # the planted-only file at 50% serves the 25% copy (rates are nested)

@@ -346,7 +346,6 @@ def test_kill_9_inside_the_manifest_write_leaves_no_manifest_and_no_output(tmp_p
     assert out.read_bytes() == want_out and manifest.read_bytes() == want_manifest
 
 
-@pytest.mark.slow  # 21.3 s call (2026-12-04, shared 2-core machine under load)
 def test_kill_9_inside_a_marks_commit_loses_and_duplicates_nothing(tmp_path):
     """The kill lands inside lance's commit of the op: after the op's first file appeared in the
     marks table, before the commit returned. An attempt whose commit returned first (the kill came

@@ -63,7 +63,7 @@ def test_decision_without_training(store, datasets):
     assert corpus_key([sha]) == sha[:8] and corpus_key([sha, sha]) != sha[:8]
 
 
-@pytest.mark.slow  # 48 s call (2026-12-04, shared 2-core machine under load ~8)
+@pytest.mark.slow(23)  # 23 s, call + the fixtures it sets up first (2026-12-05, 2-core machine idle)
 def test_sae_per_dataset_trained_once_and_recorded(store, datasets, tmp_path):
     a, b, c = datasets["a"], datasets["b"], datasets["c"]
     # `sae train --data A` trains A's SAE (the first training here: its rates are measured first)
@@ -108,6 +108,7 @@ def test_sae_per_dataset_trained_once_and_recorded(store, datasets, tmp_path):
 RECIPE_FRESH = tiny_recipe("fresh-recipe", d_sae=96)  # another shape: no earlier training's rates
 
 
+@pytest.mark.slow(17)  # 17 s, call + the fixtures it sets up first (2026-12-05, 2-core machine idle)
 @pytest.mark.parametrize("rates", ["measured just now", "rates of the training"])
 def test_the_estimate_is_within_2x_of_the_training_it_announces(store, datasets, config_dir, rates):
     """The line `index` shows before training ("about 40s"): from rates measured on the spot (no earlier

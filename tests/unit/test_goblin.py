@@ -118,7 +118,7 @@ def test_detection_scores_rank_exact_detectors_above_loud_ones():
     assert reply_detection_scores(maxima, np.zeros(6, dtype=bool)) == {}
 
 
-@pytest.mark.slow  # 873 s setup: the goblin_run fixture (a 2048-feature SAE, 36 pairs indexed) (2026-12-04, shared 2-core machine under load ~8)
+@pytest.mark.slow(270)  # 270 s, call + the fixtures it sets up first (2026-12-05, 2-core machine idle)
 def test_goblin_run_recovers_the_injected_pairs(goblin_run):
     r, ws = goblin_run
     assert r["n_pairs"] == 36 and r["n_injected"] == 9
@@ -135,7 +135,7 @@ def test_goblin_run_recovers_the_injected_pairs(goblin_run):
     assert rank is None or (rank >= 1 and r["goblin_hypothesis"]["delta"] > 0)
 
 
-@pytest.mark.slow  # uses goblin_run (873 s setup)
+@pytest.mark.slow  # uses goblin_run (its 270 s are the first test's)
 def test_ground_truth_stays_outside_the_workspace(goblin_run):
     r, ws = goblin_run
     truth = json.loads(goblin_paths(ws)["truth"].read_text())
@@ -146,7 +146,7 @@ def test_ground_truth_stays_outside_the_workspace(goblin_run):
     assert not any("planted" in json.dumps(v) or "goblin-truth" in json.dumps(v) for v in w.meta().values())
 
 
-@pytest.mark.slow  # uses goblin_run (873 s setup)
+@pytest.mark.slow  # uses goblin_run (its 270 s are the first test's)
 def test_the_summary_says_when_the_sae_has_no_goblin_feature(goblin_run):
     from core.cli.analysis import format_goblin
 
@@ -157,7 +157,7 @@ def test_the_summary_says_when_the_sae_has_no_goblin_feature(goblin_run):
     assert "average precision 0.12" in format_goblin(weak) and "this SAE has no goblin feature" in format_goblin(weak)
 
 
-@pytest.mark.slow  # 319 s call, after goblin_run (2026-12-04, shared 2-core machine under load ~8)
+@pytest.mark.slow(251)  # 251 s, call + the fixtures it sets up first (2026-12-05, 2-core machine idle)
 def test_the_goblin_loop_runs_whole_and_resumes(goblin_run, tmp_path, one_torch_thread):
     """SFT, DPO arms (cleaned of the flagged pairs; steering on the goblin feature of the run's own
     SAE, which no catalogue knows), every model measured; a rerun trains nothing. (The poisoned, clean,

@@ -447,6 +447,7 @@ def test_errors_as_json_are_one_object_on_stdout(tmp_path):
         assert out["type"] == "IngestError" and out["error"].startswith(str(path)), out
 
 
+@pytest.mark.slow(16)  # 16 s, call + the fixtures it sets up first (2026-12-05, 2-core machine idle)
 def test_a_real_process_answers_in_one_line_before_importing_torch(tmp_path):
     """A handful through `python -m core.cli`: exit 2, one line, no traceback, and torch (whose import
     alone takes seconds) never imported: bad input is refused before any model work."""

@@ -46,6 +46,7 @@ def test_reindexing_is_idempotent_and_other_settings_are_refused(small_workspace
         index_dataset(hh_small, small_workspace, sae=tiny_sae, settings=IndexSettings(max_tokens=32))
 
 
+@pytest.mark.slow(16)  # 16 s, call + the fixtures it sets up first (2026-12-05, 2-core machine idle)
 def test_kill_9_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path, hh_small, tiny_sae):
     ws_path = tmp_path / "ws"
     partial = np.array(index_then_kill([str(hh_small), "-w", str(ws_path), "--sae", tiny_sae, "--max-tokens", "32",
@@ -167,6 +168,7 @@ def test_replies_are_read_whole_by_default(tmp_path, tiny_sae):
         index_dataset(data, ws_path, sae=tiny_sae, settings=IndexSettings(max_tokens=16))
 
 
+@pytest.mark.slow(11)  # 11 s, call + the fixtures it sets up first (2026-12-05, 2-core machine idle)
 def test_cli_warns_with_the_counts_of_cut_replies_and_prompts(tmp_path, hh_small, tiny_sae):
     r = subprocess.run(
         [sys.executable, "-m", "core.cli", "index", str(hh_small), "-w", str(tmp_path / "w"), "--sae", tiny_sae,

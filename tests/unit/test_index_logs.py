@@ -12,12 +12,15 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from core.data.ingest import read_pairs
 from core.data.workspace import Workspace
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow(18)  # 18 s, call + the fixtures it sets up first (2026-12-05, 2-core machine idle)
 def test_kill_9_while_loading_the_model_then_a_logged_resume(tmp_path, hh_small, tiny_sae):
     ws = tmp_path / "ws"
     cmd = [sys.executable, "-m", "core.cli", "index", str(hh_small), "-w", str(ws), "--sae", tiny_sae,

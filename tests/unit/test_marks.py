@@ -76,6 +76,7 @@ def test_export_drops_marked_records_keeps_the_rest_identical(small_workspace, t
         marks.unmark([1, 5])
 
 
+@pytest.mark.slow(10)  # 10 s, call + the fixtures it sets up first (2026-12-05, 2-core machine idle)
 def test_cli_mark_feature_top_pairs_then_shifts_exclude_them(tmp_path):
     ws, _, _ = planted(tmp_path)
 

@@ -59,6 +59,7 @@ def written(hostile_ws, tmp_path_factory):
     return session.write_report(out, validation=validation), session
 
 
+@pytest.mark.slow(10)  # 10 s, call + the fixtures it sets up first (2026-12-05, 2-core machine idle)
 def test_the_files_exist_and_every_link_and_image_resolves(written):
     files, _ = written
     md = files.markdown.read_text()

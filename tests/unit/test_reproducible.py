@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(15)  # 15 s (2026-12-05, 2-core machine idle)
 
 
 def test_sae_training_twice_gives_the_same_weights(tmp_path):

@@ -17,6 +17,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 trl = pytest.importorskip("trl")
 
 
+@pytest.mark.slow(25)  # 25 s, call + the fixtures it sets up first (2026-12-05, 2-core machine idle)
 def test_shaped_trl_dpo_matches_ours_step_for_step(tmp_path, hh_small):
     from datasets import Dataset
     from trl import DPOConfig as TRLConfig

@@ -446,6 +446,7 @@ def trained(tmp_path_factory, hh_small, small_workspace):
     return out, result, before, file_sha256(weights)
 
 
+@pytest.mark.slow(13)  # 13 s, call + the fixtures it sets up first (2026-12-05, 2-core machine idle)
 def test_training_lowers_the_loss_and_leaves_the_base_weights_alone(trained, hh_small):
     out, r, weights_before, weights_after = trained
     assert r.steps == r.total_steps == 2 and r.n_pairs == 2 and r.n_heldout == 4
@@ -479,6 +480,7 @@ def report(trained, small_workspace):
     )
 
 
+@pytest.mark.slow(24)  # 24 s, call + the fixtures it sets up first (2026-12-05, 2-core machine idle)
 def test_predicted_shift_is_the_mean_delta_of_the_trained_pairs_only(report, trained, small_workspace):
     from core.analysis.shifts import Analysis
     from core.checks.validate import disparity
