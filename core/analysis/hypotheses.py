@@ -356,7 +356,9 @@ class Hypotheses:
             g, u, v, a = self._G_int[r], self._u_int[r], self._v_int[r], self._A_int[r]  # (rows, K + P), (rows, M) x 3
             gt = g.T.tocsr()
             ua, va = u.multiply(a).tocsr(), v.multiply(a).tocsr()  # the rows that express each concept
-            for j, (m, ma) in enumerate(zip(_moments(u), _moments(ua))):
+            moments = _moments(u)
+            # sums 0-3 of u's moments, 4 of v; each over the groups' rows and over the rows expressing it
+            for j, (m, ma) in enumerate([*zip(moments, _moments(ua)), (v, va)]):
                 idx, val = self._cell_entries(gt @ m)
                 st.cell[j, h, idx] += sign * val  # idx holds each cell once
                 # the concept view: each concept's own group, the rows that express it
@@ -365,20 +367,12 @@ class Hypotheses:
                 if touched is not None:
                     touched[idx] = True
                     touched[self.diag_cells[diag != 0]] = True
-            idx, val = self._cell_entries(gt @ v)
-            st.cell[4, h, idx] += sign * val
-            diag = _column_sums(va, self.M)[self.diag]
-            st.cell[4, h, self.diag_cells] += sign * diag
-            if touched is not None:
-                touched[idx] = True
-                touched[self.diag_cells[diag != 0]] = True
             st.size[h] += sign * np.r_[np.diff(gt.indptr), _column_sums(a, self.M)[self.diag]]
             for view in (0, 1):
                 sel = np.nonzero(self.view_rows[view, r])[0]
                 st.rows[h, view] += sign * len(sel)
                 if len(sel):
-                    us, vs = (u, v) if len(sel) == len(r) else (u[sel], v[sel])
-                    sq, up, down = _moments(us)[1:]
+                    (us, sq, up, down), vs = (moments, v) if len(sel) == len(r) else (_moments(u[sel]), v[sel])
                     for j, m in enumerate((us, sq, vs, up, down)):
                         st.total[j, h, view] += sign * _column_sums(m, self.M)
         return st
