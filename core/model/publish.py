@@ -15,10 +15,26 @@ PARTIAL = ".partial"  # in the name of a folder being written (store listings sk
 
 
 def partial_folder(out: Path) -> Path:
-    """An empty folder name of this process's own, beside `out`, to write `out` in."""
+    """An empty folder name of this process's own, beside `out`, to write `out` in. The partial folders
+    of `out` that processes no longer running left (killed mid-write) are removed first: a model's
+    float copy is ~0.5 GB."""
+    for old in out.parent.glob(f"{out.name}{PARTIAL}-*"):
+        pid = old.name.rsplit("-", 1)[1]
+        if pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
     tmp = out.with_name(f"{out.name}{PARTIAL}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     return tmp
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def publish(tmp: Path, out: Path, ready: Callable[[Path], bool]) -> None:

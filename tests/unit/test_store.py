@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -158,3 +159,21 @@ def test_two_processes_making_the_float_copy_at_once_leave_one_whole_copy(tmp_pa
     from transformers import AutoModelForCausalLM
 
     assert AutoModelForCausalLM.from_pretrained(out).config.hidden_size == 64  # whole and loadable
+
+
+def test_a_killed_writers_partial_folder_is_removed_and_a_running_ones_kept(tmp_path):
+    """A process killed while writing leaves `NAME.partial-PID`; the next writer removes it, but never
+    the folder of a writer still running."""
+    from core.model.publish import partial_folder
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # its pid now names no process
+    out = tmp_path / "copy"
+    left = tmp_path / f"copy.partial-{dead.pid}"
+    running = tmp_path / f"copy.partial-{os.getppid()}"  # pytest's parent process: running
+    other = tmp_path / f"other.partial-{dead.pid}"  # another folder's: not ours to remove
+    for d in (left, running, other):
+        (d / "weights").mkdir(parents=True)
+    tmp = partial_folder(out)
+    assert tmp.name == f"copy.partial-{os.getpid()}" and not tmp.exists()
+    assert not left.exists() and running.is_dir() and other.is_dir()
