@@ -29,6 +29,7 @@ from pathlib import Path
 from core.data import containers
 from core.data.containers.base import Container, json_bytes
 from core.errors import ExportError, IngestError
+from core.processes import alive
 from core.data.marks import Marks
 from core.data.workspace import Workspace, file_sha256
 
@@ -47,16 +48,6 @@ def _tmp_name(path: Path, pid: int) -> Path:
     return path.with_name(f".{path.name}.tmp-{pid}")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
 def remove_stale_temps(*paths: Path) -> int:
     """Delete `.NAME.tmp-PID` files of these paths left by exports whose process is gone (a kill -9,
     a power cut); returns how many. A temporary file of a live process is left alone."""
@@ -69,7 +60,7 @@ def remove_stale_temps(*paths: Path) -> int:
             continue
         for entry in entries:
             m = pattern.match(entry.name)
-            if m and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
+            if m and int(m.group(1)) != os.getpid() and not alive(int(m.group(1))):
                 try:
                     entry.unlink()
                     n += 1

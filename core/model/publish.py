@@ -11,6 +11,8 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from core.processes import alive
+
 PARTIAL = ".partial"  # in the name of a folder being written (store listings skip them)
 
 
@@ -20,21 +22,11 @@ def partial_folder(out: Path) -> Path:
     float copy is ~0.5 GB."""
     for old in out.parent.glob(f"{out.name}{PARTIAL}-*"):
         pid = old.name.rsplit("-", 1)[1]
-        if pid.isdigit() and not _running(int(pid)):
+        if pid.isdigit() and not alive(int(pid)):
             shutil.rmtree(old, ignore_errors=True)
     tmp = out.with_name(f"{out.name}{PARTIAL}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     return tmp
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def publish(tmp: Path, out: Path, ready: Callable[[Path], bool]) -> None:

@@ -3,7 +3,7 @@ level or inside a function): no circle, no import that runs back up a layer, one
 
 The layers, from the bottom (a module may import its own layer and the layers below it):
 
-    0 foundation   core.errors, core.progress, core.locations, core.arguments
+    0 foundation   core.errors, core.progress, core.locations, core.arguments, core.processes
     1 data         core.data: formats, workspace, marks, export, planted behaviours, safe text
     2 model        core.model: catalogue, store, LM, SAE, chat template, SAE training, embedder
     3 index        core.index: pairs through the model and the SAE into a workspace (one machine or Ray)
@@ -24,7 +24,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
-FOUNDATION = {"core", "core.errors", "core.progress", "core.locations", "core.arguments"}
+FOUNDATION = {"core", "core.errors", "core.progress", "core.locations", "core.arguments", "core.processes"}
 LAYERS = {"data": 1, "model": 2, "index": 3, "analysis": 4, "train": 5, "checks": 6}
 SESSION = {"core.session", "core.jobs", "core.views", "core.report"}
 FRONT_MAY_IMPORT = FOUNDATION | SESSION | {"core.data.textsafe"}
