@@ -53,7 +53,8 @@ NAME_SHARE = 0.25  # a term joins a concept's name when it is at least this shar
 GROUP_SHARE = 0.5  # a phrase joins a group's name when its c-TF-IDF is at least this share of the first's
 MAX_FIRINGS = 40  # strongest token firings per feature read for its concept's words
 MAX_PAIRS_PER_CLASS = 200  # prompts read per data cluster / prompt group
-NAMES_VERSION = 2  # 2: concepts named at the firing itself, groups by their prompts' phrases
+NAMES_VERSION = 3  # 2: concepts named at the firing itself, groups by their prompts' phrases; 3: numbers
+# and heading marks read in the context their firings share ("step N", '"## Step" heading')
 ROLE_WORDS = frozenset({"user", "assistant", "human", "system"})
 
 
@@ -179,7 +180,9 @@ def concept_terms(analysis, concepts, max_firings: int = MAX_FIRINGS) -> dict[in
 def concept_name(terms: Counter, n_words: int = N_WORDS, share: float = NAME_SHARE) -> str:
     """A concept's name from its firings' terms (module doc): the most frequent term keys, up to
     `n_words`, each at least `share` as frequent as the first. A function word reads as its commonest
-    phrase ("to help"), or its two commonest ("to help / to be") when none holds half its firings."""
+    phrase ("to help"), or its two commonest ("to help / to be") when none holds half its firings; a
+    number or heading mark reads as its commonest phrase («step N», «"## Step" heading») when that holds
+    half its firings, else as the key («numbers», «"##" heading»)."""
     keys: Counter = Counter()
     phrases: dict[str, Counter] = {}
     for (key, phrase), n in terms.items():
@@ -193,10 +196,12 @@ def concept_name(terms: Counter, n_words: int = N_WORDS, share: float = NAME_SHA
     for key, n in ranked[:n_words]:
         if n < share * top:
             break
+        common = sorted(phrases[key].items(), key=lambda kv: (-kv[1], kv[0]))
+        first, m = common[0]
         if key in FUNCTION_WORDS:
-            common = sorted(phrases[key].items(), key=lambda kv: (-kv[1], kv[0]))
-            first, m = common[0]
             key = first if 2 * m >= n or len(common) == 1 else f"{first} / {common[1][0]}"
+        elif 2 * m >= n:  # a number or heading mark read in the context most of its firings share
+            key = first
         shown.append(key)
     return ", ".join(shown)
 

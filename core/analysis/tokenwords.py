@@ -4,11 +4,13 @@ An SAE feature fires on one token, and a token is often a piece of a word (" gob
 contraction's tail (" I" + "'m"). Names and evidence speak of whole words: `word_span` widens a token
 to the word it belongs to, `firing_term` turns one firing into what a name may say:
 
-    a content word        the whole word, lower-cased ("goblins"); a number reads "numbers"
+    a content word        the whole word, lower-cased ("goblins"); a number reads "numbers", or
+                          "step N" right after a content word on its line ("## Step 3", "page 12")
     a function word       a short phrase with the word after it (or before it): «i'm sorry»,
                           «to help»; never "to" alone
     punctuation / format  the symbol and what it does there: «"(" opening an aside»,
-                          «"-" list marker», «"|" table pipe», «"#" heading»
+                          «"-" list marker», «"|" table pipe», «"#" heading»; a heading mark reads
+                          with the heading's first word («"## Step" heading»)
 
 Nothing here imports numpy or torch: the tokens are the strings a workspace stores.
 """
@@ -73,9 +75,14 @@ def _apostrophe_at(tokens: list[str], i: int) -> bool:
 
 def word_span(tokens: list[str], pos: int) -> tuple[int, int]:
     """[start, end) of the tokens that make up the whole word token `pos` is part of (just `pos` for
-    punctuation, or when `pos` is out of range: (pos, pos))."""
+    punctuation, or when `pos` is out of range: (pos, pos)). A token of spaces right before a word
+    belongs to that word: SmolLM2 writes " 12" as " ", "1", "2", and a feature firing on the " " is
+    about the number."""
     if not 0 <= pos < len(tokens):
         return pos, pos
+    tok = tokens[pos]
+    if tok and not tok.strip(" \t") and pos + 1 < len(tokens) and tokens[pos + 1][:1].isalnum():
+        return pos, word_span(tokens, pos + 1)[1]
     if not any(ch.isalnum() for ch in tokens[pos]) and not _apostrophe_at(tokens, pos):
         return pos, pos + 1
     start, end = pos, pos
@@ -141,6 +148,31 @@ def punctuation_term(tokens: list[str], pos: int) -> str:
     return _quoted(sym[:4])
 
 
+def _word_before_on_line(tokens: list[str], start: int) -> str:
+    """The word (lower case) right before token `start` when only spaces stand between them on one
+    line, else ""."""
+    i = start - 1
+    if i > 0 and tokens[i] and not tokens[i].strip(" \t"):  # " ", "1": the space is a token of its own
+        i -= 1
+    if i < 0 or "\n" in tokens[i] or not tokens[i].strip():
+        return ""
+    a, b = word_span(tokens, i)
+    found = words("".join(tokens[a:b]))
+    return found[-1] if found and b == i + 1 else ""
+
+
+def _heading_phrase(tokens: list[str], pos: int, term: str) -> str:
+    """For a heading mark («"##" heading») followed on its line by a word: the mark with that word as
+    written («"## Step" heading»), so that headings which all start alike name what they say; else ""."""
+    if not term.endswith(" heading") or pos + 1 >= len(tokens) or "\n" in tokens[pos + 1]:
+        return ""
+    a, b = word_span(tokens, pos + 1)
+    text = "".join(tokens[a:b]).strip()
+    if not words(text):
+        return ""
+    return f"{_quoted(tokens[pos].strip() + ' ' + text)} heading"
+
+
 def firing_term(tokens: list[str], pos: int, max_words: int = 3) -> tuple[str, str]:
     """(key, phrase) for a firing at token `pos` (module doc): `key` groups firings that are the same
     thing (a content word, a function word, a punctuation's job), `phrase` is how this one reads
@@ -151,13 +183,14 @@ def firing_term(tokens: list[str], pos: int, max_words: int = 3) -> tuple[str, s
     found = words("".join(tokens[start:end]))
     if not found:
         term = punctuation_term(tokens, pos)
-        return term, term
+        return term, _heading_phrase(tokens, pos, term) or term
     word = found[0]
     if word.isdigit():
         nxt = tokens[end] if end < len(tokens) else ""
         if nxt.strip() in (".", ")") and _at_line_start(tokens, start):
             return '"1." numbered list marker', '"1." numbered list marker'
-        return "numbers", "numbers"
+        before = _word_before_on_line(tokens, start)
+        return "numbers", f"{before} N" if before and before not in FUNCTION_WORDS and before.isalpha() else "numbers"
     if word not in FUNCTION_WORDS and len(word) > 1:
         return word, word
     # a function word: read on until a content word (or max_words), else take the word before it

@@ -52,6 +52,9 @@ def test_a_snippet_is_the_whole_word_with_ten_words_either_side():
     assert span == "goblins" and before == "…three four five six seven eight nine ten eleven twelve "
     assert after == " said, line ⏎ - item"
     assert snippet_of(tokens, 18, context_words=2) == ("…line ⏎ ", "-", " item")
+    # a firing on the space token SmolLM2 writes before a digit shows the number, never an empty «»
+    steps = ["##", " Step", " ", "1", "\n", "Mix", " ", "2", " cups", "."]
+    assert snippet_of(steps, 2) == ("## Step ", "1", " ⏎ Mix 2 cups.") and snippet_of(steps, 6)[1] == "2"
 
 
 def test_evidence_shows_the_strongest_firings_in_a_chosen_and_a_rejected_reply(session):

@@ -10,6 +10,7 @@ import pytest
 from core.errors import UsageError
 from core.analysis.hypotheses import open_hypotheses
 from core.analysis.naming import (
+    NAMES_VERSION,
     OpenAINamer, clean_name, ctfidf_keywords, load_names, name_with_llm, namer_from_config, word_at,
 )
 from core.analysis.structure import cache_dir
@@ -180,7 +181,7 @@ def test_a_firing_reads_as_a_whole_word_a_phrase_or_a_format_mark():
     assert phrase[6] == "don't know" and phrase[2] == "sorry" and phrase[33] == "goblins"
     assert phrase[8] == '"(" opening an aside' and phrase[13] == '")." closing an aside'
     assert phrase[15] == '"-" list marker' and phrase[19] == '"|" table pipe' and phrase[21] == '"|" table pipe'
-    assert phrase[25] == '"##" heading' and phrase[29] == '"1." numbered list marker'
+    assert firing_term(SMOL, 25) == ('"##" heading', '"## Heading" heading') and phrase[29] == '"1." numbered list marker'
     assert phrase[34] == "to help" and firing_term(SMOL, 34)[0] == "to"  # grouped by the word, read as a phrase
     assert phrase[27] == "heading" and firing_term(SMOL, 99) == ("", "")
     for i, (key, text) in enumerate(firing_term(SMOL, i) for i in range(len(SMOL))):
@@ -198,6 +199,29 @@ def test_a_concept_name_is_what_it_fires_on_most():
     to = Counter({("to", "to help"): 5, ("to", "to be"): 4, ("to", "to do"): 3, ("goblins", "goblins"): 4})
     assert concept_name(to) == "to help / to be, goblins"
     assert concept_name(Counter()) == ""
+
+
+def test_numbers_and_headings_read_in_the_context_their_firings_share():
+    from collections import Counter
+
+    from core.analysis.naming import concept_name
+    from core.analysis.tokenwords import firing_term, word_span
+
+    # SmolLM2's tokens: a space before a digit is a token of its own, and a firing there is the number's
+    steps = ["##", " Step", " ", "1", "\n", "Mix", " ", "2", " cups", ".", "\n\n", "##", " Step", " ", "2", "\n", "I",
+             " have", " ", "3", " kids", " on", " page", " ", "1", "2", "\n", "4", " eggs"]
+    term = {i: firing_term(steps, i) for i in range(len(steps))}
+    assert term[0] == term[11] == ('"##" heading', '"## Step" heading')
+    assert term[2] == term[3] == term[13] == ("numbers", "step N") and term[23] == term[25] == ("numbers", "page N")
+    # after a function word or at a line's start a number is just a number
+    assert term[18] == term[27] == ("numbers", "numbers") and term[6] == ("numbers", "mix N")
+    assert word_span(steps, 23) == (23, 26) and word_span(steps, 4) == (4, 5)
+    fired = Counter({term[2]: 5, term[23]: 1, term[18]: 2, term[0]: 4, ("mix", "mix"): 3})
+    assert concept_name(fired) == 'step N, "## Step" heading, mix'
+    mixed = Counter({term[2]: 2, term[23]: 2, term[18]: 2})  # no context holds half: the key
+    assert concept_name(mixed) == "numbers"
+    two_headings = Counter({('"##" heading', '"## Step" heading'): 2, ('"##" heading', '"## Notes" heading'): 3})
+    assert concept_name(two_headings) == '"## Notes" heading'
 
 
 def test_group_names_are_their_prompts_distinctive_phrases():
@@ -225,7 +249,7 @@ def test_a_concept_firing_on_punctuation_is_named_for_it(formats):
     assert names.concept(int(engine.st.response.membership[truth["behaviour"][0]])).startswith('"(" opening an aside')
     assert names.concept(int(engine.st.response.membership[truth["global"][0]])).startswith('"-" list marker')
     raw = json.loads((cache_dir(ws) / f"{engine.st.key}.names.json").read_text())
-    assert raw["version"] == 2
+    assert raw["version"] == NAMES_VERSION
     # no name is a lone function word, a single letter or a bare symbol
     for name in names.concepts.values():
         for term in name.split(", "):
