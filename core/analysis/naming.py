@@ -51,6 +51,7 @@ __all__ = ["word_at", "words"]  # re-exported: where a firing lands, as a word
 N_WORDS = 3
 NAME_SHARE = 0.25  # a term joins a concept's name when it is at least this share as frequent as the first
 GROUP_SHARE = 0.5  # a phrase joins a group's name when its c-TF-IDF is at least this share of the first's
+MIN_CONTEXT = 3  # firings a number's or heading's shared context needs to name it ("step N", not "mind N" from 2)
 MAX_FIRINGS = 40  # strongest token firings per feature read for its concept's words
 MAX_PAIRS_PER_CLASS = 200  # prompts read per data cluster / prompt group
 NAMES_VERSION = 3  # 2: concepts named at the firing itself, groups by their prompts' phrases; 3: numbers
@@ -182,7 +183,7 @@ def concept_name(terms: Counter, n_words: int = N_WORDS, share: float = NAME_SHA
     `n_words`, each at least `share` as frequent as the first. A function word reads as its commonest
     phrase ("to help"), or its two commonest ("to help / to be") when none holds half its firings; a
     number or heading mark reads as its commonest phrase («step N», «"## Step" heading») when that holds
-    half its firings, else as the key («numbers», «"##" heading»)."""
+    half its firings and at least MIN_CONTEXT, else as the key («numbers», «"##" heading»)."""
     keys: Counter = Counter()
     phrases: dict[str, Counter] = {}
     for (key, phrase), n in terms.items():
@@ -200,7 +201,7 @@ def concept_name(terms: Counter, n_words: int = N_WORDS, share: float = NAME_SHA
         first, m = common[0]
         if key in FUNCTION_WORDS:
             key = first if 2 * m >= n or len(common) == 1 else f"{first} / {common[1][0]}"
-        elif 2 * m >= n:  # a number or heading mark read in the context most of its firings share
+        elif 2 * m >= n and m >= MIN_CONTEXT:  # a number or heading mark in the context most firings share
             key = first
         shown.append(key)
     return ", ".join(shown)

@@ -220,6 +220,7 @@ def test_numbers_and_headings_read_in_the_context_their_firings_share():
     assert concept_name(fired) == 'step N, "## Step" heading, mix'
     mixed = Counter({term[2]: 2, term[23]: 2, term[18]: 2})  # no context holds half: the key
     assert concept_name(mixed) == "numbers"
+    assert concept_name(Counter({term[2]: 2, ("body", "body"): 1})) == "numbers, body"  # 2 firings: too few for a context
     two_headings = Counter({('"##" heading', '"## Step" heading'): 2, ('"##" heading', '"## Notes" heading'): 3})
     assert concept_name(two_headings) == '"## Notes" heading'
 
