@@ -230,7 +230,7 @@ class Session:
         if hypothesis is not None:
             drivers = self.driving_pairs(hypothesis, top)
             chosen |= {p.source_index for p in drivers}
-            scopes.append(f"hypothesis {hypothesis}")
+            scopes.append(f"drivers of {hypothesis.describe(self.concept_name(hypothesis.concept))}")
             features.extend(self.concept_of(hypothesis.concept))
         if pairs:
             scopes.append("pair" if len(chosen) == 1 else "pairs")
@@ -403,10 +403,12 @@ class Session:
         delta = analysis.delta[r]  # (1, d_sae) CSR: the features firing in either reply
         order = np.argsort(-np.abs(delta.data), kind="stable")
         ranked = [int(f) for f in delta.indices[order]]
-        in_pair = None
+        in_pair, counted = None, {}
         if concept is not None:
             in_pair = self._concept_in_pair(concept, r)
             members = set(in_pair.features)
+            counted = {side: frozenset(int(f) for f in m.indices if int(f) in members)
+                       for side, m in zip(("chosen", "rejected"), self.hypotheses_engine().counted([r]))}
             ranked = [f for f in ranked if f in members] + [f for f in ranked if f not in members]
         top = ranked[:n_deltas]
         if feature is not None:
@@ -434,6 +436,7 @@ class Session:
             firings=firings,
             top_deltas=deltas,
             concept=in_pair,
+            counted=counted,
         )
 
     def _concept_in_pair(self, concept: int, row: int) -> ConceptInPair:
@@ -595,7 +598,9 @@ class Session:
         else:
             features, driving = h.features, h.driving
         sources = [p.source_index for p in driving]
-        return exemplars(self.analysis, features, sources, dict(zip(sources, self.pair_u(h.concept, sources))), n)
+        counted = self.hypotheses_engine().counted(self.analysis.rows(sources))
+        return exemplars(self.analysis, features, sources, dict(zip(sources, self.pair_u(h.concept, sources))), n,
+                         counted=counted)
 
     def concepts(self, top: int = 100, grouped_only: bool = False, excluded=None,
                  fdr: float = DEFAULT_FDR) -> ConceptsView:

@@ -6,8 +6,8 @@ the TUI renders them (dataset text in them is raw: a front end makes it visible,
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -88,6 +88,13 @@ class HypothesisKey:
 
     def __str__(self) -> str:
         return f"{self.kind}:{self.group}:{self.concept}"
+
+    def describe(self, concept_name: str = "") -> str:
+        """How a person reads which hypothesis this is: 'concept 3 in data cluster 7 «step N»' (the name
+        last: where a line is cut, it is what goes)."""
+        where = {"cluster": f" in data cluster {self.group}", "prompt": f" where prompts have prompt concept {self.group}"}
+        name = f" «{concept_name}»" if concept_name else ""
+        return f"concept {self.concept}{where.get(self.kind, ' wherever it appears')}{name}"
 
 
 @dataclass(frozen=True)
@@ -199,6 +206,9 @@ class PairView:
     firings: Mapping[str, Mapping[int, tuple[tuple[int, float], ...]]]
     top_deltas: tuple[PairDelta, ...]
     concept: ConceptInPair | None = None  # the concept the pair was opened for, when it was
+    # side -> the concept's features that count in that reply (strong, above τ: what its share and u
+    # read, core.analysis.hypotheses.Hypotheses.counted); empty without a concept
+    counted: Mapping[str, frozenset[int]] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -66,11 +66,14 @@ def snippet_of(tokens: list[str], pos: int, context_words: int = CONTEXT_WORDS) 
 
 
 def exemplars(analysis, features, source_indices, u: dict[int, float] | None = None, n: int = N_SNIPPETS,
-              context_words: int = CONTEXT_WORDS) -> tuple[Snippet, ...]:
+              context_words: int = CONTEXT_WORDS, counted=None) -> tuple[Snippet, ...]:
     """The `n` strongest exemplar snippets (module doc) of the concept made of `features` in the pairs
     `source_indices` of `analysis` (core.analysis.shifts.Analysis): the strongest in a chosen reply and in a
     rejected one first where both exist, then by strength, one per reply; strongest first. `u`: each
-    pair's u on the concept, carried into the snippets. () when none of the features fires there."""
+    pair's u on the concept, carried into the snippets. `counted`: (chosen, rejected) (len(pairs), d_sae)
+    CSR, rows in the order of `source_indices`, nonzero where a feature counts in that reply
+    (core.analysis.hypotheses.Hypotheses.counted); firings of a feature that does not count there are
+    left out, so a reply whose u says the concept is absent shows no snippet. () when none fires there."""
     fi = analysis.token_firings()
     rows = analysis.rows(source_indices)
     feats = [int(f) for f in features if 0 <= int(f) < len(fi.start) - 1]
@@ -78,6 +81,12 @@ def exemplars(analysis, features, source_indices, u: dict[int, float] | None = N
         return ()
     idx = np.concatenate([np.arange(fi.start[f], fi.start[f + 1]) for f in feats])
     idx = idx[np.isin(fi.row[idx], rows)]
+    if counted is not None:
+        keep = set()
+        for side, m in enumerate(counted):
+            m = m.tocoo()
+            keep.update(zip(np.asarray(rows)[m.row].tolist(), [side] * m.nnz, m.col.tolist()))
+        idx = idx[[(int(fi.row[i]), int(fi.side[i]), int(fi.feature[i])) in keep for i in idx.tolist()]] if len(idx) else idx
     if not len(idx):
         return ()
     idx = idx[np.lexsort((fi.pos[idx], fi.side[idx], fi.row[idx], -fi.val[idx]))]  # strongest first

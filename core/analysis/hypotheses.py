@@ -36,8 +36,8 @@ Ranking (the landing screen): by `score`, Δmin made robust for small groups, in
     fail.
 How sure (core.analysis.calibration). Every cell also gets a p under the nulls matched to its claim (labels
 swapped at random inside the group; for data clusters and prompt concepts also membership drawn at
-random among the view's pairs) and a Benjamini–Hochberg q over the cells the view tests. `report`
-lists the cells *established* at q < fdr (with score > 0) first, by score, then the rest, by score,
+random among the view's pairs) and a Benjamini–Hochberg q over every cell, whichever kind a report
+shows (a kind filter hides rows, it does not shrink the family). `report` lists the cells *established* at q < fdr (with score > 0) first, by score, then the rest, by score,
 so that a label-shuffled copy of a dataset, whose rows still rank by score, shows nothing above the
 divider. The score stays the order; q decides what is claimed.
 Nothing here knows which behaviour was planted: a behaviour planted in a few pairs ranks high when
@@ -117,7 +117,7 @@ class Hypothesis:
     delta_min: float
     score: float
     p: float  # the claim's p under its nulls (core.analysis.calibration)
-    q: float  # Benjamini–Hochberg q over the cells the report's view tests
+    q: float  # Benjamini–Hochberg q over every cell tested (every kind)
     established: bool  # q < the report's fdr (and the halves agree, enough support: score > 0)
     sentence: str
     driving: tuple[DrivingPair, ...]
@@ -141,7 +141,7 @@ class HypothesisReport:
     n_cells: int  # (group, concept) cells with enough support to be ranked
     structure_key: str
     hypotheses: tuple[Hypothesis, ...]  # the established first (by score), then the rest (by score)
-    n_tested: int = 0  # cells the view tests: q is over these (all kinds, or the report's kind)
+    n_tested: int = 0  # cells tested: q is over these (every kind, whichever kind the report shows)
     fdr: float = DEFAULT_FDR  # established: q below it
     n_established: int = 0  # established cells in the view (may exceed the rows shown)
     detectable_pairs: int = 0  # fewest pairs all moving one way that the first finding needs here
@@ -322,10 +322,11 @@ class Hypotheses:
         np.bitwise_or.at(self._is_cell, flat >> 3, (1 << (flat & 7)).astype(np.uint8))
         self.full = self._add(_Sums(len(self.keys), self.n_groups, M), np.arange(n), +1)
         self._cache: tuple[frozenset, _Sums] | None = None  # the last call's excluded pairs and sums
-        # (excluded, kind) -> (p, q) of the last CALIBRATIONS states: a mark preview asks for two
+        # excluded -> (p, q) of the last CALIBRATIONS states: a mark preview asks for two
         # (marks now, and with the selection) in turn, and each is a full pass over the cells
-        self._calib: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+        self._calib: dict[frozenset, tuple[np.ndarray, np.ndarray]] = {}
         self._ref: _Reference | None = None  # the last full pass over every cell, kept as bounds
+        self._reference_max: np.ndarray | None = None  # (d_sae,) each feature's max over all replies: counted
         self._cell_kind = self.group_kind[self.cell_group].astype(np.int8)
         self._v_max = float(np.abs(self._v_int.data).max()) / V_SCALE if self._v_int.nnz else 0.0
         self._lock = threading.Lock()  # the cached sums change in place
@@ -465,34 +466,29 @@ class Hypotheses:
             p[local] = np.maximum(p[local], p_where)
         return p
 
-    def _calibrated(self, st: _Sums, excluded: frozenset, kind: str | None) -> tuple[np.ndarray, np.ndarray]:
-        """(p, q) per cell under the sums `st` (those of `excluded`): q by Benjamini–Hochberg over the
-        cells of `kind` (all cells when None; NaN for the others). Kept for the last CALIBRATIONS states of the marks."""
-        hit = self._calib.get((excluded, kind))
+    def _calibrated(self, st: _Sums, excluded: frozenset) -> tuple[np.ndarray, np.ndarray]:
+        """(p, q) per cell under the sums `st` (those of `excluded`): q by Benjamini–Hochberg over every
+        cell. A kind filter only hides rows: were q taken over one kind's cells, a row could read as
+        established in one filter and not in another (the same cell, a smaller family), and a person
+        cycling the filters would be testing four families. Kept for the last CALIBRATIONS states of
+        the marks."""
+        hit = self._calib.get(excluded)
         if hit is not None:
             return hit
         p = self._p_values(st, slice(None))
-        q = np.full(len(p), np.nan)
-        tested = self._tested(kind)
-        q[tested] = bh_q(p[tested])
+        q = bh_q(p)
         if len(self._calib) >= CALIBRATIONS:
             self._calib.pop(next(iter(self._calib)))
-        self._calib[(excluded, kind)] = (p, q)
+        self._calib[excluded] = (p, q)
         return p, q
 
-    def _tested(self, kind: str | None) -> np.ndarray:
-        """The cells a view of `kind` tests (all cells when None)."""
-        if kind is None:
-            return np.arange(len(self.keys))
-        return np.nonzero(self._cell_kind == Kind(kind).code)[0]
-
-    def calibration(self, excluded=frozenset(), kind: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def calibration(self, excluded=frozenset()) -> tuple[np.ndarray, np.ndarray]:
         """(p, q) per cell (aligned with `cell_group`, `cell_concept`) without the `excluded` source
-        indices; q over the cells of `kind` (None: every cell; NaN outside the view)."""
+        indices; q over every cell."""
         excluded = (excluded if isinstance(excluded, frozenset) else frozenset(excluded)) & self._source_set
         with self._lock:
             st = self._state(excluded)
-            p, q = self._calibrated(st, excluded, kind)
+            p, q = self._calibrated(st, excluded)
             return p.copy(), q.copy()
 
     def statistics(self, excluded=frozenset()) -> dict[str, np.ndarray]:
@@ -517,7 +513,7 @@ class Hypotheses:
         with self._lock:
             st = self._state(excluded)
             mine = {k: float(v[0]) for k, v in self._measures(st, np.array([cell])).items()}
-            p, q = self._calibrated(st, excluded, None)
+            p, q = self._calibrated(st, excluded)
             mine["p"], mine["q"] = float(p[cell]), float(q[cell])
             if mine["score"] <= 0:
                 return None, mine
@@ -631,19 +627,34 @@ class Hypotheses:
         chosen, rejected = (np.asarray(m[rows, concept].todense()).ravel() for m in self.rates)
         return chosen, rejected, np.asarray(self.u_csc[rows, concept].todense()).ravel()
 
+    def counted(self, rows) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+        """(chosen, rejected) (len(rows), d_sae) 0/1 CSR: where a feature counts in each reply of the
+        analysis `rows`, as u and the shares read it (a strong firing, core.analysis.structure.reply_frequencies,
+        above τ). A feature may fire weakly in a reply where it does not count: the evidence and the pair
+        view show only what counts, so that no snippet or highlight contradicts the pair's u."""
+        rows = np.asarray(rows, np.int64)
+        maxima = self.analysis.maxima()
+        if self._reference_max is None:
+            self._reference_max = C.reference_max(*maxima)
+        rel_max, tau = self.st.params.rel_max, self.st.response.tau
+        return tuple(C.fires(C.strong(f[rows], m[rows], self._reference_max, rel_max), tau)
+                     for f, m in zip(self.analysis.frequencies(), maxima))
+
     def report(self, excluded=frozenset(), top: int = 20, kind: str | None = None, n_driving: int = N_DRIVING,
                fdr: float = DEFAULT_FDR) -> HypothesisReport:
         """The `top` hypotheses without the `excluded` source indices: first those established (q < `fdr`
-        over the cells of the view, core.analysis.calibration), then the rest, each part by score (module doc);
-        `kind` "cluster", "prompt" or "concept" keeps one view (default: all, in one ranking). Ties go
-        to the lower cell key. Raises UsageError."""
-        Kind.parse(kind)  # UsageError for an unknown kind
+        over every cell, core.analysis.calibration), then the rest, each part by score (module doc);
+        `kind` "cluster", "prompt" or "concept" shows one kind's rows only (default: all, in one
+        ranking), on the same q. Ties go to the lower cell key. Raises UsageError."""
+        wanted = Kind.parse(kind)  # UsageError for an unknown kind
         fdr = _checked_fdr(fdr)
         excluded = (excluded if isinstance(excluded, frozenset) else frozenset(excluded)) & self._source_set
         with self._lock:
             st = self._state(excluded)
-            p, q = self._calibrated(st, excluded, kind)
-            est = np.nonzero(q < fdr)[0]  # NaN (outside the view) compares False
+            p, q = self._calibrated(st, excluded)
+            est = np.nonzero(q < fdr)[0]
+            if wanted is not None:
+                est = est[self._cell_kind[est] == wanted.code]
             if len(est):
                 score = self._measures(st, est, detail=False)["score"]
                 est, score = est[score > 0], score[score > 0]
@@ -653,7 +664,7 @@ class Hypotheses:
             shown = self._measures(st, cand)
         shown["p"], shown["q"] = p[cand], q[cand]
         shown["established"] = np.isin(cand, est)
-        n_tested = len(self._tested(kind))
+        n_tested = len(self.keys)
         hyps = tuple(self._hypothesis(rank, int(c), shown, excluded, n_driving, at=i)
                      for i, (rank, c) in enumerate(enumerate(cand, start=1)))
         return HypothesisReport(
@@ -678,7 +689,7 @@ class Hypotheses:
         excluded = (excluded if isinstance(excluded, frozenset) else frozenset(excluded)) & self._source_set
         with self._lock:
             st = self._state(excluded)
-            p, q = self._calibrated(st, excluded, None)
+            p, q = self._calibrated(st, excluded)
             cells, score = self._scored(st, None)  # every cell, in cell order
             est = (q < fdr) & (score > 0)
             order = np.lexsort((self.keys, -score, ~est))  # report's order: established, score, key

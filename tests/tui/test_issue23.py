@@ -16,7 +16,7 @@ from tui.screens.hypotheses import HypothesesScreen
 from tui.screens.pair import PairScreen
 from tui.screens.pairs import PairsScreen
 from tui.widgets.status import StatusLine
-from tui.widgets.tables import KeyTable
+from tui.widgets.tables import SEPARATOR, KeyTable
 
 pytestmark = pytest.mark.anyio
 
@@ -104,11 +104,18 @@ async def test_v_cycles_the_kind_shown_and_no_t_or_d_where_every_pair_agrees(pla
         await landed(pilot)
         screen = app.screen
         assert {h.kind for h in screen.report.hypotheses} == {"cluster", "prompt", "concept"}  # mixed
+        table = screen.query_one("#hypotheses", KeyTable)
         for kind in ("cluster", "prompt", "concept", None):
+            await pilot.press("j")  # off the first row: a filter must not keep a position in another list
+            await settle(pilot)
+            before = table.current_key()
             await pilot.press("v")
             await wait_until(pilot, lambda: screen.kind == kind and screen.report is not None
                              and all(kind is None or h.kind == kind for h in screen.report.hypotheses))
             await settle(pilot)
+            rows = [k for k in table._keys if not k.startswith(SEPARATOR)]
+            assert table.current_key() == (before if before in rows else rows[0]), (kind, before)
+            assert detail_text(screen).startswith(screen.current().sentence[:40])
             want = Session(workspace).hypotheses(top=50, kind=kind)
             assert [h.concept for h in screen.report.hypotheses] == [h.concept for h in want.hypotheses]
             assert screen.report.hypotheses
@@ -131,7 +138,7 @@ async def test_driving_pairs_header_shows_before_and_after_the_marks(workspace):
         pairs = await driving_pairs(pilot)
         await wait_until(pilot, lambda: pairs.change is not None)
         caption = str(pairs.query_one("#pairs-caption").render())
-        assert f"rank #{pairs.change.rank[0]}" in caption and "(all pairs → without the marked)" in caption
+        assert f"rank #{pairs.change.rank[0]}" in caption and "(before → after the marks)" in caption
         assert f"Δ {signed(pairs.change.delta[0])} " in caption
         await pilot.press("m")  # mark the first driving pair: its Δ moves
         await wait_until(pilot, lambda: pairs.change is not None and pairs.change.delta[0] != pairs.change.delta[1])
@@ -222,6 +229,30 @@ async def test_the_plan_dialog_command_has_full_paths_leaves_the_marked_out_and_
         hint = box.query_one("#plan-hint")  # how to save, in view
         assert "ctrl+s: save" in str(hint.render())
         assert hint.region.height == 1 and 0 <= hint.region.y < 24 and hint.region.right <= 80
+
+
+async def test_tables_shrink_when_the_terminal_narrows_from_120_to_80(workspace):
+    """Started at 120 columns and resized to 80, Hypotheses and Clusters lay out for 80 (their columns
+    kept their 120-column widths: the concept column mostly blank, "where" cut to "wherev")."""
+    app = make_app(workspace)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await landed(pilot)
+        screens = [(app.screen, "#hypotheses")]
+        screens.append((await goto(pilot, "5", ClustersScreen, "view"), "#clusters"))
+        await pilot.press("1")
+        await settle(pilot)
+        first = {}
+        for width in (120, 80, 120):
+            await pilot.resize_terminal(width, 30)
+            for screen, table_id in screens:
+                if app.screen is not screen:
+                    await pilot.press("1" if table_id == "#hypotheses" else "5")
+                await wait_until(pilot, lambda: app.screen is screen and screen.size.width == width)
+                await settle(pilot)
+                table = screen.query_one(table_id, KeyTable)
+                used = sum(c.get_render_width(table) for c in table.columns.values())
+                assert used <= table.scrollable_content_region.width, (table_id, width, used)
+                assert first.setdefault((table_id, width), used) == used  # back at 120: as wide as at first
 
 
 async def test_an_enter_while_clustering_opens_the_cluster_when_done(workspace):

@@ -63,12 +63,12 @@ def test_evidence_shows_the_strongest_firings_in_a_chosen_and_a_rejected_reply(s
     for h in rep.hypotheses:
         snips = session.evidence(h)
         feats = set(h.features)
-        # every firing of the concept's features in the driving pairs, read pair by pair
+        # every firing of the concept's features that count in the reply (as u reads them), pair by pair
         fired = {}
         for p in h.driving:
-            view = session.pair(p.source_index)
+            view = session.pair(p.source_index, concept=h.concept)
             for side in ("chosen", "rejected"):
-                vals = [v for f, pv in view.firings[side].items() if f in feats for _, v in pv]
+                vals = [v for f, pv in view.firings[side].items() if f in feats & view.counted[side] for _, v in pv]
                 if vals:
                     fired[(p.source_index, side)] = max(vals)
         assert len(snips) == min(3, len(fired))
@@ -100,6 +100,30 @@ def test_one_truth_for_u_across_list_detail_and_pair_view(session):
             assert view.u == pytest.approx(p.u) and view.chosen - view.rejected == pytest.approx(p.u, abs=1e-6)
             seen += 1
     assert seen >= 5
+
+
+def test_evidence_and_the_pair_view_show_only_what_u_counts(session):
+    """A snippet or highlight in a reply whose share of the concept is 0 would contradict the pair's u
+    (a feature firing weakly there does not count): each comes only from a reply where the concept's
+    share is above 0, and the pair view's counted features are exactly those that make its share."""
+    rep = session.hypotheses(top=30)
+    engine = session.hypotheses_engine()
+    snippets = weak = 0
+    for h in rep.hypotheses:
+        for s in session.evidence(h, n=6):
+            view = session.pair(s.source_index, concept=h.concept)
+            share = view.concept.chosen if s.side == "chosen" else view.concept.rejected
+            assert share > 0, (h.sentence, s)
+            snippets += 1
+        for p in h.driving:
+            view = session.pair(p.source_index, concept=h.concept)
+            for side, share in (("chosen", view.concept.chosen), ("rejected", view.concept.rejected)):
+                counted = view.counted[side]
+                assert share == pytest.approx(len(counted) / len(view.concept.features))
+                weak += any(f in view.firings[side] and f not in counted for f in view.concept.features)
+    assert snippets >= 10
+    assert weak >= 1, "no driving pair has a weak, uncounted firing: the test does not exercise the filter"
+    assert engine.counted([0])[0].shape == (1, session.analysis.d_sae)
 
 
 def test_cli_hypotheses_shows_escaped_evidence(tmp_path):

@@ -299,6 +299,7 @@ class HypothesesScreen(DataScreen):
         """Show the next kind of hypothesis: all, data clusters, prompt concepts, concepts."""
         self.kind = KINDS[(KINDS.index(self.kind) + 1) % len(KINDS)]
         self.notify(f"showing {self.kind or 'every kind of'} hypotheses", timeout=2)
+        self.query_one("#hypotheses", KeyTable).lose_to_top()
         self.action_reload()
 
     @on(DataTable.RowHighlighted)

@@ -178,7 +178,11 @@ class PairScreen(DataScreen):
         concept = v.concept if self._on_concept() else None
         f = self._selected_feature()
         features = concept.features if concept is not None else ((f,) if f is not None else ())
-        firing = {side: merged_firings(v.firings[side], features) for side in ("chosen", "rejected")}
+        sides = ("chosen", "rejected")
+        # a concept shows where its features count (what its share and u read); one feature, every firing
+        shown = {side: [g for g in features if g in v.counted.get(side, ())] if concept is not None else features
+                 for side in sides}
+        firing = {side: merged_firings(v.firings[side], shown[side]) for side in sides}
         what = f"C{concept.concept}" if concept is not None else f"#{f}"
         peak = max((val for side in firing.values() for _, val in side), default=0.0)
         for side, tokens, text in (
@@ -187,10 +191,11 @@ class PairScreen(DataScreen):
         ):
             self.query_one(f"#{side}", Static).update(highlight(tokens, text, firing[side], peak))
             n = len(firing[side])
+            weak = not n and concept is not None and any(g in v.firings[side] for g in features)
             box = self.query_one(f"#{side}-box")
             box.border_subtitle = Text(
-                f"{what} on {n} token{'s' * (n != 1)}"
-                if n
+                f"{what} on {n} token{'s' * (n != 1)}" if n
+                else f"{what}: weak firings only, not counted" if weak
                 else (f"{what} not firing here" if features else "")
             )
         delta = next((d for d in v.top_deltas if d.feature == f), None)

@@ -168,7 +168,7 @@ class PairsScreen(DataScreen):
             now = ""
             if c is not None:
                 rank = before_after(*(r or 0 for r in c.rank), fmt=lambda r: f"#{r:.0f}" if r else "unranked")
-                now = f"Δ {before_after(*c.delta)} · rank {rank} (all pairs → without the marked) · "
+                now = f"Δ {before_after(*c.delta)} · rank {rank} (before → after the marks) · "
             return line(
                 f"{now}the {len(self.rows)} pairs that move «{name}» most in Δ's direction"
                 f" (u per pair) · enter: the pair with the concept's tokens highlighted"

@@ -43,6 +43,8 @@ class KeyTable(DataTable):
         self._column_names = tuple(columns)
         self._kept_key: str | None = None  # the row under the cursor before the columns changed
         self._keys: list[str] = []  # the row keys in the order shown
+        self._filled_width = 0  # the table's width at the last whole refill (a narrower one re-measures)
+        self._lost_to_top = False  # the next refill puts a cursor whose row is gone on the first row
 
     def on_mount(self) -> None:
         if not self.columns:
@@ -74,28 +76,42 @@ class KeyTable(DataTable):
     def refill(self, rows: Iterable[tuple[str, Iterable]]) -> None:
         """Replace every row with (key, cells) pairs, keeping the cursor on the same key when it survives.
 
-        When the keys are the ones shown, in the same order, only the cells that changed are updated.
+        When the keys are the ones shown, in the same order, and the table is as wide as at the last
+        whole refill, only the cells that changed are updated (columns only ever widen then: a table
+        made narrower, e.g. the terminal resized from 120 to 80 columns, is filled whole again so
+        that its columns shrink to the cells cut for the new width).
         """
         rows = [(key, tuple(cells)) for key, cells in rows]
         if not self.columns:
             self.add_columns(*self._column_names)
-        if rows and [key for key, _ in rows] == self._keys:
+        width = self.size.width
+        if rows and [key for key, _ in rows] == self._keys and width == self._filled_width:
             self._update_changed(rows)
             return
         current = self.current_key() or self._kept_key
         self._kept_key = None
-        old_row = self.cursor_row
+        old_row = 0 if self._lost_to_top else self.cursor_row
+        self._lost_to_top = False
         self.clear()
+        for column in self.columns.values():  # DataTable's clear keeps each column's widest cell
+            if column.auto_width:
+                column.content_width = column.label.cell_len
         keys = []
         for key, cells in rows:
             self.add_row(*cells, key=key)
             keys.append(key)
         self._keys = keys
+        self._filled_width = width
         if current in keys:
             self.move_cursor(row=keys.index(current), animate=False)
         elif keys:
             self.move_cursor(row=min(max(old_row, 0), len(keys) - 1), animate=False)
         self._step_off(+1)
+
+    def lose_to_top(self) -> None:
+        """The next refill shows another list (a filter changed): if the row under the cursor is not in
+        it, the cursor goes to its first row, not to the same position in a list it does not belong to."""
+        self._lost_to_top = True
 
     def _step_off(self, direction: int) -> None:
         """Move the cursor off a divider row: on in `direction`, else back."""
