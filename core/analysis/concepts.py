@@ -150,7 +150,7 @@ def concept_rate(concepts: Concepts, freq: sp.csr_matrix, tau: float | None = No
     """(rows, n_concepts) CSR: per row of `freq` (any per-reply or per-prompt firing frequency
     matrix, (rows, d_sae)), the share of each concept's features that fire above `tau` (default: the
     concepts' own τ). A reply's thresholded firing statistic of a concept, in [0, 1]."""
-    return (fires(freq, concepts.tau if tau is None else tau) @ concepts.indicator(mean=True)).tocsr()
+    return concept_mean(fires(freq, concepts.tau if tau is None else tau), concepts.indicator(mean=True))
 
 
 def disparity(concepts: Concepts, chosen: sp.csr_matrix, rejected: sp.csr_matrix) -> sp.csr_matrix:
@@ -161,10 +161,25 @@ def disparity(concepts: Concepts, chosen: sp.csr_matrix, rejected: sp.csr_matrix
 
 def disparity_of(b: sp.csr_matrix, mean_indicator: sp.csr_matrix) -> sp.csr_matrix:
     """(n, n_concepts) CSR u from `b` (n, d_sae), 1{chosen freq > τ} − 1{rejected freq > τ}, and the
-    concepts' `indicator(mean=True)` (d_sae, n_concepts): `disparity` when those are at hand."""
-    u = (b @ mean_indicator).tocsr()
-    u.eliminate_zeros()
-    return u
+    concepts' `indicator(mean=True)` (d_sae, n_concepts): `disparity` when those are at hand.
+
+    Counted in integers, then divided by each concept's size: summing ±1/|R| in float32 leaves
+    residues (1e-8) where as many of a concept's features fire on each side, and a stored residue is
+    a pair "moving" the concept (a vote in the sign test) where nothing moves. u is exactly 0 there."""
+    return concept_mean(b, mean_indicator)
+
+
+def concept_mean(x: sp.csr_matrix, mean_indicator: sp.csr_matrix) -> sp.csr_matrix:
+    """(rows, n_concepts) CSR: per row of `x` (rows, d_sae) of small integers (0/1 firings, ±1
+    differences), the mean over each concept's features, as x @ `mean_indicator` but summed in integers
+    and divided once, so that an equal count is exactly 0 and 6 of 12 exactly 0.5 (float32 sums of
+    1/|R| leave residues either side)."""
+    indicator = (mean_indicator > 0).astype(np.float32)  # (d_sae, n_concepts) 0/1
+    sizes = np.asarray(indicator.sum(0)).ravel()
+    out = (x.astype(np.float32) @ indicator).tocsr()  # integer counts: exact in float32
+    out.eliminate_zeros()
+    out.data /= sizes[out.indices]
+    return out
 
 
 def activity(concepts: Concepts, chosen: sp.csr_matrix, rejected: sp.csr_matrix) -> sp.csr_matrix:

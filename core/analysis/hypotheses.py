@@ -183,8 +183,10 @@ def _mean_difference(inside, total, inv_in, inv_out):
 
 
 def _integer(m: sp.csr_matrix, factor) -> sp.csr_matrix:
-    """`m` with each stored value times `factor` (a scalar, or one per stored value) rounded to int64."""
-    out = sp.csr_matrix((np.rint(m.data * factor).astype(np.int64), m.indices, m.indptr), shape=m.shape)
+    """`m` with each stored value times `factor` (a scalar, or one per stored value) rounded to int64.
+    `m` is left as it was: the copy has index arrays of its own (eliminate_zeros compacts them in
+    place, and on shared arrays it scrambled `m`, the engine's u that the Concepts view reads)."""
+    out = sp.csr_matrix((np.rint(m.data * factor).astype(np.int64), m.indices.copy(), m.indptr.copy()), shape=m.shape)
     out.eliminate_zeros()
     return out
 
@@ -280,7 +282,7 @@ class Hypotheses:
         self.G_csc = self.G.tocsc()
         # The concept view: per concept, the pairs where either reply expresses it (module doc).
         # each reply's share of each concept's features firing (strong firings only): concept_in_pairs
-        self.rates = tuple((f @ mean).tocsr() for f in (fired_c, fired_r))  # (n, M) each: C.concept_rate
+        self.rates = tuple(C.concept_mean(f, mean) for f in (fired_c, fired_r))  # (n, M) each: C.concept_rate
         del fired_c, fired_r
         fired = (self.rates[0] >= EXPRESSES) + (self.rates[1] >= EXPRESSES)
         self.A = (fired > 0).astype(np.float32).tocsr()  # (n, M)

@@ -167,6 +167,22 @@ def test_a_kind_filter_hides_rows_on_the_same_q(real):
     assert seen >= 10
 
 
+def test_the_concepts_view_reads_the_u_the_pairs_show(real):
+    """Concepts' global shift of a concept is the mean of the u each pair shows (the engine's u was
+    scrambled by an integer copy sharing its index arrays: the view read other columns' values)."""
+    from core.analysis.hypotheses import concept_report
+
+    ws, _ = real
+    engine = open_hypotheses(ws.path)
+    assert abs(engine.u - engine.u_csc.tocsr()).max() == 0
+    u = engine.u_csc
+    rows = concept_report(engine, top=10**6)
+    assert len(rows) >= 10
+    for row in rows:
+        c = row.shift.concept
+        assert row.shift.shift == pytest.approx(u[:, c].sum() / u.shape[0], rel=1e-5, abs=1e-9)
+
+
 def test_marks_recalibrate(real):
     """Leaving out the driving pairs of the top finding lowers its evidence: its p rises, and q is
     recomputed for the new state, never carried over."""

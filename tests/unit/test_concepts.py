@@ -77,6 +77,52 @@ def test_u_s_and_rate_on_a_hand_example():
     np.testing.assert_allclose(C.concept_rate(con, chosen, tau=0.3).toarray(), [[0.5, 0.0], [0.0, 0.0]])
 
 
+def test_u_is_exactly_zero_where_as_many_features_fire_on_each_side():
+    """A concept of 12 features (1/12 is not exact in float32): per pair, k features fire in the chosen
+    reply and k others in the rejected one, so u is 0 and no pair moves the concept; with one more on
+    the chosen side u is exactly 1/12. Summed as float32 multiples of 1/12, a residue was stored
+    instead of 0 (a vote in the sign test), and 6 of 12 could fall below 0.5."""
+    d, size = 24, 12
+    concepts = C.Concepts("response", np.r_[np.zeros(size, np.int64), np.full(d - size, -1)], 1, 1, C.TAU)
+    rng = np.random.default_rng(0)
+    chosen, rejected, residues = [], [], 0
+    for i in range(400):
+        k = 1 + i % 5
+        feats = rng.permutation(size)
+        c, r = np.zeros(d, np.float32), np.zeros(d, np.float32)
+        c[feats[:k]] = 1
+        r[feats[k:2 * k]] = 1
+        if i % 2:
+            c[feats[2 * k]] = 1  # one more on the chosen side
+        chosen.append(c)
+        rejected.append(r)
+        naive = np.float32(0)
+        for x in np.r_[np.ones(int(c.sum()), np.float32), -np.ones(int(r.sum()), np.float32)] * np.float32(1 / size):
+            naive += x
+        residues += i % 2 == 0 and naive != 0
+    chosen, rejected = sp.csr_matrix(np.array(chosen)), sp.csr_matrix(np.array(rejected))
+    u = C.disparity(concepts, chosen, rejected)
+    assert residues > 0, "float32 sums leave no residue here: the test does not exercise the fix"
+    dense = u.toarray()[:, 0]
+    assert (dense[0::2] == 0).all() and u.nnz == 200
+    assert (dense[1::2] == np.float32(1) / np.float32(size)).all()
+    rate = C.concept_rate(concepts, chosen).toarray()[:, 0]
+    assert rate[9] == rate[19] == 0.5  # 6 of 12 chosen features fire (k = 5, one more)
+
+
+def test_the_engines_integer_copies_leave_u_as_it_was(tmp_path):
+    """core.analysis.hypotheses._integer rounds a CSR's values into an int64 copy and drops the zeros:
+    the copy's index arrays are its own (on shared ones eliminate_zeros scrambled the original, the
+    engine's u that the Concepts view reads: its column means came out wrong)."""
+    from core.analysis.hypotheses import _integer
+
+    m = sp.csr_matrix(np.array([[0.4, 2.0, 0.0], [0.0, 0.2, 3.0], [1.0, 0.0, 0.1]], np.float32))
+    before = m.toarray().copy()
+    out = _integer(m, 1.0)
+    assert out.toarray().tolist() == [[0, 2, 0], [0, 0, 3], [1, 0, 0]] and out.nnz == 3
+    assert (m.toarray() == before).all() and m.nnz == 6
+
+
 def test_strong_keeps_a_features_firings_near_its_own_max():
     """A weak firing (max under REL_MAX of the feature's max over all replies) does not count, however
     many tokens it covers; each feature is judged against its own max."""
