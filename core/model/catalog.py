@@ -31,6 +31,7 @@ class ModelEntry:
 # A trained ("train" source) SAE entry is a recipe; each SAE trained with it for a corpus is stored as
 # "RECIPE@KEY" (KEY: the corpus's first dataset's sha256, first 8 hex digits; see core.model.dataset_sae).
 VARIANT_SEP = "@"
+SAE_INITS = ("sae-lens", "data")  # how a trained SAE starts (core.model.sae.train_topk_sae)
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,15 @@ class SAEEntry:
     lr: float = 4e-4
     max_tokens_per_text: int = 256
     activation_tokens: int = 150_000
+    init: str = "sae-lens"  # "data": b_dec and decoder rows from the activations (core.model.sae.train_topk_sae)
+    stop_patience: int = 0  # steps without a held-out FVU gain of stop_margin before training stops (0: never)
+    stop_margin: float = 0.01  # relative
+
+    def __post_init__(self) -> None:
+        if self.init not in SAE_INITS:
+            raise TypeError(f"init must be one of {', '.join(SAE_INITS)}, not {self.init!r}")
+        if self.stop_patience < 0 or not 0 <= self.stop_margin < 1:
+            raise TypeError("stop_patience must be >= 0 and stop_margin in [0, 1)")
 
     @property
     def recipe(self) -> str:

@@ -57,12 +57,13 @@ class TrainingEstimate:
     activation_tokens: int  # tokens the corpus yields, up to the recipe's budget
     steps: int
     basis: str  # how the rates were measured, for a person
+    at_most: bool = False  # the recipe stops at a held-out FVU plateau: `steps` (and `seconds`) is its cap
 
     def line(self) -> str:
         return (
-            f"about {format_seconds(self.seconds)} ({self.activation_tokens:,} tokens at "
-            f"{self.read_tokens_per_s:,.0f} tok/s, {self.steps:,} steps at {self.train_steps_per_s:.1f}/s; "
-            f"{self.basis})"
+            f"{'at most' if self.at_most else 'about'} {format_seconds(self.seconds)} ({self.activation_tokens:,} tokens at "
+            f"{self.read_tokens_per_s:,.0f} tok/s, {'at most ' if self.at_most else ''}{self.steps:,} steps at "
+            f"{self.train_steps_per_s:.1f}/s; {self.basis})"
         )
 
 
@@ -162,7 +163,7 @@ def estimate_training(recipe: SAEEntry, catalog: Catalog, pairs=None, device: st
         past = _measure_rates(recipe, catalog, device)
     load_s, read_rate, step_rate, basis = past
     seconds = load_s + tokens / read_rate + steps / step_rate
-    return TrainingEstimate(seconds, read_rate, step_rate, tokens, steps, basis)
+    return TrainingEstimate(seconds, read_rate, step_rate, tokens, steps, basis, at_most=recipe.stop_patience > 0)
 
 
 # sae-lens's SAETrainer step against the plain-torch proxy step of `_measure_rates` (same shapes): the

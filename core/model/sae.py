@@ -21,6 +21,7 @@ import torch
 
 from core.errors import Cancelled  # noqa: F401  (re-exported: older callers import it from here)
 from core.errors import StoreError
+from core.model.catalog import SAE_INITS
 from core.model.publish import partial_folder, publish
 from core.progress import Progress, ProgressFn, check_cancel
 
@@ -339,6 +340,32 @@ def _batches(
             yield acts[perm[s : s + batch_size]]
 
 
+EVAL_EVERY = 25  # steps between held-out FVU checks when training stops at a plateau
+EVAL_TOKENS = 4096  # held-out activations read by each check
+
+
+@torch.no_grad()
+def _data_init(sae, train: torch.Tensor, seed: int) -> None:
+    """Initialise from the data, as EleutherAI's sparsify and dictionary_learning do: b_dec at the mean
+    of `train` (tokens, d_in; already in the trainer's normalised space), each decoder row a centred
+    training activation (drawn by `seed`) at sae-lens's decoder_init_norm, the encoder its transpose."""
+    mean = train.mean(0)  # (d_in,)
+    g = torch.Generator().manual_seed(seed + 1)
+    rows = train[torch.randint(len(train), (sae.cfg.d_sae,), generator=g)] - mean  # (d_sae, d_in)
+    rows = rows / rows.norm(dim=-1, keepdim=True).clamp_min(1e-8) * (sae.cfg.decoder_init_norm or 0.1)
+    sae.b_dec.data.copy_(mean)
+    sae.W_dec.data.copy_(rows)
+    sae.W_enc.data.copy_(rows.T.contiguous())
+
+
+@torch.no_grad()
+def _fvu_in_training(sae, scale: float, x: torch.Tensor) -> float:
+    """Held-out FVU of a training SAE on `x` (tokens, d_in), in its normalised space (FVU is scale-free)."""
+    x = x * scale
+    x_hat = sae.decode(sae.encode(x))
+    return float(((x - x_hat) ** 2).sum() / ((x - x.mean(0)) ** 2).sum().clamp_min(1e-12))
+
+
 def train_topk_sae(
     acts: torch.Tensor,
     out_dir: Path,
@@ -351,6 +378,9 @@ def train_topk_sae(
     eval_fraction: float = 0.1,
     seed: int = 0,
     device: str = "cpu",
+    init: str = "sae-lens",
+    patience: int = 0,
+    margin: float = 0.01,
     metadata: dict | None = None,
     progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
@@ -360,13 +390,26 @@ def train_topk_sae(
     Args:
         acts: (tokens, d_in) float32 activations; the last `eval_fraction` (after a seeded shuffle) is held out.
         out_dir: written atomically with cfg.json, sae_weights.safetensors and quality.json.
-        train_tokens: samples seen in training (several epochs over the buffer when larger than it).
-    Returns the held-out quality. Raises Cancelled if `cancel` is set during training.
+        train_tokens: samples seen in training (several epochs over the buffer when larger than it); with
+            `patience`, the most it sees.
+        init: "sae-lens" (its own: random unit decoder rows at decoder_init_norm, b_dec 0) or "data"
+            (`_data_init`).
+        patience: 0 trains every step. Else every EVAL_EVERY steps the held-out FVU (on up to EVAL_TOKENS
+            held-out activations) is read, and training stops once `patience` steps have passed without
+            it falling below (1 - `margin`) times its best: the SAE of that step is kept (the schedule
+            stays the one of `train_tokens`; the last SAE, not the best, so the held-out set picks only
+            when to stop).
+    Returns the held-out quality; quality.json also records the steps run, the cap, why it stopped and
+    the held-out FVU it read. Raises Cancelled if `cancel` is set during training.
     """
     from sae_lens import TopKTrainingSAEConfig
     from sae_lens.config import LoggingConfig, SAETrainerConfig
     from sae_lens.saes.topk_sae import TopKTrainingSAE
+    from sae_lens.training.activation_scaler import ActivationScaler
     from sae_lens.training.sae_trainer import SAETrainer
+
+    if init not in SAE_INITS:
+        raise ValueError(f"unknown SAE initialisation {init!r} (known: {', '.join(SAE_INITS)})")
 
     g = torch.Generator().manual_seed(seed)
     acts = acts[torch.randperm(len(acts), generator=g)].float().contiguous()
@@ -404,16 +447,45 @@ def train_topk_sae(
         logger=LoggingConfig(log_to_wandb=False),
     )
 
+    scale = None
+    if init == "data":
+        # the activation scale as sae-lens estimates it (the same first batches), so that the data
+        # initialisation lives in the space it trains in; fit() then skips its own estimate
+        scaler = ActivationScaler()
+        scaler.estimate_scaling_factor(d_in=acts.shape[1], data_provider=_batches(train, batch_size, seed, lambda i: None),
+                                       n_batches_for_norm_estimate=norm_batches)
+        scale = scaler.scaling_factor
+        _data_init(sae, train * scale, seed)
+    first = 0 if scale is not None else norm_batches  # fit()'s own estimate reads the first batches
+    probe = held_out[:EVAL_TOKENS].to(device)
+    plateau = {"best": float("inf"), "best_step": 0, "stopped": None, "trace": []}
+    trainer = None
+
     def on_batch(i: int) -> None:
         check_cancel(cancel, "SAE training")
-        step = i - norm_batches  # the first batches only estimate the activation norm
+        step = i - first
         if progress and step >= 0 and (step % 10 == 0 or step == total_steps - 1):
             progress(Progress("sae", "training", done=step + 1, total=total_steps, unit="steps"))
+        if patience and step > 0 and step % EVAL_EVERY == 0 and plateau["stopped"] is None:
+            fvu = _fvu_in_training(trainer.sae, trainer.activation_scaler.scaling_factor, probe)
+            plateau["trace"].append((step, round(fvu, 5)))
+            if fvu < plateau["best"] * (1 - margin):
+                plateau["best"], plateau["best_step"] = fvu, step
+            elif step - plateau["best_step"] >= patience:
+                plateau["stopped"] = step + 1  # this batch is the last one
+                trainer.cfg.total_training_samples = trainer.n_training_samples + batch_size
+                if progress:
+                    progress(Progress("sae", f"held-out FVU {fvu:.3f} has not improved by {margin:.0%} in "
+                                             f"{patience} steps: stopping at step {step + 1} of {total_steps}",
+                                      done=step + 1, total=step + 1, unit="steps"))
 
     start = time.perf_counter()
     trainer = SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=_batches(train, batch_size, seed, on_batch))
+    if scale is not None:
+        trainer.activation_scaler.scaling_factor = scale
     trained = trainer.fit()
     seconds = time.perf_counter() - start
+    steps = plateau["stopped"] or total_steps
 
     # Save the inference form, then check it through the same loader everything else uses.
     out_dir = Path(out_dir)
@@ -422,7 +494,11 @@ def train_topk_sae(
     meta = dict(metadata or {})
     loaded = load_sae(tmp)
     q = quality(loaded, held_out.to(loaded.W_enc.device))
-    q = SAEQuality(**{**asdict(q), "train_tokens": total_steps * batch_size, "train_seconds": seconds})
+    q = SAEQuality(**{**asdict(q), "train_tokens": steps * batch_size, "train_seconds": seconds})
+    meta["training"] = {"init": init, "steps": steps, "cap_steps": total_steps, "seed": seed,
+                        "stopped": "held-out FVU plateau" if plateau["stopped"] else "cap",
+                        **({"patience": patience, "margin": margin, "eval_every": EVAL_EVERY,
+                            "heldout_fvu": plateau["trace"]} if patience else {})}
     (tmp / "quality.json").write_text(json.dumps({**asdict(q), **meta}, indent=2))
     publish(tmp, out_dir, lambda d: False)  # a retraining replaces the SAE that was there
     return q

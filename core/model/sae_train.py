@@ -179,6 +179,9 @@ def train_catalog_sae(
         train_tokens=entry.train_tokens,
         batch_size=entry.batch_size,
         lr=entry.lr,
+        init=entry.init,
+        patience=entry.stop_patience,
+        margin=entry.stop_margin,
         device=device or device_type,  # where the model ran (activations are collected on the host)
         metadata={
             "name": entry.name, "recipe": entry.recipe, "model": model.name, "layer": entry.layer,

@@ -41,3 +41,13 @@ def test_unknown_model_lists_known():
     cat = read_catalog(packaged_catalog_file())
     with pytest.raises(CatalogError, match="smollm2-135m"):
         cat.model("nope")
+
+
+def test_a_recipe_with_an_unknown_initialisation_names_file_and_entry(tmp_path: Path):
+    user = tmp_path / "models.toml"
+    user.write_text('[saes.mine]\nmodel = "smollm2-135m"\nlayer = 15\nsource = "train"\ninit = "zeros"\n')
+    with pytest.raises(CatalogError, match=r"models.toml.*\[saes.mine\].*init must be one of sae-lens, data"):
+        read_catalog(packaged_catalog_file(), user)
+    user.write_text('[saes.mine]\nmodel = "smollm2-135m"\nlayer = 15\nsource = "train"\ninit = "data"\nstop_patience = 100\n')
+    entry = read_catalog(packaged_catalog_file(), user).saes["mine"]
+    assert (entry.init, entry.stop_patience, entry.stop_margin) == ("data", 100, 0.01)

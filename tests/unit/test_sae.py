@@ -45,6 +45,39 @@ def test_training_learns_planted_directions(tmp_path: Path):
     assert q.fvu < 0.1, q
 
 
+def _planted_directions(n: int = 6000, seed: int = 0) -> torch.Tensor:
+    """(n, 32) activations made of 8 sparse directions, two per token, plus an offset a b_dec must learn."""
+    g = torch.Generator().manual_seed(seed)
+    dirs = torch.nn.functional.normalize(torch.randn(8, 32, generator=g), dim=1)
+    codes = torch.zeros(n, 8)
+    codes.scatter_(1, torch.randint(0, 8, (n, 2), generator=g), torch.rand(n, 2, generator=g) * 5 + 1)
+    return codes @ dirs + 3.0 * torch.nn.functional.normalize(torch.randn(32, generator=g), dim=0)
+
+
+def test_data_initialisation_and_a_plateau_stop(tmp_path: Path):
+    """init="data" starts from the activations (b_dec at their mean, decoder rows centred samples) and
+    trains better than sae-lens's init at the same steps; with a patience, training stops once the
+    held-out FVU stops improving, before the cap, and quality.json says where and why."""
+    acts = _planted_directions()
+    kw = dict(d_sae=16, k=2, batch_size=256, lr=5e-3)
+    short = 256 * 40
+    plain = train_topk_sae(acts, tmp_path / "plain", train_tokens=short, **kw)
+    data = train_topk_sae(acts, tmp_path / "data", train_tokens=short, init="data", **kw)
+    assert data.fvu < plain.fvu, (data, plain)
+    cap = 1000
+    stopped = train_topk_sae(acts, tmp_path / "stop", train_tokens=256 * cap, init="data", patience=75, **kw)
+    info = json.loads((tmp_path / "stop" / "quality.json").read_text())["training"]
+    assert info["stopped"] == "held-out FVU plateau" and info["steps"] < cap and info["cap_steps"] == cap
+    assert stopped.train_tokens == info["steps"] * 256 and stopped.fvu < 0.1
+    trace = info["heldout_fvu"]
+    assert trace[-1][0] == info["steps"] - 1 and trace[-1][0] - min(trace, key=lambda t: t[1])[0] >= 0
+    assert load_sae(tmp_path / "stop").cfg.d_sae == 16  # the stopped SAE is saved whole, folded as usual
+    full = json.loads((tmp_path / "data" / "quality.json").read_text())["training"]
+    assert full == {"init": "data", "steps": 40, "cap_steps": 40, "seed": 0, "stopped": "cap"}
+    with pytest.raises(ValueError, match="initialisation"):
+        train_topk_sae(acts, tmp_path / "x", train_tokens=short, init="zeros", **kw)
+
+
 # -- the native encoder equals sae-lens's own, for every kind sae-lens saves ---------------------------
 
 
