@@ -90,11 +90,10 @@ class HypothesisKey:
         return f"{self.kind}:{self.group}:{self.concept}"
 
     def describe(self, concept_name: str = "") -> str:
-        """How a person reads which hypothesis this is: 'concept 3 in data cluster 7 «step N»' (the name
-        last: where a line is cut, it is what goes)."""
-        where = {"cluster": f" in data cluster {self.group}", "prompt": f" where prompts have prompt concept {self.group}"}
+        """How a person reads which hypothesis this is: 'concept 3 in data cluster 7 «step N»' (where, as
+        core.analysis.kinds words it; the name last: where a line is cut, it is what goes)."""
         name = f" «{concept_name}»" if concept_name else ""
-        return f"concept {self.concept}{where.get(self.kind, ' wherever it appears')}{name}"
+        return f"concept {self.concept} {Kind(self.kind).where(self.group)}{name}"
 
 
 @dataclass(frozen=True)

@@ -37,9 +37,9 @@ Ranking (the landing screen): by `score`, Δmin made robust for small groups, in
 How sure (core.analysis.calibration). Every cell also gets a p under the nulls matched to its claim (labels
 swapped at random inside the group; for data clusters and prompt concepts also membership drawn at
 random among the view's pairs) and a Benjamini–Hochberg q over every cell, whichever kind a report
-shows (a kind filter hides rows, it does not shrink the family). `report` lists the cells *established* at q < fdr (with score > 0) first, by score, then the rest, by score,
-so that a label-shuffled copy of a dataset, whose rows still rank by score, shows nothing above the
-divider. The score stays the order; q decides what is claimed.
+shows (a kind filter hides rows, it does not shrink the family). `report` lists the cells
+*established* at q < fdr (with score > 0) first, by score, then the rest, by score, so that a
+label-shuffled copy of a dataset, whose rows still rank by score, shows nothing above the divider. The score stays the order; q decides what is claimed.
 Nothing here knows which behaviour was planted: a behaviour planted in a few pairs ranks high when
 the pairs share a concept that the rest of the data lacks (it then gets a data cluster of its own,
 core.analysis.dataclusters) and the labels move it the same way in all of them (Δ near its maximum in both
@@ -328,7 +328,6 @@ class Hypotheses:
         # (marks now, and with the selection) in turn, and each is a full pass over the cells
         self._calib: dict[frozenset, tuple[np.ndarray, np.ndarray]] = {}
         self._ref: _Reference | None = None  # the last full pass over every cell, kept as bounds
-        self._reference_max: np.ndarray | None = None  # (d_sae,) each feature's max over all replies: counted
         self._cell_kind = self.group_kind[self.cell_group].astype(np.int8)
         self._v_max = float(np.abs(self._v_int.data).max()) / V_SCALE if self._v_int.nnz else 0.0
         self._lock = threading.Lock()  # the cached sums change in place
@@ -634,13 +633,9 @@ class Hypotheses:
         analysis `rows`, as u and the shares read it (a strong firing, core.analysis.structure.reply_frequencies,
         above τ). A feature may fire weakly in a reply where it does not count: the evidence and the pair
         view show only what counts, so that no snippet or highlight contradicts the pair's u."""
-        rows = np.asarray(rows, np.int64)
-        maxima = self.analysis.maxima()
-        if self._reference_max is None:
-            self._reference_max = C.reference_max(*maxima)
-        rel_max, tau = self.st.params.rel_max, self.st.response.tau
-        return tuple(C.fires(C.strong(f[rows], m[rows], self._reference_max, rel_max), tau)
-                     for f, m in zip(self.analysis.frequencies(), maxima))
+        from core.analysis.structure import reply_frequencies
+
+        return tuple(C.fires(f, self.st.response.tau) for f in reply_frequencies(self.analysis, self.st.params, rows))
 
     def report(self, excluded=frozenset(), top: int = 20, kind: str | None = None, n_driving: int = N_DRIVING,
                fdr: float = DEFAULT_FDR) -> HypothesisReport:

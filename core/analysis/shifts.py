@@ -25,6 +25,7 @@ import pyarrow as pa
 import scipy.sparse as sp
 
 from core.analysis.calibration import DEFAULT_FDR, bh_q, check_fdr, sign_flip_p
+from core.analysis.concepts import reference_max
 from core.errors import UsageError
 from core.data.workspace import Workspace
 
@@ -140,6 +141,7 @@ class Analysis:
         self._what_if_cache = None
         self._source_set: frozenset | None = None
         self._maxima: tuple[sp.csr_matrix, sp.csr_matrix] | None = None
+        self._reference_max: np.ndarray | None = None
         self._freqs: tuple[sp.csr_matrix, sp.csr_matrix] | None = None
         self._prompt_freq: sp.csr_matrix | None = None
 
@@ -154,6 +156,13 @@ class Analysis:
             t = self.ws.pairs_columns(["chosen_feat", "chosen_max", "rejected_feat", "rejected_max"])
             self._maxima = tuple(_sparse(t[f"{s}_feat"], t[f"{s}_max"], self.d_sae) for s in ("chosen", "rejected"))
         return self._maxima
+
+    def reference_max(self) -> np.ndarray:
+        """(d_sae,) each feature's largest activation over every reply (core.analysis.concepts.reference_max
+        of `maxima`): what a strong firing is measured against. Computed on first use."""
+        if self._reference_max is None:
+            self._reference_max = reference_max(*self.maxima())
+        return self._reference_max
 
     def frequencies(self) -> tuple[sp.csr_matrix, sp.csr_matrix]:
         """(chosen, rejected) (n, d_sae) CSR of each feature's firing frequency in a reply: the share

@@ -112,15 +112,20 @@ def prompt_groups(prompt: C.Concepts, prompt_freq: sp.csr_matrix, params: Params
     return sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(n, prompt.n_grouped))
 
 
-def reply_frequencies(analysis, params: Params) -> tuple[sp.csr_matrix, sp.csr_matrix]:
-    """(chosen, rejected) (n, d_sae) CSR firing frequencies of `analysis`'s replies, kept only where
-    the firing is strong (core.analysis.concepts.strong, `params.rel_max` of each feature's max over all
-    replies): what concepts, data clusters and hypotheses read."""
+def reply_frequencies(analysis, params: Params, rows=None) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """(chosen, rejected) (n, d_sae) CSR firing frequencies of `analysis`'s replies (of its `rows`
+    only, in that order, when given), kept only where the firing is strong (core.analysis.concepts.strong,
+    `params.rel_max` of each feature's max over all replies): what concepts, data clusters and
+    hypotheses read."""
     chosen, rejected = analysis.frequencies()
+    mc, mr = analysis.maxima() if params.rel_max > 0 else (None, None)
+    if rows is not None:
+        rows = np.asarray(rows, np.int64)
+        chosen, rejected = chosen[rows], rejected[rows]
+        mc, mr = (mc[rows], mr[rows]) if mc is not None else (None, None)
     if params.rel_max <= 0:
         return chosen, rejected
-    mc, mr = analysis.maxima()
-    ref = C.reference_max(mc, mr)
+    ref = analysis.reference_max()
     return C.strong(chosen, mc, ref, params.rel_max), C.strong(rejected, mr, ref, params.rel_max)
 
 
