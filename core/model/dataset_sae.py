@@ -119,15 +119,17 @@ def choose_sae(catalog: Catalog, dataset_sha256: str, model: str | None = None, 
 
 
 def _trained_on(entry: SAEEntry) -> str:
-    q = _quality(entry)
-    datasets = (q or {}).get("corpus", {}).get("datasets") or []
+    corpus = (_quality(entry) or {}).get("corpus", {})
+    datasets = corpus.get("datasets") or []
     if not datasets:
         return "trained earlier"
     names = " + ".join(Path(d["path"]).name for d in datasets)
     from core.data.workspace import file_sha256
 
     sample = [file_sha256(locations.sample_data_file())]
-    return f"trained on {names}" + ("" if [d["sha256"] for d in datasets] == sample else " (+ the bundled sample)")
+    # older SAEs do not record whether the token budget reached the sample's pairs
+    filled = [d["sha256"] for d in datasets] != sample and corpus.get("sample_pairs_read", 1) > 0
+    return f"trained on {names}" + (" (+ the bundled sample)" if filled else "")
 
 
 def _quality(entry: SAEEntry) -> dict | None:

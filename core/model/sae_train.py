@@ -43,6 +43,7 @@ def collect_activations(
     cancel: threading.Event | None = None,
     include_prompts: bool = False,
     keep: Keep | None = None,
+    stats: dict | None = None,
 ) -> torch.Tensor:
     """Residual activations (tokens, d_model) of the pairs' replies, up to `token_budget` tokens.
 
@@ -59,6 +60,8 @@ def collect_activations(
     reads the same prompt tokens as the corpus (whose read keeps a prompt's last 2 x `max_tokens`),
     and nothing is when the index's cap is below `max_tokens` or with `include_prompts`. The other
     pairs are read as without `keep`.
+
+    `stats`, when given, receives "pairs_read": how many of `pairs` (the first ones) the budget took.
     """
     from core.model.lm import plan_batches
 
@@ -87,6 +90,8 @@ def collect_activations(
         planned += min(len(t.chosen_ids), max_tokens) + min(len(t.rejected_ids), max_tokens)
         if include_prompts:
             planned += max(0, len(t.prompt_ids) - skip)
+    if stats is not None:
+        stats["pairs_read"] = len(tokenized)
     chunks, n = [], 0
     total = min(planned, token_budget)  # what the corpus holds, not the budget (the sample: 23k of 150k)
     # Kept pairs first: the budget can stop the read before the last batches (whose pairs the index
@@ -163,10 +168,13 @@ def train_catalog_sae(
     start = time.perf_counter()
     reader = ResidualReader.from_entry(model, layer=entry.layer, device=device)
     loaded = time.perf_counter()
+    stats: dict = {}
     acts = collect_activations(
         reader, pairs, entry.max_tokens_per_text, activation_tokens or entry.activation_tokens, progress=progress, cancel=cancel,
-        keep=keep,
+        keep=keep, stats=stats,
     )
+    # corpus_pairs puts the datasets' distinct pairs first: the budget reached the sample past them
+    n_data = len({(p.prompt_text, p.chosen, p.rejected) for p in extra_pairs})
     collected = time.perf_counter()
     device_type = reader.device.type
     del reader
@@ -190,6 +198,7 @@ def train_catalog_sae(
                 "order": "the datasets' pairs (seeded shuffle), then the bundled sample's, up to the budget",
                 "datasets": list(corpus or []),
                 "sample": str(sample_file),
+                "sample_pairs_read": max(0, stats["pairs_read"] - n_data) if extra_pairs else stats["pairs_read"],
             },
             "corpus_pairs": len(pairs), "activation_tokens": len(acts),
             "timing": {

@@ -75,6 +75,9 @@ def test_sae_per_dataset_trained_once_and_recorded(store, datasets, tmp_path):
     assert q["corpus"]["datasets"][0]["sha256"] == file_sha256(a) and q["recipe"] == "tiny-recipe"
     assert q["timing"]["collect_seconds"] > 0 and q["d_sae"] == 64
     assert q["fvu"] < 1.0, q  # it learned something: better than predicting the mean
+    # 6 short pairs leave most of the 1,200-token budget to the bundled sample, and the reason says so
+    assert q["corpus"]["sample_pairs_read"] > 0
+    assert "trained on a.jsonl (+ the bundled sample)" in choose_sae(load_catalog(), file_sha256(a), sae="tiny-recipe").reason
 
     # indexing A reuses it: no training
     said = []
@@ -129,3 +132,19 @@ def test_the_estimate_is_within_2x_of_the_training_it_announces(store, datasets,
         took = t["load_seconds"] + t["collect_seconds"] + q["train_seconds"]
         assert est.activation_tokens == q["activation_tokens"]
         assert 0.5 <= est.seconds / took <= 2.0, (est.line(), f"took {took:.1f} s", t, q["train_seconds"])
+
+
+@pytest.mark.slow(12)
+def test_a_dataset_that_fills_the_budget_is_not_said_to_have_the_sample(store, config_dir, tmp_path):
+    """When the dataset's replies meet the recipe's token budget, no pair of the bundled sample is read,
+    and the SAE's description does not claim "(+ the bundled sample)"."""
+    from core.model.dataset_sae import train_dataset_sae
+
+    big = write_jsonl_subset(UF, short_pairs(UF, 36, max_chars=900), tmp_path / "big.jsonl")
+    with catalog_entries(config_dir, tiny_recipe("budget-recipe")):
+        cat = load_catalog()
+        entry, _ = train_dataset_sae(cat.saes["budget-recipe"], cat, [big])
+        q = json.loads((sae_dir(entry) / "quality.json").read_text())
+        assert q["activation_tokens"] == 1200 and q["corpus"]["sample_pairs_read"] == 0, q["corpus"]
+        reason = choose_sae(load_catalog(), file_sha256(big), sae="budget-recipe").reason
+        assert "trained on big.jsonl" in reason and "bundled sample" not in reason, reason
