@@ -31,7 +31,7 @@ class ModelEntry:
 # A trained ("train" source) SAE entry is a recipe; each SAE trained with it for a corpus is stored as
 # "RECIPE@KEY" (KEY: the corpus's first dataset's sha256, first 8 hex digits; see core.model.dataset_sae).
 VARIANT_SEP = "@"
-SAE_INITS = ("sae-lens", "data")  # how a trained SAE starts (core.model.sae.train_topk_sae)
+SAE_INITS = ("sae-lens", "data", "mean")  # how a trained SAE starts (core.model.sae.train_topk_sae)
 
 
 @dataclass(frozen=True)
@@ -53,9 +53,10 @@ class SAEEntry:
     lr: float = 4e-4
     max_tokens_per_text: int = 256
     activation_tokens: int = 150_000
-    init: str = "sae-lens"  # "data": b_dec and decoder rows from the activations (core.model.sae.train_topk_sae)
+    init: str = "sae-lens"  # "data": b_dec and decoder rows from the activations; "mean": b_dec only (core.model.sae.train_topk_sae)
     stop_patience: int = 0  # steps without a held-out FVU gain of stop_margin before training stops (0: never)
     stop_margin: float = 0.01  # relative
+    seed: int = 0  # of the initialisation and the batches' order (the shipped SAE's manifest names it)
 
     def __post_init__(self) -> None:
         if self.init not in SAE_INITS:

@@ -345,15 +345,18 @@ EVAL_TOKENS = 4096  # held-out activations read by each check
 
 
 @torch.no_grad()
-def _data_init(sae, train: torch.Tensor, seed: int) -> None:
+def _data_init(sae, train: torch.Tensor, seed: int, decoder: bool = True) -> None:
     """Initialise from the data, as EleutherAI's sparsify and dictionary_learning do: b_dec at the mean
-    of `train` (tokens, d_in; already in the trainer's normalised space), each decoder row a centred
-    training activation (drawn by `seed`) at sae-lens's decoder_init_norm, the encoder its transpose."""
+    of `train` (tokens, d_in; already in the trainer's normalised space), and with `decoder` each decoder
+    row a centred training activation (drawn by `seed`) at sae-lens's decoder_init_norm, the encoder its
+    transpose (without: sae-lens's random rows)."""
     mean = train.mean(0)  # (d_in,)
+    sae.b_dec.data.copy_(mean)
+    if not decoder:
+        return
     g = torch.Generator().manual_seed(seed + 1)
     rows = train[torch.randint(len(train), (sae.cfg.d_sae,), generator=g)] - mean  # (d_sae, d_in)
     rows = rows / rows.norm(dim=-1, keepdim=True).clamp_min(1e-8) * (sae.cfg.decoder_init_norm or 0.1)
-    sae.b_dec.data.copy_(mean)
     sae.W_dec.data.copy_(rows)
     sae.W_enc.data.copy_(rows.T.contiguous())
 
@@ -392,8 +395,9 @@ def train_topk_sae(
         out_dir: written atomically with cfg.json, sae_weights.safetensors and quality.json.
         train_tokens: samples seen in training (several epochs over the buffer when larger than it); with
             `patience`, the most it sees.
-        init: "sae-lens" (its own: random unit decoder rows at decoder_init_norm, b_dec 0) or "data"
-            (`_data_init`).
+        init: "sae-lens" (its own: random unit decoder rows at decoder_init_norm, b_dec 0), "data"
+            (`_data_init`: b_dec and decoder rows from the data) or "mean" (b_dec at the data's mean,
+            sae-lens's random rows).
         patience: 0 trains every step. Else every EVAL_EVERY steps the held-out FVU (on up to EVAL_TOKENS
             held-out activations) is read, and training stops once `patience` steps have passed without
             it falling below (1 - `margin`) times its best: the SAE of that step is kept (the schedule
@@ -448,14 +452,14 @@ def train_topk_sae(
     )
 
     scale = None
-    if init == "data":
+    if init != "sae-lens":
         # the activation scale as sae-lens estimates it (the same first batches), so that the data
         # initialisation lives in the space it trains in; fit() then skips its own estimate
         scaler = ActivationScaler()
         scaler.estimate_scaling_factor(d_in=acts.shape[1], data_provider=_batches(train, batch_size, seed, lambda i: None),
                                        n_batches_for_norm_estimate=norm_batches)
         scale = scaler.scaling_factor
-        _data_init(sae, train * scale, seed)
+        _data_init(sae, train * scale, seed, decoder=init == "data")
     first = 0 if scale is not None else norm_batches  # fit()'s own estimate reads the first batches
     probe = held_out[:EVAL_TOKENS].to(device)
     plateau = {"best": float("inf"), "best_step": 0, "stopped": None, "trace": []}

@@ -190,6 +190,7 @@ def train_catalog_sae(
         init=entry.init,
         patience=entry.stop_patience,
         margin=entry.stop_margin,
+        seed=entry.seed,
         device=device or device_type,  # where the model ran (activations are collected on the host)
         metadata={
             "name": entry.name, "recipe": entry.recipe, "model": model.name, "layer": entry.layer,

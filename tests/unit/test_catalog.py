@@ -48,6 +48,7 @@ def test_a_recipe_with_an_unknown_initialisation_names_file_and_entry(tmp_path: 
     user.write_text('[saes.mine]\nmodel = "smollm2-135m"\nlayer = 15\nsource = "train"\ninit = "zeros"\n')
     with pytest.raises(CatalogError, match=r"models.toml.*\[saes.mine\].*init must be one of sae-lens, data"):
         read_catalog(packaged_catalog_file(), user)
-    user.write_text('[saes.mine]\nmodel = "smollm2-135m"\nlayer = 15\nsource = "train"\ninit = "data"\nstop_patience = 100\n')
+    user.write_text('[saes.mine]\nmodel = "smollm2-135m"\nlayer = 15\nsource = "train"\ninit = "data"\nstop_patience = 100\nseed = 3\n')
     entry = read_catalog(packaged_catalog_file(), user).saes["mine"]
-    assert (entry.init, entry.stop_patience, entry.stop_margin) == ("data", 100, 0.01)
+    assert (entry.init, entry.stop_patience, entry.stop_margin, entry.seed) == ("data", 100, 0.01, 3)
+    assert read_catalog(packaged_catalog_file()).saes["smollm2-135m-l15-topk"].seed == 0  # the shipped SAE's

@@ -78,6 +78,31 @@ def test_data_initialisation_and_a_plateau_stop(tmp_path: Path):
         train_topk_sae(acts, tmp_path / "x", train_tokens=short, init="zeros", **kw)
 
 
+def test_the_mean_initialisation_moves_b_dec_only():
+    """init="mean" puts b_dec at the activations' mean and leaves sae-lens's random decoder rows (and
+    their transpose in the encoder) as they were; "data" replaces the rows with centred samples."""
+    from sae_lens import TopKTrainingSAEConfig
+    from sae_lens.saes.topk_sae import TopKTrainingSAE
+
+    from core.model.sae import _data_init
+
+    acts = _planted_directions()  # (n, 32), mean far from 0
+    saes = []
+    for decoder in (False, True):
+        torch.manual_seed(0)
+        sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=32, d_sae=16, k=2, decoder_init_norm=0.1))
+        before = sae.W_dec.detach().clone()
+        _data_init(sae, acts, seed=0, decoder=decoder)
+        assert torch.allclose(sae.b_dec, acts.mean(0), atol=1e-5)
+        saes.append((before, sae))
+    (before, mean_only), (before_d, data) = saes
+    assert torch.equal(mean_only.W_dec, before)
+    assert not torch.allclose(data.W_dec, before_d)
+    centred = acts - acts.mean(0)
+    cos = torch.nn.functional.normalize(data.W_dec, dim=1) @ torch.nn.functional.normalize(centred, dim=1).T
+    assert (cos.max(1).values > 0.999).all()  # each row is one centred activation
+
+
 # -- the native encoder equals sae-lens's own, for every kind sae-lens saves ---------------------------
 
 
