@@ -61,7 +61,9 @@ def collect_activations(
     and nothing is when the index's cap is below `max_tokens` or with `include_prompts`. The other
     pairs are read as without `keep`.
 
-    `stats`, when given, receives "pairs_read": how many of `pairs` (the first ones) the budget took.
+    `stats`, when given, receives "pairs_read": how many of `pairs` (the first ones) the budget took,
+    and "replies": (pair's index in `pairs`, "chosen" | "rejected", start, end) of each reply's rows in
+    the corpus (rows past the budget are cut off the result).
     """
     from core.model.lm import plan_batches
 
@@ -92,6 +94,8 @@ def collect_activations(
             planned += max(0, len(t.prompt_ids) - skip)
     if stats is not None:
         stats["pairs_read"] = len(tokenized)
+        stats["replies"] = spans = []
+        position = {id(t): i for i, t in enumerate(tokenized)}
     chunks, n = [], 0
     total = min(planned, token_budget)  # what the corpus holds, not the budget (the sample: 23k of 150k)
     # Kept pairs first: the budget can stop the read before the last batches (whose pairs the index
@@ -109,6 +113,8 @@ def collect_activations(
             elif not include_prompts:
                 p = []  # read for a kept pair of the same batch
             chunks += [c.cpu(), r.cpu(), *(x[skip:].cpu() for x in p)]
+            if stats is not None:
+                spans += [(position[id(t)], "chosen", n, n + len(c)), (position[id(t)], "rejected", n + len(c), n + len(c) + len(r))]
             n += len(c) + len(r) + sum(max(0, len(x) - skip) for x in p)
         if stored:
             keep.store.put(stored)

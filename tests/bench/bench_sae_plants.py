@@ -40,11 +40,11 @@ _GOBLIN = re.compile("goblin", re.IGNORECASE)
 
 
 def read_corpus(entry, catalog, data: Path, plants: dict[str, Path]):
-    """(acts (tokens, d_model) float16, replies [(start, end, kind or "")]) as the recipe's corpus
-    reads them: collect_activations' order and budget, with each reply's span and plant recorded."""
+    """(acts (tokens, d_model) float16, replies [(start, end, kind or "")]) of the recipe's corpus, read
+    by collect_activations as `sae train` reads it, with each reply's rows and plant."""
     from core.data.ingest import read_pairs
-    from core.model.lm import ResidualReader, plan_batches
-    from core.model.sae_train import corpus_pairs
+    from core.model.lm import ResidualReader
+    from core.model.sae_train import collect_activations, corpus_pairs
 
     pairs = list(read_pairs(data, skip_invalid=True).pairs)
     originals = {(p.prompt_text, p.rejected): p.chosen for p in pairs}
@@ -56,29 +56,19 @@ def read_corpus(entry, catalog, data: Path, plants: dict[str, Path]):
             if originals.get((p.prompt_text, p.rejected)) != p.chosen:
                 planted[p.chosen] = kind
     reader = ResidualReader.from_entry(catalog.models[entry.model], layer=entry.layer, device="cpu")
-    tokenized, kinds, planned = [], {}, 0
-    for p in corpus_pairs(pairs):
-        if planned >= entry.activation_tokens:
-            break
-        t = reader.tokenize(p, entry.max_tokens_per_text)
-        kinds[id(t)] = planted.get(p.chosen, "")
-        tokenized.append(t)
-        planned += min(len(t.chosen_ids), entry.max_tokens_per_text) + min(len(t.rejected_ids), entry.max_tokens_per_text)
-    chunks, replies, n = [], [], 0
-    for batch in plan_batches(tokenized, 4096):
-        for t, (c, r) in zip(batch, reader.read(batch)):
-            for side, x, ids in (("chosen", c, t.chosen_ids), ("rejected", r, t.rejected_ids)):
-                kind = kinds[id(t)] if side == "chosen" else ""
-                if kind == "phrase" and not _GOBLIN.search(reader.tokenizer.decode(ids[: len(x)])):
-                    kind = "phrase-cut"  # the goblin sentence lies past the read window
-                replies.append((n, n + len(x), kind))
-                chunks.append(x.to(torch.float16))
-                n += len(x)
-        if n >= entry.activation_tokens:
-            break
-    acts = torch.cat(chunks)[: entry.activation_tokens]
-    replies = [(a, min(b, len(acts)), k) for a, b, k in replies if a < len(acts)]
-    return acts, replies
+    corpus, stats = corpus_pairs(pairs), {}
+    acts = collect_activations(reader, corpus, entry.max_tokens_per_text, entry.activation_tokens, stats=stats)
+    replies = []
+    for i, side, a, b in stats["replies"]:
+        if a >= len(acts):
+            continue
+        kind = planted.get(corpus[i].chosen, "") if side == "chosen" else ""
+        if kind == "phrase":
+            ids = reader.tokenize(corpus[i], entry.max_tokens_per_text).chosen_ids[: b - a]
+            if not _GOBLIN.search(reader.tokenizer.decode(ids)):
+                kind = "phrase-cut"  # the goblin sentence lies past the read window
+        replies.append((a, min(b, len(acts)), kind))
+    return acts.to(torch.float16), replies
 
 
 def reply_maxima(sae, acts: torch.Tensor, replies) -> "scipy.sparse.csr_matrix":  # noqa: F821
@@ -149,6 +139,7 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in recipes:
             e = dataclasses.replace(cat.saes[name], **sets)
+            label = " ".join([name, *(f"{k}={v}" for k, v in sets.items())])
             for seed in args.seeds:
                 d = Path(tmp) / f"{name}-{seed}"
                 q = train_topk_sae(acts.float(), d, d_sae=e.d_sae, k=e.k, train_tokens=e.train_tokens,
@@ -159,11 +150,11 @@ def main(argv=None) -> None:
                 row = {"recipe": name, "set": sets, "seed": seed, "steps": t["steps"], "seconds": q.train_seconds,
                        "fvu": q.fvu, "dead": q.dead_fraction, "plants": {k: probe(m, replies, k, REL_MAX) for k in plants}}
                 out.append(row)
-                print(f"{name:<36} {seed:>4} {t['steps']:>7} {q.train_seconds:>5.0f} {q.fvu:>6.3f} {q.dead_fraction:>6.1%}"
+                print(f"{label:<36} {seed:>4} {t['steps']:>7} {q.train_seconds:>5.0f} {q.fvu:>6.3f} {q.dead_fraction:>6.1%}"
                       + "".join(f"  {p['ap']:>6.3f} {p['f1']:>5.2f} ({p['precision']:.2f} {p['recall']:.2f})"
                                 for p in row["plants"].values()),
                       flush=True)
-    print(f"(load average {os.getloadavg()[0]:.1f}; {' '.join(f'{k}={v}' for k, v in sets.items())})")
+    print(f"(load average {os.getloadavg()[0]:.1f})")
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))
 

@@ -46,11 +46,18 @@ def test_sae_corpus_is_reply_tokens_read_after_their_prompts():
     pairs = short_pairs(HH, 3)
     toks = [reader.tokenize(p, 32) for p in pairs]
     n_reply = sum(len(t.chosen_ids) + len(t.rejected_ids) for t in toks)
-    acts = collect_activations(reader, pairs, max_tokens=32, token_budget=10_000)
+    stats = {}
+    acts = collect_activations(reader, pairs, max_tokens=32, token_budget=10_000, stats=stats)
     assert acts.shape == (n_reply, reader.d_model)
     # the very rows of the reader's reply activations, in batch order, not the prompt's
-    want = torch.cat([x for b in plan_batches(toks, 4096) for c, r in reader.read(b) for x in (c, r)])
+    read = {id(t): cr for b in plan_batches(toks, 4096) for t, cr in zip(b, reader.read(b))}
+    want = torch.cat([x for b in plan_batches(toks, 4096) for t in b for x in read[id(t)]])
     assert torch.allclose(acts, want, atol=1e-4)
+    # and each reply's rows are where stats says: pair i's chosen (or rejected) reply, whole
+    assert stats["pairs_read"] == 3 and len(stats["replies"]) == 6
+    for i, side, a, b in stats["replies"]:
+        mine = read[id(toks[i])][0 if side == "chosen" else 1]
+        assert torch.allclose(acts[a:b], mine, atol=1e-4)
     with_prompts = collect_activations(reader, pairs, max_tokens=32, token_budget=10_000, include_prompts=True)
     skip = reader.template_prefix_len()
     assert len(with_prompts) == n_reply + sum(len(t.prompt_ids) - skip for t in toks)
