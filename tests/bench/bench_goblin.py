@@ -59,7 +59,9 @@ def main() -> None:
     for rate in args.rates:
         ws = out / f"rate-{rate:g}"
         start = time.perf_counter()
-        r = run_goblin(args.data, ws, rate, limit=args.limit, max_tokens=args.max_tokens,
+        # "the first 500 valid pairs": the HH file has an empty reply at line 87, which since strict
+        # ingestion stops a run that does not skip it
+        r = run_goblin(args.data, ws, rate, limit=args.limit, max_tokens=args.max_tokens, skip_invalid=True,
                        progress=lambda p: p.stage != "index" and print(f"  [{p.stage}] {p.message}", flush=True))
         r["seconds"] = time.perf_counter() - start
         r["sae_feature"].pop("flagged", None)
