@@ -19,7 +19,7 @@ and each SAE's held-out FVU and dead fraction. The read corpus is cached (float1
     .venv/bin/python tests/bench/bench_sae_plants.py --data uf600.jsonl \
         --plant phrase=uf600.only-phrase.jsonl --plant format=uf600.only-format.jsonl \
         --plant style=uf600.only-style.jsonl --cache /tmp/uf600.corpus.pt --seeds 0 1 2 \
-        [--recipe smollm2-135m-l15-topk --recipe smollm2-135m-l15-topk-data] [--set d_sae=4096]
+        [--recipe NAME ...] [--set d_sae=4096]
 """
 
 from __future__ import annotations
@@ -118,7 +118,8 @@ def main(argv=None) -> None:
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     plants = dict(s.split("=", 1) for s in args.plant)
     cat = load_catalog()
-    recipes = args.recipe or ["smollm2-135m-l15-topk", "smollm2-135m-l15-topk-data"]
+    recipes = args.recipe or list(dict.fromkeys(  # the one before 2026-12-05, the opt-in one, the default
+        ["smollm2-135m-l15-topk", "smollm2-135m-l15-topk-data", cat.sae(None, cat.model(None)).name]))
     first = cat.saes[recipes[0]]
     if args.cache.exists():
         acts, replies = (lambda d: (d["acts"], d["replies"]))(torch.load(args.cache))
