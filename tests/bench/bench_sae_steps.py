@@ -4,10 +4,9 @@
 The sample's corpus is read once (as `datadebug sae train` reads it). Then, from the same seed:
   --steps N ...   the embedded recipe at each step count (its cosine schedule scaled to that count);
   (default)       the catalogue's recipes of the sample's model side by side, each as its entry says:
-                  the one before 2026-12-05 (sae-lens's initialisation, 600 steps), the opt-in one
-                  initialised from the data and stopping at a held-out FVU plateau, that one without
-                  the stop (what the initialisation alone does), and the default (b_dec at the mean,
-                  the plateau stop).
+                  the embedded one (sae-lens's initialisation, 600 steps) and the opt-in one
+                  initialised from the data and stopping at a held-out FVU plateau, plus that one
+                  without the stop (what the initialisation alone does).
 Each row prints the steps run, training seconds, held-out FVU, L0 and dead fraction.
 
     .venv/bin/python tests/bench/bench_sae_steps.py [--steps 150 300 450 600 900]
@@ -53,9 +52,8 @@ def main(argv=None) -> None:
                 for s in args.steps]
     else:
         data = cat.saes[args.data_recipe]
-        default = cat.sae(None, cat.model(None))
         rows = [(args.sae, entry), (f"{args.data_recipe} without the stop", dataclasses.replace(data, stop_patience=0)),
-                (args.data_recipe, data), (f"{default.name} (the default)", default)]
+                (args.data_recipe, data)]
     print(f"{'recipe':<52} {'steps':>11} {'train s':>8} {'FVU':>7} {'L0':>6} {'dead':>7}")
     with tempfile.TemporaryDirectory() as tmp:
         for i, (label, e) in enumerate(rows):

@@ -18,7 +18,7 @@ mkdir -p "$out"; cd "$out"
 rm -rf cache ws1 ws2; mkdir -p cache
 ln -s "$(PYTHONPATH=$root "$root/.venv/bin/python" -c 'from core import locations; print(locations.models_dir())')" cache/models
 export DATADEBUG_CACHE_DIR="$out/cache" DATADEBUG_PROGRESS=lines
-key="$(PYTHONPATH=$root "$root/.venv/bin/python" -c 'from core.model.catalog import load_catalog as c; k = c(); print(k.sae(None, k.model(None)).name)')@$(sha256sum "$data" | cut -c1-8)"
+key="smollm2-135m-l15-topk@$(sha256sum "$data" | cut -c1-8)"
 echo "commit $(git -C "$root" rev-parse --short HEAD), $(basename "$data"), start $(date -u +%FT%TZ)"
 s=$(date +%s); "$DD" index "$data" -w ws1 "$@" 2> first.err | tail -1; a=$(( $(date +%s) - s ))
 echo "first index, SAE trained first: $a s (load $(cut -d' ' -f1-3 /proc/loadavg))"
