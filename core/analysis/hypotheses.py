@@ -39,7 +39,8 @@ swapped at random inside the group; for data clusters and prompt concepts also m
 random among the view's pairs) and a Benjamini–Hochberg q over every cell, whichever kind a report
 shows (a kind filter hides rows, it does not shrink the family). `report` lists the cells
 *established* at q < fdr (with score > 0) first, by score, then the rest, by score, so that a
-label-shuffled copy of a dataset, whose rows still rank by score, shows nothing above the divider. The score stays the order; q decides what is claimed.
+label-shuffled copy of a dataset, whose rows still rank by score, shows nothing above the divider.
+The score stays the order; q decides what is claimed.
 Nothing here knows which behaviour was planted: a behaviour planted in a few pairs ranks high when
 the pairs share a concept that the rest of the data lacks (it then gets a data cluster of its own,
 core.analysis.dataclusters) and the labels move it the same way in all of them (Δ near its maximum in both

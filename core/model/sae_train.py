@@ -205,7 +205,7 @@ def train_catalog_sae(
                 "order": "the datasets' pairs (seeded shuffle), then the bundled sample's, up to the budget",
                 "datasets": list(corpus or []),
                 "sample": str(sample_file),
-                "sample_pairs_read": max(0, stats["pairs_read"] - n_data) if extra_pairs else stats["pairs_read"],
+                "sample_pairs_read": max(0, stats["pairs_read"] - n_data),
             },
             "corpus_pairs": len(pairs), "activation_tokens": len(acts),
             "timing": {
